@@ -1,0 +1,55 @@
+//! What PID 1 of a wisp guest does before and after the agent serves: make the VM a
+//! place a container runtime can work in, and power it off when the agent is done.
+//!
+//! The crate has no async runtime and knows nothing about containers or the agent
+//! protocol. Each module splits its job into a pure *plan* (parsed from `/proc`
+//! text, unit-tested unprivileged) and a thin executor that issues the syscalls, so
+//! the privileged half stays small enough to be proven inside a VM test.
+//!
+//! Boot order: [`early`] (pseudo file systems, console; fatal on failure), then
+//! [`read_cmdline`] and, once the caller has a logger, [`boot`] (kernel modules the
+//! image ships, cgroups, hostname, entropy; failures logged, never fatal).
+
+pub mod cgroups;
+pub mod cmdline;
+pub mod console;
+pub mod entropy;
+pub mod modules;
+pub mod mounts;
+pub mod power;
+pub mod reaper;
+
+use std::path::Path;
+
+pub use cmdline::{BootOptions, Channel, LogLevel};
+
+/// The part of boot that comes before logging is possible: `/proc` (the log level
+/// is on the command line), `/dev` (the console is a device node), and the console.
+/// Failure is fatal: the caller reports it on whatever stderr it has and powers off.
+pub fn early() -> Result<(), mounts::MountError> {
+    mounts::mount_all(&mounts::pseudo_filesystems())?;
+    console::attach_console();
+    Ok(())
+}
+
+/// Reads `agent.*` options from `/proc/cmdline` (call after [`early`]).
+pub fn read_cmdline() -> (BootOptions, Vec<cmdline::Diagnostic>) {
+    BootOptions::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+}
+
+/// The rest of the PID-1 setup. Nothing here is fatal: a missing module or cgroup
+/// controller is logged, and the agent reports the consequence when it is used.
+pub fn boot(log: &slog::Logger, opts: &BootOptions) {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let module_dir = Path::new("/lib/modules").join(&release);
+    if module_dir.join("modules.dep").exists() {
+        modules::load_all(log, &module_dir);
+    }
+
+    cgroups::mount(log, opts.cgroup_v2);
+
+    if let Err(e) = nix::unistd::sethostname(&opts.hostname) {
+        slog::warn!(log, "cannot set hostname"; "hostname" => &opts.hostname, "error" => %e);
+    }
+    entropy::seed_from_hwrng(log);
+}
