@@ -1,0 +1,80 @@
+# wisp: the entry points a user types. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := all
+
+TRIPLE      := x86_64-unknown-linux-gnu
+TARGET_DIR  := $(CURDIR)/target
+AGENT       := $(TARGET_DIR)/$(TRIPLE)/release/wisp-agent
+BUILDER     := $(TARGET_DIR)/release/rootfs-builder
+KERNEL      := $(TARGET_DIR)/kernel/bzImage
+INITRD_DIR  := $(TARGET_DIR)/initrd
+INITRD      := $(INITRD_DIR)/wisp.initrd
+INITRD_BB   := $(INITRD_DIR)/wisp-busybox.initrd
+CARGO_BIN   := $(HOME)/.cargo/bin
+export PATH := $(CARGO_BIN):$(PATH)
+
+# The agent is PID 1 of a VM with no libc: link everything statically, libseccomp
+# included. --target keeps these flags off build scripts and proc macros.
+AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+             LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
+
+APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
+  build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
+  cpio containerd runc e2fsprogs erofs-utils xz-utils zstd
+
+.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm bench bench-boot fmt clippy lint clean
+
+all: agent tools kernel initrd ## Build every binary (release), the guest kernel and the initrds
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+deps: ## Install what building and testing need (apt-get + cargo install); idempotent
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "deps: Debian packages present"; fi
+	@command -v vhost-device-vsock >/dev/null || { echo "deps: cargo install vhost-device-vsock (~3 min)"; cargo install --locked --quiet vhost-device-vsock@0.3.0; }
+	@command -v virtiofsd >/dev/null || { echo "deps: cargo install virtiofsd (~4 min)"; cargo install --locked --quiet virtiofsd@1.14.0; }
+
+agent: ## Build the static wisp-agent
+	$(AGENT_ENV) cargo build --release --target $(TRIPLE) -p wisp-agent
+	@file $(AGENT) | grep -q 'statically linked' || { echo "wisp-agent is not statically linked" >&2; exit 1; }
+
+tools: ## Build the host binaries (rootfs-builder, test and bench drivers)
+	cargo build --release -p rootfs-builder -p wisp-tests --bins
+
+kernel: ## Build (or take from ~/.cache/wisp) the minimal guest kernel
+	kernel/build.sh
+
+initrd: agent tools ## Build the agent-only initrd and one with a busybox debug shell
+	@mkdir -p $(INITRD_DIR)
+	$(BUILDER) initrd --agent $(AGENT) -o $(INITRD)
+	$(BUILDER) initrd --agent $(AGENT) --busybox -o $(INITRD_BB)
+
+run: deps all ## Boot the VM, print what the agent answered and the boot timeline
+	$(TARGET_DIR)/release/wisp-run
+
+test: deps all test-unit test-vm ## Everything CI runs: unit, protocol and VM tests
+
+test-unit: ## Unit and protocol tests (no VM, unprivileged)
+	cargo test --workspace
+
+test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
+	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
+
+bench bench-boot: deps all ## Boot-time and size benchmark (prints a table)
+	$(TARGET_DIR)/release/wisp-bench-boot
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clippy lint: ## Lint as CI does
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+clean: ## Remove build outputs (the kernel cache in ~/.cache/wisp stays)
+	cargo clean

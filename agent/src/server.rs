@@ -1,0 +1,60 @@
+//! The agent's event loop: serve ttrpc on the chosen channel, reap children when
+//! PID 1, and return when the sandbox is destroyed or the process is told to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocols::ttrpc::asynchronous::Server;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::channel::{self, ChannelError, ListenAddr};
+use crate::rpc;
+use crate::sandbox::{Role, Sandbox};
+
+/// Time for the DestroySandbox reply to reach the wire before connections close.
+const REPLY_GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("ttrpc server failed to start")]
+    Start(#[source] protocols::ttrpc::Error),
+    #[error("cannot install signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Serves until DestroySandbox (or SIGTERM/SIGINT when not PID 1).
+pub async fn serve(addr: &ListenAddr, sandbox: Arc<Sandbox>, role: Role) -> Result<(), ServeError> {
+    let log = sandbox.log().clone();
+    let listener = channel::listen(addr)?;
+    let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
+    server.start().await.map_err(ServeError::Start)?;
+    slog::info!(log, "agent ready"; "channel" => %addr);
+
+    if role == Role::Init {
+        let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;
+        let reaper_log = log.clone();
+        tokio::spawn(async move {
+            while sigchld.recv().await.is_some() {
+                for exit in wisp_init::reaper::reap() {
+                    slog::debug!(reaper_log, "child reaped"; "child_pid" => exit.pid, "status" => exit.status);
+                }
+            }
+        });
+    }
+
+    let mut destroyed = sandbox.shutdown_requested();
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    tokio::select! {
+        _ = destroyed.wait_for(|d| *d) => tokio::time::sleep(REPLY_GRACE).await,
+        _ = term.recv(), if role == Role::Standalone => slog::info!(log, "SIGTERM; stopping"),
+        _ = int.recv(), if role == Role::Standalone => slog::info!(log, "SIGINT; stopping"),
+    }
+    let _ = server.shutdown().await;
+    if let ListenAddr::Unix { path } = addr {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Protocol tests: the real `wisp-agent` binary served on a unix socket (no VM),
+//! driven by the generated Kata clients, including hostile bytes on the wire.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocols::agent::{CreateContainerRequest, DestroySandboxRequest, GuestDetailsRequest, SetGuestDateTimeRequest};
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use protocols::health_ttrpc::HealthClient;
+use protocols::ttrpc::{self, asynchronous::Client, context, Code};
+
+/// A running agent that is killed when the test ends, however it ends.
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .args(["--log", "debug"])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "agent did not listen on {}", sock.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Agent { child, sock, _dir: dir }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&format!("unix://{}", self.sock.display())).await.unwrap()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    context::with_timeout(5_000_000_000)
+}
+
+fn code_of(e: ttrpc::Error) -> (Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+        other => panic!("expected an RPC status, got {other:?}"),
+    }
+}
+
+async fn assert_serving(agent: &Agent) {
+    let health = HealthClient::new(agent.client().await);
+    let r = health.check(ctx(), &CheckRequest::new()).await.expect("Check after hostile input");
+    assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
+}
+
+#[tokio::test]
+async fn health_check_and_version() {
+    let agent = Agent::start();
+    assert_serving(&agent).await;
+    let health = HealthClient::new(agent.client().await);
+    let v = health.version(ctx(), &CheckRequest::new()).await.unwrap();
+    assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(v.grpc_version, "0.0.1");
+}
+
+#[tokio::test]
+async fn guest_details_describe_the_agent() {
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.client().await);
+    let mut req = GuestDetailsRequest::new();
+    req.mem_block_size = true;
+    let r = client.get_guest_details(ctx(), &req).await.unwrap();
+    let details = r.agent_details.into_option().expect("agent_details present");
+    assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
+    assert!(!details.init_daemon, "not PID 1 here");
+    assert!(details.supports_seccomp, "libseccomp is linked in");
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_so() {
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.client().await);
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    let (code, msg) = code_of(client.create_container(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
+    assert!(msg.contains("CreateContainer"), "{msg}");
+}
+
+#[tokio::test]
+async fn bad_time_is_an_invalid_argument() {
+    // Only invalid times: the tests may run as root, and a valid one would move
+    // the host's clock.
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.client().await);
+    let mut req = SetGuestDateTimeRequest::new();
+    req.Sec = 1;
+    req.Usec = 2_000_000;
+    let (code, msg) = code_of(client.set_guest_date_time(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+}
+
+fn raw_send(sock: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
+}
+
+#[tokio::test]
+async fn garbage_bytes_drop_only_that_connection() {
+    let agent = Agent::start();
+    raw_send(&agent.sock, b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n");
+    raw_send(&agent.sock, &[0xff; 64]);
+    assert_serving(&agent).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_and_agent_survives() {
+    let agent = Agent::start();
+    // ttrpc header: length (BE u32), stream id (BE u32), type (1 = request), flags.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    frame.extend_from_slice(&[0u8; 4096]);
+    raw_send(&agent.sock, &frame);
+    assert_serving(&agent).await;
+}
+
+#[tokio::test]
+async fn undecodable_request_gets_an_error_not_a_crash() {
+    let agent = Agent::start();
+    let payload = [0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01];
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    frame.extend_from_slice(&payload);
+    let reply = raw_send(&agent.sock, &frame);
+    assert!(reply.len() >= 10, "expected an error response frame, got {reply:?}");
+    assert_eq!(reply[8], 2, "frame type 2 = response");
+    assert_serving(&agent).await;
+}
+
+#[tokio::test]
+async fn destroy_sandbox_stops_the_agent_cleanly() {
+    let mut agent = Agent::start();
+    let client = AgentServiceClient::new(agent.client().await);
+    client.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.expect("reply before stopping");
+    let status = agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
+    assert!(status.success(), "{status}");
+    assert!(!agent.sock.exists(), "socket removed");
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() {
+    let mut agent = Agent::start();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = agent.wait_exit(Duration::from_secs(10)).expect("agent exits on SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_command_lines_fail_clearly() {
+    for (args, want) in [
+        (vec!["--listen", "tcp:1.2.3.4:5"], "expected unix:PATH"),
+        (vec!["--log", "loud"], "bad --log"),
+        (vec![], "give --listen"),
+        (vec!["--frobnicate"], "frobnicate"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp-agent")).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
