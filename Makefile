@@ -42,7 +42,7 @@ deps: ## Install what building and testing need (apt-get + cargo install); idemp
 
 agent: ## Build the static wisp-agent
 	$(AGENT_ENV) cargo build --release --target $(TRIPLE) -p wisp-agent
-	@file $(AGENT) | grep -q 'statically linked' || { echo "wisp-agent is not statically linked" >&2; exit 1; }
+	@if readelf -l $(AGENT) | grep -q INTERP; then echo "wisp-agent is not statically linked" >&2; exit 1; fi
 
 tools: ## Build the host binaries (rootfs-builder, test and bench drivers)
 	cargo build --release -p rootfs-builder -p wisp-tests --bins
@@ -54,6 +54,11 @@ initrd: agent tools ## Build the agent-only initrd and one with a busybox debug 
 	@mkdir -p $(INITRD_DIR)
 	$(BUILDER) initrd --agent $(AGENT) -o $(INITRD)
 	$(BUILDER) initrd --agent $(AGENT) --busybox -o $(INITRD_BB)
+	@# Debian's cloud kernel needs its virtio/vsock modules in the initrd (VM tests, bench).
+	kver=$$(ls /lib/modules 2>/dev/null | grep -- '-cloud-amd64$$' | sort -V | tail -n 1); \
+	if [ -n "$$kver" ]; then \
+	  $(BUILDER) initrd --agent $(AGENT) --modules-from /lib/modules/$$kver -o $(INITRD_DIR)/wisp-cloud.initrd; \
+	else echo "initrd: no Debian cloud kernel installed; skipping wisp-cloud.initrd (make deps)"; fi
 
 run: deps all ## Boot the VM, print what the agent answered and the boot timeline
 	$(TARGET_DIR)/release/wisp-run

@@ -13,6 +13,7 @@
 pub mod cgroups;
 pub mod cmdline;
 pub mod console;
+pub mod debug_console;
 pub mod entropy;
 pub mod modules;
 pub mod mounts;
@@ -52,4 +53,11 @@ pub fn boot(log: &slog::Logger, opts: &BootOptions) {
         slog::warn!(log, "cannot set hostname"; "hostname" => &opts.hostname, "error" => %e);
     }
     entropy::seed_from_hwrng(log);
+
+    if opts.debug_console {
+        match debug_console::spawn() {
+            Ok(pid) => slog::info!(log, "debug console started"; "shell_pid" => pid),
+            Err(e) => slog::warn!(log, "debug console not started"; "error" => %e),
+        }
+    }
 }

@@ -1,0 +1,669 @@
+//! Dialing the guest agent from the host.
+//!
+//! The agent serves ttrpc on one of three byte streams, and every one of them reaches the host as
+//! a unix socket:
+//!
+//! | [`AgentAddr`] | string form | what is behind the socket |
+//! |---|---|---|
+//! | [`AgentAddr::HybridVsock`] | `hvsock:PATH:PORT` | vhost-device-vsock (or Firecracker): send `CONNECT PORT\n`, read `OK ...\n`, then raw bytes to guest vsock port `PORT` |
+//! | [`AgentAddr::Serial`] | `serial:PATH` | QEMU's chardev behind the virtio-serial port `agent.channel.0` |
+//! | [`AgentAddr::Unix`] | `unix:PATH` | an agent run outside a VM with `--listen unix:PATH` |
+//!
+//! Every dial retries until the guest side is ready and is bounded by a caller-given timeout: a
+//! guest that never comes up is an error that names the socket, the port, how long we waited,
+//! and (as its [`source`](std::error::Error::source)) the last failure seen.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health_ttrpc::HealthClient;
+use protocols::ttrpc::asynchronous::transport::Socket;
+use protocols::ttrpc::asynchronous::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::{sleep, timeout_at, Instant};
+
+/// The vsock port the agent listens on (Kata's default).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The longest a single hybrid vsock attempt waits for the backend's `OK` line before the
+/// connection is dropped and `CONNECT` is sent again on a fresh one.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause after the first failed attempt; doubled after every further failure up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A backend answer longer than this is not an `OK <port>` line.
+const MAX_REPLY_LEN: usize = 64;
+
+/// Failure to reach the guest agent.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// An agent address string could not be parsed.
+    #[error("invalid agent address {input:?}: {reason}")]
+    InvalidAddr {
+        /// The string given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `connect(2)` on the unix socket failed.
+    #[error("cannot connect to {}", path.display())]
+    Connect {
+        /// The unix socket.
+        path: PathBuf,
+        /// The error from `connect(2)`.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing `CONNECT` or reading the answer failed.
+    #[error("hybrid vsock handshake for port {port} on {} failed", path.display())]
+    Handshake {
+        /// The hybrid vsock unix socket.
+        path: PathBuf,
+        /// The guest vsock port.
+        port: u32,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend closed the connection without answering: nothing listens on the guest port
+    /// (yet). Retried until the dial times out.
+    #[error(
+        "hybrid vsock socket {} closed the connection before answering CONNECT {port} (is the guest listening yet?)",
+        path.display()
+    )]
+    BackendClosed {
+        /// The hybrid vsock unix socket.
+        path: PathBuf,
+        /// The guest vsock port.
+        port: u32,
+    },
+    /// The backend kept the connection open without answering within one attempt's bound.
+    #[error(
+        "hybrid vsock socket {} did not answer CONNECT {port} within {} ms",
+        path.display(),
+        waited.as_millis()
+    )]
+    NoAnswer {
+        /// The hybrid vsock unix socket.
+        path: PathBuf,
+        /// The guest vsock port.
+        port: u32,
+        /// How long this attempt waited.
+        waited: Duration,
+    },
+    /// The backend answered something other than `OK ...`: a protocol mismatch, not retried.
+    #[error(
+        "hybrid vsock socket {} answered CONNECT {port} with {answer:?}, expected \"OK <port>\"",
+        path.display()
+    )]
+    Rejected {
+        /// The hybrid vsock unix socket.
+        path: PathBuf,
+        /// The guest vsock port.
+        port: u32,
+        /// The answer line (without its newline; lossy UTF-8, at most 64 bytes).
+        answer: String,
+    },
+    /// The whole dial took longer than its timeout; the source is the last attempt's failure.
+    #[error(
+        "gave up dialing the agent at {addr} after {} ms and {attempts} attempt{}",
+        waited.as_millis(),
+        if *attempts == 1 { "" } else { "s" }
+    )]
+    Timeout {
+        /// The address dialed.
+        addr: AgentAddr,
+        /// How long the dial took.
+        waited: Duration,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last attempt's failure.
+        #[source]
+        last: Box<DialError>,
+    },
+}
+
+impl DialError {
+    /// Whether a later attempt may succeed: the socket or the guest side is not ready yet.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Handshake { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::Interrupted
+            ),
+            Self::BackendClosed { .. } | Self::NoAnswer { .. } => true,
+            Self::InvalidAddr { .. } | Self::Rejected { .. } | Self::Timeout { .. } => false,
+        }
+    }
+}
+
+/// Where the guest agent can be reached from the host.
+///
+/// Parses from and displays as `hvsock:PATH:PORT`, `serial:PATH` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AgentAddr {
+    /// A hybrid vsock unix socket (vhost-device-vsock `uds-path`, Firecracker `uds_path`) and the
+    /// guest vsock port behind it.
+    HybridVsock {
+        /// The hybrid vsock unix socket.
+        path: PathBuf,
+        /// The guest vsock port.
+        port: u32,
+    },
+    /// The unix socket of QEMU's chardev behind the agent's virtio-serial port.
+    Serial {
+        /// The chardev's unix socket.
+        path: PathBuf,
+    },
+    /// An agent listening on a unix socket directly (no VM).
+    Unix {
+        /// The agent's unix socket.
+        path: PathBuf,
+    },
+}
+
+impl AgentAddr {
+    /// The host unix socket this address dials.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::HybridVsock { path, .. } | Self::Serial { path } | Self::Unix { path } => path,
+        }
+    }
+}
+
+impl fmt::Display for AgentAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HybridVsock { path, port } => write!(f, "hvsock:{}:{port}", path.display()),
+            Self::Serial { path } => write!(f, "serial:{}", path.display()),
+            Self::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for AgentAddr {
+    type Err = DialError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| DialError::InvalidAddr { input: s.to_owned(), reason };
+        let (scheme, rest) =
+            s.split_once(':').ok_or_else(|| invalid("expected hvsock:PATH:PORT, serial:PATH or unix:PATH"))?;
+        let path = |p: &str| {
+            if p.is_empty() {
+                Err(invalid("empty socket path"))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        match scheme {
+            "hvsock" => {
+                let (p, port) =
+                    rest.rsplit_once(':').ok_or_else(|| invalid("missing :PORT after the hybrid vsock socket path"))?;
+                let port = port.parse().map_err(|_| invalid("the hybrid vsock port is not a number below 2^32"))?;
+                Ok(Self::HybridVsock { path: path(p)?, port })
+            }
+            "serial" => Ok(Self::Serial { path: path(rest)? }),
+            "unix" => Ok(Self::Unix { path: path(rest)? }),
+            _ => Err(invalid("unknown scheme, expected hvsock, serial or unix")),
+        }
+    }
+}
+
+/// Connects to a hybrid vsock unix socket and opens a stream to guest vsock `port`.
+///
+/// Sends `CONNECT <port>\n` and requires a reply line starting with `OK `; the returned stream is
+/// positioned right after that line (the line is read byte by byte, so no payload byte is lost).
+/// A backend that closes the connection (nothing listens on the guest port yet) or stays silent
+/// for [`HANDSHAKE_TIMEOUT`] is retried with backoff until `timeout` has passed.
+pub async fn dial_hybrid_vsock(
+    uds_path: impl AsRef<Path>,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, DialError> {
+    let path = uds_path.as_ref();
+    let addr = AgentAddr::HybridVsock { path: path.to_owned(), port };
+    retry(&addr, timeout, |deadline| hybrid_attempt(path, port, deadline)).await
+}
+
+/// Connects to QEMU's virtio-serial chardev socket, retrying until it exists and accepts or
+/// `timeout` has passed.
+pub async fn dial_serial(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
+    let path = path.as_ref();
+    let addr = AgentAddr::Serial { path: path.to_owned() };
+    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+}
+
+/// Connects to an agent listening on a unix socket (`wisp-agent --listen unix:PATH`), retrying
+/// until the socket exists and accepts or `timeout` has passed.
+pub async fn dial_unix(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
+    let path = path.as_ref();
+    let addr = AgentAddr::Unix { path: path.to_owned() };
+    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+}
+
+/// Opens a byte stream to the agent at `addr`, bounded by `timeout`.
+pub async fn dial(addr: &AgentAddr, timeout: Duration) -> Result<UnixStream, DialError> {
+    match addr {
+        AgentAddr::HybridVsock { path, port } => dial_hybrid_vsock(path, *port, timeout).await,
+        AgentAddr::Serial { path } => dial_serial(path, timeout).await,
+        AgentAddr::Unix { path } => dial_unix(path, timeout).await,
+    }
+}
+
+/// Dials the agent at `addr` (bounded by `timeout`) and starts a ttrpc client on the stream.
+///
+/// Must be called inside a tokio runtime: the client runs a background task.
+pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, DialError> {
+    let stream = dial(addr, timeout).await?;
+    Ok(AgentConn::new(addr.clone(), stream))
+}
+
+/// A ttrpc connection to the guest agent.
+///
+/// Cheap to clone; clones share the connection. The service clients it hands out share it too.
+#[derive(Clone)]
+pub struct AgentConn {
+    addr: AgentAddr,
+    client: Client,
+}
+
+impl fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConn").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl AgentConn {
+    /// Starts a ttrpc client on an already dialed stream.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside a tokio runtime (the ttrpc client spawns its connection task).
+    pub fn new(addr: AgentAddr, stream: UnixStream) -> Self {
+        Self { addr, client: Client::new(Socket::new(stream)) }
+    }
+
+    /// Where this connection was dialed.
+    pub fn addr(&self) -> &AgentAddr {
+        &self.addr
+    }
+
+    /// The underlying ttrpc client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A client of the agent's `grpc.Health` service.
+    pub fn health(&self) -> HealthClient {
+        HealthClient::new(self.client.clone())
+    }
+
+    /// A client of the agent's `grpc.AgentService`.
+    pub fn agent(&self) -> AgentServiceClient {
+        AgentServiceClient::new(self.client.clone())
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `timeout` has passed.
+async fn retry<F, Fut>(addr: &AgentAddr, timeout: Duration, mut attempt: F) -> Result<UnixStream, DialError>
+where
+    F: FnMut(Instant) -> Fut,
+    Fut: Future<Output = Result<UnixStream, DialError>>,
+{
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let err = match attempt(deadline).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) if err.is_transient() => err,
+            Err(err) => return Err(err),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !remaining.is_zero() {
+            sleep(backoff.min(remaining)).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(DialError::Timeout {
+                addr: addr.clone(),
+                waited: start.elapsed(),
+                attempts,
+                last: Box::new(err),
+            });
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connect, bounded by `deadline`.
+async fn unix_attempt(path: &Path, deadline: Instant) -> Result<UnixStream, DialError> {
+    let connect_error = |source| DialError::Connect { path: path.to_owned(), source };
+    match timeout_at(deadline, UnixStream::connect(path)).await {
+        Ok(result) => result.map_err(connect_error),
+        Err(_) => Err(connect_error(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// One connect + `CONNECT`/`OK` exchange, bounded by [`HANDSHAKE_TIMEOUT`] and `deadline`.
+async fn hybrid_attempt(path: &Path, port: u32, deadline: Instant) -> Result<UnixStream, DialError> {
+    let start = Instant::now();
+    let attempt_deadline = deadline.min(start + HANDSHAKE_TIMEOUT);
+    match timeout_at(attempt_deadline, hybrid_handshake(path, port)).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::NoAnswer { path: path.to_owned(), port, waited: start.elapsed() }),
+    }
+}
+
+async fn hybrid_handshake(path: &Path, port: u32) -> Result<UnixStream, DialError> {
+    let mut stream =
+        UnixStream::connect(path).await.map_err(|source| DialError::Connect { path: path.to_owned(), source })?;
+    let handshake_error = |source| DialError::Handshake { path: path.to_owned(), port, source };
+    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(handshake_error)?;
+
+    // Byte by byte: whatever follows the newline belongs to the agent's stream.
+    let mut line = Vec::with_capacity(16);
+    let mut byte = [0u8; 1];
+    loop {
+        let n = stream.read(&mut byte).await.map_err(handshake_error)?;
+        if n == 0 {
+            return Err(DialError::BackendClosed { path: path.to_owned(), port });
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+        if line.len() > MAX_REPLY_LEN {
+            break;
+        }
+    }
+    if line.starts_with(b"OK ") && line.len() <= MAX_REPLY_LEN {
+        Ok(stream)
+    } else {
+        Err(DialError::Rejected {
+            path: path.to_owned(),
+            port,
+            answer: String::from_utf8_lossy(&line[..line.len().min(MAX_REPLY_LEN)]).into_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::error::Error as _;
+    use std::sync::Arc;
+    use std::time::Instant as StdInstant;
+
+    use protocols::health::health_check_response::ServingStatus;
+    use protocols::health::{CheckRequest, HealthCheckResponse};
+    use protocols::health_ttrpc::{create_health, Health};
+    use protocols::ttrpc::asynchronous::{Server, TtrpcContext};
+    use protocols::ttrpc::context::with_timeout;
+    use tokio::net::UnixListener;
+
+    /// A fake hybrid vsock backend: closes the first `close_first` connections at once, then
+    /// checks the `CONNECT` line and answers each later connection with `reply`.
+    fn fake_backend(path: &Path, close_first: usize, reply: &'static [u8]) -> tokio::task::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for i in 0.. {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                if i < close_first {
+                    drop(conn);
+                    continue;
+                }
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while conn.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+                    request.push(byte[0]);
+                }
+                requests.push(String::from_utf8(request).unwrap());
+                conn.write_all(reply).await.unwrap();
+                conn.shutdown().await.unwrap();
+                return requests;
+            }
+            unreachable!()
+        })
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_retries_until_ok_and_keeps_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hvsock.sock");
+        let backend = fake_backend(&sock, 2, b"OK 1024\nPAYLOAD\x00\x01");
+
+        let mut stream = dial_hybrid_vsock(&sock, 1024, Duration::from_secs(5)).await.unwrap();
+        let mut payload = Vec::new();
+        stream.read_to_end(&mut payload).await.unwrap();
+
+        assert_eq!(payload, b"PAYLOAD\x00\x01");
+        assert_eq!(backend.await.unwrap(), ["CONNECT 1024"]);
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_waits_for_the_socket_to_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("late.sock");
+        let dial = tokio::spawn({
+            let sock = sock.clone();
+            async move { dial_hybrid_vsock(&sock, 7, Duration::from_secs(5)).await }
+        });
+        sleep(Duration::from_millis(100)).await;
+        let backend = fake_backend(&sock, 0, b"OK 7\n");
+
+        dial.await.unwrap().unwrap();
+        assert_eq!(backend.await.unwrap(), ["CONNECT 7"]);
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_silent_backend_times_out_within_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("silent.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        // Accept and hold every connection open without answering.
+        let _backend = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap().0);
+            }
+        });
+
+        let start = StdInstant::now();
+        let err = dial_hybrid_vsock(&sock, 1024, Duration::from_millis(300)).await.unwrap_err();
+        let took = start.elapsed();
+
+        assert!(took >= Duration::from_millis(300), "gave up early: {took:?}");
+        assert!(took < Duration::from_millis(1500), "not bounded: {took:?}");
+        let DialError::Timeout { ref addr, ref last, .. } = err else {
+            panic!("expected a timeout, got {err:?}");
+        };
+        assert_eq!(addr.path(), sock);
+        assert!(matches!(**last, DialError::NoAnswer { port: 1024, .. }), "{last:?}");
+        let message = err.to_string();
+        assert!(message.contains(&sock.display().to_string()), "{message}");
+        assert!(message.contains(":1024"), "{message}");
+        assert!(err.source().is_some());
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_missing_socket_times_out_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("never.sock");
+
+        let err = dial_hybrid_vsock(&sock, 1024, Duration::from_millis(100)).await.unwrap_err();
+
+        let DialError::Timeout { attempts, ref last, .. } = err else {
+            panic!("expected a timeout, got {err:?}");
+        };
+        assert!(attempts >= 2, "{attempts}");
+        assert!(matches!(**last, DialError::Connect { .. }), "{last:?}");
+        assert!(err.to_string().contains("never.sock"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_wrong_answer_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nope.sock");
+        let _backend = fake_backend(&sock, 0, b"NOPE\n");
+
+        let err = dial_hybrid_vsock(&sock, 1024, Duration::from_secs(5)).await.unwrap_err();
+
+        let DialError::Rejected { ref answer, port, .. } = err else {
+            panic!("expected a rejection, got {err:?}");
+        };
+        assert_eq!((answer.as_str(), port), ("NOPE", 1024));
+        assert!(err.to_string().contains("\"NOPE\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_overlong_answer_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("long.sock");
+        let _backend = fake_backend(&sock, 0, &[b'O'; 200]);
+
+        let err = dial_hybrid_vsock(&sock, 1024, Duration::from_secs(5)).await.unwrap_err();
+
+        assert!(matches!(err, DialError::Rejected { ref answer, .. } if answer.len() == MAX_REPLY_LEN), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn unix_and_serial_dial_wait_for_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        for serial in [false, true] {
+            let sock = dir.path().join(format!("agent-{serial}.sock"));
+            let dial = tokio::spawn({
+                let sock = sock.clone();
+                async move {
+                    if serial {
+                        dial_serial(&sock, Duration::from_secs(5)).await
+                    } else {
+                        dial_unix(&sock, Duration::from_secs(5)).await
+                    }
+                }
+            });
+            sleep(Duration::from_millis(60)).await;
+            let listener = UnixListener::bind(&sock).unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            let mut client = dial.await.unwrap().unwrap();
+            client.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+        }
+    }
+
+    #[tokio::test]
+    async fn unix_dial_times_out_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("absent.sock");
+        let err = dial(&AgentAddr::Unix { path: sock.clone() }, Duration::from_millis(80)).await.unwrap_err();
+        assert!(matches!(err, DialError::Timeout { .. }), "{err:?}");
+        assert!(err.to_string().contains("unix:") && err.to_string().contains("absent.sock"), "{err}");
+    }
+
+    struct Serving;
+
+    #[async_trait::async_trait]
+    impl Health for Serving {
+        async fn check(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: CheckRequest,
+        ) -> protocols::ttrpc::Result<HealthCheckResponse> {
+            let mut resp = HealthCheckResponse::new();
+            resp.set_status(ServingStatus::SERVING);
+            Ok(resp)
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_speaks_ttrpc_over_unix_and_hybrid_vsock() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_sock = dir.path().join("agent.sock");
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", agent_sock.display()))
+            .unwrap()
+            .register_service(create_health(Arc::new(Serving)));
+        server.start().await.unwrap();
+
+        // A hybrid vsock backend that refuses once, then answers OK and relays to the agent.
+        let hvsock = dir.path().join("hvsock.sock");
+        let listener = UnixListener::bind(&hvsock).unwrap();
+        let relay_to = agent_sock.clone();
+        tokio::spawn(async move {
+            drop(listener.accept().await.unwrap());
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut byte = [0u8; 1];
+            while conn.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {}
+            conn.write_all(b"OK 1024\n").await.unwrap();
+            let mut agent = UnixStream::connect(relay_to).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut agent).await;
+        });
+
+        for addr in
+            [AgentAddr::Unix { path: agent_sock }, AgentAddr::HybridVsock { path: hvsock, port: AGENT_VSOCK_PORT }]
+        {
+            let conn = connect(&addr, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(conn.addr(), &addr);
+            let resp = conn.health().check(with_timeout(5_000_000_000), &CheckRequest::new()).await.unwrap();
+            assert_eq!(resp.status(), ServingStatus::SERVING, "{addr}");
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn agent_addr_parses_and_round_trips() {
+        let cases = [
+            (
+                "hvsock:/run/vm/hvsock.sock:1024",
+                AgentAddr::HybridVsock { path: "/run/vm/hvsock.sock".into(), port: 1024 },
+            ),
+            ("hvsock:/odd:dir/h.sock:5", AgentAddr::HybridVsock { path: "/odd:dir/h.sock".into(), port: 5 }),
+            ("serial:/run/vm/serial.sock", AgentAddr::Serial { path: "/run/vm/serial.sock".into() }),
+            ("unix:relative/agent.sock", AgentAddr::Unix { path: "relative/agent.sock".into() }),
+        ];
+        for (text, want) in cases {
+            let got: AgentAddr = text.parse().unwrap();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn agent_addr_rejects_bad_strings_clearly() {
+        let cases = [
+            ("/just/a/path", "expected hvsock:PATH:PORT"),
+            ("hvsock:/no/port", "missing :PORT"),
+            ("hvsock:/x.sock:", "port is not a number"),
+            ("hvsock:/x.sock:99999999999", "port is not a number"),
+            ("hvsock::1024", "empty socket path"),
+            ("serial:", "empty socket path"),
+            ("vsock:3:1024", "unknown scheme"),
+        ];
+        for (text, reason) in cases {
+            let err = text.parse::<AgentAddr>().unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(reason), "{text}: {message}");
+            assert!(message.contains(&format!("{text:?}")), "{text}: {message}");
+        }
+    }
+}

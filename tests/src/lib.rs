@@ -1,0 +1,55 @@
+//! The VM test harness of wisp, in the spirit of Cloud Hypervisor's `test_infra`.
+//!
+//! # Test tiers
+//!
+//! 1. **Unit tests** live next to the code in every crate, run unprivileged with fakes, and are
+//!    what plain `cargo test` runs.
+//! 2. **Protocol tests** drive the agent and the shim over a unix socket or socketpair in one
+//!    process: no VM, also part of plain `cargo test`.
+//! 3. **VM tests** (this crate's `tests/*.rs`) boot the real kernel and initrd in QEMU. They are
+//!    compiled only with the `vm-tests` feature: every such file starts with
+//!    `#![cfg(feature = "vm-tests")]`, so plain `cargo test` builds them as empty binaries and
+//!    never boots a VM. Run them with `make test-vm`
+//!    (`cargo test -p wisp-tests --features vm-tests`), after `make` built the kernel and initrd;
+//!    `cargo clippy --all-features` lints them.
+//!
+//! Why a compile-time switch rather than an environment variable: a test that silently passes
+//! when a variable is unset looks green while testing nothing; with the feature, a run without it
+//! shows no VM tests at all, and a run with it cannot skip one. Why a feature rather than
+//! `--cfg` in RUSTFLAGS: a feature of this crate rebuilds only this crate.
+//!
+//! # Pieces
+//!
+//! - [`artifacts`]: where `make` put the kernel, initrd and agent (`WISP_*` overrides).
+//! - [`accel`]: KVM when a probe guest really runs under it, else TCG (`WISP_ACCEL` overrides).
+//! - [`qemu`]: [`VmConfig`], a builder producing the exact QEMU argv (unit-tested without booting).
+//! - [`vm`]: [`Vm`], which boots a config, watches its console, hands out the agent address and
+//!   kills everything it started when dropped.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wisp_tests::{Channel, Machine, Vm, VmConfig};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let config = VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock);
+//! let mut vm = Vm::boot(config)?;
+//! // The time from QEMU's spawn to the kernel starting /init.
+//! let to_init = vm.wait_for_console("Run /init as init process", Duration::from_secs(60))?;
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! // Fails early, with the console, if the guest dies first.
+//! let agent = runtime.block_on(vm.connect_agent(Duration::from_secs(60)))?;
+//! let _health = agent.health();
+//! # let _ = to_init;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod accel;
+pub mod artifacts;
+pub mod qemu;
+pub mod vm;
+
+pub use accel::Accel;
+pub use artifacts::{Artifact, ArtifactError};
+pub use qemu::{Bios, Channel, Machine, VmConfig, VmPaths};
+pub use vm::{Vm, VmError};
