@@ -6,6 +6,7 @@
 mod channel;
 mod error;
 mod logging;
+mod metrics;
 mod rpc;
 mod sandbox;
 mod server;
@@ -103,7 +104,7 @@ fn run_as_init() -> ! {
     }
     wisp_init::boot(&log, &opts);
 
-    if let Err(e) = serve_as_init(&log, &opts) {
+    if let Err(e) = serve_as_init(&log, &opts, started) {
         slog::crit!(log, "agent failed; powering off"; "error" => format!("{e:#}"));
     } else {
         slog::info!(log, "powering off");
@@ -111,9 +112,9 @@ fn run_as_init() -> ! {
     wisp_init::power::power_off();
 }
 
-fn serve_as_init(log: &slog::Logger, opts: &BootOptions) -> anyhow::Result<()> {
+fn serve_as_init(log: &slog::Logger, opts: &BootOptions, started: f64) -> anyhow::Result<()> {
     let addr = channel::choose(opts, CHANNEL_WAIT)?;
-    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init));
+    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started));
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Init))?;
     Ok(())
 }
@@ -122,7 +123,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let addr = args.listen.context("not PID 1: give --listen ADDR (see --help)")?;
     let log = logging::logger(args.log);
     logging::bridge_log_crate(&log, args.log);
-    let sandbox = Arc::new(Sandbox::new(log, Role::Standalone));
+    let sandbox = Arc::new(Sandbox::new(log, Role::Standalone, logging::boot_clock()));
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone))?;
     Ok(())
 }

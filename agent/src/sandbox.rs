@@ -5,11 +5,14 @@
 //! powers the VM off once the reply has been sent.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use protocols::agent::{AgentDetails, GuestDetailsResponse};
 use tokio::sync::watch;
 
 use crate::error::AgentError;
+use crate::logging::boot_clock;
+use crate::metrics;
 
 /// What the agent does when the sandbox is destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +28,24 @@ pub struct Sandbox {
     log: slog::Logger,
     role: Role,
     shutdown: watch::Sender<bool>,
+    /// Boot clock when the process started, and when it began serving.
+    started: f64,
+    ready: OnceLock<f64>,
 }
 
 impl Sandbox {
-    pub fn new(log: slog::Logger, role: Role) -> Self {
-        Sandbox { log, role, shutdown: watch::channel(false).0 }
+    /// `started` is the boot clock when the process started.
+    pub fn new(log: slog::Logger, role: Role, started: f64) -> Self {
+        Sandbox { log, role, shutdown: watch::channel(false).0, started, ready: OnceLock::new() }
+    }
+
+    /// Records that the server accepts connections.
+    pub fn mark_ready(&self) {
+        let _ = self.ready.set(boot_clock());
+    }
+
+    pub fn metrics(&self) -> String {
+        metrics::collect(metrics::Timeline { init_started: self.started, ready: self.ready.get().copied() })
     }
 
     pub fn log(&self) -> &slog::Logger {

@@ -30,6 +30,7 @@ pub async fn serve(addr: &ListenAddr, sandbox: Arc<Sandbox>, role: Role) -> Resu
     let listener = channel::listen(addr)?;
     let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
     server.start().await.map_err(ServeError::Start)?;
+    sandbox.mark_ready();
     slog::info!(log, "agent ready"; "channel" => %addr);
 
     if role == Role::Init {

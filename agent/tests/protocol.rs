@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocols::agent::{CreateContainerRequest, DestroySandboxRequest, GuestDetailsRequest, SetGuestDateTimeRequest};
+use protocols::agent::{
+    CreateContainerRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
+};
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::health_ttrpc::HealthClient;
@@ -100,6 +102,22 @@ async fn guest_details_describe_the_agent() {
     assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
     assert!(!details.init_daemon, "not PID 1 here");
     assert!(details.supports_seccomp, "libseccomp is linked in");
+}
+
+#[tokio::test]
+async fn metrics_report_the_agents_own_memory() {
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.client().await);
+    let text = client.get_metrics(ctx(), &GetMetricsRequest::new()).await.unwrap().metrics;
+    let value = |name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let rss = value("wisp_agent_resident_memory_bytes");
+    assert!(rss > 100_000.0 && rss < 100e6, "rss {rss}");
+    assert!(value("wisp_agent_ready_seconds") >= value("wisp_agent_init_started_seconds"));
+    assert!(value("wisp_guest_memory_total_bytes") > 0.0);
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use protocols::agent::{
-    DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse, ReseedRandomDevRequest, SetGuestDateTimeRequest,
+    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics,
+    ReseedRandomDevRequest, SetGuestDateTimeRequest,
 };
 use protocols::agent_ttrpc::AgentService;
 use protocols::protobuf::well_known_types::empty::Empty;
@@ -40,6 +41,12 @@ impl AgentService for AgentRpc {
     async fn reseed_random_dev(&self, _ctx: &TtrpcContext, req: ReseedRandomDevRequest) -> ttrpc::Result<Empty> {
         self.sandbox.reseed(&req.data)?;
         Ok(Empty::new())
+    }
+
+    async fn get_metrics(&self, _ctx: &TtrpcContext, _req: GetMetricsRequest) -> ttrpc::Result<Metrics> {
+        let mut m = Metrics::new();
+        m.metrics = self.sandbox.metrics();
+        Ok(m)
     }
 
     async fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {

@@ -1,0 +1,99 @@
+//! GetMetrics: the agent's and the guest's vital signs as Prometheus text.
+//!
+//! Kept minimal and cheap (three small procfs reads, no collector registry): it
+//! is what the boot benchmark uses to measure the agent's own memory from inside
+//! the guest, and what a runtime scrapes. Names are `wisp_*`; the boot-clock
+//! gauges let a host read the guest's own timeline without parsing the console.
+
+use std::fmt::Write as _;
+
+/// When the agent started and became ready, on the guest's boot clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeline {
+    pub init_started: f64,
+    pub ready: Option<f64>,
+}
+
+/// Renders the metrics from `/proc` texts; pure, so it is tested with samples.
+pub fn render(self_status: &str, meminfo: &str, uptime: &str, timeline: Timeline) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
+    };
+    let kib = |text: &str, key: &str| field(text, key).map(|kb| (kb * 1024).to_string());
+    if let Some(v) = kib(self_status, "VmRSS:") {
+        gauge("wisp_agent_resident_memory_bytes", "Resident set size of the agent.", v);
+    }
+    if let Some(v) = kib(self_status, "VmSize:") {
+        gauge("wisp_agent_virtual_memory_bytes", "Virtual memory size of the agent.", v);
+    }
+    if let Some(v) = field(self_status, "Threads:") {
+        gauge("wisp_agent_threads", "Threads of the agent process.", v.to_string());
+    }
+    if let Some(v) = kib(meminfo, "MemTotal:") {
+        gauge("wisp_guest_memory_total_bytes", "Memory the guest kernel manages.", v);
+    }
+    if let Some(v) = kib(meminfo, "MemAvailable:") {
+        gauge("wisp_guest_memory_available_bytes", "Memory available for new work in the guest.", v);
+    }
+    if let Some(up) = uptime.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()) {
+        gauge("wisp_guest_uptime_seconds", "Guest boot clock now.", format!("{up:.6}"));
+    }
+    gauge(
+        "wisp_agent_init_started_seconds",
+        "Guest boot clock when the agent started.",
+        format!("{:.6}", timeline.init_started),
+    );
+    if let Some(ready) = timeline.ready {
+        gauge("wisp_agent_ready_seconds", "Guest boot clock when the agent began serving.", format!("{ready:.6}"));
+    }
+    out
+}
+
+/// The first number after `key` in a `Key:   value kB` style text.
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads procfs and renders; a file that cannot be read just drops its lines.
+pub fn collect(timeline: Timeline) -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    render(&read("/proc/self/status"), &read("/proc/meminfo"), &read("/proc/uptime"), timeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\twisp-agent\nVmSize:\t    4200 kB\nVmRSS:\t    1536 kB\nThreads:\t1\n";
+    const MEMINFO: &str = "MemTotal:         230000 kB\nMemFree:          200000 kB\nMemAvailable:     210000 kB\n";
+
+    #[test]
+    fn renders_prometheus_text_in_bytes() {
+        let text = render(STATUS, MEMINFO, "2.50 1.00\n", Timeline { init_started: 2.1, ready: Some(2.2) });
+        for line in [
+            "wisp_agent_resident_memory_bytes 1572864",
+            "wisp_agent_virtual_memory_bytes 4300800",
+            "wisp_agent_threads 1",
+            "wisp_guest_memory_total_bytes 235520000",
+            "wisp_guest_memory_available_bytes 215040000",
+            "wisp_guest_uptime_seconds 2.500000",
+            "wisp_agent_init_started_seconds 2.100000",
+            "wisp_agent_ready_seconds 2.200000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE wisp_agent_threads gauge"));
+    }
+
+    #[test]
+    fn unreadable_sources_drop_their_lines_only() {
+        let text = render("", "garbage", "", Timeline::default());
+        assert!(!text.contains("resident"));
+        assert!(text.contains("wisp_agent_init_started_seconds 0.000000"));
+        assert!(!text.contains("wisp_agent_ready_seconds"));
+    }
+}
