@@ -29,6 +29,18 @@ fn slog_level(level: LogLevel) -> Level {
     }
 }
 
+/// Full lowercase names, as Kata's agent logs them.
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Critical => "critical",
+        Level::Error => "error",
+        Level::Warning => "warning",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
 /// Writes records at or above a level to stderr.
 #[derive(Debug)]
 struct ConsoleDrain {
@@ -60,7 +72,7 @@ impl Drain for ConsoleDrain {
         let mut line = format!(
             "wisp-agent t={:.6} level={} msg={:?}",
             boot_clock(),
-            record.level().as_short_str().to_ascii_lowercase(),
+            level_name(record.level()),
             record.msg().to_string()
         );
         let _ = record.kv().serialize(record, &mut LineSerializer(&mut line));

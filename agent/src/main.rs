@@ -115,7 +115,9 @@ fn run_as_init() -> ! {
 fn serve_as_init(log: &slog::Logger, opts: &BootOptions, started: f64) -> anyhow::Result<()> {
     let addr = channel::choose(opts, CHANNEL_WAIT)?;
     let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started));
-    runtime()?.block_on(server::serve(&addr, sandbox, Role::Init))?;
+    let (late_log, late_opts) = (log.clone(), opts.clone());
+    let after_ready = move || wisp_init::after_ready(&late_log, &late_opts);
+    runtime()?.block_on(server::serve(&addr, sandbox, Role::Init, after_ready))?;
     Ok(())
 }
 
@@ -124,7 +126,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let log = logging::logger(args.log);
     logging::bridge_log_crate(&log, args.log);
     let sandbox = Arc::new(Sandbox::new(log, Role::Standalone, logging::boot_clock()));
-    runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone))?;
+    runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone, || {}))?;
     Ok(())
 }
 

@@ -31,17 +31,37 @@ pub struct Sandbox {
     /// Boot clock when the process started, and when it began serving.
     started: f64,
     ready: OnceLock<f64>,
+    /// Set once the guest setup deferred past readiness (cgroups) is done;
+    /// anything that creates containers waits for it.
+    setup_done: watch::Sender<bool>,
 }
 
 impl Sandbox {
     /// `started` is the boot clock when the process started.
     pub fn new(log: slog::Logger, role: Role, started: f64) -> Self {
-        Sandbox { log, role, shutdown: watch::channel(false).0, started, ready: OnceLock::new() }
+        Sandbox {
+            log,
+            role,
+            shutdown: watch::channel(false).0,
+            started,
+            ready: OnceLock::new(),
+            setup_done: watch::channel(false).0,
+        }
     }
 
     /// Records that the server accepts connections.
     pub fn mark_ready(&self) {
         let _ = self.ready.set(boot_clock());
+    }
+
+    /// Records that the deferred guest setup has finished.
+    pub fn mark_setup_done(&self) {
+        self.setup_done.send_replace(true);
+    }
+
+    /// Resolves once the deferred guest setup has finished.
+    pub async fn wait_setup_done(&self) {
+        let _ = self.setup_done.subscribe().wait_for(|done| *done).await;
     }
 
     pub fn metrics(&self) -> String {

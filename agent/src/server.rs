@@ -24,14 +24,26 @@ pub enum ServeError {
     Signal(#[source] std::io::Error),
 }
 
-/// Serves until DestroySandbox (or SIGTERM/SIGINT when not PID 1).
-pub async fn serve(addr: &ListenAddr, sandbox: Arc<Sandbox>, role: Role) -> Result<(), ServeError> {
+/// Serves until DestroySandbox (or SIGTERM/SIGINT when not PID 1). `after_ready`
+/// runs on a blocking thread once the server listens: setup the first
+/// Health.Check need not wait for.
+pub async fn serve(
+    addr: &ListenAddr,
+    sandbox: Arc<Sandbox>,
+    role: Role,
+    after_ready: impl FnOnce() + Send + 'static,
+) -> Result<(), ServeError> {
     let log = sandbox.log().clone();
     let listener = channel::listen(addr)?;
     let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
     server.start().await.map_err(ServeError::Start)?;
     sandbox.mark_ready();
     slog::info!(log, "agent ready"; "channel" => %addr);
+    let setup = sandbox.clone();
+    tokio::task::spawn_blocking(move || {
+        after_ready();
+        setup.mark_setup_done();
+    });
 
     if role == Role::Init {
         let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;

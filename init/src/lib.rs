@@ -8,7 +8,8 @@
 //!
 //! Boot order: [`early`] (pseudo file systems, console; fatal on failure), then
 //! [`read_cmdline`] and, once the caller has a logger, [`boot`] (kernel modules the
-//! image ships, cgroups, hostname, entropy; failures logged, never fatal).
+//! image ships, hostname, entropy, debug console), then, once the agent serves,
+//! [`after_ready`] (cgroups). Failures after `early` are logged, never fatal.
 
 pub mod cgroups;
 pub mod cmdline;
@@ -38,16 +39,15 @@ pub fn read_cmdline() -> (BootOptions, Vec<cmdline::Diagnostic>) {
     BootOptions::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
 }
 
-/// The rest of the PID-1 setup. Nothing here is fatal: a missing module or cgroup
-/// controller is logged, and the agent reports the consequence when it is used.
+/// The PID-1 setup the agent channel depends on (its driver may be a module).
+/// Nothing here is fatal: a missing module is logged, and whatever waits for its
+/// device names it.
 pub fn boot(log: &slog::Logger, opts: &BootOptions) {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let module_dir = Path::new("/lib/modules").join(&release);
     if module_dir.join("modules.dep").exists() {
         modules::load_all(log, &module_dir);
     }
-
-    cgroups::mount(log, opts.cgroup_v2);
 
     if let Err(e) = nix::unistd::sethostname(&opts.hostname) {
         slog::warn!(log, "cannot set hostname"; "hostname" => &opts.hostname, "error" => %e);
@@ -60,4 +60,11 @@ pub fn boot(log: &slog::Logger, opts: &BootOptions) {
             Err(e) => slog::warn!(log, "debug console not started"; "error" => %e),
         }
     }
+}
+
+/// Setup nothing needs before the first container: run after the agent serves,
+/// so the host's first Health.Check does not wait for it (the cgroup mounts cost
+/// tens of milliseconds under TCG). Container creation must wait for it.
+pub fn after_ready(log: &slog::Logger, opts: &BootOptions) {
+    cgroups::mount(log, opts.cgroup_v2);
 }

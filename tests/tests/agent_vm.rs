@@ -223,3 +223,24 @@ fn debug_console_starts_a_shell() -> Result<()> {
         destroy_and_see_qemu_exit(&mut vm, &agent).await
     })
 }
+
+/// cgroups are mounted after the agent serves: v1 controllers by default, the
+/// unified hierarchy when the command line asks for it.
+#[test]
+fn cgroups_v1_by_default_and_v2_on_request() -> Result<()> {
+    let _one = one_vm_at_a_time();
+    for (extra, want) in [("", "cgroup v1 mounted"), ("agent.unified_cgroup_hierarchy=1", "cgroup v2 mounted")] {
+        let mut config = VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock).cmdline_arg("agent.log=debug");
+        if !extra.is_empty() {
+            config = config.cmdline_arg(extra);
+        }
+        let mut vm = Vm::boot(config)?;
+        rt().block_on(async {
+            let agent = vm.connect_agent(BOOT).await?;
+            vm.wait_for_console(want, Duration::from_secs(30))?;
+            destroy_and_see_qemu_exit(&mut vm, &agent).await
+        })?;
+        ensure!(!vm.console().contains("cannot mount cgroup"), "{}", vm.console());
+    }
+    Ok(())
+}

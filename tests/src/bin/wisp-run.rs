@@ -39,6 +39,9 @@ struct Args {
     /// Extra kernel command-line arguments, e.g. "agent.log=debug".
     #[arg(long)]
     append: Vec<String>,
+    /// Also print the guest's serial console (kernel and agent log).
+    #[arg(long)]
+    console: bool,
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -144,6 +147,9 @@ fn run(args: Args) -> Result<()> {
     let status = vm.wait_exit(Duration::from_secs(60))?;
     let exited = spawned.elapsed();
 
+    if args.console {
+        println!("guest console:\n{}", vm.console());
+    }
     println!("agent answered:");
     for (rpc, answer) in &answers {
         println!("  {rpc:<17} {answer}");
