@@ -67,15 +67,20 @@ else
   (cd "$build" && KCONFIG_CONFIG=.config "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$build" .config "$merged" >/dev/null)
   make -s -C "$srcdir" O="$build" ARCH=x86_64 olddefconfig >/dev/null
 
-  # Every option a fragment sets to y must still be y: olddefconfig drops
-  # options whose dependencies are unmet without a word.
+  # Every option a fragment sets to y must still be y, and every =n must be
+  # off: olddefconfig drops options whose dependencies are unmet, and selects
+  # others, without a word.
   missing=()
   while IFS= read -r line; do
     opt=${line%%=*}
-    grep -qx "$line" "$build/.config" || missing+=("$opt")
+    grep -qx "$line" "$build/.config" || missing+=("$opt=y")
   done < <(grep -E '^CONFIG_[A-Z0-9_]+=y$' "$merged")
+  while IFS= read -r line; do
+    opt=${line%%=*}
+    if grep -q "^$opt=" "$build/.config"; then missing+=("$opt=n"); fi
+  done < <(grep -E '^CONFIG_[A-Z0-9_]+=n$' "$merged")
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "kernel/build.sh: these options did not survive olddefconfig (unmet dependencies?):" >&2
+    echo "kernel/build.sh: these fragment settings did not survive olddefconfig (unmet dependencies or selected by another option):" >&2
     printf '  %s\n' "${missing[@]}" >&2
     exit 1
   fi
