@@ -9,6 +9,7 @@
 //! | [`Artifact::Vmlinux`] | `target/kernel/vmlinux` (PVH entry, for microvm) | `WISP_VMLINUX` |
 //! | [`Artifact::Initrd`] | `target/initrd/wisp.initrd` (gzip newc cpio) | `WISP_INITRD` |
 //! | [`Artifact::Agent`] | `target/x86_64-unknown-linux-gnu/release/wisp-agent` | `WISP_AGENT` |
+//! | [`Artifact::RootfsBuilder`] | `target/release/rootfs-builder` (else `target/debug/`) | `WISP_ROOTFS_BUILDER` |
 
 use std::env;
 use std::fmt;
@@ -40,11 +41,13 @@ pub enum Artifact {
     Initrd,
     /// The static agent binary.
     Agent,
+    /// The host tool that packs initrds (`rootfs-builder`).
+    RootfsBuilder,
 }
 
 impl Artifact {
     /// All artifacts.
-    pub const ALL: [Artifact; 4] = [Self::Kernel, Self::Vmlinux, Self::Initrd, Self::Agent];
+    pub const ALL: [Artifact; 5] = [Self::Kernel, Self::Vmlinux, Self::Initrd, Self::Agent, Self::RootfsBuilder];
 
     /// The environment variable overriding this artifact's path.
     pub fn env_var(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Artifact {
             Self::Vmlinux => "WISP_VMLINUX",
             Self::Initrd => "WISP_INITRD",
             Self::Agent => "WISP_AGENT",
+            Self::RootfsBuilder => "WISP_ROOTFS_BUILDER",
         }
     }
 
@@ -63,6 +67,7 @@ impl Artifact {
             Self::Vmlinux => "target/kernel/vmlinux",
             Self::Initrd => "target/initrd/wisp.initrd",
             Self::Agent => "target/x86_64-unknown-linux-gnu/release/wisp-agent",
+            Self::RootfsBuilder => "target/release/rootfs-builder",
         }
     }
 
@@ -77,8 +82,12 @@ impl Artifact {
 
     /// The artifact's path, or an error telling how to build it.
     pub fn path(self) -> Result<PathBuf, ArtifactError> {
-        let overridden = env::var_os(self.env_var()).is_some_and(|v| !v.is_empty());
-        self.check(self.expected_path(), overridden)
+        self.check(self.expected_path(), self.overridden())
+    }
+
+    /// Whether this artifact's variable is set (to something non-empty).
+    fn overridden(self) -> bool {
+        env::var_os(self.env_var()).is_some_and(|v| !v.is_empty())
     }
 
     fn check(self, path: PathBuf, overridden: bool) -> Result<PathBuf, ArtifactError> {
@@ -101,6 +110,7 @@ impl fmt::Display for Artifact {
             Self::Vmlinux => "guest kernel (PVH vmlinux)",
             Self::Initrd => "guest initrd",
             Self::Agent => "agent binary",
+            Self::RootfsBuilder => "rootfs-builder",
         })
     }
 }
@@ -137,6 +147,19 @@ pub fn agent() -> Result<PathBuf, ArtifactError> {
     Artifact::Agent.path()
 }
 
+/// The `rootfs-builder` binary ([`Artifact::RootfsBuilder`]): the release build `make` makes,
+/// else a debug build, unless `WISP_ROOTFS_BUILDER` names one.
+pub fn rootfs_builder() -> Result<PathBuf, ArtifactError> {
+    Artifact::RootfsBuilder.path().or_else(|err| {
+        let debug = target_dir().join("debug/rootfs-builder");
+        if !Artifact::RootfsBuilder.overridden() && debug.is_file() {
+            Ok(debug)
+        } else {
+            Err(err)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +189,11 @@ mod tests {
             format!(
                 "guest kernel (PVH vmlinux) not found at /nowhere/vmlinux: run `make` in {root} (or point WISP_VMLINUX at one)"
             )
+        );
+        let err = Artifact::RootfsBuilder.check("/nowhere/rootfs-builder".into(), false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("rootfs-builder not found at /nowhere/rootfs-builder: run `make` in {root} (or point WISP_ROOTFS_BUILDER at one)")
         );
         let err = Artifact::Agent.check("/given/agent".into(), true).unwrap_err();
         assert_eq!(err.to_string(), "agent binary not found at /given/agent: it was given by WISP_AGENT");

@@ -25,6 +25,9 @@
 //! - [`qemu`]: [`VmConfig`], a builder producing the exact QEMU argv (unit-tested without booting).
 //! - [`vm`]: [`Vm`], which boots a config, watches its console, hands out the agent address and
 //!   kills everything it started when dropped.
+//! - [`rootfs_builder`]: packs initrds with the workspace's `rootfs-builder`.
+//! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
+//!   initrd.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,7 +49,10 @@
 
 pub mod accel;
 pub mod artifacts;
+pub mod floor;
 pub mod qemu;
+pub mod rootfs_builder;
+pub mod timeline;
 pub mod vm;
 
 pub use accel::Accel;

@@ -49,6 +49,21 @@ async fn destroy_and_see_qemu_exit(vm: &mut Vm, agent: &AgentConn) -> Result<()>
     Ok(())
 }
 
+/// Boots `config`, checks the agent serves, waits for `console_line` if given,
+/// and ends the VM through DestroySandbox. Returns the VM for console checks.
+fn boot_check_destroy(config: VmConfig, console_line: Option<&str>) -> Result<Vm> {
+    let mut vm = Vm::boot(config)?;
+    rt().block_on(async {
+        let agent = vm.connect_agent(BOOT).await?;
+        assert_serving(&agent).await?;
+        if let Some(line) = console_line {
+            vm.wait_for_console(line, Duration::from_secs(30))?;
+        }
+        destroy_and_see_qemu_exit(&mut vm, &agent).await
+    })?;
+    Ok(vm)
+}
+
 fn rpc_code(e: ttrpc::Error) -> (Code, String) {
     match e {
         ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
@@ -119,12 +134,8 @@ fn q35_over_hybrid_vsock_serves_the_kata_protocol() -> Result<()> {
 #[test]
 fn microvm_over_hybrid_vsock() -> Result<()> {
     let _one = one_vm_at_a_time();
-    let mut vm = Vm::boot(VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock))?;
-    rt().block_on(async {
-        let agent = vm.connect_agent(BOOT).await?;
-        assert_serving(&agent).await?;
-        destroy_and_see_qemu_exit(&mut vm, &agent).await
-    })
+    boot_check_destroy(VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), None)?;
+    Ok(())
 }
 
 #[test]
@@ -163,12 +174,7 @@ fn debian_cloud_kernel_with_shipped_modules() -> Result<()> {
     let initrd = artifacts::target_dir().join("initrd/wisp-cloud.initrd");
     ensure!(initrd.exists(), "{} missing: run make", initrd.display());
     let config = VmConfig::new(Machine::Q35, &kernel).initrd(&initrd).memory_mib(512).channel(Channel::HybridVsock);
-    let mut vm = Vm::boot(config)?;
-    rt().block_on(async {
-        let agent = vm.connect_agent(BOOT).await?;
-        assert_serving(&agent).await?;
-        destroy_and_see_qemu_exit(&mut vm, &agent).await
-    })?;
+    let vm = boot_check_destroy(config, None)?;
     let console = vm.console();
     ensure!(console.contains("kernel modules loaded"), "{}", vm.console_tail(30));
     ensure!(!console.contains("module not loaded"), "{console}");
@@ -181,12 +187,7 @@ fn bad_kernel_options_are_reported_and_defaults_used() -> Result<()> {
     let config = VmConfig::wisp(Machine::Q35)?
         .channel(Channel::HybridVsock)
         .cmdline_arg("agent.log=loud agent.frobnicate=1 agent.hotplug_timeout=soon");
-    let mut vm = Vm::boot(config)?;
-    rt().block_on(async {
-        let agent = vm.connect_agent(BOOT).await?;
-        assert_serving(&agent).await?;
-        destroy_and_see_qemu_exit(&mut vm, &agent).await
-    })?;
+    let vm = boot_check_destroy(config, None)?;
     let console = vm.console();
     for want in ["bad value \\\"loud\\\" for agent.log", "unknown option agent.frobnicate", "agent.hotplug_timeout"] {
         ensure!(console.contains(want), "console lacks {want:?}:\n{console}");
@@ -216,12 +217,8 @@ fn debug_console_starts_a_shell() -> Result<()> {
     let initrd = artifacts::target_dir().join("initrd/wisp-busybox.initrd");
     let config =
         VmConfig::wisp(Machine::Q35)?.initrd(&initrd).channel(Channel::HybridVsock).cmdline_arg("agent.debug_console");
-    let mut vm = Vm::boot(config)?;
-    rt().block_on(async {
-        let agent = vm.connect_agent(BOOT).await?;
-        vm.wait_for_console("debug console started", Duration::from_secs(10))?;
-        destroy_and_see_qemu_exit(&mut vm, &agent).await
-    })
+    boot_check_destroy(config, Some("debug console started"))?;
+    Ok(())
 }
 
 /// cgroups are mounted after the agent serves: v1 controllers by default, the
@@ -234,12 +231,7 @@ fn cgroups_v1_by_default_and_v2_on_request() -> Result<()> {
         if !extra.is_empty() {
             config = config.cmdline_arg(extra);
         }
-        let mut vm = Vm::boot(config)?;
-        rt().block_on(async {
-            let agent = vm.connect_agent(BOOT).await?;
-            vm.wait_for_console(want, Duration::from_secs(30))?;
-            destroy_and_see_qemu_exit(&mut vm, &agent).await
-        })?;
+        let vm = boot_check_destroy(config, Some(want))?;
         ensure!(!vm.console().contains("cannot mount cgroup"), "{}", vm.console());
     }
     Ok(())

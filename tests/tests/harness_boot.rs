@@ -3,27 +3,19 @@
 //! uptime and powers off (the "boot floor"), on q35 and on microvm; and a VM dropped mid-boot
 //! leaves no process and no directory behind.
 //!
-//! Needs the kernel (`make`); the floor initrd is packed here with busybox and `cpio`.
+//! Needs the kernel and rootfs-builder (`make`); the floor initrd is packed here
+//! ([`wisp_tests::floor`]).
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 use wisp_shim::agent_dial::{self, DialError};
+use wisp_tests::floor::{self, FLOOR_INIT};
+use wisp_tests::timeline::FLOOR_MARKER;
 use wisp_tests::{Channel, Machine, Vm, VmConfig, VmError};
-
-const FLOOR_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-[ -c /dev/console ] && exec >/dev/console 2>&1
-echo "WISP-FLOOR uptime=$(/bin/busybox cat /proc/uptime)"
-/bin/busybox poweroff -f
-"#;
 
 /// Prints what the agent channels look like from inside, then idles until killed.
 const IDLE_INIT: &str = r#"#!/bin/busybox sh
@@ -46,30 +38,12 @@ fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Packs `init` as `/init` and a static busybox into a newc cpio.
+/// Packs `init_script` as `/init` beside a static busybox, in a directory that goes with it.
 fn busybox_initrd(init_script: &str) -> Result<(TempDir, PathBuf)> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "{} not found (apt-get install busybox-static)", busybox.display());
     let dir = tempfile::Builder::new().prefix("wisp-floor-").tempdir()?;
-    let root = dir.path().join("root");
-    for sub in ["bin", "proc", "sys", "dev"] {
-        fs::create_dir_all(root.join(sub))?;
-    }
-    fs::copy(busybox, root.join("bin/busybox"))?;
-    let init = root.join("init");
-    fs::write(&init, init_script)?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-
-    let cpio = dir.path().join("floor.cpio");
-    let status = Command::new("sh")
-        .args(["-c", "find . | cpio --quiet -o -H newc -R 0:0"])
-        .current_dir(&root)
-        .stdout(fs::File::create(&cpio)?)
-        .stderr(Stdio::inherit())
-        .status()
-        .context("running find | cpio")?;
-    ensure!(status.success(), "find | cpio failed with {status}");
-    Ok((dir, cpio))
+    let initrd = dir.path().join("floor.initrd");
+    floor::busybox_initrd(init_script, &initrd)?;
+    Ok((dir, initrd))
 }
 
 /// Boots the floor on `machine`, reports the times, and checks QEMU exits by itself.
@@ -82,7 +56,7 @@ fn boot_floor(machine: Machine) -> Result<()> {
     let total = vm.spawned_at().elapsed();
 
     let console = vm.console();
-    let Some(line) = console.lines().find(|l| l.contains("WISP-FLOOR uptime=")) else {
+    let Some(line) = console.lines().find(|l| l.contains(FLOOR_MARKER)) else {
         bail!("no uptime line on the console:\n{}", vm.console_tail(40));
     };
     eprintln!(

@@ -1,0 +1,162 @@
+//! The command line: the flags, the long help (what is measured, on which clock, against which
+//! goals) and the configuration names, so `--help` and the parsing live together.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+const AFTER_HELP: &str = "\
+WHAT IS MEASURED
+  Sizes: the agent binary, the agent-only initrd (gzip as built, plus zstd and uncompressed
+  variants packed here), the busybox and cloud initrds, the floor initrd, bzImage and vmlinux.
+  What is packed here stays in target/bench/ (floor.initrd, floor-init.sh, wisp-zstd.initrd,
+  wisp.cpio) to reproduce a number by hand.
+
+  Boots, per configuration, RUNS times each, interleaved (floor 1, agent 1, floor 2, ...):
+  FLOOR  the same VM (machine, kernel, memory, devices, agent channel) with an initrd whose
+         /init is a busybox script that mounts /proc, prints /proc/uptime and powers off:
+         the cost of the kernel and QEMU alone, the best any /init could do.
+  AGENT  the wisp initrd. The host dials the agent (a new attempt every <= 100 ms, as a
+         runtime polls), sends Health.Check, GetMetrics, then DestroySandbox and waits for
+         QEMU to exit.
+
+CLOCKS (the table's clock column)
+  printk  guest kernel stamps, e.g. `[    1.781430] Run /init as init process`
+  boot    guest CLOCK_BOOTTIME: the agent's `t=`/`boot_clock=`, the floor's /proc/uptime
+          (10 ms steps). The printk clock runs a constant 30-55 ms ahead of it under TCG here
+          (the kernel prints the offset in `sched_clock: Marking stable`); rows that mix the
+          two (p-boot) convert printk to CLOCK_BOOTTIME first.
+  host    the host's monotonic clock, seconds since QEMU was spawned (vhost-device-vsock is
+          started before). `console:` rows are when a line first appeared in the console
+          file (polled every 5 ms); `before printk 0` is such a host time minus the printk
+          stamp of the same line: QEMU start-up, firmware and kernel decompression.
+
+GOALS (printed under each configuration)
+  agent ready / floor /init, guest clock, <= 1.03: the ratio of medians decides; also shown
+  as the ratio of minimums and `/init part only`: the floor's median plus the agent's extra
+  time after the kernel ran /init, over the floor's median, which cancels the kernel-phase
+  noise a loaded host adds. first Check / WISP-FLOOR line is the same question asked from
+  the host. Agent RSS: <= 2 MiB goal, <= 3 MiB target.
+
+MEMORY
+  Agent RSS, threads and guest memory come from the agent's GetMetrics (Prometheus text),
+  read after the first Check; `n/a` when the agent does not implement it. QEMU's VmRSS (and
+  the part that is guest RAM in the shared memfd, RssShmem) and vhost-device-vsock's VmRSS
+  are read from /proc at the same moment.
+
+OUTPUT
+  A table on stdout (median [min..max] per phase, the agent/floor ratio of medians, the
+  goals), progress on stderr, JSON in target/bench/boot.json (see --json). Exit status 1
+  if any run failed (its console tail is printed, the other runs go on); 2 on bad usage or
+  missing artifacts (run `make`).
+
+CONFIGURATIONS
+  q35             q35 + qboot, our bzImage, hybrid vsock (vhost-device-vsock), 256 MiB
+  microvm         microvm, our PVH vmlinux, hybrid vsock, 256 MiB
+  q35-serial      as q35 but the agent channel is virtio-serial
+  microvm-serial  as microvm but over virtio-serial
+  q35-zstd        as q35 with the agent-only initrd compressed with zstd instead of gzip
+  cloud           q35, Debian's cloud kernel (/boot/vmlinuz-*-cloud-amd64) with
+                  target/initrd/wisp-cloud.initrd (virtio modules loaded by the agent), 512 MiB
+
+  The default (q35, microvm, cloud; 5 runs) boots 30 VMs in about 2 minutes under TCG on
+  2 cores; --all boots 60 in about 3. Run it on an otherwise idle host: other VMs and
+  builds slow a TCG guest down by tens of percent.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wisp-bench-boot",
+    version,
+    about = "Measure wisp's sizes, boot time against a busybox floor, and idle memory",
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Boots per configuration, for the floor and for the agent each
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+
+    /// Configurations to boot (comma-separated or repeated); see CONFIGURATIONS below
+    #[arg(long = "config", value_enum, value_delimiter = ',', default_values_t = [ConfigName::Q35, ConfigName::Microvm, ConfigName::Cloud])]
+    pub configs: Vec<ConfigName>,
+
+    /// Boot every configuration
+    #[arg(long, conflicts_with = "configs")]
+    pub all: bool,
+
+    /// Only report the sizes; boot nothing
+    #[arg(long)]
+    pub sizes_only: bool,
+
+    /// Where to write the JSON report [default: target/bench/boot.json in the workspace]
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Seconds one boot may take, from QEMU's spawn to its exit, before the run fails
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    pub timeout: u64,
+
+    /// Save every run's guest console into DIR (CONFIG-KIND-RUN.log)
+    #[arg(long, value_name = "DIR")]
+    pub keep_consoles: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum ConfigName {
+    Q35,
+    Microvm,
+    Q35Serial,
+    MicrovmSerial,
+    Q35Zstd,
+    Cloud,
+}
+
+impl ConfigName {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q35 => "q35",
+            Self::Microvm => "microvm",
+            Self::Q35Serial => "q35-serial",
+            Self::MicrovmSerial => "microvm-serial",
+            Self::Q35Zstd => "q35-zstd",
+            Self::Cloud => "cloud",
+        }
+    }
+}
+
+/// The configurations asked for, each once, in the order given.
+pub fn selected(args: &Args) -> Vec<ConfigName> {
+    if args.all {
+        return ConfigName::value_variants().to_vec();
+    }
+    let mut names: Vec<ConfigName> = Vec::new();
+    for name in &args.configs {
+        if !names.contains(name) {
+            names.push(*name);
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_deduplicated_in_order_and_all_means_all() {
+        let args = Args::try_parse_from(["x", "--config", "cloud,q35", "--config", "cloud"]).unwrap();
+        assert_eq!(selected(&args), [ConfigName::Cloud, ConfigName::Q35]);
+        let args = Args::try_parse_from(["x", "--all"]).unwrap();
+        assert_eq!(selected(&args).len(), 6);
+    }
+
+    #[test]
+    fn cli_parses_configs_and_defaults() {
+        let args = Args::try_parse_from(["wisp-bench-boot"]).unwrap();
+        assert_eq!(args.configs, [ConfigName::Q35, ConfigName::Microvm, ConfigName::Cloud]);
+        assert_eq!(args.runs, 5);
+        let args = Args::try_parse_from(["x", "--config", "q35-serial,cloud", "--runs", "2"]).unwrap();
+        assert_eq!(args.configs, [ConfigName::Q35Serial, ConfigName::Cloud]);
+        assert!(Args::try_parse_from(["x", "--runs", "0"]).is_err());
+        assert!(Args::try_parse_from(["x", "--all", "--config", "q35"]).is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! The VM configurations the bench boots, each an agent VM and its floor twin: the same machine,
+//! kernel, memory and devices, only the initrd differs.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use wisp_tests::{artifacts, Channel, Machine, VmConfig};
+
+use crate::cli::ConfigName;
+use crate::inputs::Packed;
+
+/// A configuration ready to boot: the agent VM and its floor twin.
+#[derive(Debug)]
+pub struct BenchConfig {
+    pub name: &'static str,
+    pub description: String,
+    pub agent: VmConfig,
+    pub floor: VmConfig,
+}
+
+/// The configuration `name`: its agent VM, and the same VM booting `packed.floor_initrd`.
+pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
+    let (agent, description) = match name {
+        ConfigName::Q35 => (VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock), "our bzImage, hybrid vsock"),
+        ConfigName::Microvm => {
+            (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")
+        }
+        ConfigName::Q35Serial => (VmConfig::wisp(Machine::Q35)?.channel(Channel::Serial), "our bzImage, virtio-serial"),
+        ConfigName::MicrovmSerial => {
+            (VmConfig::wisp(Machine::Microvm)?.channel(Channel::Serial), "our PVH vmlinux, virtio-serial")
+        }
+        ConfigName::Q35Zstd => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.zstd_initrd).channel(Channel::HybridVsock),
+            "our bzImage, zstd initrd, hybrid vsock",
+        ),
+        ConfigName::Cloud => {
+            let release = cloud_kernel_release()?;
+            let kernel = PathBuf::from(format!("/boot/vmlinuz-{release}"));
+            ensure!(kernel.is_file(), "{} not found: run `make deps` (linux-image-cloud-amd64)", kernel.display());
+            let initrd = artifacts::target_dir().join("initrd/wisp-cloud.initrd");
+            ensure!(initrd.is_file(), "{} not found: run `make`", initrd.display());
+            let config =
+                VmConfig::new(Machine::Q35, kernel).initrd(initrd).memory_mib(512).channel(Channel::HybridVsock);
+            (config, "Debian cloud kernel + modules, hybrid vsock, 512 MiB")
+        }
+    };
+    let floor = agent.clone().initrd(&packed.floor_initrd);
+    Ok(BenchConfig { name: name.name(), description: description.to_owned(), agent, floor })
+}
+
+fn cloud_kernel_release() -> Result<String> {
+    fs::read_dir("/lib/modules")
+        .context("reading /lib/modules")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-cloud-amd64"))
+        .max()
+        .context("no Debian cloud kernel in /lib/modules: run `make deps` (linux-image-cloud-amd64)")
+}

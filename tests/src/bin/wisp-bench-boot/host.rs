@@ -1,0 +1,69 @@
+//! What the bench reads from the host: that QEMU and vhost-device-vsock are there, QEMU's
+//! version and the load average for the report, and the RSS of the processes a VM runs.
+
+use std::fs;
+use std::process::Command;
+
+use anyhow::{ensure, Result};
+use wisp_tests::qemu::{qemu_binary, vhost_device_vsock_binary};
+
+/// QEMU and, for hybrid vsock, vhost-device-vsock must be there before 20 boots fail alike.
+pub fn check_host_tools() -> Result<()> {
+    let qemu = qemu_binary();
+    let ok = Command::new(&qemu).arg("--version").output().is_ok_and(|o| o.status.success());
+    ensure!(ok, "cannot run {}: run `make deps` (or set WISP_QEMU)", qemu.display());
+    let helper = vhost_device_vsock_binary();
+    ensure!(
+        helper.is_file(),
+        "vhost-device-vsock not found on PATH or in ~/.cargo/bin: run `make deps` (or set WISP_VHOST_DEVICE_VSOCK)"
+    );
+    Ok(())
+}
+
+/// The three load averages of `/proc/loadavg`, `?` when unreadable.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// The first line of `qemu --version`, empty when it does not run.
+pub fn qemu_version() -> String {
+    Command::new(qemu_binary())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `/proc/PID/comm`.
+pub fn proc_comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_owned())
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field).map(|kib| kib as f64 * 1024.0)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_status_fields_are_read_in_kib() {
+        let status = "Name:\tqemu-system-x86\nVmRSS:\t  123456 kB\nRssShmem:\t    2048 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(123_456));
+        assert_eq!(parse_status_kib(status, "RssShmem"), Some(2048));
+        assert_eq!(parse_status_kib(status, "VmHWM"), None);
+    }
+}

@@ -1,0 +1,75 @@
+//! The files the bench reads: what `make` built, checked up front so a missing one fails before
+//! any VM boots, and the initrd variants packed here (in `target/bench/`, kept so a number can be
+//! reproduced by hand).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Result};
+use wisp_tests::{artifacts, floor, rootfs_builder};
+
+/// What `make` built.
+#[derive(Debug)]
+pub struct Inputs {
+    pub agent: PathBuf,
+    pub initrd: PathBuf,
+    pub busybox_initrd: PathBuf,
+    pub cloud_initrd: PathBuf,
+    pub kernel: PathBuf,
+    pub vmlinux: PathBuf,
+}
+
+impl Inputs {
+    /// Finds them all, or says to run `make`.
+    pub fn find() -> Result<Inputs> {
+        // Packs the variants below; found now so its absence fails first.
+        artifacts::rootfs_builder()?;
+        let target = artifacts::target_dir();
+        let inputs = Inputs {
+            agent: artifacts::agent()?,
+            initrd: artifacts::initrd()?,
+            busybox_initrd: target.join("initrd/wisp-busybox.initrd"),
+            cloud_initrd: target.join("initrd/wisp-cloud.initrd"),
+            kernel: artifacts::kernel()?,
+            vmlinux: artifacts::vmlinux()?,
+        };
+        ensure!(
+            inputs.busybox_initrd.is_file(),
+            "the busybox initrd not found at {}: run `make` in {}",
+            inputs.busybox_initrd.display(),
+            artifacts::workspace_root().display()
+        );
+        Ok(inputs)
+    }
+}
+
+/// The initrds packed here.
+#[derive(Debug)]
+pub struct Packed {
+    /// The floor ([`floor::FLOOR_INIT`] and busybox), gzip; its script is kept beside it.
+    pub floor_initrd: PathBuf,
+    /// The agent-only initrd compressed with zstd instead of gzip.
+    pub zstd_initrd: PathBuf,
+    /// The agent-only initrd uncompressed.
+    pub raw_initrd: PathBuf,
+}
+
+impl Packed {
+    /// Packs them into `dir`.
+    pub fn build(inputs: &Inputs, dir: &Path) -> Result<Packed> {
+        let packed = Packed {
+            floor_initrd: dir.join("floor.initrd"),
+            zstd_initrd: dir.join("wisp-zstd.initrd"),
+            raw_initrd: dir.join("wisp.cpio"),
+        };
+        floor::initrd(&packed.floor_initrd)?;
+        let agent_initrd = |compression: &str, out: &Path| {
+            let args =
+                [OsStr::new("--agent"), inputs.agent.as_os_str(), OsStr::new("--compress"), OsStr::new(compression)];
+            rootfs_builder::initrd(args, out)
+        };
+        agent_initrd("zstd", &packed.zstd_initrd)?;
+        agent_initrd("none", &packed.raw_initrd)?;
+        Ok(packed)
+    }
+}
