@@ -44,7 +44,15 @@ fragments=("$here"/fragments/*.config)
 src_id=$(stat -c '%s-%Y' "$src_tar")
 key=$( { echo "$src_id"; cat "${fragments[@]}"; } | sha256sum | cut -c1-16)
 result="$cache/kernel/$key"
-mkdir -p "$out"
+mkdir -p "$out" "$cache/kernel"
+
+# One build at a time per cache: two makes in one tree corrupt it (CI and a
+# developer, or two checkouts, share ~/.cache/wisp).
+exec 9>"$cache/kernel/.lock"
+if ! flock -n 9; then
+  echo "kernel: another build holds $cache/kernel/.lock; waiting"
+  flock 9
+fi
 
 if [ -f "$result/bzImage" ] && [ -f "$result/vmlinux" ] && [ -f "$result/config" ]; then
   echo "kernel: cached build $key"
@@ -58,7 +66,8 @@ else
     rm -rf "$srcdir"
     mv "$srcdir.tmp" "$srcdir"
   fi
-  build="$cache/kernel/build-$key"
+  # One tree per source: a fragment change rebuilds only what it touches.
+  build="$cache/kernel/build-$src_id"
   mkdir -p "$build"
   merged="$build/fragments.config"
   cat "${fragments[@]}" > "$merged"
