@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 pub struct Timeline {
     pub init_started: f64,
     pub ready: Option<f64>,
+    /// When the setup deferred past readiness (cgroups) finished.
+    pub setup_done: Option<f64>,
 }
 
 /// The `/proc` texts the metrics are made of.
@@ -61,6 +63,13 @@ pub fn render(src: &Sources, timeline: Timeline) -> String {
     if let Some(ready) = timeline.ready {
         gauge("wisp_agent_ready_seconds", "Guest boot clock when the agent began serving.", format!("{ready:.6}"));
     }
+    if let Some(done) = timeline.setup_done {
+        gauge(
+            "wisp_guest_setup_done_seconds",
+            "Guest boot clock when setup deferred past readiness finished.",
+            format!("{done:.6}"),
+        );
+    }
     out
 }
 
@@ -99,7 +108,7 @@ mod tests {
             uptime: "2.50 1.00\n".into(),
             ..Sources::default()
         };
-        let text = render(&src, Timeline { init_started: 2.1, ready: Some(2.2) });
+        let text = render(&src, Timeline { init_started: 2.1, ready: Some(2.2), setup_done: Some(2.3) });
         for line in [
             "wisp_agent_resident_memory_bytes 1572864",
             "wisp_agent_virtual_memory_bytes 4300800",
@@ -109,6 +118,7 @@ mod tests {
             "wisp_guest_uptime_seconds 2.500000",
             "wisp_agent_init_started_seconds 2.100000",
             "wisp_agent_ready_seconds 2.200000",
+            "wisp_guest_setup_done_seconds 2.300000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -31,9 +31,9 @@ pub struct Sandbox {
     /// Boot clock when the process started, and when it began serving.
     started: f64,
     ready: OnceLock<f64>,
-    /// Set once the guest setup deferred past readiness (cgroups) is done;
-    /// anything that creates containers waits for it.
-    setup_done: watch::Sender<bool>,
+    /// Boot clock when the guest setup deferred past readiness (cgroups)
+    /// finished; container creation will have to wait for it.
+    setup_done: OnceLock<f64>,
 }
 
 impl Sandbox {
@@ -45,7 +45,7 @@ impl Sandbox {
             shutdown: watch::channel(false).0,
             started,
             ready: OnceLock::new(),
-            setup_done: watch::channel(false).0,
+            setup_done: OnceLock::new(),
         }
     }
 
@@ -56,16 +56,15 @@ impl Sandbox {
 
     /// Records that the deferred guest setup has finished.
     pub fn mark_setup_done(&self) {
-        self.setup_done.send_replace(true);
-    }
-
-    /// Resolves once the deferred guest setup has finished.
-    pub async fn wait_setup_done(&self) {
-        let _ = self.setup_done.subscribe().wait_for(|done| *done).await;
+        let _ = self.setup_done.set(boot_clock());
     }
 
     pub fn metrics(&self) -> String {
-        metrics::collect(metrics::Timeline { init_started: self.started, ready: self.ready.get().copied() })
+        metrics::collect(metrics::Timeline {
+            init_started: self.started,
+            ready: self.ready.get().copied(),
+            setup_done: self.setup_done.get().copied(),
+        })
     }
 
     pub fn log(&self) -> &slog::Logger {

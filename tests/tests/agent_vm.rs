@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use protocols::agent::{
-    CreateContainerRequest, DestroySandboxRequest, GuestDetailsRequest, ReseedRandomDevRequest, SetGuestDateTimeRequest,
+    CreateContainerRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, ReseedRandomDevRequest,
+    SetGuestDateTimeRequest,
 };
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::ttrpc::{self, context, Code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wisp_shim::agent_dial::{self, AgentAddr, AgentConn};
+use wisp_tests::timeline::parse_prometheus_text;
 use wisp_tests::{artifacts, Channel, Machine, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -104,6 +106,22 @@ fn q35_over_hybrid_vsock_serves_the_kata_protocol() -> Result<()> {
         let (code, msg) =
             rpc_code(agent.agent().create_container(ctx(), &CreateContainerRequest::new()).await.unwrap_err());
         ensure!(code == Code::UNIMPLEMENTED, "{code:?}: {msg}");
+
+        // The agent's own RSS, measured exactly, and the deferred setup (cgroups)
+        // finishing after the agent became ready.
+        let mut metrics = Default::default();
+        for _ in 0..50 {
+            let text = agent.agent().get_metrics(ctx(), &GetMetricsRequest::new()).await?.metrics;
+            metrics = parse_prometheus_text(&text)?;
+            if metrics.contains_key("wisp_guest_setup_done_seconds") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rss = metrics.get("wisp_agent_resident_memory_bytes").copied().unwrap_or(0.0);
+        ensure!((256.0 * 1024.0..16.0 * 1024.0 * 1024.0).contains(&rss), "agent RSS {rss} in {metrics:?}");
+        let (ready, done) = (metrics.get("wisp_agent_ready_seconds"), metrics.get("wisp_guest_setup_done_seconds"));
+        ensure!(matches!((ready, done), (Some(r), Some(d)) if d >= r), "ready {ready:?}, setup done {done:?}");
 
         let mut t = SetGuestDateTimeRequest::new();
         t.Sec = 1_900_000_000;
