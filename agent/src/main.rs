@@ -102,9 +102,9 @@ fn run_as_init() -> ! {
     for d in &diagnostics {
         slog::warn!(log, "kernel command line: {}", d);
     }
-    wisp_init::boot(&log, &opts);
+    let deferred = wisp_init::boot(&log, &opts);
 
-    if let Err(e) = serve_as_init(&log, &opts, started) {
+    if let Err(e) = serve_as_init(&log, &opts, started, deferred) {
         slog::crit!(log, "agent failed; powering off"; "error" => format!("{e:#}"));
     } else {
         slog::info!(log, "powering off");
@@ -112,11 +112,16 @@ fn run_as_init() -> ! {
     wisp_init::power::power_off();
 }
 
-fn serve_as_init(log: &slog::Logger, opts: &BootOptions, started: f64) -> anyhow::Result<()> {
+fn serve_as_init(
+    log: &slog::Logger,
+    opts: &BootOptions,
+    started: f64,
+    deferred: wisp_init::Deferred,
+) -> anyhow::Result<()> {
     let addr = channel::choose(opts, CHANNEL_WAIT)?;
     let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started));
     let (late_log, late_opts) = (log.clone(), opts.clone());
-    let after_ready = move || wisp_init::after_ready(&late_log, &late_opts);
+    let after_ready = move || wisp_init::after_ready(&late_log, &late_opts, deferred);
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Init, after_ready))?;
     Ok(())
 }

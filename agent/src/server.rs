@@ -25,7 +25,7 @@ pub enum ServeError {
 }
 
 /// Serves until DestroySandbox (or SIGTERM/SIGINT when not PID 1). `after_ready`
-/// runs on a blocking thread once the server listens: setup the first
+/// runs on a thread of its own once the server listens: setup the first
 /// Health.Check need not wait for.
 pub async fn serve(
     addr: &ListenAddr,
@@ -39,11 +39,16 @@ pub async fn serve(
     server.start().await.map_err(ServeError::Start)?;
     sandbox.mark_ready();
     slog::info!(log, "agent ready"; "channel" => %addr);
+    // A thread of its own rather than tokio's blocking pool, whose idle thread
+    // would linger for seconds and count in the agent's RSS.
     let setup = sandbox.clone();
-    tokio::task::spawn_blocking(move || {
+    let spawned = std::thread::Builder::new().name("wisp-setup".into()).spawn(move || {
         after_ready();
         setup.mark_setup_done();
     });
+    if let Err(e) = spawned {
+        slog::error!(log, "deferred guest setup not started"; "error" => %e);
+    }
 
     if role == Role::Init {
         let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;

@@ -7,9 +7,10 @@
 //! the privileged half stays small enough to be proven inside a VM test.
 //!
 //! Boot order: [`early`] (pseudo file systems, console; fatal on failure), then
-//! [`read_cmdline`] and, once the caller has a logger, [`boot`] (kernel modules the
-//! image ships, hostname, entropy, debug console), then, once the agent serves,
-//! [`after_ready`] (cgroups). Failures after `early` are logged, never fatal.
+//! [`read_cmdline`] and, once the caller has a logger, [`boot`] (the agent
+//! channel's kernel modules, hostname, entropy, debug console), then, once the
+//! agent serves, [`after_ready`] (the other modules, cgroups). Failures after
+//! `early` are logged, never fatal.
 
 pub mod cgroups;
 pub mod cmdline;
@@ -39,14 +40,25 @@ pub fn read_cmdline() -> (BootOptions, Vec<cmdline::Diagnostic>) {
     BootOptions::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
 }
 
-/// The PID-1 setup the agent channel depends on (its driver may be a module).
-/// Nothing here is fatal: a missing module is logged, and whatever waits for its
-/// device names it.
-pub fn boot(log: &slog::Logger, opts: &BootOptions) {
+/// Work [`boot`] leaves for [`after_ready`].
+#[derive(Debug, Default)]
+pub struct Deferred {
+    module_dir: std::path::PathBuf,
+    modules: Vec<String>,
+}
+
+/// The PID-1 setup the agent channel depends on: its drivers, when the kernel
+/// has them as modules, then hostname, entropy and the debug console. Nothing
+/// here is fatal: a missing module is logged, and whatever waits for its device
+/// names it.
+pub fn boot(log: &slog::Logger, opts: &BootOptions) -> Deferred {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let module_dir = Path::new("/lib/modules").join(&release);
+    let mut deferred = Deferred::default();
     if module_dir.join("modules.dep").exists() {
-        modules::load_all(log, &module_dir);
+        let plan = modules::read_plan(log, &module_dir);
+        modules::load_all(log, &module_dir, &plan.channel, "agent channel modules");
+        deferred = Deferred { module_dir, modules: plan.rest };
     }
 
     if let Err(e) = nix::unistd::sethostname(&opts.hostname) {
@@ -60,11 +72,14 @@ pub fn boot(log: &slog::Logger, opts: &BootOptions) {
             Err(e) => slog::warn!(log, "debug console not started"; "error" => %e),
         }
     }
+    deferred
 }
 
 /// Setup nothing needs before the first container: run after the agent serves,
-/// so the host's first Health.Check does not wait for it (the cgroup mounts cost
-/// tens of milliseconds under TCG). Container creation must wait for it.
-pub fn after_ready(log: &slog::Logger, opts: &BootOptions) {
+/// so the host's first Health.Check does not wait for it (the other kernel
+/// modules and the cgroup mounts cost up to a third of a second under TCG).
+/// Container creation must wait for it.
+pub fn after_ready(log: &slog::Logger, opts: &BootOptions, deferred: Deferred) {
+    modules::load_all(log, &deferred.module_dir, &deferred.modules, "kernel modules");
     cgroups::mount(log, opts.cgroup_v2);
 }

@@ -6,6 +6,11 @@
 //! dependencies first. modprobe lists a module's dependencies so that the *last*
 //! one must be loaded first; a depth-first walk over the reversed list gives a
 //! valid order for any acyclic file and terminates on a cyclic one.
+//!
+//! Loading is split in two ([`plan`]): the drivers of the agent channel and
+//! their dependencies before the agent serves, everything else (block, file
+//! systems, network) after. With Debian's cloud kernel all 21 default modules
+//! took 0.33 s under TCG, which the host's first Health.Check need not wait for.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -13,6 +18,51 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::kmod::ModuleInitFlags;
+
+/// Drivers the agent channel needs: the virtio transports, vsock over virtio, and
+/// virtio-serial.
+pub const CHANNEL_MODULES: &[&str] = &["virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport", "virtio_console"];
+
+/// The module name of a path in modules.dep (`kernel/x/virtio-rng.ko` → `virtio_rng`).
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Modules in two load orders: the agent channel's closure first, the rest later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub channel: Vec<String>,
+    pub rest: Vec<String>,
+}
+
+/// Splits [`load_order`] into what the channel needs (with dependencies, in a
+/// valid order) and everything else (in a valid order given the first part).
+pub fn plan(modules_dep: &str) -> Plan {
+    let all = load_order(modules_dep);
+    let needed: Vec<String> =
+        all.iter().filter(|m| CHANNEL_MODULES.contains(&module_name(m).as_str())).cloned().collect();
+    let channel_set: HashSet<String> = closure(modules_dep, &needed);
+    let (channel, rest) = all.into_iter().partition(|m| channel_set.contains(m));
+    Plan { channel, rest }
+}
+
+/// `roots` and everything they depend on, transitively.
+fn closure(modules_dep: &str, roots: &[String]) -> HashSet<String> {
+    let deps: HashMap<&str, Vec<&str>> = modules_dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, rest)| (m.trim(), rest.split_whitespace().collect()))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<String> = roots.to_vec();
+    while let Some(m) = stack.pop() {
+        if seen.insert(m.clone()) {
+            stack.extend(deps.get(m.as_str()).into_iter().flatten().map(|d| d.to_string()));
+        }
+    }
+    seen
+}
 
 /// Load order for the modules of a `modules.dep` text, as paths relative to
 /// the modules directory. Unknown dependencies are still listed (loading will
@@ -71,25 +121,33 @@ pub fn load(path: &Path) -> Result<(), ModuleError> {
     }
 }
 
-/// Loads every module listed in `dir/modules.dep`. A failing module is logged and
-/// skipped: the device it drives will be missing, and whatever waits for that
-/// device names it.
-pub fn load_all(log: &slog::Logger, dir: &Path) {
-    let dep = match std::fs::read_to_string(dir.join("modules.dep")) {
-        Ok(text) => text,
+/// Reads `dir/modules.dep` and splits it; an image without modules gives an
+/// empty plan.
+pub fn read_plan(log: &slog::Logger, dir: &Path) -> Plan {
+    match std::fs::read_to_string(dir.join("modules.dep")) {
+        Ok(text) => plan(&text),
         Err(e) => {
             slog::warn!(log, "cannot read modules.dep"; "dir" => %dir.display(), "error" => %e);
-            return;
-        }
-    };
-    let mut loaded = 0;
-    for rel in load_order(&dep) {
-        match load(&dir.join(&rel)) {
-            Ok(()) => loaded += 1,
-            Err(e) => slog::warn!(log, "module not loaded"; "module" => &rel, "error" => %e, "cause" => e_source(&e)),
+            Plan::default()
         }
     }
-    slog::info!(log, "kernel modules loaded"; "count" => loaded, "dir" => %dir.display());
+}
+
+/// Loads `modules` (paths relative to `dir`) in order. A failing module is
+/// logged and skipped: the device it drives will be missing, and whatever waits
+/// for that device names it.
+pub fn load_all(log: &slog::Logger, dir: &Path, modules: &[String], what: &'static str) {
+    if modules.is_empty() {
+        return;
+    }
+    let mut loaded = 0;
+    for rel in modules {
+        match load(&dir.join(rel)) {
+            Ok(()) => loaded += 1,
+            Err(e) => slog::warn!(log, "module not loaded"; "module" => rel, "error" => %e, "cause" => e_source(&e)),
+        }
+    }
+    slog::info!(log, "{} loaded", what; "count" => loaded, "dir" => %dir.display());
 }
 
 fn e_source(e: &ModuleError) -> String {
@@ -115,6 +173,37 @@ mod tests {
         for dep in ["kernel/legacy.ko", "kernel/modern.ko", "kernel/virtio.ko", "kernel/virtio_ring.ko"] {
             assert!(pos(dep) < pos("kernel/virtio_pci.ko"), "{dep} after virtio_pci in {order:?}");
         }
+    }
+
+    #[test]
+    fn channel_modules_come_first_with_their_dependencies() {
+        let dep = "kernel/fs/overlay.ko:\n\
+                   kernel/virtio.ko:\n\
+                   kernel/virtio_ring.ko:\n\
+                   kernel/blk/virtio_blk.ko: kernel/virtio.ko kernel/virtio_ring.ko\n\
+                   kernel/vsock/vsock.ko:\n\
+                   kernel/vsock/vmw_vsock_virtio_transport_common.ko: kernel/vsock/vsock.ko\n\
+                   kernel/vsock/vmw_vsock_virtio_transport.ko: kernel/vsock/vmw_vsock_virtio_transport_common.ko kernel/vsock/vsock.ko kernel/virtio.ko kernel/virtio_ring.ko\n\
+                   kernel/virtio_pci.ko: kernel/virtio.ko kernel/virtio_ring.ko\n\
+                   kernel/char/virtio-rng.ko: kernel/virtio.ko\n";
+        let p = plan(dep);
+        let mut channel = p.channel.clone();
+        channel.sort();
+        assert_eq!(
+            channel,
+            [
+                "kernel/virtio.ko",
+                "kernel/virtio_pci.ko",
+                "kernel/virtio_ring.ko",
+                "kernel/vsock/vmw_vsock_virtio_transport.ko",
+                "kernel/vsock/vmw_vsock_virtio_transport_common.ko",
+                "kernel/vsock/vsock.ko",
+            ]
+        );
+        assert_eq!(p.rest, ["kernel/fs/overlay.ko", "kernel/blk/virtio_blk.ko", "kernel/char/virtio-rng.ko"]);
+        let pos = |m: &str| p.channel.iter().position(|x| x == m).unwrap();
+        assert!(pos("kernel/vsock/vsock.ko") < pos("kernel/vsock/vmw_vsock_virtio_transport.ko"));
+        assert_eq!(module_name("kernel/char/virtio-rng.ko.xz"), "virtio_rng");
     }
 
     #[test]

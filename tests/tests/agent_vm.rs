@@ -192,9 +192,12 @@ fn debian_cloud_kernel_with_shipped_modules() -> Result<()> {
     let initrd = artifacts::target_dir().join("initrd/wisp-cloud.initrd");
     ensure!(initrd.exists(), "{} missing: run make", initrd.display());
     let config = VmConfig::new(Machine::Q35, &kernel).initrd(&initrd).memory_mib(512).channel(Channel::HybridVsock);
-    let vm = boot_check_destroy(config, None)?;
+    // The channel's drivers load before the agent serves, the rest after.
+    let vm = boot_check_destroy(config, Some("msg=\"kernel modules loaded\""))?;
     let console = vm.console();
-    ensure!(console.contains("kernel modules loaded"), "{}", vm.console_tail(30));
+    let at = |line: &str| console.find(line).with_context(|| format!("no {line:?}:\n{console}"));
+    ensure!(at("agent channel modules loaded")? < at("agent ready")?, "channel modules after ready:\n{console}");
+    ensure!(at("agent ready")? < at("msg=\"kernel modules loaded\"")?, "other modules before ready:\n{console}");
     ensure!(!console.contains("module not loaded"), "{console}");
     Ok(())
 }
