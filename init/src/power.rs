@@ -5,10 +5,20 @@ use std::io::Write;
 
 use nix::sys::reboot::{reboot, RebootMode};
 
-/// Syncs file systems and powers the VM off. With QEMU's `-no-reboot` and ACPI
-/// this makes the hypervisor process exit, which is how the host sees a clean end.
+/// Syncs file systems, makes a disk root read-only, and powers the VM off. With
+/// QEMU's `-no-reboot` and ACPI this makes the hypervisor process exit, which is
+/// how the host sees a clean end.
 pub fn power_off() -> ! {
     nix::unistd::sync();
+    // A root on a disk (rootfs-builder rootfs) would otherwise be left needing
+    // journal recovery. On an initramfs root this fails harmlessly.
+    let _ = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
     let err = match reboot(RebootMode::RB_POWER_OFF) {
         Ok(never) => match never {},
         Err(e) => e,
