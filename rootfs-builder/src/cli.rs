@@ -9,8 +9,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use crate::busybox::DEFAULT_BUSYBOX;
 use crate::compress::Compression;
 use crate::initrd::{InitSource, InitrdSpec, ModulesRequest};
+use crate::rootfs::{Format, RootfsSpec};
 
-/// Builds initrd images for wisp guests (QEMU, StratoVirt and other VMMs).
+/// Builds initrd and root file system images for wisp guests (QEMU, StratoVirt and other VMMs).
 #[derive(Debug, Parser)]
 #[command(name = "rootfs-builder", version, about, long_about = None)]
 pub struct Cli {
@@ -23,6 +24,111 @@ pub enum Command {
     /// Build a reproducible initramfs (newc cpio) whose /init is the agent.
     #[command(long_about = INITRD_ABOUT, after_help = INITRD_AFTER)]
     Initrd(InitrdArgs),
+    /// Build a reproducible root file system disk image (ext4 or erofs) whose
+    /// /sbin/init is the agent, for booting with root=/dev/vda.
+    #[command(long_about = ROOTFS_ABOUT, after_help = ROOTFS_AFTER)]
+    Rootfs(RootfsArgs),
+}
+
+const ROOTFS_ABOUT: &str = "\
+Build a reproducible root file system disk image (ext4 or erofs) whose /sbin/init is
+the wisp agent, attached as a raw virtio-blk disk and booted with root=/dev/vda:
+Kata's image alternative to an initrd.
+
+The tree is the initrd's: /dev, /proc, /sys, /run, /etc, /root (0755), /tmp (1777),
+plus busybox and kernel modules on request; no /dev/console node (the kernel mounts
+devtmpfs on /dev). Everything is owned by root and stamped with $SOURCE_DATE_EPOCH
+(or 0), and the file system UUID is derived from the content, so the same inputs
+always give the same bytes. Needs mkfs.ext4 and debugfs (e2fsprogs) or mkfs.erofs
+(erofs-utils). Prints the kernel command line to boot the image on stdout.";
+
+const ROOTFS_AFTER: &str = "\
+Examples:
+  rootfs-builder rootfs --agent target/x86_64-unknown-linux-gnu/release/wisp-agent -o rootfs.img
+  rootfs-builder rootfs --agent AGENT --busybox --format erofs -o rootfs.erofs
+  rootfs-builder rootfs --agent AGENT --modules-from /lib/modules/$(uname -r) --size 128 -o rootfs.img";
+
+#[derive(Debug, Args)]
+pub struct RootfsArgs {
+    /// Guest agent executable to install as /sbin/init (mode 0755). Must be an ELF
+    /// binary, and should be statically linked: the image has no shared libraries.
+    #[arg(long, value_name = "BIN")]
+    pub agent: PathBuf,
+
+    #[command(flatten)]
+    pub content: ContentArgs,
+
+    /// File system of the image: ext4 (read-write) or erofs (read-only, compact).
+    #[arg(long, value_enum, value_name = "FS", default_value_t = Format::Ext4)]
+    pub format: Format,
+
+    /// ext4 image size in MiB [default: content + 30% + 16 MiB]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub size: Option<u64>,
+
+    /// Output file. Written atomically: nothing is left behind on error.
+    #[arg(short = 'o', long = "output", value_name = "IMG")]
+    pub output: PathBuf,
+}
+
+impl RootfsArgs {
+    /// The build specification for these arguments; `mtime` comes from `SOURCE_DATE_EPOCH`.
+    pub fn to_spec(&self, mtime: u32) -> RootfsSpec {
+        RootfsSpec {
+            agent: self.agent.clone(),
+            busybox: self.content.busybox(),
+            modules: self.content.modules(),
+            format: self.format,
+            size_mib: self.size,
+            mtime,
+        }
+    }
+}
+
+/// What goes into an image besides its init, shared by `initrd` and `rootfs`.
+#[derive(Debug, Args)]
+pub struct ContentArgs {
+    /// Add a static busybox at /bin/busybox plus a symlink for every applet it
+    /// lists (`busybox --list-full`: /bin/sh, /sbin/ifconfig, ...). Never replaces the init.
+    #[arg(long)]
+    pub busybox: bool,
+
+    /// Busybox binary to use (implies --busybox). Must be statically linked
+    /// [default: /bin/busybox, from Debian's busybox-static]
+    #[arg(long, value_name = "PATH")]
+    pub busybox_bin: Option<PathBuf>,
+
+    /// Kernel modules source: a /lib/modules/<version> directory (with modules.dep),
+    /// a root directory containing lib/modules/<version>/, or a Debian kernel
+    /// package (.deb). Modules go to /lib/modules/<version>/ with a matching
+    /// modules.dep; .ko.xz/.ko.zst/.ko.gz are stored decompressed.
+    #[arg(long, value_name = "KERNEL_PKG_OR_DIR")]
+    pub modules_from: Option<PathBuf>,
+
+    /// Module to include with its dependencies (repeatable or comma-separated;
+    /// '-' and '_' are equivalent). Without it, a virtio guest set is used:
+    /// virtio_pci, virtio_mmio, virtio_blk, virtio_scsi, virtio_console, virtio_net,
+    /// virtio_rng, vmw_vsock_virtio_transport, 9pnet_virtio, 9p, virtiofs, fuse,
+    /// overlay, ext4 (those the kernel lacks are skipped). Built-in modules are
+    /// skipped with a note; a named module that does not exist is an error.
+    #[arg(long = "module", value_name = "NAME", value_delimiter = ',', requires = "modules_from")]
+    pub modules: Vec<String>,
+}
+
+impl ContentArgs {
+    /// The busybox to install, if any: `--busybox-bin` implies `--busybox`.
+    pub fn busybox(&self) -> Option<PathBuf> {
+        match (&self.busybox_bin, self.busybox) {
+            (Some(bin), _) => Some(bin.clone()),
+            (None, true) => Some(PathBuf::from(DEFAULT_BUSYBOX)),
+            (None, false) => None,
+        }
+    }
+
+    /// The modules to install, if a source was given.
+    pub fn modules(&self) -> Option<ModulesRequest> {
+        self.modules_from.as_ref().map(|from| ModulesRequest { from: from.clone(), names: self.modules.clone() })
+    }
 }
 
 const INITRD_ABOUT: &str = "\
@@ -56,31 +162,8 @@ pub struct InitrdArgs {
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
 
-    /// Add a static busybox at /bin/busybox plus a symlink for every applet it
-    /// lists (`busybox --list-full`: /bin/sh, /sbin/ifconfig, ...). Never replaces /init.
-    #[arg(long)]
-    pub busybox: bool,
-
-    /// Busybox binary to use (implies --busybox). Must be statically linked
-    /// [default: /bin/busybox, from Debian's busybox-static]
-    #[arg(long, value_name = "PATH")]
-    pub busybox_bin: Option<PathBuf>,
-
-    /// Kernel modules source: a /lib/modules/<version> directory (with modules.dep),
-    /// a root directory containing lib/modules/<version>/, or a Debian kernel
-    /// package (.deb). Modules go to /lib/modules/<version>/ with a matching
-    /// modules.dep; .ko.xz/.ko.zst/.ko.gz are stored decompressed.
-    #[arg(long, value_name = "KERNEL_PKG_OR_DIR")]
-    pub modules_from: Option<PathBuf>,
-
-    /// Module to include with its dependencies (repeatable or comma-separated;
-    /// '-' and '_' are equivalent). Without it, a virtio guest set is used:
-    /// virtio_pci, virtio_mmio, virtio_blk, virtio_scsi, virtio_console, virtio_net,
-    /// virtio_rng, vmw_vsock_virtio_transport, 9pnet_virtio, 9p, virtiofs, fuse,
-    /// overlay, ext4 (those the kernel lacks are skipped). Built-in modules are
-    /// skipped with a note; a named module that does not exist is an error.
-    #[arg(long = "module", value_name = "NAME", value_delimiter = ',', requires = "modules_from")]
-    pub modules: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
 
     /// Compression of the image; every choice is accepted by the kernel's initramfs
     /// unpacker (zstd needs CONFIG_RD_ZSTD).
@@ -103,18 +186,10 @@ impl InitrdArgs {
             // for parsed arguments but harmless (the read fails clearly).
             (None, None) => InitSource::Agent(PathBuf::new()),
         };
-        let busybox = match (&self.busybox_bin, self.busybox) {
-            (Some(bin), _) => Some(bin.clone()),
-            (None, true) => Some(PathBuf::from(DEFAULT_BUSYBOX)),
-            (None, false) => None,
-        };
         InitrdSpec {
             init,
-            busybox,
-            modules: self
-                .modules_from
-                .as_ref()
-                .map(|from| ModulesRequest { from: from.clone(), names: self.modules.clone() }),
+            busybox: self.content.busybox(),
+            modules: self.content.modules(),
             compression: self.compress,
             mtime,
         }
@@ -131,7 +206,47 @@ mod tests {
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|c| match c.command {
             Command::Initrd(a) => a,
+            Command::Rootfs(_) => unreachable!("parsed the initrd subcommand"),
         })
+    }
+
+    fn parse_rootfs(args: &[&str]) -> Result<RootfsArgs, clap::Error> {
+        let mut full = vec!["rootfs-builder", "rootfs"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|c| match c.command {
+            Command::Rootfs(a) => a,
+            Command::Initrd(_) => unreachable!("parsed the rootfs subcommand"),
+        })
+    }
+
+    #[test]
+    fn rootfs_options() {
+        let s = parse_rootfs(&["--agent", "a", "-o", "x"]).unwrap().to_spec(9);
+        assert_eq!(s.format, Format::Ext4);
+        assert_eq!((s.size_mib, s.busybox, s.modules, s.mtime), (None, None, None, 9));
+        let s = parse_rootfs(&[
+            "--agent",
+            "a",
+            "--busybox",
+            "--modules-from",
+            "/m",
+            "--module",
+            "virtio_blk",
+            "--format",
+            "erofs",
+            "-o",
+            "x",
+        ])
+        .unwrap()
+        .to_spec(0);
+        assert_eq!(s.format, Format::Erofs);
+        assert_eq!(s.busybox, Some(PathBuf::from("/bin/busybox")));
+        assert_eq!(s.modules.unwrap().names, ["virtio_blk"]);
+        assert_eq!(parse_rootfs(&["--agent", "a", "--size", "64", "-o", "x"]).unwrap().size, Some(64));
+        assert!(parse_rootfs(&["-o", "x"]).is_err(), "--agent is required");
+        assert!(parse_rootfs(&["--agent", "a", "--format", "xfs", "-o", "x"]).is_err());
+        assert!(parse_rootfs(&["--agent", "a", "--size", "0", "-o", "x"]).is_err());
+        assert!(parse_rootfs(&["--agent", "a", "--module", "m", "-o", "x"]).is_err());
     }
 
     #[test]

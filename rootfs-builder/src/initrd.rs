@@ -190,19 +190,42 @@ fn shebang_interpreter(data: &[u8]) -> Option<String> {
     line.split_whitespace().next().map(str::to_owned)
 }
 
+/// Where the tree puts its init, and whether it needs a `/dev/console` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Path of the init executable, relative to `/`.
+    pub init_path: &'static str,
+    /// Whether to add the [`CONSOLE`] node (an initramfs needs it; a disk root
+    /// gets devtmpfs mounted on /dev by the kernel instead).
+    pub console: bool,
+}
+
+impl Layout {
+    /// An initramfs: `/init` and `/dev/console`.
+    pub const INITRD: Layout = Layout { init_path: "init", console: true };
+}
+
 /// Builds the image tree for `spec`.
 pub fn assemble(spec: &InitrdSpec) -> Result<Image, InitrdError> {
+    assemble_with(spec, Layout::INITRD)
+}
+
+/// Builds the image tree for `spec` with init and console as `layout` says;
+/// shared by the initrd and the disk-image (`rootfs`) builders.
+pub fn assemble_with(spec: &InitrdSpec, layout: Layout) -> Result<Image, InitrdError> {
     let mut archive = Archive::new();
     let mut notes = Vec::new();
     for dir in BASE_DIRS {
         archive.add_dir(dir, if *dir == "tmp" { 0o1777 } else { 0o755 })?;
     }
-    let (console, perm, major, minor) = CONSOLE;
-    archive.add_char_device(console, perm, major, minor)?;
+    if layout.console {
+        let (console, perm, major, minor) = CONSOLE;
+        archive.add_char_device(console, perm, major, minor)?;
+    }
 
     let init = read_init(&spec.init, &mut notes)?;
     let interpreter = shebang_interpreter(&init);
-    archive.add_file("init", 0o755, init)?;
+    archive.add_file(layout.init_path, 0o755, init)?;
 
     if let Some(path) = &spec.busybox {
         let bb = busybox::load(path)?;
@@ -234,7 +257,10 @@ pub fn assemble(spec: &InitrdSpec) -> Result<Image, InitrdError> {
 
     if let Some(interp) = interpreter {
         if !archive.contains(&interp) {
-            notes.push(format!("warning: /init is a script for {interp}, which is not in the image (add --busybox?)"));
+            notes.push(format!(
+                "warning: /{} is a script for {interp}, which is not in the image (add --busybox?)",
+                layout.init_path
+            ));
         }
     }
     Ok(Image { archive, notes })

@@ -4,7 +4,8 @@
 //! [`archive`] (deterministic newc cpio), [`compress`] (kernel-compatible
 //! gzip/zstd out, gz/xz/zst in), [`elf`] (static-binary and `.modinfo`
 //! checks), [`busybox`], [`modules`] (module trees, `.deb` packages,
-//! `modules.dep` closure), [`initrd`] (assembling the image) and [`cli`].
+//! `modules.dep` closure), [`initrd`] (assembling the image), [`rootfs`]
+//! (ext4/erofs disk images of the same tree) and [`cli`].
 
 #![forbid(unsafe_code)]
 
@@ -15,3 +16,4 @@ pub mod compress;
 pub mod elf;
 pub mod initrd;
 pub mod modules;
+pub mod rootfs;

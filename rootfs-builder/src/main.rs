@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use rootfs_builder::cli::{Cli, Command, InitrdArgs};
-use rootfs_builder::initrd;
+use rootfs_builder::cli::{Cli, Command, InitrdArgs, RootfsArgs};
+use rootfs_builder::{initrd, rootfs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Initrd(args) => run_initrd(args),
+        Command::Rootfs(args) => run_rootfs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +51,29 @@ fn run_initrd(args: &InitrdArgs) -> anyhow::Result<()> {
             c => format!("{}-compressed", c.name()),
         }
     );
+    Ok(())
+}
+
+fn run_rootfs(args: &RootfsArgs) -> anyhow::Result<()> {
+    let out = &args.output;
+    let mtime = initrd::source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())
+        .context("cannot choose the timestamp for file system entries")?;
+    let spec = args.to_spec(mtime);
+    let built =
+        rootfs::build(&spec, out).with_context(|| format!("cannot build root file system {}", out.display()))?;
+    for note in &built.notes {
+        eprintln!("rootfs-builder: {note}");
+    }
+    eprintln!(
+        "rootfs-builder: wrote {}: {} image, {} entries, {}, UUID {}",
+        out.display(),
+        spec.format.name(),
+        built.entries,
+        size(usize::try_from(built.size).unwrap_or(usize::MAX)),
+        built.uuid
+    );
+    eprintln!("rootfs-builder: boot it as a raw virtio-blk disk with this kernel command line:");
+    println!("{}", spec.format.kernel_cmdline());
     Ok(())
 }
 
