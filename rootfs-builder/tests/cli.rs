@@ -7,6 +7,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{dir_names, tiny_static_elf};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
 const REAL_TREE: &str = "/lib/modules/6.1.0-56-cloud-amd64";
 
@@ -87,25 +90,6 @@ fn read_initrd(path: &Path) -> Vec<(String, Entry)> {
 
 fn as_map(entries: &[(String, Entry)]) -> BTreeMap<String, Entry> {
     entries.iter().cloned().collect()
-}
-
-/// A minimal static ELF64 executable header (no program headers, so no PT_INTERP).
-fn tiny_static_elf() -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[..4].copy_from_slice(b"\x7fELF");
-    f[4] = 2;
-    f[5] = 1;
-    f[6] = 1;
-    f[16] = 2; // ET_EXEC
-    f[18] = 62; // x86-64
-    f
-}
-
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 struct Fixture {

@@ -8,6 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+use common::{dir_names, tiny_static_elf};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
 const MIB: u64 = 1024 * 1024;
 
@@ -52,25 +55,6 @@ fn erofs_stat(img: &str, path: &str) -> String {
     let (ok, out) = tool("dump.erofs", &[&format!("--path={path}"), img]);
     assert!(ok, "dump.erofs {path}: {out}");
     out
-}
-
-/// A minimal static ELF64 executable header (no program headers, so no PT_INTERP).
-fn tiny_static_elf() -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[..4].copy_from_slice(b"\x7fELF");
-    f[4] = 2;
-    f[5] = 1;
-    f[6] = 1;
-    f[16] = 2; // ET_EXEC
-    f[18] = 62; // x86-64
-    f
-}
-
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 struct Fixture {
