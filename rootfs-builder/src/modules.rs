@@ -619,7 +619,20 @@ pub(crate) mod tests {
     use std::collections::BTreeSet;
     use std::io::Write;
 
-    pub(crate) const REAL_TREE: &str = "/lib/modules/6.1.0-56-cloud-amd64";
+    /// The newest Debian cloud kernel's module tree and its version. `make deps`
+    /// installs it; without it the tests that read real modules fail and say so
+    /// (the version is not pinned: Debian bumps its ABI number with updates).
+    pub(crate) fn real_tree() -> (PathBuf, String) {
+        let version = fs::read_dir("/lib/modules")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|v| v.ends_with("-cloud-amd64") && Path::new("/lib/modules").join(v).join("modules.dep").exists())
+            .max()
+            .expect("no Debian cloud kernel modules in /lib/modules: run `make deps` (linux-image-cloud-amd64)");
+        (Path::new("/lib/modules").join(&version), version)
+    }
 
     fn write(path: &Path, data: &[u8]) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -933,12 +946,9 @@ pub(crate) mod tests {
 
     #[test]
     fn real_tree_virtio_pci_closure() {
-        if !Path::new(REAL_TREE).join("modules.dep").exists() {
-            eprintln!("skipping: {REAL_TREE} not present");
-            return;
-        }
-        let tree = open(Path::new(REAL_TREE)).unwrap();
-        assert_eq!(tree.version(), "6.1.0-56-cloud-amd64");
+        let (dir, version) = real_tree();
+        let tree = open(&dir).unwrap();
+        assert_eq!(tree.version(), version);
         let sel = tree.select(&["virtio-pci".into()]).unwrap();
         let mut got: Vec<String> = sel.files.iter().map(|f| module_name(&f.0)).collect();
         got.sort();

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{dir_names, tiny_static_elf};
+use common::{cloud_module_tree, dir_names, tiny_static_elf};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
-const REAL_TREE: &str = "/lib/modules/6.1.0-56-cloud-amd64";
 
 /// One archive entry as read back.
 #[derive(Debug, Clone)]
@@ -266,17 +265,14 @@ fn modules_from_fake_tree() {
 
 #[test]
 fn modules_from_real_tree() {
-    if !Path::new(REAL_TREE).join("modules.dep").exists() {
-        eprintln!("skipping: {REAL_TREE} is not installed on this machine");
-        return;
-    }
+    let (real_tree, _) = cloud_module_tree();
     let f = Fixture::new();
     // Default module list, uncompressed (fast in debug builds).
     let out = f.p("real.cpio");
-    let o = ok(&["initrd", "--agent", &f.p("agent"), "--modules-from", REAL_TREE, "--compress", "none", "-o", &out]);
+    let o = ok(&["initrd", "--agent", &f.p("agent"), "--modules-from", &real_tree, "--compress", "none", "-o", &out]);
     assert!(stderr(&o).contains("ext4 is built into"), "{}", stderr(&o));
     let m = as_map(&read_initrd(Path::new(&out)));
-    let base = format!("{REAL_TREE}/").trim_start_matches('/').to_owned();
+    let base = format!("{real_tree}/").trim_start_matches('/').to_owned();
     let dep = String::from_utf8(m[&format!("{base}modules.dep")].data.clone()).unwrap();
     for line in dep.lines() {
         let (module, deps) = line.split_once(':').unwrap();
@@ -296,7 +292,7 @@ fn modules_from_real_tree() {
         "kernel/fs/overlayfs/overlay.ko",
     ] {
         let data = &m[&format!("{base}{ko}")].data;
-        assert_eq!(data, &fs::read(format!("{REAL_TREE}/{ko}")).unwrap(), "{ko}");
+        assert_eq!(data, &fs::read(format!("{real_tree}/{ko}")).unwrap(), "{ko}");
     }
     assert!(dep.contains(
         "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko \
@@ -311,7 +307,7 @@ fn modules_from_real_tree() {
         "--agent",
         &f.p("agent"),
         "--modules-from",
-        REAL_TREE,
+        &real_tree,
         "--module",
         "virtio_pci",
         "--compress",
@@ -334,10 +330,7 @@ fn modules_from_real_tree() {
 /// without modules.dep (as Debian packages are).
 #[test]
 fn modules_from_deb() {
-    if !Path::new(REAL_TREE).join("modules.dep").exists() {
-        eprintln!("skipping: {REAL_TREE} is not installed on this machine");
-        return;
-    }
+    let (real_tree, version) = cloud_module_tree();
     let f = Fixture::new();
     let xz = |data: &[u8]| {
         let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
@@ -345,7 +338,6 @@ fn modules_from_deb() {
         e.finish().unwrap()
     };
     let mut tar = tar::Builder::new(Vec::new());
-    let version = "6.1.0-56-cloud-amd64";
     for ko in [
         "drivers/virtio/virtio_pci.ko",
         "drivers/virtio/virtio_pci_legacy_dev.ko",
@@ -354,14 +346,14 @@ fn modules_from_deb() {
         "drivers/virtio/virtio_ring.ko",
         "drivers/block/virtio_blk.ko",
     ] {
-        let data = xz(&fs::read(format!("{REAL_TREE}/kernel/{ko}")).unwrap());
+        let data = xz(&fs::read(format!("{real_tree}/kernel/{ko}")).unwrap());
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(data.len() as u64);
         h.set_cksum();
         tar.append_data(&mut h, format!("./lib/modules/{version}/kernel/{ko}.xz"), &data[..]).unwrap();
     }
-    let builtin = fs::read(format!("{REAL_TREE}/modules.builtin")).unwrap();
+    let builtin = fs::read(format!("{real_tree}/modules.builtin")).unwrap();
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o644);
     h.set_size(builtin.len() as u64);
@@ -400,7 +392,7 @@ fn modules_from_deb() {
     assert!(pci.find("virtio.ko").unwrap() < pci.find("virtio_ring.ko").unwrap(), "{pci}");
     assert_eq!(
         m[&format!("{base}/kernel/drivers/virtio/virtio_pci.ko")].data,
-        fs::read(format!("{REAL_TREE}/kernel/drivers/virtio/virtio_pci.ko")).unwrap()
+        fs::read(format!("{real_tree}/kernel/drivers/virtio/virtio_pci.ko")).unwrap()
     );
 }
 

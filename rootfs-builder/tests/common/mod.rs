@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::fs;
 use std::path::Path;
 
@@ -21,4 +24,21 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
         fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
+}
+
+/// The newest Debian cloud kernel's module tree (`/lib/modules/*-cloud-amd64`).
+///
+/// `make deps` installs linux-image-cloud-amd64. Without it these tests fail and
+/// say so, rather than pass without looking; the version is not pinned, because
+/// Debian bumps its ABI number with every kernel update.
+pub fn cloud_module_tree() -> (String, String) {
+    let version = fs::read_dir("/lib/modules")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|v| v.ends_with("-cloud-amd64") && Path::new("/lib/modules").join(v).join("modules.dep").exists())
+        .max()
+        .expect("no Debian cloud kernel modules in /lib/modules: run `make deps` (linux-image-cloud-amd64)");
+    (format!("/lib/modules/{version}"), version)
 }
