@@ -5,12 +5,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
-use common::{cloud_module_tree, dir_names, tiny_static_elf};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
+use common::{cloud_module_tree, dir_names, run, tiny_static_elf, Fixture};
 
 /// One archive entry as read back.
 #[derive(Debug, Clone)]
@@ -23,15 +21,6 @@ struct Entry {
     mtime: u32,
     rdev: (u32, u32),
     data: Vec<u8>,
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("SOURCE_DATE_EPOCH");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run rootfs-builder")
 }
 
 fn stderr(o: &Output) -> String {
@@ -89,22 +78,6 @@ fn read_initrd(path: &Path) -> Vec<(String, Entry)> {
 
 fn as_map(entries: &[(String, Entry)]) -> BTreeMap<String, Entry> {
     entries.iter().cloned().collect()
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("agent"), tiny_static_elf()).unwrap();
-        fs::write(dir.path().join("floor.sh"), b"#!/bin/sh\necho floor\npoweroff -f\n").unwrap();
-        Fixture { dir }
-    }
-    fn p(&self, name: &str) -> String {
-        self.dir.path().join(name).to_string_lossy().into_owned()
-    }
 }
 
 #[test]

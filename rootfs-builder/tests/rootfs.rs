@@ -9,19 +9,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{dir_names, tiny_static_elf};
+use common::{dir_names, run, tiny_static_elf, Fixture};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
 const MIB: u64 = 1024 * 1024;
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("SOURCE_DATE_EPOCH");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run rootfs-builder")
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -55,21 +45,6 @@ fn erofs_stat(img: &str, path: &str) -> String {
     let (ok, out) = tool("dump.erofs", &[&format!("--path={path}"), img]);
     assert!(ok, "dump.erofs {path}: {out}");
     out
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("agent"), tiny_static_elf()).unwrap();
-        Fixture { dir }
-    }
-    fn p(&self, name: &str) -> String {
-        self.dir.path().join(name).to_string_lossy().into_owned()
-    }
 }
 
 #[test]

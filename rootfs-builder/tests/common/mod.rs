@@ -5,6 +5,38 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rootfs-builder");
+
+/// Runs the built rootfs-builder with `env` on top of a clean SOURCE_DATE_EPOCH.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run rootfs-builder")
+}
+
+/// A temp dir holding a fake static agent (`agent`) and a floor script (`floor.sh`).
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("agent"), tiny_static_elf()).unwrap();
+        fs::write(dir.path().join("floor.sh"), b"#!/bin/sh\necho floor\npoweroff -f\n").unwrap();
+        Fixture { dir }
+    }
+
+    /// The path of `name` in the fixture, as a string for command lines.
+    pub fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
 
 /// A minimal static ELF64 executable header (no program headers, so no PT_INTERP).
 pub fn tiny_static_elf() -> Vec<u8> {
