@@ -36,71 +36,75 @@ pub struct Plan {
     pub rest: Vec<String>,
 }
 
-/// Splits [`load_order`] into what the channel needs (with dependencies, in a
-/// valid order) and everything else (in a valid order given the first part).
+/// Splits the load order: the channel drivers with their dependencies first,
+/// then everything else. One depth-first walk does both: started at the channel
+/// drivers it yields exactly their closure, and continued over every module with
+/// the same visited set it yields the rest, each in a valid order.
 pub fn plan(modules_dep: &str) -> Plan {
-    let all = load_order(modules_dep);
-    let needed: Vec<String> =
-        all.iter().filter(|m| CHANNEL_MODULES.contains(&module_name(m).as_str())).cloned().collect();
-    let channel_set: HashSet<String> = closure(modules_dep, &needed);
-    let (channel, rest) = all.into_iter().partition(|m| channel_set.contains(m));
-    Plan { channel, rest }
-}
-
-/// `roots` and everything they depend on, transitively.
-fn closure(modules_dep: &str, roots: &[String]) -> HashSet<String> {
-    let deps: HashMap<&str, Vec<&str>> = modules_dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, rest)| (m.trim(), rest.split_whitespace().collect()))
-        .collect();
-    let mut seen = HashSet::new();
-    let mut stack: Vec<String> = roots.to_vec();
-    while let Some(m) = stack.pop() {
-        if seen.insert(m.clone()) {
-            stack.extend(deps.get(m.as_str()).into_iter().flatten().map(|d| d.to_string()));
-        }
-    }
-    seen
+    let graph = DepGraph::parse(modules_dep);
+    let mut walk = Walk::default();
+    let roots = graph.order.iter().copied().filter(|m| CHANNEL_MODULES.contains(&module_name(m).as_str()));
+    walk.visit_all(&graph, roots);
+    let channel = std::mem::take(&mut walk.out);
+    walk.visit_all(&graph, graph.order.iter().copied());
+    Plan { channel, rest: walk.out }
 }
 
 /// Load order for the modules of a `modules.dep` text, as paths relative to
 /// the modules directory. Unknown dependencies are still listed (loading will
 /// report them), duplicates and cycles are not.
 pub fn load_order(modules_dep: &str) -> Vec<String> {
-    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut order_in_file = Vec::new();
-    for line in modules_dep.lines() {
-        let Some((module, rest)) = line.split_once(':') else { continue };
-        let module = module.trim();
-        if module.is_empty() {
-            continue;
+    let graph = DepGraph::parse(modules_dep);
+    let mut walk = Walk::default();
+    walk.visit_all(&graph, graph.order.iter().copied());
+    walk.out
+}
+
+/// modules.dep as parsed: modules in file order and each one's dependencies.
+struct DepGraph<'a> {
+    order: Vec<&'a str>,
+    deps: HashMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> DepGraph<'a> {
+    fn parse(text: &'a str) -> Self {
+        let mut graph = DepGraph { order: Vec::new(), deps: HashMap::new() };
+        for line in text.lines() {
+            let Some((module, rest)) = line.split_once(':') else { continue };
+            let module = module.trim();
+            if !module.is_empty() {
+                graph.order.push(module);
+                graph.deps.insert(module, rest.split_whitespace().collect());
+            }
         }
-        order_in_file.push(module);
-        deps.insert(module, rest.split_whitespace().collect());
+        graph
+    }
+}
+
+/// A depth-first walk emitting dependencies before dependents, each module once.
+#[derive(Default)]
+struct Walk<'a> {
+    seen: HashSet<&'a str>,
+    out: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    fn visit_all(&mut self, graph: &DepGraph<'a>, roots: impl Iterator<Item = &'a str>) {
+        for m in roots {
+            self.visit(graph, m);
+        }
     }
 
-    fn visit<'a>(
-        m: &'a str,
-        deps: &HashMap<&'a str, Vec<&'a str>>,
-        seen: &mut HashSet<&'a str>,
-        out: &mut Vec<String>,
-    ) {
-        if !seen.insert(m) {
+    // modprobe lists a module's dependencies so that the last must load first.
+    fn visit(&mut self, graph: &DepGraph<'a>, m: &'a str) {
+        if !self.seen.insert(m) {
             return;
         }
-        for d in deps.get(m).map(Vec::as_slice).unwrap_or_default().iter().rev() {
-            visit(d, deps, seen, out);
+        for d in graph.deps.get(m).map(Vec::as_slice).unwrap_or_default().iter().rev() {
+            self.visit(graph, d);
         }
-        out.push(m.to_owned());
+        self.out.push(m.to_owned());
     }
-
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for m in order_in_file {
-        visit(m, &deps, &mut seen, &mut out);
-    }
-    out
 }
 
 #[derive(Debug, thiserror::Error)]
