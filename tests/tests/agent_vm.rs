@@ -238,7 +238,11 @@ fn debug_console_starts_a_shell() -> Result<()> {
     let initrd = artifacts::target_dir().join("initrd/wisp-busybox.initrd");
     let config =
         VmConfig::wisp(Machine::Q35)?.initrd(&initrd).channel(Channel::HybridVsock).cmdline_arg("agent.debug_console");
-    boot_check_destroy(config, Some("debug console started"))?;
+    // The shell's own prompt on the console, not just the agent's word for it.
+    let vm = boot_check_destroy(config, Some("debug console started"))?;
+    let console = vm.console();
+    let after = &console[console.find("debug console started").unwrap_or(0)..];
+    ensure!(after.contains("/ # "), "no shell prompt on the console:\n{}", vm.console_tail(20));
     Ok(())
 }
 
