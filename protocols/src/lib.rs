@@ -34,6 +34,7 @@
 //! | [`types`] | network types (`Interface`, `Route`, `ARPNeighbor`, ...) |
 //! | [`oci`] | the OCI spec subset (`Spec`, `Process`, `LinuxResources`, ...) |
 //! | [`csi`] | volume statistics |
+//! | [`convert`] | the agent's protobuf `oci.Spec` <-> the `oci-spec` crate's `Spec` (config.json) |
 //! | [`empty`] | `google.protobuf.Empty`, an alias of the protobuf well-known type |
 //!
 //! Service traits are async (`#[async_trait]`); every method has a default
@@ -120,6 +121,8 @@ generated_module!(
     csi,
     "csi.rs"
 );
+
+pub mod convert;
 
 /// `google.protobuf.Empty`.
 ///

@@ -23,8 +23,11 @@ impl AgentRpc {
     }
 }
 
+// The impl is one block (Rust requires it); its methods are grouped by the
+// domain module they call, in the order of the sections below.
 #[async_trait::async_trait]
 impl AgentService for AgentRpc {
+    // ---- sandbox and guest (sandbox.rs) ----
     async fn get_guest_details(
         &self,
         _ctx: &TtrpcContext,
@@ -53,4 +56,12 @@ impl AgentService for AgentRpc {
         self.sandbox.destroy();
         Ok(Empty::new())
     }
+
+    // ---- containers, processes and stdio (container/, process/) ----
+
+    // ---- cgroups: pause, resume, update, stats, OOM events (cgroups/) ----
+
+    // ---- storage and devices (storage/, device/) ----
+
+    // ---- networking (network/) ----
 }

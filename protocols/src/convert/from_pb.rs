@@ -1,0 +1,1 @@
+//! protobuf `oci.Spec` -> `oci_spec::runtime::Spec` (the agent side).

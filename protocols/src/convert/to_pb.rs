@@ -1,0 +1,1 @@
+//! `oci_spec::runtime::Spec` (config.json) -> protobuf `oci.Spec` (the shim side).
