@@ -90,7 +90,7 @@ pub struct BundleArgs {
 
     /// Busybox binary for --from busybox; must be statically linked [default: /bin/busybox,
     /// from Debian's busybox-static]. Example: --busybox-bin /opt/busybox
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "from_archive")]
     pub busybox_bin: Option<PathBuf>,
 
     /// The bundle directory to create (new or empty). Example: -o /tmp/bundle
@@ -483,6 +483,7 @@ mod tests {
         assert_eq!(s.source, Source::Archive("x.tar".into()));
         assert!(parse_bundle(&["-o", "d"]).is_err(), "a source is required");
         assert!(parse_bundle(&["--from", "busybox", "--from-archive", "x", "-o", "d"]).is_err());
+        assert!(parse_bundle(&["--from-archive", "x", "--busybox-bin", "b", "-o", "d"]).is_err());
         assert!(parse_bundle(&["--from", "busybox", "-o", "d", "--device", "vda"]).is_err());
         assert!(parse_bundle(&["--from", "busybox", "-o", "d", "--mount", "dst=/x"]).is_err());
     }

@@ -22,6 +22,9 @@
 //! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
 //!   caller and a note says so once.
 //!
+//! Not applied: extended attributes (file capabilities, SELinux labels) and timestamps; the
+//! bundle is for running, not for re-exporting.
+//!
 //! The resolution is done in code with `lstat`/`readlink`, not with file descriptors: the root
 //! is a directory this process created empty, and no other process writes into it during the
 //! build, so there is no concurrent writer to race with.
@@ -232,8 +235,11 @@ impl Applier {
             let name = String::from_utf8_lossy(&raw).into_owned();
             let mut parts = entry_components(layer, &raw)?;
             let Some(last) = parts.pop() else { continue }; // the root itself
-            let Some(parent) = self.resolve_dir(layer, &name, &parts, true)? else { continue };
             let last_bytes = last.as_bytes();
+            // A whiteout under a directory that does not exist hides nothing: no parent is
+            // created for it.
+            let is_whiteout = last_bytes.starts_with(WHITEOUT_PREFIX.as_bytes());
+            let Some(parent) = self.resolve_dir(layer, &name, &parts, !is_whiteout)? else { continue };
 
             if last_bytes == OPAQUE_MARKER.as_bytes() {
                 for child in fs::read_dir(&parent).map_err(write_err(&parent))? {
@@ -456,6 +462,8 @@ mod tests {
         names.sort();
         assert_eq!(names, [OsString::from("new")], "opaque dir keeps only this layer's entries");
         assert_eq!(report.whiteouts, 3);
+        apply(root, &[tar_of(&[("nowhere/.wh.x", T::Regular, "")])]).unwrap();
+        assert!(!root.join("nowhere").exists(), "a whiteout creates no parent");
         assert!(!root.join("etc/.wh.gone").exists());
     }
 
