@@ -265,7 +265,8 @@ impl ImageArchive {
         let mut head = [0u8; 6];
         let n = read_up_to(&mut self.section(layer.member)?, &mut head)
             .map_err(|source| ImageError::Open { path: self.path.clone(), source })?;
-        let raw = DigestReader::new(self.section(layer.member)?, layer.digest.clone(), self.path.clone());
+        let section = BufReader::with_capacity(1 << 16, self.section(layer.member)?);
+        let raw = DigestReader::new(section, layer.digest.clone(), self.path.clone());
         Ok(match Codec::sniff(&head[..n]) {
             Some(codec) => codec.decoder(raw)?,
             None => Box::new(raw),
@@ -301,7 +302,8 @@ fn index_members(path: &Path, file: &mut File) -> Result<BTreeMap<String, Member
     let not_image = |found: String| ImageError::NotAnImage { path: path.to_owned(), found };
     let mut archive = tar::Archive::new(&*file);
     let mut members = BTreeMap::new();
-    let entries = archive.entries().map_err(|e| not_image(format!("no tar archive ({e})")))?;
+    // Seek over member data instead of reading it: layers can be gigabytes.
+    let entries = archive.entries_with_seek().map_err(|e| not_image(format!("no tar archive ({e})")))?;
     for entry in entries {
         let entry = entry.map_err(|e| not_image(format!("no valid tar archive ({e})")))?;
         if entry.header().entry_type().is_file() {
