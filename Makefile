@@ -70,7 +70,7 @@ test: deps all test-unit test-containerd test-vm ## Everything CI runs: unit, pr
 test-unit: ## Unit and protocol tests (no VM, unprivileged)
 	cargo test --workspace
 
-test-containerd: ## ctr tests against a private containerd (root; runc bundles, imported images)
+test-containerd: tools ## ctr tests against a private containerd (root; runc bundles, imported images)
 	cargo test -p wisp-tests --features containerd-tests -- --test-threads=1
 
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
