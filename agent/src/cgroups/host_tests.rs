@@ -38,12 +38,29 @@ impl Fixture {
     }
 }
 
+/// Removes the test's parent cgroup, also after a failed test: kills what is
+/// still inside, then removes the tree deepest first.
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Layout::V1(mounts) = &self.layout {
-            for m in mounts {
-                let _ = std::fs::remove_dir(m.mount.join(&m.own).join(&self.parent));
+        let Layout::V1(mounts) = &self.layout else { return };
+        for m in mounts {
+            let parent = m.mount.join(&m.own).join(&self.parent);
+            kill_inside(&parent);
+            if let Err(e) = super::remove_tree(&parent) {
+                eprintln!("cleanup: {}", crate::error::chain(&e));
             }
+        }
+    }
+}
+
+fn kill_inside(dir: &std::path::Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_inside(&entry.path());
         }
     }
 }

@@ -121,11 +121,6 @@ impl Dirs {
     fn get(&self, controller: &str) -> Option<&Path> {
         self.by_controller.iter().find(|(c, _)| c == controller).map(|(_, d)| d.as_path())
     }
-
-    /// The directory whose `cgroup.procs` lists the container's processes.
-    fn procs_dir(&self) -> Option<&Path> {
-        ["freezer", "memory", "pids"].iter().find_map(|c| self.get(c)).or_else(|| self.all.first().map(|p| p.as_path()))
-    }
 }
 
 /// One container's cgroup.
@@ -150,13 +145,35 @@ impl CgroupManager {
         cgroups_path: &str,
         resources: Option<&LinuxResources>,
     ) -> Result<Self, CgroupError> {
+        // Leaves created here are removed again when a later step fails, so a
+        // refused CreateContainer leaves no cgroup behind (pre-existing ones stay).
+        let mut fresh = Vec::new();
+        let result = Self::build(layout, parent, cgroups_path, &mut fresh).and_then(|manager| {
+            if let Some(r) = resources {
+                resources::apply(&manager.dirs, &manager.path, r)?;
+            }
+            Ok(manager)
+        });
+        if result.is_err() {
+            for dir in fresh.iter().rev() {
+                let _ = remove_tree(dir);
+            }
+        }
+        result
+    }
+
+    fn build(layout: &Layout, parent: &str, cgroups_path: &str, fresh: &mut Vec<PathBuf>) -> Result<Self, CgroupError> {
         let dirs = match layout {
             Layout::V1(mounts) => {
                 let mut dirs = Dirs { v2: false, all: Vec::new(), by_controller: Vec::new() };
                 for m in mounts {
                     let rel = layout::resolve(cgroups_path, &m.own, parent)?;
                     let dir = m.mount.join(&rel);
-                    std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io { path: dir.clone(), source })?;
+                    if !dir.exists() {
+                        std::fs::create_dir_all(&dir)
+                            .map_err(|source| CgroupError::Io { path: dir.clone(), source })?;
+                        fresh.push(dir.clone());
+                    }
                     if m.controllers.iter().any(|c| c == "cpuset") {
                         inherit_cpuset(&m.mount, &rel)?;
                     }
@@ -169,7 +186,11 @@ impl CgroupManager {
             }
             Layout::V2 { mount, own } => {
                 let rel = layout::resolve(cgroups_path, own, parent)?;
+                let existed = mount.join(&rel).exists();
                 let (dir, available) = create_v2(mount, &rel)?;
+                if !existed {
+                    fresh.push(dir.clone());
+                }
                 let mut by_controller: Vec<(String, PathBuf)> =
                     available.into_iter().map(|c| (c, dir.clone())).collect();
                 // The freezer is core v2 (cgroup.freeze), not a controller.
@@ -177,11 +198,7 @@ impl CgroupManager {
                 Dirs { v2: true, all: vec![dir], by_controller }
             }
         };
-        let manager = CgroupManager { path: cgroups_path.to_owned(), dirs };
-        if let Some(r) = resources {
-            resources::apply(&manager.dirs, &manager.path, r)?;
-        }
-        Ok(manager)
+        Ok(CgroupManager { path: cgroups_path.to_owned(), dirs })
     }
 
     /// Whether this cgroup lives in the v2 unified hierarchy.
@@ -511,6 +528,18 @@ mod tests {
         assert_eq!(read(&t.dir("freezer", "c1"), "freezer.state"), "THAWED");
         let no_freezer = FakeTree::v1_without("freezer").create("/c1", None);
         assert!(matches!(no_freezer.freeze(), Err(CgroupError::Unsupported { controller: "freezer", .. })));
+    }
+
+    #[test]
+    fn a_refused_create_leaves_no_new_directory() {
+        let t = FakeTree::v1_without("hugetlb");
+        std::fs::create_dir(t.dir("memory", "old")).unwrap();
+        for path in ["/new", "/old"] {
+            let r = resources(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#);
+            assert!(t.try_create(path, Some(&r)).is_err());
+        }
+        assert!(!t.dir("memory", "new").exists() && !t.dir("cpuset", "new").exists());
+        assert!(t.dir("memory", "old").is_dir(), "a cgroup that was there stays");
     }
 
     #[test]
