@@ -435,7 +435,7 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
-fn is_cgroupfs(dir: &Path) -> bool {
+pub(super) fn is_cgroupfs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir).is_ok_and(|s| {
         s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC
             || s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC

@@ -118,12 +118,20 @@ fn has_memory(m: &LinuxMemory) -> bool {
 
 fn memory(dir: &Path, v2: bool, m: &LinuxMemory) -> Result<(), CgroupError> {
     let mem = MemController::new(dir.to_owned(), PathBuf::new(), v2);
+    // As in runc: 0 means "not set"; swap 0 with an unlimited memory means
+    // unlimited swap too.
+    let limit = m.limit().filter(|l| *l != 0).map(|l| if l < 0 { -1 } else { l });
+    let swap = match (m.swap(), limit) {
+        (Some(0), Some(-1)) => Some(-1),
+        (Some(0), _) => None,
+        (s, _) => s.map(|s| if s < 0 { -1 } else { s }),
+    };
+    let reservation = m.reservation().filter(|r| *r != 0);
     if v2 {
         // OCI's swap is memory+swap; v2 limits swap alone.
-        if let Some(swap) = m.swap() {
-            let value = match (swap, m.limit()) {
+        if let Some(swap) = swap {
+            let value = match (swap, limit) {
                 (-1, _) => "max".to_owned(),
-                (0, _) => "0".to_owned(),
                 (s, Some(l)) if l > 0 => {
                     if s < l {
                         return Err(CgroupError::InvalidResource(format!(
@@ -138,49 +146,55 @@ fn memory(dir: &Path, v2: bool, m: &LinuxMemory) -> Result<(), CgroupError> {
                     )))
                 }
             };
-            // Lower the swap limit first only matters for v1's ordering rule; on v2
-            // the two files are independent.
             write_file(&dir.join("memory.swap.max"), &value)?;
         }
-        if let Some(limit) = m.limit() {
-            ctl(dir, mem.set_limit(if limit <= 0 { -1 } else { limit }))?;
+        if let Some(limit) = limit {
+            ctl(dir, mem.set_limit(limit))?;
         }
-        if let Some(r) = m.reservation() {
+        if let Some(r) = reservation {
             ctl(dir, mem.set_soft_limit(r.max(0)))?;
         }
         // kernel, kernel_tcp, swappiness and disable_oom_killer do not exist on v2.
         return Ok(());
     }
+    // Without swap accounting (swapaccount=0) there is no memsw file: nothing to limit.
+    let swap = swap.filter(|_| {
+        let accounted = dir.join("memory.memsw.limit_in_bytes").exists() || !super::is_cgroupfs(dir);
+        if !accounted {
+            log::warn!("{}: no swap accounting in this kernel; the swap limit is not applied", dir.display());
+        }
+        accounted
+    });
     // v1 refuses memory.limit_in_bytes above memory.memsw.limit_in_bytes and the
     // reverse, so the order depends on whether the limit grows.
     let current = std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .unwrap_or(-1);
-    let swap_first = match (m.limit(), m.swap()) {
+    let swap_first = match (limit, swap) {
         (Some(l), Some(_)) => l == -1 || (current != -1 && l > current),
         _ => false,
     };
     if swap_first {
-        if let Some(s) = m.swap() {
+        if let Some(s) = swap {
             ctl(dir, mem.set_memswap_limit(s))?;
         }
     }
-    if let Some(l) = m.limit() {
+    if let Some(l) = limit {
         ctl(dir, mem.set_limit(l))?;
     }
     if !swap_first {
-        if let Some(s) = m.swap() {
+        if let Some(s) = swap {
             ctl(dir, mem.set_memswap_limit(s))?;
         }
     }
-    if let Some(r) = m.reservation() {
+    if let Some(r) = reservation {
         ctl(dir, mem.set_soft_limit(r))?;
     }
-    if let Some(k) = m.kernel() {
+    if let Some(k) = m.kernel().filter(|k| *k != 0) {
         ctl(dir, mem.set_kmem_limit(k))?;
     }
-    if let Some(k) = m.kernel_tcp() {
+    if let Some(k) = m.kernel_tcp().filter(|k| *k != 0) {
         ctl(dir, mem.set_tcp_limit(k))?;
     }
     if let Some(s) = m.swappiness() {
@@ -413,6 +427,10 @@ mod tests {
         t.create("/c2", Some(&resources(r#"{"memory":{"limit":-1,"swap":-1}}"#)));
         assert_eq!(read(&t.dir("", "c2"), "memory.max"), "max");
         assert_eq!(read(&t.dir("", "c2"), "memory.swap.max"), "max");
+        t.create("/c4", Some(&resources(r#"{"memory":{"limit":1000,"swap":0}}"#)));
+        assert!(!t.dir("", "c4").join("memory.swap.max").exists(), "swap 0 means not set");
+        t.create("/c5", Some(&resources(r#"{"memory":{"limit":-1,"swap":0}}"#)));
+        assert_eq!(read(&t.dir("", "c5"), "memory.swap.max"), "max", "unlimited memory, unlimited swap");
         let e = t.try_create("/c3", Some(&resources(r#"{"memory":{"limit":200,"swap":100}}"#))).unwrap_err();
         assert!(e.to_string().contains("below the memory limit"), "{e}");
     }
