@@ -5,6 +5,7 @@
 
 mod channel;
 mod error;
+mod launch;
 mod logging;
 mod metrics;
 mod rpc;
@@ -136,6 +137,11 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // First: a container's init is PID 1 of its own pid namespace, so the
+    // launcher child must be recognised before the PID-1 check below.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__launch") {
+        launch::child_main();
+    }
     if std::process::id() == 1 {
         run_as_init();
     }
