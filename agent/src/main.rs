@@ -42,6 +42,11 @@ no vsock device. Options then come from the kernel command line:
 Run as an ordinary process it serves until SIGTERM, for protocol tests:
   wisp-agent --listen unix:/tmp/agent.sock [--log debug]
 
+Run a bundle in the foreground like `runc run` (debugging and host tests;
+needs root; stdio is this command's, the exit code is the container's, 128+N
+when signal N killed it):
+  wisp-agent run BUNDLE_DIR [--id ID]
+
 Options:
   --listen ADDR   unix:PATH, vsock:PORT or serial:/dev/vportNpM
   --log LEVEL     log level (default info)
@@ -136,6 +141,32 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `wisp-agent run BUNDLE_DIR [--id ID]`.
+fn run_bundle() -> ExitCode {
+    let parsed = (|| -> anyhow::Result<(std::path::PathBuf, String)> {
+        use lexopt::prelude::*;
+        let mut parser = lexopt::Parser::from_iter(std::env::args_os().skip(1));
+        let (mut bundle, mut id) = (None, None);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Value(v) if bundle.is_none() => bundle = Some(std::path::PathBuf::from(v)),
+                Long("id") => id = Some(parser.value()?.string()?),
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let bundle = bundle.context("usage: wisp-agent run BUNDLE_DIR [--id ID]")?;
+        Ok((bundle, id.unwrap_or_else(|| format!("run-{}", std::process::id()))))
+    })();
+    let result = parsed.and_then(|(bundle, id)| Ok(launch::run::run(&bundle, &id)?));
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("wisp-agent run: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // First: a container's init is PID 1 of its own pid namespace, so the
     // launcher child must be recognised before the PID-1 check below.
@@ -144,6 +175,9 @@ fn main() -> ExitCode {
     }
     if std::process::id() == 1 {
         run_as_init();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        return run_bundle();
     }
     let result = parse_args().and_then(|args| match args {
         Some(args) => run_standalone(args),

@@ -60,6 +60,10 @@ impl WireError {
         WireError { kind: ErrorKind::InvalidSpec, msg: msg.into() }
     }
 
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        WireError { kind: ErrorKind::NotFound, msg: msg.into() }
+    }
+
     pub fn setup(msg: impl Into<String>) -> Self {
         WireError { kind: ErrorKind::Setup, msg: msg.into() }
     }
