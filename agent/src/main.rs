@@ -4,10 +4,12 @@
 //! protocol on a unix socket so the protocol can be tested without a VM.
 
 mod channel;
+mod container;
 mod error;
 mod launch;
 mod logging;
 mod metrics;
+mod process;
 mod rpc;
 mod sandbox;
 mod server;
@@ -50,6 +52,7 @@ when signal N killed it):
 Options:
   --listen ADDR   unix:PATH, vsock:PORT or serial:/dev/vportNpM
   --log LEVEL     log level (default info)
+  --state-dir DIR container state directories (default /run/wisp/containers)
   -V, --version   print the version
   -h, --help      print this help
 ";
@@ -58,15 +61,17 @@ Options:
 struct Args {
     listen: Option<ListenAddr>,
     log: LogLevel,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     use lexopt::prelude::*;
-    let mut args = Args { listen: None, log: LogLevel::Info };
+    let mut args = Args { listen: None, log: LogLevel::Info, state_dir: None };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
             Long("listen") => args.listen = Some(parser.value()?.string()?.parse()?),
+            Long("state-dir") => args.state_dir = Some(parser.value()?.into()),
             Long("log") => {
                 let v = parser.value()?.string()?;
                 args.log = v.parse().map_err(|()| {
@@ -136,7 +141,11 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let addr = args.listen.context("not PID 1: give --listen ADDR (see --help)")?;
     let log = logging::logger(args.log);
     logging::bridge_log_crate(&log, args.log);
-    let sandbox = Arc::new(Sandbox::new(log, Role::Standalone, logging::boot_clock()));
+    let mut sandbox = Sandbox::new(log, Role::Standalone, logging::boot_clock());
+    if let Some(dir) = args.state_dir {
+        sandbox = sandbox.with_state_root(dir);
+    }
+    let sandbox = Arc::new(sandbox);
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone, || {}))?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocols::agent::{
-    CreateContainerRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
+    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest, SetPolicyRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
@@ -124,11 +124,9 @@ async fn metrics_report_the_agents_own_memory() {
 async fn unimplemented_rpcs_say_so() {
     let agent = Agent::start();
     let client = AgentServiceClient::new(agent.client().await);
-    let mut req = CreateContainerRequest::new();
-    req.container_id = "c1".into();
-    let (code, msg) = code_of(client.create_container(ctx(), &req).await.unwrap_err());
+    let (code, msg) = code_of(client.set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
     assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
-    assert!(msg.contains("CreateContainer"), "{msg}");
+    assert!(msg.contains("SetPolicy"), "{msg}");
 }
 
 #[tokio::test]

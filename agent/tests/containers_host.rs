@@ -1,0 +1,464 @@
+//! Host tests of the container runtime, as root: the real `wisp-agent` on a
+//! unix socket runs containers from a busybox rootfs in a temp directory and
+//! is driven over the Kata protocol, as a VM's agent would be.
+//!
+//! Needs root (namespaces, mounts) and a static busybox at /bin/busybox
+//! (`make deps` installs busybox-static). Either missing fails the test.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocols::agent::{
+    CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
+    ReadStreamRequest, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest,
+    WaitProcessRequest, WriteStreamRequest,
+};
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use protocols::health_ttrpc::HealthClient;
+use protocols::oci;
+use protocols::ttrpc::{self, asynchronous::Client, context, Code};
+
+const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "stty", "dd", "head", "tr", "true", "wc"];
+
+/// A busybox root filesystem in a temp directory.
+fn rootfs() -> tempfile::TempDir {
+    assert_eq!(nix::unistd::geteuid().as_raw(), 0, "containers_host tests need root");
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "/bin/busybox is missing: run `make deps` (busybox-static)");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    dir
+}
+
+/// A running agent (killed when the test ends) with its own state directory.
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let state = dir.path().join("state");
+        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--log", "debug"])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "agent did not listen on {}", sock.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Agent { child, sock, state, _dir: dir }
+    }
+
+    async fn conn(&self) -> Client {
+        Client::connect(&format!("unix://{}", self.sock.display())).await.unwrap()
+    }
+
+    async fn client(&self) -> AgentServiceClient {
+        AgentServiceClient::new(self.conn().await)
+    }
+
+    async fn assert_serving(&self) {
+        let health = HealthClient::new(self.conn().await);
+        let r = health.check(ctx(), &CheckRequest::new()).await.expect("Health.Check");
+        assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
+    }
+
+    /// The agent's live children (zombies included), from /proc.
+    fn children(&self) -> Vec<i32> {
+        let me = self.child.id() as i32;
+        let mut kids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|v| v.trim().parse::<i32>());
+            if ppid == Some(Ok(me)) {
+                kids.push(pid);
+            }
+        }
+        kids
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    context::with_timeout(20_000_000_000)
+}
+
+fn code_of(e: ttrpc::Error) -> (Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+        other => panic!("expected an RPC status, got {other:?}"),
+    }
+}
+
+fn process(args: &[&str], terminal: bool) -> oci::Process {
+    let mut p = oci::Process::new();
+    p.Args = args.iter().map(|s| s.to_string()).collect();
+    p.Env = vec!["PATH=/bin".into(), "HOME=/".into()];
+    p.Cwd = "/".into();
+    p.Terminal = terminal;
+    if terminal {
+        let mut size = oci::Box::new();
+        size.Height = 24;
+        size.Width = 80;
+        p.ConsoleSize = Some(size).into();
+    }
+    p.User = Some(oci::User::new()).into();
+    p
+}
+
+fn spec(root: &Path, args: &[&str], terminal: bool) -> oci::Spec {
+    let mut s = oci::Spec::new();
+    s.Version = "1.1.0".into();
+    s.Process = Some(process(args, terminal)).into();
+    let mut r = oci::Root::new();
+    r.Path = root.to_str().unwrap().into();
+    s.Root = Some(r).into();
+    let mut proc_mount = oci::Mount::new();
+    proc_mount.destination = "/proc".into();
+    proc_mount.source = "proc".into();
+    proc_mount.type_ = "proc".into();
+    s.Mounts = vec![proc_mount];
+    let mut linux = oci::Linux::new();
+    for t in ["pid", "mount", "ipc", "uts"] {
+        let mut ns = oci::LinuxNamespace::new();
+        ns.Type = t.into();
+        linux.Namespaces.push(ns);
+    }
+    s.Linux = Some(linux).into();
+    s
+}
+
+struct Ctr<'a> {
+    client: &'a AgentServiceClient,
+    id: String,
+}
+
+impl<'a> Ctr<'a> {
+    async fn create(client: &'a AgentServiceClient, id: &str, spec: oci::Spec) -> Result<Ctr<'a>, ttrpc::Error> {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.exec_id = id.into();
+        req.OCI = Some(spec).into();
+        client.create_container(ctx(), &req).await?;
+        Ok(Ctr { client, id: id.into() })
+    }
+
+    async fn run(client: &'a AgentServiceClient, id: &str, spec: oci::Spec) -> Ctr<'a> {
+        let c = Ctr::create(client, id, spec).await.expect("CreateContainer");
+        let mut req = StartContainerRequest::new();
+        req.container_id = id.into();
+        client.start_container(ctx(), &req).await.expect("StartContainer");
+        c
+    }
+
+    async fn read(&self, exec_id: &str, stderr: bool) -> Result<Vec<u8>, ttrpc::Error> {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        req.len = 32 * 1024;
+        let r = if stderr {
+            self.client.read_stderr(ctx(), &req).await
+        } else {
+            self.client.read_stdout(ctx(), &req).await
+        };
+        r.map(|r| r.data)
+    }
+
+    /// Everything up to EOF, which must be the Kata-style error.
+    async fn read_all(&self, exec_id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            match self.read(exec_id, false).await {
+                Ok(data) => {
+                    assert!(!data.is_empty(), "a read returns data or EOF, never nothing");
+                    out.extend(data);
+                }
+                Err(e) => {
+                    let (code, msg) = code_of(e);
+                    assert_eq!(code, Code::INTERNAL, "{msg}");
+                    assert!(msg.contains("eof"), "{msg}");
+                    return out;
+                }
+            }
+        }
+    }
+
+    async fn wait(&self, exec_id: &str) -> i32 {
+        let mut req = WaitProcessRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        self.client.wait_process(ctx(), &req).await.expect("WaitProcess").status
+    }
+
+    async fn signal(&self, exec_id: &str, sig: i32) {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        req.signal = sig as u32;
+        self.client.signal_process(ctx(), &req).await.expect("SignalProcess");
+    }
+
+    async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(), ttrpc::Error> {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        req.process = Some(process(args, false)).into();
+        self.client.exec_process(ctx(), &req).await.map(drop)
+    }
+
+    async fn write(&self, exec_id: &str, data: &[u8]) -> Result<u32, ttrpc::Error> {
+        let mut req = WriteStreamRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        req.data = data.to_vec();
+        self.client.write_stdin(ctx(), &req).await.map(|r| r.len)
+    }
+
+    async fn close_stdin(&self, exec_id: &str) {
+        let mut req = CloseStdinRequest::new();
+        req.container_id = self.id.clone();
+        req.exec_id = exec_id.into();
+        self.client.close_stdin(ctx(), &req).await.expect("CloseStdin");
+    }
+
+    async fn remove(self) {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = self.id.clone();
+        req.timeout = 10;
+        self.client.remove_container(ctx(), &req).await.expect("RemoveContainer");
+    }
+}
+
+#[tokio::test]
+async fn echo_prints_and_exits_zero() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "echo", spec(root.path(), &["/bin/echo", "hello"], false)).await;
+    assert_eq!(c.read_all("echo").await, b"hello\n");
+    assert_eq!(c.wait("echo").await, 0);
+    assert_eq!(c.wait("").await, 0, "an empty exec id is the init; waiting twice answers at once");
+    c.remove().await;
+    assert_eq!(std::fs::read_dir(&agent.state).unwrap().count(), 0, "state directory removed");
+}
+
+#[tokio::test]
+async fn exit_codes_and_signal_deaths_are_what_waitpid_said() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "three", spec(root.path(), &["/bin/sh", "-c", "exit 3"], false)).await;
+    assert_eq!(c.wait("three").await, 3);
+    c.remove().await;
+
+    let c = Ctr::run(&client, "killed", spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
+    c.signal("killed", 9).await;
+    assert_eq!(c.wait("killed").await, 128 + 9);
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn stdin_reaches_cat_and_closing_it_ends_cat() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "cat", spec(root.path(), &["/bin/cat"], false)).await;
+    assert_eq!(c.write("cat", b"one\n").await.unwrap(), 4);
+    assert_eq!(c.write("cat", b"two\n").await.unwrap(), 4);
+    c.close_stdin("cat").await;
+    assert_eq!(c.read_all("cat").await, b"one\ntwo\n");
+    assert_eq!(c.wait("cat").await, 0);
+    let (code, msg) = code_of(c.write("cat", b"late").await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn a_terminal_has_the_console_size_and_follows_resizes() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "tty", spec(root.path(), &["/bin/sh", "-c", "stty size; read x; stty size"], true)).await;
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains("24 80") {
+        out.extend(c.read("tty", false).await.expect("output before the resize"));
+    }
+    let mut req = TtyWinResizeRequest::new();
+    req.container_id = "tty".into();
+    req.exec_id = "tty".into();
+    req.row = 30;
+    req.column = 100;
+    client.tty_win_resize(ctx(), &req).await.expect("TtyWinResize");
+    c.write("tty", b"go\n").await.unwrap();
+    let rest = String::from_utf8_lossy(&c.read_all("tty").await).into_owned();
+    assert!(rest.contains("30 100"), "{rest:?}");
+    assert_eq!(c.wait("tty").await, 0);
+    let (code, _) = code_of(c.read("tty", true).await.unwrap_err());
+    assert_eq!(code, Code::INTERNAL, "a terminal's stderr is at EOF");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn execs_run_inside_and_die_alone() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "box", spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
+    c.exec("hi", &["/bin/echo", "inside"]).await.expect("ExecProcess");
+    assert_eq!(c.read_all("hi").await, b"inside\n");
+    assert_eq!(c.wait("hi").await, 0);
+
+    c.exec("sleeper", &["/bin/sleep", "100"]).await.expect("ExecProcess");
+    let (code, msg) = code_of(c.exec("sleeper", &["/bin/true"]).await.unwrap_err());
+    assert_eq!(code, Code::ALREADY_EXISTS, "{msg}");
+    c.signal("sleeper", 9).await;
+    assert_eq!(c.wait("sleeper").await, 137);
+    // The container lives on: another exec still runs in it.
+    c.exec("after", &["/bin/true"]).await.expect("exec after killing one exec");
+    assert_eq!(c.wait("after").await, 0);
+
+    // An empty exec id signals every process of the container.
+    c.exec("second", &["/bin/sleep", "100"]).await.unwrap();
+    c.signal("", 9).await;
+    assert_eq!(c.wait("second").await, 137);
+    assert_eq!(c.wait("box").await, 137);
+    let (code, msg) = code_of(c.exec("late", &["/bin/true"]).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn output_of_a_process_that_exited_unread_is_all_there() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let script = "dd if=/dev/zero bs=1024 count=200 2>/dev/null | tr '\\0' a; echo done >&2";
+    let c = Ctr::run(&client, "big", spec(root.path(), &["/bin/sh", "-c", script], false)).await;
+    assert_eq!(c.wait("big").await, 0, "exits without anyone reading");
+    let out = c.read_all("big").await;
+    assert_eq!(out.len(), 200 * 1024);
+    assert!(out.iter().all(|&b| b == b'a'));
+    assert_eq!(c.read("big", true).await.unwrap(), b"done\n");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn twenty_containers_come_and_go_without_leaks() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let mut all = Vec::new();
+    for i in 0..20 {
+        all.push(
+            Ctr::run(&client, &format!("c{i}"), spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await,
+        );
+    }
+    assert!(agent.children().len() >= 20, "{:?}", agent.children());
+    for c in all {
+        c.remove().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.children().is_empty() {
+        assert!(Instant::now() < deadline, "leaked processes: {:?}", agent.children());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_dir(&agent.state).unwrap().count(), 0, "leaked state directories");
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_code_and_the_agent_keeps_serving() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+
+    let mut relative = spec(root.path(), &["/bin/true"], false);
+    relative.Root.as_mut().unwrap().Path = "rootfs".into();
+    let (code, msg) = code_of(Ctr::create(&client, "rel", relative).await.err().unwrap());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("not absolute"), "{msg}");
+    agent.assert_serving().await;
+
+    let mut bad_ns = spec(root.path(), &["/bin/true"], false);
+    bad_ns.Linux.as_mut().unwrap().Namespaces[0].Type = "bogus".into();
+    let (code, msg) = code_of(Ctr::create(&client, "ns", bad_ns).await.err().unwrap());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("bogus"), "{msg}");
+    agent.assert_serving().await;
+
+    let (code, msg) =
+        code_of(Ctr::create(&client, "../evil", spec(root.path(), &["/bin/true"], false)).await.err().unwrap());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+
+    let first = Ctr::create(&client, "dup", spec(root.path(), &["/bin/true"], false)).await.unwrap();
+    let (code, msg) =
+        code_of(Ctr::create(&client, "dup", spec(root.path(), &["/bin/true"], false)).await.err().unwrap());
+    assert_eq!(code, Code::ALREADY_EXISTS, "{msg}");
+    agent.assert_serving().await;
+    first.remove().await;
+
+    let ghost = Ctr { client: &client, id: "ghost".into() };
+    let (code, msg) = code_of(ghost.exec("e", &["/bin/true"]).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND, "{msg}");
+    let (code, _) = code_of(ghost.read("", false).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    agent.assert_serving().await;
+
+    let mut copy = CopyFileRequest::new();
+    copy.path = "/etc/passwd".into();
+    copy.data = b"root::0:0::/:/bin/sh\n".to_vec();
+    copy.file_size = copy.data.len() as i64;
+    copy.file_mode = 0o644;
+    let (code, msg) = code_of(client.copy_file(ctx(), &copy).await.unwrap_err());
+    assert_eq!(code, Code::PERMISSION_DENIED, "{msg}");
+    agent.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_huge_stdin_write_is_refused_without_harm() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = Ctr::run(&client, "big-in", spec(root.path(), &["/bin/sh", "-c", "wc -c"], false)).await;
+    assert!(c.write("big-in", &vec![b'x'; 64 << 20]).await.is_err(), "64 MiB is over ttrpc's frame limit");
+    agent.assert_serving().await;
+    // Below the limit, a large write goes through in pieces while wc reads.
+    assert_eq!(c.write("big-in", &vec![b'x'; 3 << 20]).await.unwrap(), 3 << 20);
+    c.close_stdin("big-in").await;
+    assert_eq!(String::from_utf8_lossy(&c.read_all("big-in").await).trim(), (3u32 << 20).to_string());
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn create_sandbox_writes_dns_and_refuses_a_second_time() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "sb1".into();
+    req.hostname = "wisp-test".into();
+    req.dns = vec!["nameserver 10.0.0.1".into(), "search example.com".into()];
+    client.create_sandbox(ctx(), &req).await.expect("CreateSandbox");
+    let resolv = std::fs::read_to_string(agent.state.join("resolv.conf")).unwrap();
+    assert_eq!(resolv, "nameserver 10.0.0.1\nsearch example.com\n");
+    let (code, msg) = code_of(client.create_sandbox(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+}
