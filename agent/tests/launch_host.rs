@@ -34,6 +34,8 @@ impl Bundle {
     fn new(args: &[&str]) -> Bundle {
         let bb = require_root_and_busybox();
         let dir = tempfile::tempdir().unwrap();
+        // Reachable by a container root mapped to another host uid.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let rootfs = dir.path().join("bundle/rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
@@ -259,4 +261,59 @@ fn a_relative_root_path_in_the_launcher_is_bundle_relative_only_for_run() {
     let (code, _, err) = b.run();
     assert_eq!(code, 125, "stderr: {err}");
     assert!(err.contains("no-such-rootfs"), "stderr: {err}");
+}
+
+#[test]
+fn hooks_run_where_the_spec_says_with_the_state_on_stdin() {
+    let mut b = Bundle::new(&["cat", "/tmp/started"]);
+    let out = b.dir.path().to_path_buf();
+    let write =
+        |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}", out.display())]});
+    b.set(
+        "/hooks",
+        json!({
+            "createRuntime": [write("create-runtime.json")],
+            "createContainer": [write("create-container.json")],
+            // Inside the container, after pivot_root: its /tmp is the container's tmpfs.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /dev/null; echo hook > /tmp/started"]}],
+            "poststop": [write("poststop.json")]
+        }),
+    );
+    let (code, stdout, err) = b.run();
+    assert_eq!((code, stdout.as_str()), (0, "hook\n"), "stderr: {err}");
+    for (file, status) in
+        [("create-runtime.json", "created"), ("create-container.json", "created"), ("poststop.json", "stopped")]
+    {
+        let text = std::fs::read_to_string(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}; stderr: {err}"));
+        let state: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(state["id"], "launch-host-test", "{file}: {text}");
+        assert_eq!(state["status"], status, "{file}: {text}");
+        assert!(state["pid"].as_i64().is_some_and(|p| p > 1), "{file}: {text}");
+        assert_eq!(state["bundle"].as_str().map(PathBuf::from), Some(std::fs::canonicalize(b.path()).unwrap()));
+    }
+}
+
+#[test]
+fn a_failing_hook_fails_the_container_and_is_named() {
+    let mut b = Bundle::new(&["true"]);
+    b.set("/hooks", json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo broken >&2; exit 7"]}]}));
+    let (code, _, err) = b.run();
+    assert_eq!(code, 125, "stderr: {err}");
+    assert!(err.contains("hook /bin/sh") && err.contains("broken"), "stderr: {err}");
+}
+
+#[test]
+fn a_user_namespace_maps_root_to_the_given_host_ids() {
+    let mut b = sh("id -u; cat /proc/self/uid_map /proc/self/gid_map");
+    b.push("/linux/namespaces", json!({"type": "user"}));
+    b.set("/linux/uidMappings", json!([{"containerID": 0, "hostID": 200000, "size": 1000}]));
+    b.set("/linux/gidMappings", json!([{"containerID": 0, "hostID": 300000, "size": 1000}]));
+    // As with runc, the rootfs belongs to the mapped root (mount points are made in it).
+    for entry in ["", "bin", "etc"] {
+        std::os::unix::fs::lchown(b.rootfs().join(entry), Some(200000), Some(300000)).unwrap();
+    }
+    let (code, out, err) = b.run();
+    assert_eq!(code, 0, "stderr: {err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "200000", "1000", "0", "300000", "1000"], "stdout: {out}");
 }
