@@ -5,10 +5,12 @@
 //! Needs root (namespaces, mounts) and a static busybox at /bin/busybox
 //! (`make deps` installs busybox-static). Either missing fails the test.
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use common::{code_of, ctx, Agent};
 
 use protocols::agent::{
     CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
@@ -16,10 +18,8 @@ use protocols::agent::{
     WaitProcessRequest, WriteStreamRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
-use protocols::health::{health_check_response::ServingStatus, CheckRequest};
-use protocols::health_ttrpc::HealthClient;
 use protocols::oci;
-use protocols::ttrpc::{self, asynchronous::Client, context, Code};
+use protocols::ttrpc::{self, Code};
 
 const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "stty", "dd", "head", "tr", "true", "wc"];
 
@@ -41,82 +41,19 @@ fn rootfs() -> tempfile::TempDir {
     dir
 }
 
-/// A running agent (killed when the test ends) with its own state directory.
-struct Agent {
-    child: Child,
-    sock: PathBuf,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let state = dir.path().join("state");
-        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--log", "debug"])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not listen on {}", sock.display());
-            std::thread::sleep(Duration::from_millis(10));
+/// The agent's live children (zombies included), from /proc.
+fn children(agent: &Agent) -> Vec<i32> {
+    let me = agent.child.id() as i32;
+    let mut kids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|v| v.trim().parse::<i32>());
+        if ppid == Some(Ok(me)) {
+            kids.push(pid);
         }
-        Agent { child, sock, state, _dir: dir }
     }
-
-    async fn conn(&self) -> Client {
-        Client::connect(&format!("unix://{}", self.sock.display())).await.unwrap()
-    }
-
-    async fn client(&self) -> AgentServiceClient {
-        AgentServiceClient::new(self.conn().await)
-    }
-
-    async fn assert_serving(&self) {
-        let health = HealthClient::new(self.conn().await);
-        let r = health.check(ctx(), &CheckRequest::new()).await.expect("Health.Check");
-        assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
-    }
-
-    /// The agent's live children (zombies included), from /proc.
-    fn children(&self) -> Vec<i32> {
-        let me = self.child.id() as i32;
-        let mut kids = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
-            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|v| v.trim().parse::<i32>());
-            if ppid == Some(Ok(me)) {
-                kids.push(pid);
-            }
-        }
-        kids
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ctx() -> ttrpc::context::Context {
-    context::with_timeout(20_000_000_000)
-}
-
-fn code_of(e: ttrpc::Error) -> (Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
-        other => panic!("expected an RPC status, got {other:?}"),
-    }
+    kids
 }
 
 fn process(args: &[&str], terminal: bool) -> oci::Process {
@@ -375,13 +312,13 @@ async fn twenty_containers_come_and_go_without_leaks() {
             Ctr::run(&client, &format!("c{i}"), spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await,
         );
     }
-    assert!(agent.children().len() >= 20, "{:?}", agent.children());
+    assert!(children(&agent).len() >= 20, "{:?}", children(&agent));
     for c in all {
         c.remove().await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.children().is_empty() {
-        assert!(Instant::now() < deadline, "leaked processes: {:?}", agent.children());
+    while !children(&agent).is_empty() {
+        assert!(Instant::now() < deadline, "leaked processes: {:?}", children(&agent));
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(std::fs::read_dir(&agent.state).unwrap().count(), 0, "leaked state directories");
