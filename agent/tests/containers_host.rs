@@ -399,3 +399,87 @@ async fn create_sandbox_writes_dns_and_refuses_a_second_time() {
     let (code, msg) = code_of(client.create_sandbox(ctx(), &req).await.unwrap_err());
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
 }
+
+#[tokio::test]
+async fn sigterm_to_an_init_without_a_handler_stops_it() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    // PID 1 of its namespace: the kernel would drop a SIGTERM sleep does not handle.
+    let c = Ctr::run(&client, "term", spec(root.path(), &["/bin/sleep", "100"], false)).await;
+    c.signal("term", 15).await;
+    assert_eq!(c.wait("term").await, 137, "replaced by SIGKILL, as Kata does");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn signalling_all_reaches_the_inits_descendants() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    // The shell traps TERM and waits for its background child; only a signal
+    // to every process ends the child, and then the shell's wait returns.
+    let script = "trap 'echo term' TERM; sleep 100 & wait; wait; echo done";
+    let c = Ctr::run(&client, "tree", spec(root.path(), &["/bin/sh", "-c", script], false)).await;
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal("", 15).await;
+    assert_eq!(c.wait("tree").await, 0);
+    let out = String::from_utf8_lossy(&c.read_all("tree").await).into_owned();
+    assert!(out.contains("term") && out.contains("done"), "{out:?}");
+    c.remove().await;
+}
+
+#[tokio::test]
+async fn containers_share_the_sandbox_pid_namespace_when_asked() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_pidns = true;
+    client.create_sandbox(ctx(), &req).await.unwrap();
+    let pause = Ctr::run(&client, "pause", spec(root.path(), &["/bin/sleep", "100"], false)).await;
+    let app = Ctr::run(&client, "app", spec(root.path(), &["/bin/cat", "/proc/1/cmdline"], false)).await;
+    assert_eq!(app.read_all("app").await, b"/bin/sleep\x00100\x00", "PID 1 is the first container's init");
+    assert_eq!(app.wait("app").await, 0);
+    app.remove().await;
+    pause.remove().await;
+}
+
+#[tokio::test]
+async fn guest_hooks_run_for_every_container() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let hooks = tempfile::tempdir().unwrap();
+    for stage in ["poststart", "poststop"] {
+        std::fs::create_dir(hooks.path().join(stage)).unwrap();
+        let script = hooks.path().join(stage).join("record");
+        let out = hooks.path().join(format!("{stage}.json"));
+        std::fs::write(&script, format!("#!/bin/sh\n/bin/cat > {}\n", out.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut req = CreateSandboxRequest::new();
+    req.guest_hook_path = hooks.path().to_str().unwrap().into();
+    client.create_sandbox(ctx(), &req).await.unwrap();
+    let c = Ctr::run(&client, "hooked", spec(root.path(), &["/bin/true"], false)).await;
+    let poststart = std::fs::read_to_string(hooks.path().join("poststart.json")).expect("poststart hook ran");
+    assert!(poststart.contains("\"id\":\"hooked\"") && poststart.contains("running"), "{poststart}");
+    assert_eq!(c.wait("hooked").await, 0);
+    c.remove().await;
+    let poststop = std::fs::read_to_string(hooks.path().join("poststop.json")).expect("poststop hook ran");
+    assert!(poststop.contains("stopped"), "{poststop}");
+}
+
+#[tokio::test]
+async fn copy_file_writes_chunks_below_the_state_directory() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let target = agent.state.join("shared/hosts");
+    for (offset, chunk) in [(0, &b"127.0.0.1 "[..]), (10, &b"localhost\n"[..])] {
+        let mut req = CopyFileRequest::new();
+        req.path = target.to_str().unwrap().into();
+        req.file_size = 20;
+        req.offset = offset;
+        req.data = chunk.to_vec();
+        req.file_mode = 0o644;
+        req.dir_mode = 0o755;
+        client.copy_file(ctx(), &req).await.expect("CopyFile");
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"127.0.0.1 localhost\n");
+}

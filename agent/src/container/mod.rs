@@ -194,22 +194,59 @@ impl Container {
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or_else(|| AgentError::InvalidArgument(format!("signal {signo}")))?;
-        let targets: Vec<Arc<Process>> = if exec_id.is_empty() {
-            let mut all = vec![self.init.clone()];
-            all.extend(self.execs_lock().values().map(|e| e.process.clone()));
-            all
-        } else {
-            vec![self.process(exec_id)?]
-        };
-        for p in targets {
-            let sig = if Arc::ptr_eq(&p, &self.init) { init_signal(p.pid, sig) } else { sig };
-            slog::debug!(p.log, "signal"; "signal" => %sig, "child_pid" => p.pid);
-            p.signal(sig).map_err(|source| AgentError::Sys {
-                what: format!("cannot send {sig} to {}/{} (pid {})", self.id, p.exec_id, p.pid),
-                source,
-            })?;
+        if exec_id.is_empty() {
+            return self.signal_all(sig);
         }
+        let p = self.process(exec_id)?;
+        let sig = if Arc::ptr_eq(&p, &self.init) { init_signal(p.pid, sig) } else { sig };
+        slog::debug!(p.log, "signal"; "signal" => %sig, "child_pid" => p.pid);
+        p.signal(sig).map_err(|source| AgentError::Sys {
+            what: format!("cannot send {sig} to {}/{} (pid {})", self.id, p.exec_id, p.pid),
+            source,
+        })
+    }
+
+    /// Every process of the container: the init and its descendants found by
+    /// pid namespace when the container has its own, plus the execs.
+    fn signal_all(&self, sig: Signal) -> Result<(), AgentError> {
+        let init_sig = init_signal(self.init.pid, sig);
+        if let Err(source) = self.init.signal(init_sig) {
+            return Err(AgentError::Sys { what: format!("cannot send {init_sig} to {}", self.id), source });
+        }
+        for p in self.execs_lock().values().map(|e| e.process.clone()) {
+            if let Err(e) = p.signal(sig) {
+                slog::warn!(p.log, "signal not delivered"; "signal" => %sig, "error" => %e);
+            }
+        }
+        for pid in self.namespace_pids() {
+            // Raced with an exit: nothing left to signal.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+        slog::debug!(self.log, "signal to all"; "signal" => %sig);
         Ok(())
+    }
+
+    /// The pids (agent's view) in the container's own pid namespace, the init
+    /// excepted; empty when it shares the sandbox's or the init is gone.
+    fn namespace_pids(&self) -> Vec<i32> {
+        let own = self.spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
+            ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none())
+        });
+        if !own || self.init.exit_status().is_some() {
+            return Vec::new();
+        }
+        let Ok(init_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", self.init.pid)) else { return Vec::new() };
+        // Never the agent's own namespace, whatever the spec said: that would be every process.
+        if std::fs::read_link("/proc/self/ns/pid").map_or(true, |mine| mine == init_ns) {
+            return Vec::new();
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+            .filter(|&pid| pid != self.init.pid)
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == init_ns))
+            .collect()
     }
 
     /// WaitProcess: the exit status; a waited exec whose output was all read is forgotten.

@@ -56,6 +56,8 @@ pub fn check_path<'a>(path: &'a str, bases: &[PathBuf]) -> Result<(PathBuf, Vec<
 /// Walks from `base` to the parent of the target, creating missing
 /// directories with `dir_mode` and refusing any symlink on the way.
 fn parent_dir(path: &str, base: &Path, dirs: &[&std::ffi::OsStr], dir_mode: u32) -> Result<PathBuf, AgentError> {
+    // The base is the agent's own directory; it may simply not exist yet.
+    std::fs::create_dir_all(base).map_err(io(format!("CopyFile {path}: cannot create {}", base.display())))?;
     let mut at = base.to_path_buf();
     for name in dirs {
         at.push(name);
