@@ -6,39 +6,28 @@
 //! (`make deps` installs busybox-static). Either missing fails the test.
 
 mod common;
+// The container client the VM tests and `make run` use too.
+#[path = "../../tests/src/agent_client.rs"]
+#[allow(dead_code)]
+mod agent_client;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent_client::{spec, Container};
 use common::{code_of, ctx, Agent};
+use protocols::agent::{CopyFileRequest, CreateSandboxRequest};
+use protocols::ttrpc::Code;
 
-use protocols::agent::{
-    CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
-    ReadStreamRequest, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest,
-    WaitProcessRequest, WriteStreamRequest,
-};
-use protocols::agent_ttrpc::AgentServiceClient;
-use protocols::oci;
-use protocols::ttrpc::{self, Code};
-
-const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "stty", "dd", "head", "tr", "true", "wc"];
-
-/// A busybox root filesystem in a temp directory.
+/// A busybox root filesystem in a temp directory; root is required.
 fn rootfs() -> tempfile::TempDir {
     assert_eq!(nix::unistd::geteuid().as_raw(), 0, "containers_host tests need root");
-    let busybox = Path::new("/bin/busybox");
-    assert!(busybox.exists(), "/bin/busybox is missing: run `make deps` (busybox-static)");
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir(dir.path().join(d)).unwrap();
-    }
+    agent_client::busybox_rootfs(dir.path()).unwrap();
     dir
+}
+
+fn path_of(dir: &tempfile::TempDir) -> &str {
+    dir.path().to_str().unwrap()
 }
 
 /// The agent's live children (zombies included), from /proc.
@@ -56,154 +45,28 @@ fn children(agent: &Agent) -> Vec<i32> {
     kids
 }
 
-fn process(args: &[&str], terminal: bool) -> oci::Process {
-    let mut p = oci::Process::new();
-    p.Args = args.iter().map(|s| s.to_string()).collect();
-    p.Env = vec!["PATH=/bin".into(), "HOME=/".into()];
-    p.Cwd = "/".into();
-    p.Terminal = terminal;
-    if terminal {
-        let mut size = oci::Box::new();
-        size.Height = 24;
-        size.Width = 80;
-        p.ConsoleSize = Some(size).into();
-    }
-    p.User = Some(oci::User::new()).into();
-    p
-}
-
-fn spec(root: &Path, args: &[&str], terminal: bool) -> oci::Spec {
-    let mut s = oci::Spec::new();
-    s.Version = "1.1.0".into();
-    s.Process = Some(process(args, terminal)).into();
-    let mut r = oci::Root::new();
-    r.Path = root.to_str().unwrap().into();
-    s.Root = Some(r).into();
-    let mut proc_mount = oci::Mount::new();
-    proc_mount.destination = "/proc".into();
-    proc_mount.source = "proc".into();
-    proc_mount.type_ = "proc".into();
-    s.Mounts = vec![proc_mount];
-    let mut linux = oci::Linux::new();
-    for t in ["pid", "mount", "ipc", "uts"] {
-        let mut ns = oci::LinuxNamespace::new();
-        ns.Type = t.into();
-        linux.Namespaces.push(ns);
-    }
-    s.Linux = Some(linux).into();
-    s
-}
-
-struct Ctr<'a> {
-    client: &'a AgentServiceClient,
-    id: String,
-}
-
-impl<'a> Ctr<'a> {
-    async fn create(client: &'a AgentServiceClient, id: &str, spec: oci::Spec) -> Result<Ctr<'a>, ttrpc::Error> {
-        let mut req = CreateContainerRequest::new();
-        req.container_id = id.into();
-        req.exec_id = id.into();
-        req.OCI = Some(spec).into();
-        client.create_container(ctx(), &req).await?;
-        Ok(Ctr { client, id: id.into() })
-    }
-
-    async fn run(client: &'a AgentServiceClient, id: &str, spec: oci::Spec) -> Ctr<'a> {
-        let c = Ctr::create(client, id, spec).await.expect("CreateContainer");
-        let mut req = StartContainerRequest::new();
-        req.container_id = id.into();
-        client.start_container(ctx(), &req).await.expect("StartContainer");
-        c
-    }
-
-    async fn read(&self, exec_id: &str, stderr: bool) -> Result<Vec<u8>, ttrpc::Error> {
-        let mut req = ReadStreamRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        req.len = 32 * 1024;
-        let r = if stderr {
-            self.client.read_stderr(ctx(), &req).await
-        } else {
-            self.client.read_stdout(ctx(), &req).await
-        };
-        r.map(|r| r.data)
-    }
-
-    /// Everything up to EOF, which must be the Kata-style error.
-    async fn read_all(&self, exec_id: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            match self.read(exec_id, false).await {
-                Ok(data) => {
-                    assert!(!data.is_empty(), "a read returns data or EOF, never nothing");
-                    out.extend(data);
-                }
-                Err(e) => {
-                    let (code, msg) = code_of(e);
-                    assert_eq!(code, Code::INTERNAL, "{msg}");
-                    assert!(msg.contains("eof"), "{msg}");
-                    return out;
-                }
-            }
-        }
-    }
-
-    async fn wait(&self, exec_id: &str) -> i32 {
-        let mut req = WaitProcessRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        self.client.wait_process(ctx(), &req).await.expect("WaitProcess").status
-    }
-
-    async fn signal(&self, exec_id: &str, sig: i32) {
-        let mut req = SignalProcessRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        req.signal = sig as u32;
-        self.client.signal_process(ctx(), &req).await.expect("SignalProcess");
-    }
-
-    async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(), ttrpc::Error> {
-        let mut req = ExecProcessRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        req.process = Some(process(args, false)).into();
-        self.client.exec_process(ctx(), &req).await.map(drop)
-    }
-
-    async fn write(&self, exec_id: &str, data: &[u8]) -> Result<u32, ttrpc::Error> {
-        let mut req = WriteStreamRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        req.data = data.to_vec();
-        self.client.write_stdin(ctx(), &req).await.map(|r| r.len)
-    }
-
-    async fn close_stdin(&self, exec_id: &str) {
-        let mut req = CloseStdinRequest::new();
-        req.container_id = self.id.clone();
-        req.exec_id = exec_id.into();
-        self.client.close_stdin(ctx(), &req).await.expect("CloseStdin");
-    }
-
-    async fn remove(self) {
-        let mut req = RemoveContainerRequest::new();
-        req.container_id = self.id.clone();
-        req.timeout = 10;
-        self.client.remove_container(ctx(), &req).await.expect("RemoveContainer");
-    }
+/// Create and start, or fail the test.
+async fn run<'a>(
+    client: &'a protocols::agent_ttrpc::AgentServiceClient,
+    id: &str,
+    spec: protocols::oci::Spec,
+) -> Container<'a> {
+    Container::run(client, id, spec, Vec::new()).await.expect("CreateContainer + StartContainer")
 }
 
 #[tokio::test]
 async fn echo_prints_and_exits_zero() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "echo", spec(root.path(), &["/bin/echo", "hello"], false)).await;
-    assert_eq!(c.read_all("echo").await, b"hello\n");
-    assert_eq!(c.wait("echo").await, 0);
-    assert_eq!(c.wait("").await, 0, "an empty exec id is the init; waiting twice answers at once");
-    c.remove().await;
+    let c = run(&client, "echo", spec(path_of(&root), &["/bin/echo", "hello"], false)).await;
+    assert_eq!(c.read_to_eof("echo", false).await.unwrap(), b"hello\n");
+    // Kata's answer at EOF, which the Kata shim's copy loop relies on.
+    let (code, msg) = code_of(c.read("echo", false).await.unwrap_err());
+    assert_eq!(code, Code::INTERNAL, "{msg}");
+    assert!(msg.contains("read meet eof"), "{msg}");
+    assert_eq!(c.wait("echo").await.unwrap(), 0);
+    assert_eq!(c.wait("").await.unwrap(), 0, "an empty exec id is the init; waiting twice answers at once");
+    c.remove().await.unwrap();
     assert_eq!(std::fs::read_dir(&agent.state).unwrap().count(), 0, "state directory removed");
 }
 
@@ -211,81 +74,76 @@ async fn echo_prints_and_exits_zero() {
 async fn exit_codes_and_signal_deaths_are_what_waitpid_said() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "three", spec(root.path(), &["/bin/sh", "-c", "exit 3"], false)).await;
-    assert_eq!(c.wait("three").await, 3);
-    c.remove().await;
+    let c = run(&client, "three", spec(path_of(&root), &["/bin/sh", "-c", "exit 3"], false)).await;
+    assert_eq!(c.wait("three").await.unwrap(), 3);
+    c.remove().await.unwrap();
 
-    let c = Ctr::run(&client, "killed", spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
-    c.signal("killed", 9).await;
-    assert_eq!(c.wait("killed").await, 128 + 9);
-    c.remove().await;
+    let c = run(&client, "killed", spec(path_of(&root), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
+    c.signal("killed", 9).await.unwrap();
+    assert_eq!(c.wait("killed").await.unwrap(), 128 + 9);
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
 async fn stdin_reaches_cat_and_closing_it_ends_cat() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "cat", spec(root.path(), &["/bin/cat"], false)).await;
+    let c = run(&client, "cat", spec(path_of(&root), &["/bin/cat"], false)).await;
     assert_eq!(c.write("cat", b"one\n").await.unwrap(), 4);
     assert_eq!(c.write("cat", b"two\n").await.unwrap(), 4);
-    c.close_stdin("cat").await;
-    assert_eq!(c.read_all("cat").await, b"one\ntwo\n");
-    assert_eq!(c.wait("cat").await, 0);
+    c.close_stdin("cat").await.unwrap();
+    assert_eq!(c.read_to_eof("cat", false).await.unwrap(), b"one\ntwo\n");
+    assert_eq!(c.wait("cat").await.unwrap(), 0);
     let (code, msg) = code_of(c.write("cat", b"late").await.unwrap_err());
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
-    c.remove().await;
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_terminal_has_the_console_size_and_follows_resizes() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "tty", spec(root.path(), &["/bin/sh", "-c", "stty size; read x; stty size"], true)).await;
+    let c = run(&client, "tty", spec(path_of(&root), &["/bin/sh", "-c", "stty size; read x; stty size"], true)).await;
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains("24 80") {
         out.extend(c.read("tty", false).await.expect("output before the resize"));
     }
-    let mut req = TtyWinResizeRequest::new();
-    req.container_id = "tty".into();
-    req.exec_id = "tty".into();
-    req.row = 30;
-    req.column = 100;
-    client.tty_win_resize(ctx(), &req).await.expect("TtyWinResize");
+    c.resize("tty", 30, 100).await.expect("TtyWinResize");
     c.write("tty", b"go\n").await.unwrap();
-    let rest = String::from_utf8_lossy(&c.read_all("tty").await).into_owned();
+    let rest = String::from_utf8_lossy(&c.read_to_eof("tty", false).await.unwrap()).into_owned();
     assert!(rest.contains("30 100"), "{rest:?}");
-    assert_eq!(c.wait("tty").await, 0);
+    assert_eq!(c.wait("tty").await.unwrap(), 0);
     let (code, _) = code_of(c.read("tty", true).await.unwrap_err());
     assert_eq!(code, Code::INTERNAL, "a terminal's stderr is at EOF");
-    c.remove().await;
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
 async fn execs_run_inside_and_die_alone() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "box", spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
+    let c = run(&client, "box", spec(path_of(&root), &["/bin/sh", "-c", "exec sleep 100"], false)).await;
     c.exec("hi", &["/bin/echo", "inside"]).await.expect("ExecProcess");
-    assert_eq!(c.read_all("hi").await, b"inside\n");
-    assert_eq!(c.wait("hi").await, 0);
+    assert_eq!(c.read_to_eof("hi", false).await.unwrap(), b"inside\n");
+    assert_eq!(c.wait("hi").await.unwrap(), 0);
 
     c.exec("sleeper", &["/bin/sleep", "100"]).await.expect("ExecProcess");
     let (code, msg) = code_of(c.exec("sleeper", &["/bin/true"]).await.unwrap_err());
     assert_eq!(code, Code::ALREADY_EXISTS, "{msg}");
-    c.signal("sleeper", 9).await;
-    assert_eq!(c.wait("sleeper").await, 137);
+    c.signal("sleeper", 9).await.unwrap();
+    assert_eq!(c.wait("sleeper").await.unwrap(), 137);
     // The container lives on: another exec still runs in it.
     c.exec("after", &["/bin/true"]).await.expect("exec after killing one exec");
-    assert_eq!(c.wait("after").await, 0);
+    assert_eq!(c.wait("after").await.unwrap(), 0);
 
     // An empty exec id signals every process of the container.
     c.exec("second", &["/bin/sleep", "100"]).await.unwrap();
-    c.signal("", 9).await;
-    assert_eq!(c.wait("second").await, 137);
-    assert_eq!(c.wait("box").await, 137);
+    c.signal("", 9).await.unwrap();
+    assert_eq!(c.wait("second").await.unwrap(), 137);
+    assert_eq!(c.wait("box").await.unwrap(), 137);
     let (code, msg) = code_of(c.exec("late", &["/bin/true"]).await.unwrap_err());
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
-    c.remove().await;
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -293,13 +151,13 @@ async fn output_of_a_process_that_exited_unread_is_all_there() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
     let script = "dd if=/dev/zero bs=1024 count=200 2>/dev/null | tr '\\0' a; echo done >&2";
-    let c = Ctr::run(&client, "big", spec(root.path(), &["/bin/sh", "-c", script], false)).await;
-    assert_eq!(c.wait("big").await, 0, "exits without anyone reading");
-    let out = c.read_all("big").await;
+    let c = run(&client, "big", spec(path_of(&root), &["/bin/sh", "-c", script], false)).await;
+    assert_eq!(c.wait("big").await.unwrap(), 0, "exits without anyone reading");
+    let out = c.read_to_eof("big", false).await.unwrap();
     assert_eq!(out.len(), 200 * 1024);
     assert!(out.iter().all(|&b| b == b'a'));
     assert_eq!(c.read("big", true).await.unwrap(), b"done\n");
-    c.remove().await;
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -309,12 +167,12 @@ async fn twenty_containers_come_and_go_without_leaks() {
     let mut all = Vec::new();
     for i in 0..20 {
         all.push(
-            Ctr::run(&client, &format!("c{i}"), spec(root.path(), &["/bin/sh", "-c", "exec sleep 100"], false)).await,
+            run(&client, &format!("c{i}"), spec(path_of(&root), &["/bin/sh", "-c", "exec sleep 100"], false)).await,
         );
     }
     assert!(children(&agent).len() >= 20, "{:?}", children(&agent));
     for c in all {
-        c.remove().await;
+        c.remove().await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !children(&agent).is_empty() {
@@ -329,32 +187,38 @@ async fn bad_requests_get_their_code_and_the_agent_keeps_serving() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
 
-    let mut relative = spec(root.path(), &["/bin/true"], false);
+    let mut relative = spec(path_of(&root), &["/bin/true"], false);
     relative.Root.as_mut().unwrap().Path = "rootfs".into();
-    let (code, msg) = code_of(Ctr::create(&client, "rel", relative).await.err().unwrap());
+    let (code, msg) = code_of(Container::create(&client, "rel", relative, Vec::new()).await.err().unwrap());
     assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("not absolute"), "{msg}");
     agent.assert_serving().await;
 
-    let mut bad_ns = spec(root.path(), &["/bin/true"], false);
+    let mut bad_ns = spec(path_of(&root), &["/bin/true"], false);
     bad_ns.Linux.as_mut().unwrap().Namespaces[0].Type = "bogus".into();
-    let (code, msg) = code_of(Ctr::create(&client, "ns", bad_ns).await.err().unwrap());
+    let (code, msg) = code_of(Container::create(&client, "ns", bad_ns, Vec::new()).await.err().unwrap());
     assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("bogus"), "{msg}");
     agent.assert_serving().await;
 
-    let (code, msg) =
-        code_of(Ctr::create(&client, "../evil", spec(root.path(), &["/bin/true"], false)).await.err().unwrap());
+    let (code, msg) = code_of(
+        Container::create(&client, "../evil", spec(path_of(&root), &["/bin/true"], false), Vec::new())
+            .await
+            .err()
+            .unwrap(),
+    );
     assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
 
-    let first = Ctr::create(&client, "dup", spec(root.path(), &["/bin/true"], false)).await.unwrap();
-    let (code, msg) =
-        code_of(Ctr::create(&client, "dup", spec(root.path(), &["/bin/true"], false)).await.err().unwrap());
+    let first =
+        Container::create(&client, "dup", spec(path_of(&root), &["/bin/true"], false), Vec::new()).await.unwrap();
+    let (code, msg) = code_of(
+        Container::create(&client, "dup", spec(path_of(&root), &["/bin/true"], false), Vec::new()).await.err().unwrap(),
+    );
     assert_eq!(code, Code::ALREADY_EXISTS, "{msg}");
     agent.assert_serving().await;
-    first.remove().await;
+    first.remove().await.unwrap();
 
-    let ghost = Ctr { client: &client, id: "ghost".into() };
+    let ghost = Container::named(&client, "ghost");
     let (code, msg) = code_of(ghost.exec("e", &["/bin/true"]).await.unwrap_err());
     assert_eq!(code, Code::NOT_FOUND, "{msg}");
     let (code, _) = code_of(ghost.read("", false).await.unwrap_err());
@@ -375,14 +239,17 @@ async fn bad_requests_get_their_code_and_the_agent_keeps_serving() {
 async fn a_huge_stdin_write_is_refused_without_harm() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let c = Ctr::run(&client, "big-in", spec(root.path(), &["/bin/sh", "-c", "wc -c"], false)).await;
+    let c = run(&client, "big-in", spec(path_of(&root), &["/bin/sh", "-c", "wc -c"], false)).await;
     assert!(c.write("big-in", &vec![b'x'; 64 << 20]).await.is_err(), "64 MiB is over ttrpc's frame limit");
     agent.assert_serving().await;
     // Below the limit, a large write goes through in pieces while wc reads.
     assert_eq!(c.write("big-in", &vec![b'x'; 3 << 20]).await.unwrap(), 3 << 20);
-    c.close_stdin("big-in").await;
-    assert_eq!(String::from_utf8_lossy(&c.read_all("big-in").await).trim(), (3u32 << 20).to_string());
-    c.remove().await;
+    c.close_stdin("big-in").await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&c.read_to_eof("big-in", false).await.unwrap()).trim(),
+        (3u32 << 20).to_string()
+    );
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -405,10 +272,10 @@ async fn sigterm_to_an_init_without_a_handler_stops_it() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
     // PID 1 of its namespace: the kernel would drop a SIGTERM sleep does not handle.
-    let c = Ctr::run(&client, "term", spec(root.path(), &["/bin/sleep", "100"], false)).await;
-    c.signal("term", 15).await;
-    assert_eq!(c.wait("term").await, 137, "replaced by SIGKILL, as Kata does");
-    c.remove().await;
+    let c = run(&client, "term", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    c.signal("term", 15).await.unwrap();
+    assert_eq!(c.wait("term").await.unwrap(), 137, "replaced by SIGKILL, as Kata does");
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -418,13 +285,13 @@ async fn signalling_all_reaches_the_inits_descendants() {
     // The shell traps TERM and waits for its background child; only a signal
     // to every process ends the child, and then the shell's wait returns.
     let script = "trap 'echo term' TERM; sleep 100 & wait; wait; echo done";
-    let c = Ctr::run(&client, "tree", spec(root.path(), &["/bin/sh", "-c", script], false)).await;
+    let c = run(&client, "tree", spec(path_of(&root), &["/bin/sh", "-c", script], false)).await;
     std::thread::sleep(Duration::from_millis(200));
-    c.signal("", 15).await;
-    assert_eq!(c.wait("tree").await, 0);
-    let out = String::from_utf8_lossy(&c.read_all("tree").await).into_owned();
+    c.signal("", 15).await.unwrap();
+    assert_eq!(c.wait("tree").await.unwrap(), 0);
+    let out = String::from_utf8_lossy(&c.read_to_eof("tree", false).await.unwrap()).into_owned();
     assert!(out.contains("term") && out.contains("done"), "{out:?}");
-    c.remove().await;
+    c.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -434,12 +301,16 @@ async fn containers_share_the_sandbox_pid_namespace_when_asked() {
     let mut req = CreateSandboxRequest::new();
     req.sandbox_pidns = true;
     client.create_sandbox(ctx(), &req).await.unwrap();
-    let pause = Ctr::run(&client, "pause", spec(root.path(), &["/bin/sleep", "100"], false)).await;
-    let app = Ctr::run(&client, "app", spec(root.path(), &["/bin/cat", "/proc/1/cmdline"], false)).await;
-    assert_eq!(app.read_all("app").await, b"/bin/sleep\x00100\x00", "PID 1 is the first container's init");
-    assert_eq!(app.wait("app").await, 0);
-    app.remove().await;
-    pause.remove().await;
+    let pause = run(&client, "pause", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    let app = run(&client, "app", spec(path_of(&root), &["/bin/cat", "/proc/1/cmdline"], false)).await;
+    assert_eq!(
+        app.read_to_eof("app", false).await.unwrap(),
+        b"/bin/sleep\x00100\x00",
+        "PID 1 is the first container's init"
+    );
+    assert_eq!(app.wait("app").await.unwrap(), 0);
+    app.remove().await.unwrap();
+    pause.remove().await.unwrap();
 }
 
 #[tokio::test]
@@ -457,11 +328,11 @@ async fn guest_hooks_run_for_every_container() {
     let mut req = CreateSandboxRequest::new();
     req.guest_hook_path = hooks.path().to_str().unwrap().into();
     client.create_sandbox(ctx(), &req).await.unwrap();
-    let c = Ctr::run(&client, "hooked", spec(root.path(), &["/bin/true"], false)).await;
+    let c = run(&client, "hooked", spec(path_of(&root), &["/bin/true"], false)).await;
     let poststart = std::fs::read_to_string(hooks.path().join("poststart.json")).expect("poststart hook ran");
     assert!(poststart.contains("\"id\":\"hooked\"") && poststart.contains("running"), "{poststart}");
-    assert_eq!(c.wait("hooked").await, 0);
-    c.remove().await;
+    assert_eq!(c.wait("hooked").await.unwrap(), 0);
+    c.remove().await.unwrap();
     let poststop = std::fs::read_to_string(hooks.path().join("poststop.json")).expect("poststop hook ran");
     assert!(poststop.contains("stopped"), "{poststop}");
 }
