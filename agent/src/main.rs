@@ -5,14 +5,17 @@
 
 mod channel;
 mod container;
+mod device;
 mod error;
 mod launch;
 mod logging;
 mod metrics;
+mod network;
 mod process;
 mod rpc;
 mod sandbox;
 mod server;
+mod storage;
 
 use std::process::ExitCode;
 use std::sync::Arc;
