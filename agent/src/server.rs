@@ -40,6 +40,10 @@ pub async fn serve(
     after_ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), ServeError> {
     let log = sandbox.log().clone();
+    // Handlers first: a client may signal as soon as it can connect.
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;
     let listener = channel::listen(addr)?;
     let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
     server.start().await.map_err(ServeError::Start)?;
@@ -62,7 +66,6 @@ pub async fn serve(
     if role == Role::Standalone {
         nix::sys::prctl::set_child_subreaper(true).map_err(ServeError::Subreaper)?;
     }
-    let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;
     let (exits, reaper_log) = (sandbox.exits().clone(), log.clone());
     tokio::spawn(async move {
         loop {
@@ -76,8 +79,6 @@ pub async fn serve(
     });
 
     let mut destroyed = sandbox.shutdown_requested();
-    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     tokio::select! {
         _ = destroyed.wait_for(|d| *d) => tokio::time::sleep(REPLY_GRACE).await,
         _ = term.recv(), if role == Role::Standalone => slog::info!(log, "SIGTERM; stopping"),
