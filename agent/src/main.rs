@@ -133,7 +133,7 @@ fn serve_as_init(
     deferred: wisp_init::Deferred,
 ) -> anyhow::Result<()> {
     let addr = channel::choose(opts, CHANNEL_WAIT)?;
-    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started));
+    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started).with_hotplug_timeout(opts.hotplug_timeout));
     let (late_log, late_opts) = (log.clone(), opts.clone());
     let after_ready = move || wisp_init::after_ready(&late_log, &late_opts, deferred);
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Init, after_ready))?;

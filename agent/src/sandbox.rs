@@ -16,16 +16,18 @@ use std::time::Duration;
 
 use protocols::agent::{
     AgentDetails, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, GuestDetailsResponse,
-    OnlineCPUMemRequest,
+    OnlineCPUMemRequest, Storage,
 };
 use protocols::convert::from_pb;
 use tokio::sync::watch;
 
 use crate::container::{self, Container, GuestHooks, PidNs};
+use crate::device::{self, Devices};
 use crate::error::AgentError;
 use crate::logging::boot_clock;
 use crate::metrics;
 use crate::process::ExitTable;
+use crate::storage::{self, Mounted};
 
 /// Where container state directories live in the guest.
 pub const DEFAULT_STATE_ROOT: &str = "/run/wisp/containers";
@@ -33,6 +35,8 @@ pub const DEFAULT_STATE_ROOT: &str = "/run/wisp/containers";
 const KATA_GUEST_DIR: &str = "/run/kata-containers";
 /// How long DestroySandbox waits for each container's processes to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kata's default wait for a hot-plugged device (`agent.hotplug_timeout`).
+const DEFAULT_HOTPLUG_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the agent does when the sandbox is destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,9 @@ pub struct Sandbox {
     state_root: PathBuf,
     containers: Mutex<Registry>,
     guest: Mutex<GuestConfig>,
+    /// The uevent listener, started by the first storage or device that needs it.
+    devices: OnceLock<Arc<Devices>>,
+    hotplug_timeout: Duration,
 }
 
 /// The containers, and the ids being created (so a duplicate is refused
@@ -78,6 +85,8 @@ struct GuestConfig {
     hostname: String,
     hooks: Option<GuestHooks>,
     pidns: SharedPidNs,
+    /// CreateSandbox's storages, released by DestroySandbox.
+    storages: Vec<Mounted>,
 }
 
 /// The sandbox-wide pid namespace: the first container that asks for it
@@ -107,7 +116,44 @@ impl Sandbox {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             containers: Mutex::new(Registry::default()),
             guest: Mutex::new(GuestConfig::default()),
+            devices: OnceLock::new(),
+            hotplug_timeout: DEFAULT_HOTPLUG_TIMEOUT,
         }
+    }
+
+    /// How long storages and devices wait for a hot-plugged disk.
+    pub fn with_hotplug_timeout(mut self, timeout: Duration) -> Self {
+        self.hotplug_timeout = timeout;
+        self
+    }
+
+    fn devices(&self) -> Arc<Devices> {
+        self.devices.get_or_init(|| Devices::start(&self.log)).clone()
+    }
+
+    /// Mounts `storages` in order on a blocking thread (they may wait for a
+    /// disk); on a failure the ones already mounted are released again.
+    async fn mount_storages(&self, storages: &[Storage]) -> Result<Vec<Mounted>, AgentError> {
+        if storages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (devices, timeout, log) = (self.devices(), self.hotplug_timeout, self.log.clone());
+        let storages = storages.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut mounted = Vec::with_capacity(storages.len());
+            for s in &storages {
+                match storage::mount(s, &devices, timeout) {
+                    Ok(m) => mounted.push(m),
+                    Err(e) => {
+                        release_all(&mut mounted, &log);
+                        return Err(AgentError::from(e));
+                    }
+                }
+            }
+            Ok(mounted)
+        })
+        .await
+        .map_err(|e| AgentError::FailedPrecondition(format!("storage mount task: {e}")))?
     }
 
     /// Keeps container state below `dir` instead of [`DEFAULT_STATE_ROOT`]
@@ -200,13 +246,20 @@ impl Sandbox {
         Ok(())
     }
 
-    /// DestroySandbox: every container goes (processes killed, state deleted), then the agent stops.
+    /// DestroySandbox: every container goes (processes killed, state and
+    /// mounts released), then the sandbox's storages, then the agent stops.
     pub async fn destroy(&self) {
         let all: Vec<Arc<Container>> = self.registry().live.values().cloned().collect();
         for c in all {
             if let Err(e) = self.remove_container(&c.id, Some(DESTROY_TIMEOUT)).await {
                 slog::warn!(c.log(), "not removed with the sandbox"; "error" => %crate::error::chain(&e));
             }
+        }
+        let mut storages = std::mem::take(&mut self.guest().storages);
+        let log = self.log.clone();
+        let released = tokio::task::spawn_blocking(move || release_all(&mut storages, &log)).await;
+        if let Err(e) = released {
+            slog::warn!(self.log, "sandbox storages not released"; "error" => %e);
         }
         slog::info!(self.log, "sandbox destroyed; stopping"; "role" => ?self.role, "sandbox_id" => self.guest().sandbox_id.clone());
         self.shutdown.send_replace(true);
@@ -221,14 +274,24 @@ impl Sandbox {
         }
     }
 
-    /// CreateSandbox: hostname, DNS, guest hooks, the shared pid namespace.
-    pub fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<(), AgentError> {
+    /// CreateSandbox: hostname, DNS, guest hooks, the shared pid namespace, storages.
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<(), AgentError> {
+        if self.guest().created {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {} already created", self.guest().sandbox_id)));
+        }
+        let mut mounted = self.mount_storages(&req.storages).await?;
+        if let Err(e) = self.configure(req, &mut mounted) {
+            release_all(&mut mounted, &self.log);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The rest of CreateSandbox once its storages are mounted; keeps them on success.
+    fn configure(&self, req: &CreateSandboxRequest, mounted: &mut Vec<Mounted>) -> Result<(), AgentError> {
         let mut guest = self.guest();
         if guest.created {
             return Err(AgentError::FailedPrecondition(format!("sandbox {} already created", guest.sandbox_id)));
-        }
-        if !req.storages.is_empty() {
-            return Err(AgentError::FailedPrecondition("sandbox storages are not supported yet".into()));
         }
         if let Some(bad) = req.dns.iter().find(|l| l.contains('\n')) {
             return Err(AgentError::InvalidArgument(format!("DNS entry {bad:?} spans several lines")));
@@ -272,6 +335,7 @@ impl Sandbox {
         guest.sandbox_id = req.sandbox_id.clone();
         guest.hostname = req.hostname.clone();
         guest.hooks = hooks;
+        guest.storages = std::mem::take(mounted);
         if req.sandbox_pidns {
             guest.pidns = SharedPidNs::Wanted;
         }
@@ -317,13 +381,36 @@ impl Sandbox {
 
     async fn create_reserved(&self, req: &CreateContainerRequest) -> Result<Arc<Container>, AgentError> {
         let id = &req.container_id;
-        if !req.storages.is_empty() || !req.devices.is_empty() {
-            return Err(AgentError::FailedPrecondition(format!(
-                "container {id}: storages and devices are not supported yet"
-            )));
-        }
         let pb = req.OCI.as_ref().ok_or_else(|| AgentError::InvalidArgument(format!("container {id}: no OCI spec")))?;
         let spec = from_pb::spec(pb).map_err(|source| AgentError::Spec { container_id: id.clone(), source })?;
+        // The rootfs and volumes first: the spec's root and mounts point into them.
+        let mut mounted = self.mount_storages(&req.storages).await?;
+        match self.create_mounted(req, spec).await {
+            Ok(c) => {
+                c.adopt_mounts(mounted);
+                Ok(c)
+            }
+            Err(e) => {
+                release_all(&mut mounted, &self.log);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_mounted(
+        &self,
+        req: &CreateContainerRequest,
+        mut spec: oci_spec::runtime::Spec,
+    ) -> Result<Arc<Container>, AgentError> {
+        let id = &req.container_id;
+        if !req.devices.is_empty() {
+            let (devices, timeout, wanted) = (self.devices(), self.hotplug_timeout, req.devices.clone());
+            spec = tokio::task::spawn_blocking(move || {
+                device::apply_devices(&mut spec, &wanted, &devices, timeout).map(|()| spec)
+            })
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("container {id}: device task: {e}")))??;
+        }
         let wants_shared = req.sandbox_pidns;
         let (pidns, holds) = self.pid_namespace(wants_shared);
         let hooks = self.guest().hooks.clone();
@@ -365,5 +452,16 @@ impl Sandbox {
 
     pub async fn online_cpu_mem(&self, req: &OnlineCPUMemRequest) -> Result<(), AgentError> {
         online::online_cpu_mem(Path::new("/sys"), req.nb_cpus, req.cpu_only, online::CPU_WAIT).await
+    }
+}
+
+/// Releases mounts newest first (a later mount may sit inside an earlier one);
+/// failures are logged, the others still go.
+pub fn release_all(mounts: &mut Vec<Mounted>, log: &slog::Logger) {
+    while let Some(mut m) = mounts.pop() {
+        if let Err(e) = m.release() {
+            slog::warn!(log, "storage not released"; "mount_point" => %m.mount_point().display(),
+                "error" => %crate::error::chain(&e));
+        }
     }
 }

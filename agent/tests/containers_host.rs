@@ -354,3 +354,67 @@ async fn copy_file_writes_chunks_below_the_state_directory() {
     }
     assert_eq!(std::fs::read(&target).unwrap(), b"127.0.0.1 localhost\n");
 }
+
+fn is_mounted(path: &std::path::Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+fn storage(driver: &str, source: &str, mount_point: &std::path::Path, options: &[&str]) -> protocols::agent::Storage {
+    let mut s = protocols::agent::Storage::new();
+    s.driver = driver.into();
+    s.source = source.into();
+    s.mount_point = mount_point.to_str().unwrap().into();
+    s.options = options.iter().map(|o| o.to_string()).collect();
+    s
+}
+
+#[tokio::test]
+async fn storages_are_mounted_for_their_container_and_released_with_it() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let mnt = agent.state.join("mnt");
+    let rootfs_at = mnt.join("bound-rootfs");
+    let scratch = mnt.join("scratch");
+    let storages =
+        vec![storage("bind", path_of(&root), &rootfs_at, &["bind"]), storage("ephemeral", "", &scratch, &["size=1m"])];
+    let mut s = spec(rootfs_at.to_str().unwrap(), &["/bin/echo", "from a bound rootfs"], false);
+    let mut data = protocols::oci::Mount::new();
+    data.destination = "/data".into();
+    data.source = scratch.to_str().unwrap().into();
+    data.type_ = "bind".into();
+    data.options = vec!["rbind".into()];
+    s.Mounts.push(data);
+    let c = Container::run(&client, "stor", s, storages).await.expect("a container on its storages");
+    assert!(is_mounted(&rootfs_at) && is_mounted(&scratch), "both storages mounted");
+    assert_eq!(c.read_to_eof("stor", false).await.unwrap(), b"from a bound rootfs\n");
+    assert_eq!(c.wait("stor").await.unwrap(), 0);
+    c.remove().await.unwrap();
+    assert!(!is_mounted(&rootfs_at) && !is_mounted(&scratch), "released with the container");
+
+    // A storage that cannot be mounted fails the create and leaves nothing behind.
+    let bad = vec![
+        storage("ephemeral", "", &scratch, &["size=1m"]),
+        storage("bind", "/nonexistent/source", &mnt.join("never"), &["bind"]),
+    ];
+    let e = Container::create(&client, "bad", spec(path_of(&root), &["/bin/true"], false), bad).await.err().unwrap();
+    let (code, msg) = code_of(e);
+    assert_ne!(code, Code::OK, "{msg}");
+    assert!(!is_mounted(&scratch), "the first storage was released again");
+    agent.assert_serving().await;
+}
+
+#[tokio::test]
+async fn sandbox_storages_live_until_destroy_sandbox() {
+    let mut agent = Agent::start();
+    let client = agent.client().await;
+    let shared = agent.state.join("shared-tmpfs");
+    let mut req = CreateSandboxRequest::new();
+    req.storages = vec![storage("ephemeral", "", &shared, &["size=1m"])];
+    client.create_sandbox(ctx(), &req).await.expect("CreateSandbox with a storage");
+    assert!(is_mounted(&shared));
+    client.destroy_sandbox(ctx(), &protocols::agent::DestroySandboxRequest::new()).await.unwrap();
+    agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
+    assert!(!is_mounted(&shared), "DestroySandbox released the sandbox's storage");
+}

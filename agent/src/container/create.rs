@@ -136,6 +136,7 @@ pub async fn create(p: CreateParams<'_>) -> Result<Container, AgentError> {
             phase: tokio::sync::Mutex::new(Phase::Created(start)),
             exits: p.exits,
             exec_creation: tokio::sync::Mutex::new(()),
+            mounts: Mutex::new(Vec::new()),
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&bundle);

@@ -21,6 +21,7 @@ use oci_spec::runtime::{ContainerState, Hook, Spec, State, StateBuilder};
 use crate::error::AgentError;
 use crate::launch::{self, StartHandle};
 use crate::process::{reaper, ExitStatus, ExitTable, Process};
+use crate::storage::Mounted;
 
 pub use create::{create, CreateParams, GuestHooks, PidNs};
 pub use exec::exec;
@@ -49,6 +50,8 @@ pub struct Container {
     exits: Arc<ExitTable>,
     /// Held while an exec is being created (see [`exec`]).
     exec_creation: tokio::sync::Mutex<()>,
+    /// The request's storages (rootfs, volumes), released at removal.
+    mounts: Mutex<Vec<Mounted>>,
 }
 
 /// An exec and whether someone has waited for it (after which it may go).
@@ -172,6 +175,11 @@ impl Container {
         }
         execs.insert(process.exec_id.clone(), Arc::new(Exec { process, waited: AtomicBool::new(false) }));
         Ok(())
+    }
+
+    /// Takes over the storages mounted for this container.
+    pub fn adopt_mounts(&self, mounts: Vec<Mounted>) {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner()).extend(mounts);
     }
 
     pub fn has_exec(&self, exec_id: &str) -> bool {
@@ -303,6 +311,11 @@ impl Container {
         let hooks = self.spec.hooks().as_ref().and_then(|h| h.poststop().as_ref());
         if let Err(e) = self.run_hooks("poststop", hooks, ContainerState::Stopped).await {
             slog::warn!(self.log, "poststop hook failed"; "error" => %crate::error::chain(&e));
+        }
+        let mut mounts = std::mem::take(&mut *self.mounts.lock().unwrap_or_else(|p| p.into_inner()));
+        let log = self.log.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || crate::sandbox::release_all(&mut mounts, &log)).await {
+            slog::warn!(self.log, "storages not released"; "error" => %e);
         }
         if let Err(e) = std::fs::remove_dir_all(&self.bundle) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -116,7 +116,7 @@ impl AgentService for AgentRpc {
     }
 
     async fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        self.sandbox.create_sandbox(&req).map_err(|e| self.fail("CreateSandbox", "", "", e))?;
+        self.sandbox.create_sandbox(&req).await.map_err(|e| self.fail("CreateSandbox", "", "", e))?;
         Ok(Empty::new())
     }
 
