@@ -317,3 +317,30 @@ fn a_user_namespace_maps_root_to_the_given_host_ids() {
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(words, ["0", "0", "200000", "1000", "0", "300000", "1000"], "stdout: {out}");
 }
+
+#[test]
+fn sysctl_domainname_and_bind_mounts_of_a_dir_and_a_file() {
+    let mut b = sh("cat /proc/sys/net/ipv4/ip_forward; cat /proc/sys/kernel/domainname; \
+                    cat /data/dir/hello /etc/motd; touch /data/dir/x || echo bind-ro");
+    let host = b.dir.path().join("host");
+    std::fs::create_dir_all(host.join("dir")).unwrap();
+    std::fs::write(host.join("dir/hello"), "from a host dir\n").unwrap();
+    std::fs::write(host.join("motd"), "from a host file\n").unwrap();
+    b.set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}));
+    b.set("/domainname", json!("wisp.example"));
+    b.push(
+        "/mounts",
+        json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro", "rprivate"]}),
+    );
+    b.push(
+        "/mounts",
+        json!({"destination": "/etc/motd", "type": "bind", "source": host.join("motd"), "options": ["bind"]}),
+    );
+    let (code, out, err) = b.run();
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "1\nwisp.example\nfrom a host dir\nfrom a host file\nbind-ro\n"),
+        "stderr: {err}"
+    );
+    assert!(!host.join("dir/x").exists());
+}

@@ -172,9 +172,15 @@ fn init(
     for h in &container_hooks {
         hooks::run_hook(h, state.as_bytes()).map_err(|e| WireError::setup(format!("createContainer {e}")))?;
     }
-    rootfs::pivot(&root)?;
+    if rootfs::pivot(&root)? {
+        send(
+            chan,
+            &ToParent::Log("the agent runs from an initramfs: rootfs moved over / and chrooted (no pivot_root)".into()),
+        )?;
+    }
     drop(root);
     rootfs::finish(spec, uts_ns)?;
+    personality(spec)?;
     let ready = prepare(chan, spec, process)?;
     send(chan, &ToParent::Created)?;
     let ToChild::Start = recv(chan)? else { return Err(protocol("expected start")) };
@@ -183,6 +189,24 @@ fn init(
         hooks::run_hook(h, state.as_bytes()).map_err(|e| WireError::setup(format!("startContainer {e}")))?;
     }
     ready.exec()
+}
+
+/// `linux.personality`: the execution domain (LINUX or LINUX32), like runc.
+fn personality(spec: &Spec) -> Result<(), WireError> {
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().clone()) else { return Ok(()) };
+    if p.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(WireError::invalid("linux.personality.flags are not supported"));
+    }
+    let domain: libc::c_ulong = match p.domain() {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    // SAFETY: personality(2) takes a plain integer and touches no memory.
+    let rc = unsafe { libc::personality(domain) };
+    if rc == -1 {
+        return Err(WireError::sys(format!("personality {:?}", p.domain()), io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// An extra process in a running container (already in its namespaces).
@@ -263,6 +287,9 @@ fn prepare(chan: &mut Channel, spec: &Spec, process: &Process) -> Result<Ready, 
     let seccomp_plan = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => {
             let plan = seccomp::plan(s)?;
+            if s.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+                send(chan, &ToParent::Log(format!("seccomp flags {:?} ignored", s.flags())))?;
+            }
             for name in &plan.skipped {
                 send(chan, &ToParent::Log(format!("seccomp: unknown syscall {name:?} skipped")))?;
             }
@@ -272,6 +299,7 @@ fn prepare(chan: &mut Channel, spec: &Spec, process: &Process) -> Result<Ready, 
     };
     let nnp = process.no_new_privileges() == Some(true);
     identity::apply_rlimits(process)?;
+    identity::apply_io_priority(process)?;
     let late_seccomp = if nnp {
         seccomp_plan
     } else {

@@ -28,7 +28,7 @@ pub mod run;
 mod seccomp;
 mod wire;
 
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -119,8 +119,21 @@ fn recv(chan: &mut Channel) -> Result<Option<ToParent>, LaunchError> {
 /// Starts `/proc/self/exe __launch` with `stdio` and the socket on fd 3, and
 /// places it (cgroup) before it reads its job.
 fn spawn(stdio: StdioFds, place: impl FnOnce(i32) -> Result<(), String>) -> Result<(Child, Channel), LaunchError> {
-    let (ours, theirs) =
+    let (ours, pair_end) =
         UnixStream::pair().map_err(|source| LaunchError::Launcher { what: "socketpair".into(), source })?;
+    // Above the stdio numbers, so setting up the child's 0/1/2 cannot
+    // overwrite it (an agent started with 0-2 closed gets low numbers).
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one or -1.
+    let high = unsafe { libc::fcntl(pair_end.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if high < 0 {
+        return Err(LaunchError::Launcher {
+            what: "dup the launch socket".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    drop(pair_end);
+    // SAFETY: `high` is a fresh descriptor that nothing else owns.
+    let theirs = unsafe { OwnedFd::from_raw_fd(high) };
     let theirs_fd = theirs.as_raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0("wisp-agent")
@@ -133,11 +146,8 @@ fn spawn(stdio: StdioFds, place: impl FnOnce(i32) -> Result<(), String>) -> Resu
     // async-signal-safe, on descriptors this function owns.
     unsafe {
         cmd.pre_exec(move || {
-            if theirs_fd == LAUNCH_FD {
-                if libc::fcntl(LAUNCH_FD, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(theirs_fd, LAUNCH_FD) < 0 {
+            // dup2 leaves the new descriptor without close-on-exec.
+            if libc::dup2(theirs_fd, LAUNCH_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -255,12 +255,37 @@ fn make_device(
 /// pivot_root(".", ".") from inside the rootfs, then the old root (now
 /// stacked under the new one) is made a slave, so its detach cannot
 /// propagate to the agent's mounts, and detached.
-pub(crate) fn pivot(root: &OwnedFd) -> Result<(), WireError> {
+///
+/// The initramfs a VM's agent runs from cannot be pivoted away from (the
+/// kernel says EINVAL); there the rootfs is moved over `/` and chrooted
+/// into, as switch_root and runc's `--no-pivot` do. Returns whether that
+/// fallback was used, for the log.
+pub(crate) fn pivot(root: &OwnedFd) -> Result<bool, WireError> {
     nix::unistd::fchdir(root).map_err(sys("chdir into the rootfs"))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root"))?;
-    mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE).map_err(sys("make the old root a slave"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the old root"))?;
-    nix::unistd::chdir("/").map_err(sys("chdir /"))
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
+                .map_err(sys("make the old root a slave"))?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the old root"))?;
+            nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+            Ok(false)
+        }
+        Err(nix::Error::EINVAL) if on_initramfs() => {
+            mount(Some("."), "/", NONE, MsFlags::MS_MOVE, NONE).map_err(sys("move the rootfs over / (no pivot)"))?;
+            nix::unistd::chroot(".").map_err(sys("chroot into the rootfs"))?;
+            nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+            Ok(true)
+        }
+        Err(e) => Err(WireError::sys("pivot_root", e)),
+    }
+}
+
+/// Whether `/` is the kernel's initial rootfs (ramfs or tmpfs), which
+/// pivot_root refuses.
+fn on_initramfs() -> bool {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    const RAMFS_MAGIC: FsType = FsType(0x858458f6);
+    statfs("/").map(|s| s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == TMPFS_MAGIC).unwrap_or(false)
 }
 
 /// Everything after pivot_root, inside the new root.
