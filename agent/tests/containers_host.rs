@@ -418,3 +418,23 @@ async fn sandbox_storages_live_until_destroy_sandbox() {
     agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
     assert!(!is_mounted(&shared), "DestroySandbox released the sandbox's storage");
 }
+
+#[tokio::test]
+async fn a_terminal_left_open_by_a_daemon_still_ends_after_its_process() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    // In the shared pid namespace the daemon outlives the tty's process (its
+    // init is not PID 1 there) and keeps the pty open.
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_pidns = true;
+    client.create_sandbox(ctx(), &req).await.unwrap();
+    let pause = run(&client, "pause", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    let c = run(&client, "tty", spec(path_of(&root), &["/bin/sh", "-c", "sleep 100 & echo bye"], true)).await;
+    let started = Instant::now();
+    let out = c.read_to_eof("tty", false).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).contains("bye"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "EOF came {:?} after the process exited", started.elapsed());
+    assert_eq!(c.wait("tty").await.unwrap(), 0);
+    c.remove().await.unwrap();
+    pause.remove().await.unwrap();
+}

@@ -102,6 +102,19 @@ impl OutputBuffer {
         }
     }
 
+    /// Up to `max` bytes if there are some, without waiting.
+    pub fn try_read(&self, max: usize) -> Option<Vec<u8>> {
+        let mut s = self.lock();
+        if s.data.is_empty() {
+            return None;
+        }
+        let n = max.max(1).min(s.data.len());
+        let out: Vec<u8> = s.data.drain(..n).collect();
+        drop(s);
+        self.space.notify_waiters();
+        Some(out)
+    }
+
     /// At EOF with nothing left to read.
     pub fn drained(&self) -> bool {
         let s = self.lock();
@@ -155,6 +168,15 @@ mod tests {
         assert_eq!(b.read(3).await.as_deref(), Some(&b"abc"[..]));
         assert_eq!(writer.await.unwrap(), 3);
         assert_eq!(b.read(10).await.as_deref(), Some(&b"d"[..]));
+    }
+
+    #[test]
+    fn try_read_takes_what_is_there() {
+        let b = OutputBuffer::new(8);
+        assert_eq!(b.try_read(4), None);
+        b.push(b"abc");
+        assert_eq!(b.try_read(2).as_deref(), Some(&b"ab"[..]));
+        assert_eq!(b.try_read(9).as_deref(), Some(&b"c"[..]));
     }
 
     #[tokio::test]

@@ -9,12 +9,19 @@ pub mod exits;
 pub mod reaper;
 pub mod stdio;
 
+use std::time::Duration;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
 pub use exits::{ExitStatus, ExitTable};
 pub use stdio::{ProcessIo, StdioError};
+
+/// How long a terminal's output is still awaited after its process exited.
+/// A daemon the process left behind may keep the pty open forever; Kata's
+/// agent then answers EOF after the same half second.
+pub const TERMINAL_DRAIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub struct Process {
@@ -46,6 +53,25 @@ impl Process {
     /// Waits for the exit; any number of callers may wait at once.
     pub async fn wait(&self) -> Option<ExitStatus> {
         exits::wait(self.exit.clone()).await
+    }
+
+    /// ReadStdout/ReadStderr: up to `max` bytes once there are some, `None` at
+    /// EOF. A terminal counts as ended [`TERMINAL_DRAIN`] after its process
+    /// exited even if something else still holds the pty.
+    pub async fn read_output(&self, stderr: bool, max: usize) -> Option<Vec<u8>> {
+        let buf = if stderr { &self.io.stderr } else { &self.io.stdout };
+        if !self.io.is_terminal() {
+            return buf.read(max).await;
+        }
+        let drained = async {
+            self.wait().await;
+            tokio::time::sleep(TERMINAL_DRAIN).await;
+        };
+        tokio::select! {
+            biased;
+            data = buf.read(max) => data,
+            () = drained => buf.try_read(max),
+        }
     }
 
     /// Signals the process unless it is already reaped (its pid may be reused then).

@@ -209,6 +209,10 @@ impl ProcessIo {
         }
     }
 
+    pub fn is_terminal(&self) -> bool {
+        self.pty_master.is_some()
+    }
+
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), StdioError> {
         let master = self.pty_master.as_ref().ok_or(StdioError::NoTerminal)?;
         set_winsize(master, rows, cols).map_err(StdioError::Resize)

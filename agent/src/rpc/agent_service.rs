@@ -57,8 +57,7 @@ impl AgentRpc {
 
     async fn read(&self, req: &ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse, AgentError> {
         let (c, p) = self.process(&req.container_id, &req.exec_id)?;
-        let buf = if stderr { &p.io.stderr } else { &p.io.stdout };
-        match buf.read(req.len as usize).await {
+        match p.read_output(stderr, req.len as usize).await {
             Some(data) => {
                 let mut r = ReadStreamResponse::new();
                 r.data = data;
