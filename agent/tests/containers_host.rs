@@ -45,6 +45,17 @@ fn children(agent: &Agent) -> Vec<i32> {
     kids
 }
 
+/// A sandbox with one pid namespace for all, held by a "pause" container.
+async fn shared_pidns_sandbox<'a>(
+    client: &'a protocols::agent_ttrpc::AgentServiceClient,
+    root: &tempfile::TempDir,
+) -> Container<'a> {
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_pidns = true;
+    client.create_sandbox(ctx(), &req).await.unwrap();
+    run(client, "pause", spec(path_of(root), &["/bin/sleep", "100"], false)).await
+}
+
 /// Create and start, or fail the test.
 async fn run<'a>(
     client: &'a protocols::agent_ttrpc::AgentServiceClient,
@@ -298,10 +309,7 @@ async fn signalling_all_reaches_the_inits_descendants() {
 async fn containers_share_the_sandbox_pid_namespace_when_asked() {
     let (agent, root) = (Agent::start(), rootfs());
     let client = agent.client().await;
-    let mut req = CreateSandboxRequest::new();
-    req.sandbox_pidns = true;
-    client.create_sandbox(ctx(), &req).await.unwrap();
-    let pause = run(&client, "pause", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    let pause = shared_pidns_sandbox(&client, &root).await;
     let app = run(&client, "app", spec(path_of(&root), &["/bin/cat", "/proc/1/cmdline"], false)).await;
     assert_eq!(
         app.read_to_eof("app", false).await.unwrap(),
@@ -425,10 +433,7 @@ async fn a_terminal_left_open_by_a_daemon_still_ends_after_its_process() {
     let client = agent.client().await;
     // In the shared pid namespace the daemon outlives the tty's process (its
     // init is not PID 1 there) and keeps the pty open.
-    let mut req = CreateSandboxRequest::new();
-    req.sandbox_pidns = true;
-    client.create_sandbox(ctx(), &req).await.unwrap();
-    let pause = run(&client, "pause", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    let pause = shared_pidns_sandbox(&client, &root).await;
     let c = run(&client, "tty", spec(path_of(&root), &["/bin/sh", "-c", "sleep 100 & echo bye"], true)).await;
     let started = Instant::now();
     let out = c.read_to_eof("tty", false).await.unwrap();
