@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -102,19 +103,43 @@ impl Bundle {
         self
     }
 
-    /// Runs the bundle; (exit code, stdout, stderr).
+    /// Runs the bundle; (exit code, stdout, stderr). A run that hangs is
+    /// killed after a minute and fails the test.
     fn run(&self) -> (i32, String, String) {
         std::fs::write(self.path().join("config.json"), serde_json::to_vec_pretty(&self.config).unwrap()).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+        let (out_path, err_path) = (self.dir.path().join("stdout"), self.dir.path().join("stderr"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
             .arg("run")
             .arg(self.path())
             .arg("--id")
             .arg("launch-host-test")
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
             .unwrap();
-        let code = out.status.code().expect("wisp-agent run was killed by a signal");
-        (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wisp-agent run hung; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let code = status.code().expect("wisp-agent run was killed by a signal");
+        (code, std::fs::read_to_string(&out_path).unwrap(), std::fs::read_to_string(&err_path).unwrap())
     }
+}
+
+/// Runs `b` and asserts that `wisp-agent run` refused it (125) saying `why`.
+fn assert_refused(b: &Bundle, why: &str) {
+    let (code, _, err) = b.run();
+    assert_eq!(code, 125, "stderr: {err}");
+    assert!(err.contains(why), "expected {why:?} in stderr: {err}");
 }
 
 fn sh(script: &str) -> Bundle {
@@ -240,27 +265,20 @@ fn rlimits_are_applied() {
 fn an_unknown_namespace_type_is_refused_clearly() {
     let mut b = Bundle::new(&["true"]);
     b.push("/linux/namespaces", json!({"type": "bogus"}));
-    let (code, _, err) = b.run();
-    assert_eq!(code, 125, "stderr: {err}");
-    assert!(err.contains("unknown namespace type \"bogus\""), "stderr: {err}");
+    assert_refused(&b, "unknown namespace type \"bogus\"");
 }
 
 #[test]
 fn a_missing_binary_is_named() {
-    let (code, _, err) = Bundle::new(&["nosuchbinary", "x"]).run();
-    assert_eq!(code, 125, "stderr: {err}");
-    assert!(err.contains("\"nosuchbinary\": executable file not found in $PATH"), "stderr: {err}");
+    assert_refused(&Bundle::new(&["nosuchbinary", "x"]), "\"nosuchbinary\": executable file not found in $PATH");
 }
 
 #[test]
-fn a_relative_root_path_in_the_launcher_is_bundle_relative_only_for_run() {
-    // `run` makes root.path absolute like runc; the launcher itself refuses
-    // a relative one (tested through a missing rootfs message here).
+fn a_missing_rootfs_is_named() {
+    // `run` makes a relative root.path bundle-relative, like runc.
     let mut b = Bundle::new(&["true"]);
     b.set("/root", json!({"path": "no-such-rootfs"}));
-    let (code, _, err) = b.run();
-    assert_eq!(code, 125, "stderr: {err}");
-    assert!(err.contains("no-such-rootfs"), "stderr: {err}");
+    assert_refused(&b, "no-such-rootfs");
 }
 
 #[test]
@@ -297,9 +315,7 @@ fn hooks_run_where_the_spec_says_with_the_state_on_stdin() {
 fn a_failing_hook_fails_the_container_and_is_named() {
     let mut b = Bundle::new(&["true"]);
     b.set("/hooks", json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo broken >&2; exit 7"]}]}));
-    let (code, _, err) = b.run();
-    assert_eq!(code, 125, "stderr: {err}");
-    assert!(err.contains("hook /bin/sh") && err.contains("broken"), "stderr: {err}");
+    assert_refused(&b, "hook /bin/sh: exit status: 7: broken");
 }
 
 #[test]
@@ -343,4 +359,11 @@ fn sysctl_domainname_and_bind_mounts_of_a_dir_and_a_file() {
         "stderr: {err}"
     );
     assert!(!host.join("dir/x").exists());
+}
+
+#[test]
+fn a_user_namespace_without_maps_is_refused_without_hanging() {
+    let mut b = Bundle::new(&["true"]);
+    b.push("/linux/namespaces", json!({"type": "user"}));
+    assert_refused(&b, "a new user namespace needs linux.uidMappings");
 }

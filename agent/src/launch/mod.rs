@@ -179,11 +179,13 @@ pub fn state(id: &str, status: ContainerState, pid: i32, bundle: &std::path::Pat
 /// Writes the uid/gid maps of a user namespace the launcher made.
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), LaunchError> {
     let linux = spec.linux().clone().unwrap_or_default();
-    for (file, maps) in [("uid_map", linux.uid_mappings()), ("gid_map", linux.gid_mappings())] {
+    for (file, field, maps) in
+        [("uid_map", "uidMappings", linux.uid_mappings()), ("gid_map", "gidMappings", linux.gid_mappings())]
+    {
         let text: String =
             maps.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect();
         if text.is_empty() {
-            return Err(LaunchError::InvalidSpec(format!("a new user namespace needs linux.{file} entries")));
+            return Err(LaunchError::InvalidSpec(format!("a new user namespace needs linux.{field}")));
         }
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, text)
@@ -245,14 +247,19 @@ pub fn create(req: InitRequest, place: impl FnOnce(i32) -> Result<(), String>) -
             }
         }
     })();
-    reap(first);
     match result {
-        Ok(pid) => Ok(Created { pid, start: StartHandle { chan, container_id } }),
+        Ok(pid) => {
+            reap(first);
+            Ok(Created { pid, start: StartHandle { chan, container_id } })
+        }
         Err(e) => {
-            // The final process may be waiting for a word that will not come.
+            // Both launcher processes may be waiting for a word that will
+            // not come: EOF ends the first, SIGKILL the final one.
+            drop(chan);
             if let Some(p) = pid {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGKILL);
             }
+            reap(first);
             Err(e)
         }
     }
@@ -285,6 +292,8 @@ pub fn exec(req: ExecRequest, place: impl FnOnce(i32) -> Result<(), String>) -> 
             }
         }
     })();
+    // EOF ends a first process still waiting (after a parent-side error).
+    drop(chan);
     reap(first);
     result
 }
