@@ -367,3 +367,26 @@ fn a_user_namespace_without_maps_is_refused_without_hanging() {
     b.push("/linux/namespaces", json!({"type": "user"}));
     assert_refused(&b, "a new user namespace needs linux.uidMappings");
 }
+
+#[test]
+fn a_joined_uts_namespace_keeps_its_hostname() {
+    use std::os::unix::fs::MetadataExt as _;
+    // A uts namespace of a helper process stands for Kata's sandbox-wide
+    // one; unshare copies the host's hostname into it.
+    let mut holder = Command::new("unshare").args(["--uts", "sleep", "60"]).spawn().expect("unshare (util-linux)");
+    let ns = format!("/proc/{}/ns/uts", holder.id());
+    let ours = std::fs::metadata("/proc/self/ns/uts").unwrap().ino();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&ns).map(|m| m.ino()).unwrap_or(ours) == ours {
+        assert!(Instant::now() < deadline, "unshare --uts did not make a namespace");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let mut b = sh("hostname");
+    b.set("/linux/namespaces", json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts", "path": ns}]));
+    let (code, out, err) = b.run();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_ne!(host, "wisp-test");
+    assert_eq!((code, out.trim()), (0, host.as_str()), "the spec's hostname must not be set; stderr: {err}");
+}

@@ -82,7 +82,14 @@ fn run(chan: &mut Channel) -> Result<std::convert::Infallible, WireError> {
             }
             namespaces::unshare(ns.new & !CloneFlags::CLONE_NEWUSER)?;
             fork_final(chan)?;
-            init(chan, &spec, &process, &bundle, terminal, ns.has(CloneFlags::CLONE_NEWUTS))
+            let uts = if ns.new.contains(CloneFlags::CLONE_NEWUTS) {
+                rootfs::Uts::New
+            } else if ns.has(CloneFlags::CLONE_NEWUTS) {
+                rootfs::Uts::Joined
+            } else {
+                rootfs::Uts::Host
+            };
+            init(chan, &spec, &process, &bundle, terminal, uts)
         }
         Job::Exec { container_id: _, init_pid, process, spec, terminal } => {
             namespaces::join_all(&namespaces::of_process(init_pid)?)?;
@@ -156,7 +163,7 @@ fn init(
     process: &Process,
     bundle: &Path,
     terminal: bool,
-    uts_ns: bool,
+    uts: rootfs::Uts,
 ) -> Result<std::convert::Infallible, WireError> {
     nix::unistd::setsid().map_err(|e| WireError::sys("setsid", e))?;
     controlling_terminal(terminal)?;
@@ -179,7 +186,7 @@ fn init(
         )?;
     }
     drop(root);
-    rootfs::finish(spec, uts_ns)?;
+    rootfs::finish(spec, uts)?;
     personality(spec)?;
     let ready = prepare(chan, spec, process)?;
     send(chan, &ToParent::Created)?;

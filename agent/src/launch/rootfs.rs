@@ -288,8 +288,25 @@ fn on_initramfs() -> bool {
     statfs("/").map(|s| s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == TMPFS_MAGIC).unwrap_or(false)
 }
 
+/// The container's uts namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uts {
+    New,
+    Joined,
+    Host,
+}
+
 /// Everything after pivot_root, inside the new root.
-pub(crate) fn finish(spec: &Spec, uts_ns: bool) -> Result<(), WireError> {
+pub(crate) fn finish(spec: &Spec, uts: Uts) -> Result<(), WireError> {
+    paths_and_sysctls(spec)?;
+    names(spec, uts)?;
+    if spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)) {
+        remount_bind(Path::new("/"), MsFlags::MS_RDONLY).map_err(sys("remount the rootfs read-only"))?;
+    }
+    Ok(())
+}
+
+fn paths_and_sysctls(spec: &Spec) -> Result<(), WireError> {
     let linux = spec.linux().clone().unwrap_or_default();
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
         let rel = key.replace('.', "/");
@@ -317,24 +334,30 @@ pub(crate) fn finish(spec: &Spec, uts_ns: bool) -> Result<(), WireError> {
         };
         r.map_err(sys(format!("masked path {p}")))?;
     }
-    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        if !uts_ns {
-            return Err(WireError::invalid("a hostname needs its own uts namespace"));
-        }
+    Ok(())
+}
+
+/// Hostname and domainname.
+fn names(spec: &Spec, uts: Uts) -> Result<(), WireError> {
+    // Only in a uts namespace of its own: a joined one (Kata's sandbox-wide
+    // namespace) belongs to whoever made it; none at all is refused, as runc does.
+    let hostname = spec.hostname().as_deref().filter(|h| !h.is_empty());
+    let domainname = spec.domainname().as_deref().filter(|d| !d.is_empty());
+    if uts == Uts::Host && (hostname.is_some() || domainname.is_some()) {
+        return Err(WireError::invalid("a hostname or domainname needs a uts namespace"));
+    }
+    if uts != Uts::New {
+        return Ok(());
+    }
+    if let Some(h) = hostname {
         nix::unistd::sethostname(h).map_err(sys(format!("sethostname {h:?}")))?;
     }
-    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
-        if !uts_ns {
-            return Err(WireError::invalid("a domainname needs its own uts namespace"));
-        }
+    if let Some(d) = domainname {
         // SAFETY: the pointer and length describe `d`, which outlives the call.
         let rc = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
         if rc != 0 {
             return Err(WireError::sys(format!("setdomainname {d:?}"), io::Error::last_os_error()));
         }
-    }
-    if spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)) {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY).map_err(sys("remount the rootfs read-only"))?;
     }
     Ok(())
 }
