@@ -85,8 +85,9 @@ pub fn process(args: &[&str], terminal: bool) -> oci::Process {
     p
 }
 
-/// A minimal spec: `root` as the rootfs, /proc mounted, own pid, mount, ipc
-/// and uts namespaces.
+/// A minimal spec like `runc spec`'s: `root` as the rootfs, /proc, a tmpfs
+/// /dev (device nodes cannot be made on every file system a rootfs comes
+/// on, 9p for one) with its devpts, own pid, mount, ipc and uts namespaces.
 pub fn spec(root: &str, args: &[&str], terminal: bool) -> oci::Spec {
     let mut s = oci::Spec::new();
     s.Version = "1.1.0".into();
@@ -94,11 +95,19 @@ pub fn spec(root: &str, args: &[&str], terminal: bool) -> oci::Spec {
     let mut r = oci::Root::new();
     r.Path = root.into();
     s.Root = Some(r).into();
-    let mut proc_mount = oci::Mount::new();
-    proc_mount.destination = "/proc".into();
-    proc_mount.source = "proc".into();
-    proc_mount.type_ = "proc".into();
-    s.Mounts = vec![proc_mount];
+    let mount = |destination: &str, fstype: &str, options: &[&str]| {
+        let mut m = oci::Mount::new();
+        m.destination = destination.into();
+        m.source = fstype.into();
+        m.type_ = fstype.into();
+        m.options = options.iter().map(|o| o.to_string()).collect();
+        m
+    };
+    s.Mounts = vec![
+        mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
+    ];
     let mut linux = oci::Linux::new();
     for t in ["pid", "mount", "ipc", "uts"] {
         let mut ns = oci::LinuxNamespace::new();
