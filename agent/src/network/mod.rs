@@ -33,7 +33,36 @@ pub enum NetworkError {
     #[error("cannot open a netlink socket")]
     Socket(#[source] std::io::Error),
     #[error("netlink: cannot {what}")]
-    Netlink { what: String, source: rtnetlink::Error },
+    Netlink { what: String, source: NetlinkFailure },
+}
+
+/// What the kernel answered, kept apart from `rtnetlink::Error` on purpose:
+/// formatting that one pulls in the `Debug` code of every netlink message
+/// type, a third of a megabyte of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkFailure {
+    #[error(transparent)]
+    Errno(nix::Error),
+    #[error("{0}")]
+    Other(&'static str),
+}
+
+impl From<rtnetlink::Error> for NetlinkFailure {
+    fn from(e: rtnetlink::Error) -> Self {
+        use rtnetlink::Error as E;
+        match e {
+            E::NetlinkError(msg) => match msg.code {
+                Some(code) => NetlinkFailure::Errno(nix::Error::from_raw(-code.get())),
+                None => NetlinkFailure::Other("the kernel sent an empty error"),
+            },
+            E::UnexpectedMessage(_) => NetlinkFailure::Other("unexpected reply from the kernel"),
+            E::RequestFailed => NetlinkFailure::Other("the request failed"),
+            E::NamespaceError(_) => NetlinkFailure::Other("network namespace error"),
+            E::InvalidHardwareAddress(_) | E::InvalidIp(_) | E::InvalidAddress(..) | E::InvalidNla(_) => {
+                NetlinkFailure::Other("malformed attribute in the kernel's reply")
+            }
+        }
+    }
 }
 
 impl NetworkError {
@@ -41,28 +70,21 @@ impl NetworkError {
         match self {
             NetworkError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             NetworkError::NoInterface(_) => Code::NOT_FOUND,
-            NetworkError::Socket(_) => Code::INTERNAL,
-            NetworkError::Netlink { source, .. } => match errno(source) {
-                Some(libc::EEXIST) => Code::ALREADY_EXISTS,
-                Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::ENOENT) => Code::NOT_FOUND,
-                Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::ENETUNREACH) => Code::INVALID_ARGUMENT,
-                Some(libc::EPERM) | Some(libc::EACCES) => Code::PERMISSION_DENIED,
+            NetworkError::Socket(_) | NetworkError::Netlink { source: NetlinkFailure::Other(_), .. } => Code::INTERNAL,
+            NetworkError::Netlink { source: NetlinkFailure::Errno(e), .. } => match e {
+                nix::Error::EEXIST => Code::ALREADY_EXISTS,
+                nix::Error::ENODEV | nix::Error::ESRCH | nix::Error::ENOENT => Code::NOT_FOUND,
+                nix::Error::EINVAL | nix::Error::ERANGE | nix::Error::ENETUNREACH => Code::INVALID_ARGUMENT,
+                nix::Error::EPERM | nix::Error::EACCES => Code::PERMISSION_DENIED,
                 _ => Code::INTERNAL,
             },
         }
     }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
 fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
     let what = what.into();
-    move |source| NetworkError::Netlink { what, source }
+    move |e| NetworkError::Netlink { what, source: e.into() }
 }
 
 /// A netlink connection for one request; its driver task ends on drop.
