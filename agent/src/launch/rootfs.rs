@@ -211,8 +211,9 @@ fn unlink_at(dir: &OwnedFd, name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// mknod inside the root; where mknod is denied (a user namespace), an
-/// empty file with the host's device bound onto it, as runc does.
+/// mknod inside the root; where mknod is denied (a user namespace, a shared
+/// filesystem), an empty file with the host's device bound onto it, as runc
+/// does in a user namespace.
 fn make_device(
     root: BorrowedFd<'_>,
     path: &Path,
@@ -231,7 +232,10 @@ fn make_device(
     let rc = unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), kind | mode, libc::makedev(major, minor)) };
     if rc != 0 {
         let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EPERM) || kind == libc::S_IFIFO {
+        // EPERM: a user namespace; EOPNOTSUPP/EACCES: a shared filesystem
+        // (9p, virtio-fs) that will not hold device nodes.
+        let denied = matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EACCES));
+        if !denied || kind == libc::S_IFIFO {
             return Err(WireError::sys(what("mknod"), err));
         }
         let target = touch_in_root(root, path).map_err(|e| WireError::sys(what("bind target"), e))?;
