@@ -12,10 +12,6 @@
 //!
 //! These calls block: the caller runs them on a blocking thread.
 
-// exec() and the hooks API are for the container module, which lands on the
-// same branch; until then only `wisp-agent run` uses part of the API.
-#![allow(dead_code)]
-
 mod child;
 mod error;
 pub mod hooks;
@@ -37,7 +33,6 @@ use std::process::{Child, Command, Stdio};
 use oci_spec::runtime::{ContainerState, Spec, State, StateBuilder};
 
 pub use error::LaunchError;
-#[allow(unused_imports)] // used by the container module
 pub use hooks::{run_hooks, HookError};
 use wire::{Channel, Job, ToChild, ToParent};
 
