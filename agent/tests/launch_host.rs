@@ -212,6 +212,7 @@ fn seccomp_makes_mkdir_fail_with_eperm_while_ls_works() {
     b.set(
         "/linux/seccomp",
         json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+               "flags": ["SECCOMP_FILTER_FLAG_LOG"],
                "syscalls": [{"names": ["mkdir", "mkdirat", "no_such_syscall"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}),
     );
     let (code, out, err) = b.run();

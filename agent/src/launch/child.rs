@@ -294,9 +294,6 @@ fn prepare(chan: &mut Channel, spec: &Spec, process: &Process) -> Result<Ready, 
     let seccomp_plan = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => {
             let plan = seccomp::plan(s)?;
-            if s.flags().as_ref().is_some_and(|f| !f.is_empty()) {
-                send(chan, &ToParent::Log(format!("seccomp flags {:?} ignored", s.flags())))?;
-            }
             for name in &plan.skipped {
                 send(chan, &ToParent::Log(format!("seccomp: unknown syscall {name:?} skipped")))?;
             }

@@ -25,6 +25,10 @@ pub(crate) struct Plan {
     pub rules: Vec<Rule>,
     /// Syscall names this libseccomp does not know (logged, like runc).
     pub skipped: Vec<String>,
+    /// SECCOMP_FILTER_FLAG_LOG, _SPEC_ALLOW and _TSYNC, in that order.
+    pub log: bool,
+    pub spec_allow: bool,
+    pub tsync: bool,
 }
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, WireError> {
@@ -99,7 +103,19 @@ pub(crate) fn plan(spec: &LinuxSeccomp) -> Result<Plan, WireError> {
             }
         }
     }
-    Ok(Plan { default, arches, rules, skipped })
+    let (mut log, mut spec_allow, mut tsync) = (false, false, false);
+    for f in spec.flags().iter().flatten() {
+        use oci_spec::runtime::LinuxSeccompFilterFlag as F;
+        match f {
+            F::SeccompFilterFlagLog => log = true,
+            F::SeccompFilterFlagSpecAllow => spec_allow = true,
+            F::SeccompFilterFlagTsync => tsync = true,
+            F::SeccompFilterFlagWaitKillableRecv => {
+                return Err(WireError::invalid("seccomp: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs a listener"))
+            }
+        }
+    }
+    Ok(Plan { default, arches, rules, skipped, log, spec_allow, tsync })
 }
 
 /// Compiles and loads the plan into the calling process.
@@ -108,6 +124,15 @@ pub(crate) fn load(plan: &Plan) -> Result<(), WireError> {
     let mut ctx = ScmpFilterContext::new(plan.default).map_err(|e| err("new filter".into(), e))?;
     // The caller decides about no_new_privs; libseccomp would set it.
     ctx.set_ctl_nnp(false).map_err(|e| err("nnp attribute".into(), e))?;
+    if plan.log {
+        ctx.set_ctl_log(true).map_err(|e| err("flag SECCOMP_FILTER_FLAG_LOG".into(), e))?;
+    }
+    if plan.spec_allow {
+        ctx.set_ctl_ssb(true).map_err(|e| err("flag SECCOMP_FILTER_FLAG_SPEC_ALLOW".into(), e))?;
+    }
+    if plan.tsync {
+        ctx.set_ctl_tsync(true).map_err(|e| err("flag SECCOMP_FILTER_FLAG_TSYNC".into(), e))?;
+    }
     for a in &plan.arches {
         ctx.add_arch(*a).map_err(|e| err(format!("add architecture {a:?}"), e))?;
     }
@@ -160,9 +185,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.default, ScmpAction::Errno(38));
+        assert!(!p.log && !p.spec_allow && !p.tsync);
         assert_eq!(p.rules.len(), 3);
         assert!(p.rules.iter().all(|r| r.conditions.len() == 1));
         assert_eq!(p.rules[2].conditions[0], ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(255), 8));
+    }
+
+    #[test]
+    fn filter_flags_are_carried() {
+        let p = plan(&spec(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_SPEC_ALLOW"]}"#,
+        ))
+        .unwrap();
+        assert!(p.log && p.spec_allow && !p.tsync);
     }
 
     #[test]
