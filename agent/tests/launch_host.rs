@@ -391,3 +391,10 @@ fn a_joined_uts_namespace_keeps_its_hostname() {
     assert_ne!(host, "wisp-test");
     assert_eq!((code, out.trim()), (0, host.as_str()), "the spec's hostname must not be set; stderr: {err}");
 }
+
+#[test]
+fn a_namespace_path_that_does_not_exist_is_named() {
+    let mut b = Bundle::new(&["true"]);
+    b.push("/linux/namespaces", json!({"type": "cgroup", "path": "/proc/999999999/ns/cgroup"}));
+    assert_refused(&b, "open namespace /proc/999999999/ns/cgroup: No such file or directory");
+}
