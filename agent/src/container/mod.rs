@@ -326,10 +326,15 @@ impl Container {
                 slog::warn!(p.log, "cannot kill"; "child_pid" => p.pid, "error" => %e);
             }
         }
-        if let Some(cg) = self.cgroup() {
+        if self.cgroup().is_some() {
             // A frozen process cannot die: thaw first (a no-op when not frozen).
-            let _ = cg.thaw();
-            if let Err(e) = cg.kill_all(Signal::SIGKILL) {
+            let killed = self
+                .with_cgroup("kill", |cg| {
+                    let _ = cg.thaw();
+                    cg.kill_all(Signal::SIGKILL)
+                })
+                .await;
+            if let Err(e) = killed {
                 slog::warn!(self.log, "cgroup kill failed"; "error" => %crate::error::chain(&e));
             }
         }
