@@ -75,7 +75,15 @@ fn q35_guest_network_is_configured_over_the_protocol() -> Result<()> {
         let conn = vm.connect_agent(BOOT).await?;
         let agent = conn.agent();
 
-        let listed = agent.list_interfaces(ctx(), &ListInterfacesRequest::new()).await?.Interfaces;
+        // Init brings lo up right after the agent serves (after_ready).
+        let mut listed = Vec::new();
+        for _ in 0..100 {
+            listed = agent.list_interfaces(ctx(), &ListInterfacesRequest::new()).await?.Interfaces;
+            if listed.iter().any(|i| i.name == "lo" && i.raw_flags & IFF_UP != 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let lo = listed.iter().find(|i| i.name == "lo").context("lo listed")?;
         ensure!(lo.raw_flags & IFF_UP != 0, "init brought lo up: flags {:#x}", lo.raw_flags);
         ensure!(lo.IPAddresses.iter().any(|a| a.address == "127.0.0.1" && a.mask == "8"), "lo: {lo:?}");
