@@ -99,6 +99,7 @@ impl Layout {
         Ok(Layout::V1(v1))
     }
 
+    #[cfg(test)]
     pub fn is_v2(&self) -> bool {
         matches!(self, Layout::V2 { .. })
     }

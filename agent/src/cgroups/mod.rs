@@ -1,6 +1,6 @@
 //! One container's cgroup, on cgroup v1 or v2, through cgroups-rs.
 //!
-//! [`CgroupManager::create`] maps the OCI `linux.cgroupsPath` to a directory in
+//! [`CgroupManager::create_in`] maps the OCI `linux.cgroupsPath` to a directory in
 //! every mounted v1 hierarchy or in the v2 unified tree ([`layout`]), creates it
 //! (v1: `cpuset.cpus`/`cpuset.mems` copied down from the parents, which the kernel
 //! leaves empty; v2: the controllers enabled in every ancestor's
@@ -132,12 +132,8 @@ pub struct CgroupManager {
 }
 
 impl CgroupManager {
-    /// Creates the container's cgroup on the running system and applies `resources`.
-    pub fn create(cgroups_path: &str, resources: Option<&LinuxResources>) -> Result<Self, CgroupError> {
-        Self::create_in(&Layout::discover()?, DEFAULT_PARENT, cgroups_path, resources)
-    }
-
-    /// [`create`](Self::create) in a given layout; relative paths go under
+    /// Creates the container's cgroup in `layout` (the running system's is
+    /// [`Layout::discover`]) and applies `resources`; relative paths go under
     /// `parent` in the agent's own cgroup.
     pub fn create_in(
         layout: &Layout,
@@ -202,6 +198,7 @@ impl CgroupManager {
     }
 
     /// Whether this cgroup lives in the v2 unified hierarchy.
+    #[cfg(test)]
     pub fn is_v2(&self) -> bool {
         self.dirs.v2
     }

@@ -9,9 +9,6 @@
 //! are read from sysfs at start. [`apply_devices`] (in `spec.rs`) then rewrites
 //! a container spec from the host's device numbers to the guest's.
 // The callers (the sandbox's and containers' storages and devices) come with
-// CreateSandbox/CreateContainer; until they are merged the binary does not
-// reach this module's public API, which the unit and host tests exercise.
-#![allow(dead_code, unused_imports)]
 
 mod pci;
 mod spec;
@@ -25,7 +22,7 @@ use std::time::{Duration, Instant};
 use protocols::ttrpc::Code;
 
 pub use pci::{PciPath, PciPathError};
-pub use spec::{apply_devices, GuestDevice};
+pub use spec::apply_devices;
 pub use uevent::Uevent;
 
 /// How often waiters re-read sysfs when the uevent socket could not be opened.

@@ -12,9 +12,6 @@
 //! `drivers.rs` turns each driver into a plan of `mount(2)` calls (pure,
 //! unit-tested); this file executes plans through a [`Mounter`], real or fake.
 // The callers (the sandbox's and containers' storages and devices) come with
-// CreateSandbox/CreateContainer; until they are merged the binary does not
-// reach this module's public API, which the unit and host tests exercise.
-#![allow(dead_code, unused_imports)]
 
 mod drivers;
 mod options;
