@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use oci_spec::runtime::{Hook, LinuxNamespace, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{
+    Hook, LinuxDeviceCgroup, LinuxDeviceType, LinuxNamespace, LinuxNamespaceType, LinuxResources, Spec,
+};
 
 use super::{Container, Phase};
 use crate::cgroups::{CgroupError, CgroupManager, Layout};
@@ -213,7 +215,7 @@ fn make_cgroup(id: &str, parent: &str, spec: &Spec, log: &slog::Logger) -> Resul
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| id.to_owned());
-    let resources = linux.and_then(|l| l.resources().as_ref());
+    let resources = with_default_devices(spec);
     let cgroup_err = |source| AgentError::Cgroup { container_id: id.to_owned(), source };
     let layout = match Layout::discover() {
         Ok(layout) => layout,
@@ -223,7 +225,47 @@ fn make_cgroup(id: &str, parent: &str, spec: &Spec, log: &slog::Logger) -> Resul
         }
         Err(e) => return Err(cgroup_err(e)),
     };
-    CgroupManager::create_in(&layout, parent, &path, resources).map(Some).map_err(cgroup_err)
+    CgroupManager::create_in(&layout, parent, &path, Some(&resources)).map(Some).map_err(cgroup_err)
+}
+
+/// Character devices every container may use whatever its rules say, as runc
+/// and Kata allow them: null, zero, full, random, urandom, tty, ptmx, the pty
+/// slaves; plus mknod of anything (the launcher creates `linux.devices`).
+/// `runc spec` and Kata start the device rules with "deny all": without these
+/// the container could not even open /dev/null.
+const DEFAULT_DEVICES: [(LinuxDeviceType, Option<i64>, Option<i64>, &str); 10] = [
+    (LinuxDeviceType::C, None, None, "m"),
+    (LinuxDeviceType::B, None, None, "m"),
+    (LinuxDeviceType::C, Some(1), Some(3), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(5), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(7), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(8), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(9), "rwm"),
+    (LinuxDeviceType::C, Some(5), Some(0), "rwm"),
+    (LinuxDeviceType::C, Some(5), Some(2), "rwm"),
+    (LinuxDeviceType::C, Some(136), None, "rwm"),
+];
+
+/// The spec's resources with the default devices and every `linux.devices`
+/// entry allowed after the spec's own rules (so a leading "deny all" keeps
+/// its meaning for everything else).
+fn with_default_devices(spec: &Spec) -> LinuxResources {
+    let linux = spec.linux().as_ref();
+    let mut resources = linux.and_then(|l| l.resources().clone()).unwrap_or_default();
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    for (typ, major, minor, access) in DEFAULT_DEVICES {
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(typ));
+        rule.set_major(major);
+        rule.set_minor(minor);
+        rule.set_access(Some(access.to_owned()));
+        rules.push(rule);
+    }
+    let devices = linux.and_then(|l| l.devices().as_ref()).map(Vec::as_slice).unwrap_or_default();
+    rules.extend(devices.iter().map(LinuxDeviceCgroup::from));
+    resources.set_devices(Some(rules));
+    resources
 }
 
 /// Reads a guest hook directory: executables in `prestart/`, `poststart/`
@@ -265,6 +307,22 @@ mod tests {
         let process = ProcessBuilder::default().args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).build();
         let root = RootBuilder::default().path(root).build().unwrap();
         SpecBuilder::default().root(root).process(process.unwrap()).build().unwrap()
+    }
+
+    #[test]
+    fn deny_all_keeps_the_default_devices_and_the_specs_own_devices_usable() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","root":{"path":"/r"},"linux":{
+                "devices":[{"path":"/dev/vda","type":"b","major":254,"minor":0}],
+                "resources":{"devices":[{"allow":false,"access":"rwm"}]}}}"#,
+        )
+        .unwrap();
+        let rules: Vec<String> =
+            with_default_devices(&spec).devices().clone().unwrap().iter().map(|r| r.to_string()).collect();
+        assert!(rules[0].starts_with("a"), "the spec's deny-all stays first: {rules:?}");
+        for want in ["c 1:3 rwm", "c 5:2 rwm", "c 136:* rwm", "b 254:0 rwm", "c *:* m"] {
+            assert!(rules.iter().any(|r| r == want), "{want} missing from {rules:?}");
+        }
     }
 
     #[test]
