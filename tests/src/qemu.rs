@@ -121,58 +121,8 @@ pub enum Bios {
     File(PathBuf),
 }
 
-/// The files of one VM inside its private directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmPaths {
-    dir: PathBuf,
-}
-
-impl VmPaths {
-    /// The layout inside `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-
-    /// The VM's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// What the guest wrote on `ttyS0`.
-    pub fn console(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-
-    /// QEMU's stdout and stderr.
-    pub fn qemu_log(&self) -> PathBuf {
-        self.dir.join("qemu.log")
-    }
-
-    /// The vhost-user socket between QEMU and `vhost-device-vsock`.
-    pub fn vhost_vsock_socket(&self) -> PathBuf {
-        self.dir.join("vhost.sock")
-    }
-
-    /// The hybrid vsock socket the host dials (`CONNECT <port>`).
-    pub fn hybrid_vsock_socket(&self) -> PathBuf {
-        self.dir.join("hvsock.sock")
-    }
-
-    /// `vhost-device-vsock`'s stdout and stderr.
-    pub fn vsock_helper_log(&self) -> PathBuf {
-        self.dir.join("vhost-device-vsock.log")
-    }
-
-    /// The unix socket behind the virtio-serial agent port.
-    pub fn serial_socket(&self) -> PathBuf {
-        self.dir.join("serial.sock")
-    }
-
-    /// The QMP socket.
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.dir.join("qmp.sock")
-    }
-}
+/// The files of one VM inside its private directory: the shim's layout.
+pub use wisp_shim::hypervisor::VmPaths;
 
 /// What to boot and how; build it with the chained setters, then [`crate::vm::Vm::boot`] it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,19 +400,7 @@ fn opt_path(path: &Path) -> String {
 }
 
 /// Renders an argv as one shell-quoted line, for logs and error messages.
-pub fn shell_line<S: AsRef<str>>(program: &str, args: &[S]) -> String {
-    std::iter::once(program)
-        .chain(args.iter().map(AsRef::as_ref))
-        .map(|arg| {
-            if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,.:/+@%".contains(&b)) {
-                arg.to_owned()
-            } else {
-                format!("'{}'", arg.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use wisp_shim::hypervisor::qemu::cmdline::shell_line;
 
 #[cfg(test)]
 mod tests {
