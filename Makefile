@@ -25,7 +25,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-clou
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
   cpio containerd runc e2fsprogs erofs-utils xz-utils zstd
 
-.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm bench bench-boot fmt clippy lint clean
+.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd bench bench-boot fmt clippy lint clean
 
 all: agent tools kernel initrd ## Build every binary (release), the guest kernel and the initrds
 
@@ -65,10 +65,13 @@ initrd: agent tools ## Build the agent-only initrd and one with a busybox debug 
 run: deps all ## Boot the VM, print what the agent answered and the boot timeline
 	$(TARGET_DIR)/release/wisp-run
 
-test: deps all test-unit test-vm ## Everything CI runs: unit, protocol and VM tests
+test: deps all test-unit test-containerd test-vm ## Everything CI runs: unit, protocol, containerd and VM tests
 
 test-unit: ## Unit and protocol tests (no VM, unprivileged)
 	cargo test --workspace
+
+test-containerd: tools ## ctr tests against a private containerd (root; runc bundles, imported images)
+	cargo test -p wisp-tests --features containerd-tests -- --test-threads=1
 
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1

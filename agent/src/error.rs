@@ -14,6 +14,12 @@ pub enum AgentError {
     SetTime { sec: i64, usec: i64, source: nix::Error },
     #[error("cannot reseed the random device")]
     Reseed(#[from] wisp_init::entropy::EntropyError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl AgentError {
@@ -23,11 +29,14 @@ impl AgentError {
             AgentError::SetTime { source, .. } => errno_code(*source),
             AgentError::Reseed(wisp_init::entropy::EntropyError::Reseed(e)) => errno_code(*e),
             AgentError::Reseed(_) => Code::INTERNAL,
+            AgentError::Device(e) => e.code(),
+            AgentError::Storage(e) => e.code(),
+            AgentError::Network(e) => e.code(),
         }
     }
 }
 
-fn errno_code(e: nix::Error) -> Code {
+pub(crate) fn errno_code(e: nix::Error) -> Code {
     match e {
         nix::Error::EPERM | nix::Error::EACCES => Code::PERMISSION_DENIED,
         nix::Error::EINVAL => Code::INVALID_ARGUMENT,

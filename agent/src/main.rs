@@ -4,12 +4,15 @@
 //! protocol on a unix socket so the protocol can be tested without a VM.
 
 mod channel;
+mod device;
 mod error;
 mod logging;
 mod metrics;
+mod network;
 mod rpc;
 mod sandbox;
 mod server;
+mod storage;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ pub mod debug_console;
 pub mod entropy;
 pub mod modules;
 pub mod mounts;
+pub mod net;
 pub mod power;
 pub mod reaper;
 
@@ -61,6 +62,11 @@ pub fn boot(log: &slog::Logger, opts: &BootOptions) -> Deferred {
         deferred = Deferred { module_dir, modules: plan.rest };
     }
 
+    // Two ioctls (microseconds): not worth deferring past readiness.
+    if let Err(e) = net::loopback_up() {
+        let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+        slog::warn!(log, "loopback not up"; "error" => %e, "cause" => cause);
+    }
     if let Err(e) = nix::unistd::sethostname(&opts.hostname) {
         slog::warn!(log, "cannot set hostname"; "hostname" => &opts.hostname, "error" => %e);
     }

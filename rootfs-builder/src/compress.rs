@@ -66,6 +66,20 @@ impl Codec {
         }
     }
 
+    /// The codec whose magic number starts `head`, if any (image layers and archives are
+    /// recognised by content: media types and file names are not always right).
+    pub fn sniff(head: &[u8]) -> Option<Codec> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Codec::Gzip)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Codec::Zstd)
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Some(Codec::Xz)
+        } else {
+            None
+        }
+    }
+
     /// The file name suffix, including the dot.
     pub fn suffix(self) -> &'static str {
         match self {

@@ -1,19 +1,27 @@
-//! rootfs-builder: builds the initrd images that boot wisp guests.
+//! rootfs-builder: builds the initrd images that boot wisp guests, and the container bundles
+//! and OCI images wisp runs.
 //!
 //! The crate is a library plus a thin binary so every step is unit-testable:
 //! [`archive`] (deterministic newc cpio), [`compress`] (kernel-compatible
 //! gzip/zstd out, gz/xz/zst in), [`elf`] (static-binary and `.modinfo`
 //! checks), [`busybox`], [`modules`] (module trees, `.deb` packages,
 //! `modules.dep` closure), [`initrd`] (assembling the image), [`rootfs`]
-//! (ext4/erofs disk images of the same tree) and [`cli`].
+//! (ext4/erofs disk images of the same tree), [`image`] (reading docker-archive and OCI layout
+//! tarballs), [`layer`] (applying layers without escaping the root), [`bundle`] (OCI runtime
+//! bundles), [`oci_image`] (writing OCI layout tarballs), [`progress`] and [`cli`].
 
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod bundle;
 pub mod busybox;
 pub mod cli;
 pub mod compress;
 pub mod elf;
+pub mod image;
 pub mod initrd;
+pub mod layer;
 pub mod modules;
+pub mod oci_image;
+pub mod progress;
 pub mod rootfs;

@@ -26,6 +26,8 @@
 //! - [`vm`]: [`Vm`], which boots a config, watches its console, hands out the agent address and
 //!   kills everything it started when dropped.
 //! - [`rootfs_builder`]: packs initrds with the workspace's `rootfs-builder`.
+//! - [`containerd`]: [`Containerd`], a private containerd (own root, state, socket) with a
+//!   `ctr` wrapper, for the tests of feature `containerd-tests` (`make test-containerd`, root).
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
 //!
@@ -49,6 +51,7 @@
 
 pub mod accel;
 pub mod artifacts;
+pub mod containerd;
 pub mod floor;
 pub mod qemu;
 pub mod rootfs_builder;
@@ -57,5 +60,6 @@ pub mod vm;
 
 pub use accel::Accel;
 pub use artifacts::{Artifact, ArtifactError};
+pub use containerd::{Containerd, ContainerdError, ContainerdOptions};
 pub use qemu::{Bios, Channel, Machine, VmConfig, VmPaths};
 pub use vm::{Vm, VmError};

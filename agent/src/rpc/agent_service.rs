@@ -3,14 +3,22 @@
 use std::sync::Arc;
 
 use protocols::agent::{
+    AddARPNeighborsRequest, Interfaces, ListInterfacesRequest, ListRoutesRequest, ResizeVolumeRequest, Routes,
+    UpdateInterfaceRequest, UpdateRoutesRequest, VolumeStatsRequest,
+};
+use protocols::agent::{
     DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics,
     ReseedRandomDevRequest, SetGuestDateTimeRequest,
 };
 use protocols::agent_ttrpc::AgentService;
+use protocols::csi::VolumeStatsResponse;
 use protocols::protobuf::well_known_types::empty::Empty;
 use protocols::ttrpc::{self, asynchronous::TtrpcContext};
+use protocols::types::Interface;
 
+use crate::error::AgentError;
 use crate::sandbox::Sandbox;
+use crate::{network, storage};
 
 #[derive(Debug)]
 pub struct AgentRpc {
@@ -62,6 +70,62 @@ impl AgentService for AgentRpc {
     // ---- cgroups: pause, resume, update, stats, OOM events (cgroups/) ----
 
     // ---- storage and devices (storage/, device/) ----
+    async fn get_volume_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: VolumeStatsRequest,
+    ) -> ttrpc::Result<VolumeStatsResponse> {
+        let path = volume_path(&req.volume_guest_path)?;
+        Ok(storage::volume::stats(path).map_err(AgentError::from)?)
+    }
+
+    async fn resize_volume(&self, _ctx: &TtrpcContext, req: ResizeVolumeRequest) -> ttrpc::Result<Empty> {
+        let path = volume_path(&req.volume_guest_path)?;
+        let blocks = storage::volume::resize(path, req.size).map_err(AgentError::from)?;
+        slog::info!(self.sandbox.log(), "volume resized"; "path" => path, "blocks" => blocks);
+        Ok(Empty::new())
+    }
 
     // ---- networking (network/) ----
+    async fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
+        let iface = req.interface.as_ref().ok_or_else(|| AgentError::InvalidArgument("no interface".into()))?;
+        let updated = network::update_interface(iface).await.map_err(AgentError::from)?;
+        slog::info!(self.sandbox.log(), "interface updated"; "name" => &updated.name, "addresses" => updated.IPAddresses.len());
+        Ok(updated)
+    }
+
+    async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
+        let wanted = req.routes.as_ref().map(|r| r.Routes.as_slice()).unwrap_or_default();
+        let mut routes = Routes::new();
+        routes.Routes = network::update_routes(wanted).await.map_err(AgentError::from)?;
+        slog::info!(self.sandbox.log(), "routes replaced"; "routes" => routes.Routes.len());
+        Ok(routes)
+    }
+
+    async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: ListInterfacesRequest) -> ttrpc::Result<Interfaces> {
+        let mut r = Interfaces::new();
+        r.Interfaces = network::list_interfaces().await.map_err(AgentError::from)?;
+        Ok(r)
+    }
+
+    async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> ttrpc::Result<Routes> {
+        let mut r = Routes::new();
+        r.Routes = network::list_routes().await.map_err(AgentError::from)?;
+        Ok(r)
+    }
+
+    async fn add_arp_neighbors(&self, _ctx: &TtrpcContext, req: AddARPNeighborsRequest) -> ttrpc::Result<Empty> {
+        let neighbors = req.neighbors.as_ref().map(|n| n.ARPNeighbors.as_slice()).unwrap_or_default();
+        network::add_arp_neighbors(neighbors).await.map_err(AgentError::from)?;
+        Ok(Empty::new())
+    }
+}
+
+/// A volume path the storage handlers accept: absolute, nothing else is checked
+/// here (the volume module names what it cannot read).
+fn volume_path(path: &str) -> Result<&str, AgentError> {
+    if !path.starts_with('/') {
+        return Err(AgentError::InvalidArgument(format!("volume_guest_path {path:?} is not absolute")));
+    }
+    Ok(path)
 }

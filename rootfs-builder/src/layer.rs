@@ -1,0 +1,547 @@
+//! Applying image layers (tar streams) to a root directory, as containerd's applier does,
+//! without ever writing outside that directory.
+//!
+//! # Security decisions
+//!
+//! A layer comes from whoever built the image, so every entry is treated as hostile:
+//!
+//! - **Entry names** that are absolute (`/etc/passwd`) or contain a `..` component are
+//!   *refused*: the whole build fails with [`LayerError::Escape`] naming the entry. No legitimate
+//!   image builder emits them, and silently rewriting them would hide a malicious image.
+//! - **Symlinks** are created as symlinks with their target verbatim (absolute targets are
+//!   normal in images: `/bin/sh -> /bin/busybox`) but are never followed while writing: every
+//!   directory on the way to an entry is resolved *inside the root*, as `openat2`'s
+//!   `RESOLVE_IN_ROOT` does — an absolute target restarts at the root, `..` stops at the root. So
+//!   `link -> /tmp/x` followed by `link/file` writes `ROOT/tmp/x/file`, never `/tmp/x/file`. The
+//!   last component of a path is never followed: it is replaced (files are created with
+//!   `O_CREAT|O_EXCL`, which refuses an existing symlink).
+//! - **Hard links** must point at an existing non-directory inside the root (resolved the same
+//!   way); anything else is refused.
+//! - **Device nodes and FIFOs** are skipped with a note: a container runtime populates `/dev`
+//!   itself, and creating nodes from an untrusted image would hand it the host's devices.
+//! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
+//!   caller and a note says so once.
+//!
+//! Not applied: extended attributes (file capabilities, SELinux labels) and timestamps; the
+//! bundle is for running, not for re-exporting.
+//!
+//! The resolution is done in code with `lstat`/`readlink`, not with file descriptors: the root
+//! is a directory this process created empty, and no other process writes into it during the
+//! build, so there is no concurrent writer to race with.
+//!
+//! # Whiteouts
+//!
+//! `DIR/.wh.NAME` deletes `DIR/NAME` from the lower layers; `DIR/.wh..wh..opq` empties `DIR` of
+//! what lower layers put there (entries of the same layer stay, whatever their order in the tar).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// The whiteout prefix of the OCI image spec.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The opaque-directory marker of the OCI image spec.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// How many symlinks one path may cross (Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: u32 = 40;
+
+/// Errors while applying a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer {layer}: entry {entry:?} {reason}; refusing to write outside the root file system")]
+    Escape { layer: String, entry: String, reason: &'static str },
+    #[error("layer {layer}: hard link {entry:?} points at {target:?}, which {reason}")]
+    BadHardLink { layer: String, entry: String, target: String, reason: &'static str },
+    #[error("layer {layer}: {entry:?} crosses more than {MAX_SYMLINKS} symlinks")]
+    SymlinkLoop { layer: String, entry: String },
+    #[error("layer {layer}: the parent of {entry:?} is not a directory")]
+    NotADirectory { layer: String, entry: String },
+    #[error("layer {layer} is not a valid tar stream")]
+    Tar {
+        layer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read layer {layer} to its end")]
+    Read {
+        layer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer {layer}: cannot write {}", path.display())]
+    Write {
+        layer: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What applying layers did, besides the files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entries written (files, directories, links).
+    pub entries: u64,
+    /// Paths deleted by whiteouts.
+    pub whiteouts: u64,
+    /// Things the user should know (skipped device nodes, owners not applied).
+    pub notes: Vec<String>,
+}
+
+/// Applies layers, in order, to one root directory.
+#[derive(Debug)]
+pub struct Applier {
+    root: PathBuf,
+    chown: bool,
+    report: ApplyReport,
+    skipped_devices: u64,
+}
+
+/// A layer entry's name, checked and split into components.
+fn entry_components(layer: &str, raw: &[u8]) -> Result<Vec<OsString>, LayerError> {
+    let escape = |reason| LayerError::Escape {
+        layer: layer.to_owned(),
+        entry: String::from_utf8_lossy(raw).into_owned(),
+        reason,
+    };
+    if raw.first() == Some(&b'/') {
+        return Err(escape("is an absolute path"));
+    }
+    if raw.contains(&0) {
+        return Err(escape("contains a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err(escape("has a '..' component")),
+            p => parts.push(OsStr::from_bytes(p).to_owned()),
+        }
+    }
+    Ok(parts)
+}
+
+/// Whether this process may chown (effective uid 0), judged by the owner of `/proc/self`.
+pub fn running_as_root() -> bool {
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+impl Applier {
+    /// An applier writing into `root`, which must exist. Owners are applied when `chown`.
+    pub fn new(root: &Path, chown: bool) -> Self {
+        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0 }
+    }
+
+    /// The report so far, with the pending notes.
+    pub fn finish(mut self) -> ApplyReport {
+        if self.skipped_devices > 0 {
+            self.report.notes.push(format!(
+                "note: skipped {} device node(s) and FIFO(s) from the layers; the container runtime creates /dev",
+                self.skipped_devices
+            ));
+        }
+        if !self.chown && self.report.entries > 0 {
+            self.report
+                .notes
+                .push("note: not running as root, so files belong to the caller, not the owners in the layers".into());
+        }
+        self.report
+    }
+
+    /// Resolves `parts` inside the root (see the module docs) and returns the host path of the
+    /// directory they name; missing directories are created (0755) when `create`, otherwise
+    /// `Ok(None)` says the directory does not exist.
+    fn resolve_dir(
+        &self,
+        layer: &str,
+        entry: &str,
+        parts: &[OsString],
+        create: bool,
+    ) -> Result<Option<PathBuf>, LayerError> {
+        let mut queue: VecDeque<OsString> = parts.iter().cloned().collect();
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = queue.pop_front() {
+            match part.as_bytes() {
+                b"" | b"." => continue,
+                b".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut candidate = self.root.clone();
+            candidate.extend(&resolved);
+            candidate.push(&part);
+            match fs::symlink_metadata(&candidate) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > MAX_SYMLINKS {
+                        return Err(LayerError::SymlinkLoop { layer: layer.to_owned(), entry: entry.to_owned() });
+                    }
+                    let target = fs::read_link(&candidate).map_err(|source| LayerError::Write {
+                        layer: layer.to_owned(),
+                        path: candidate.clone(),
+                        source,
+                    })?;
+                    if target.is_absolute() {
+                        resolved.clear();
+                    }
+                    for (i, c) in target.components().filter(|c| !matches!(c, Component::RootDir)).enumerate() {
+                        queue.insert(i, c.as_os_str().to_owned());
+                    }
+                }
+                Ok(meta) if meta.is_dir() => resolved.push(part),
+                Ok(_) => return Err(LayerError::NotADirectory { layer: layer.to_owned(), entry: entry.to_owned() }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    fs::create_dir(&candidate).map_err(|source| LayerError::Write {
+                        layer: layer.to_owned(),
+                        path: candidate.clone(),
+                        source,
+                    })?;
+                    resolved.push(part);
+                }
+                Err(source) => return Err(LayerError::Write { layer: layer.to_owned(), path: candidate, source }),
+            }
+        }
+        let mut dir = self.root.clone();
+        dir.extend(&resolved);
+        Ok(Some(dir))
+    }
+
+    /// Applies one layer, an uncompressed tar stream named `layer` in messages.
+    pub fn apply<R: Read>(&mut self, layer: &str, stream: R) -> Result<(), LayerError> {
+        let tar_err = |source| LayerError::Tar { layer: layer.to_owned(), source };
+        let write_err = |path: &Path| {
+            let (layer, path) = (layer.to_owned(), path.to_owned());
+            move |source| LayerError::Write { layer, path, source }
+        };
+        let mut archive = tar::Archive::new(stream);
+        // Paths this layer wrote: whiteouts and opaque markers only hide lower layers.
+        let mut written: HashSet<PathBuf> = HashSet::new();
+        // Directory modes are set after the layer, so a read-only directory does not stop
+        // its own children from being written.
+        let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+        for entry in archive.entries().map_err(tar_err)? {
+            let mut entry = entry.map_err(tar_err)?;
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            let mut parts = entry_components(layer, &raw)?;
+            let Some(last) = parts.pop() else { continue }; // the root itself
+            let last_bytes = last.as_bytes();
+            // A whiteout under a directory that does not exist hides nothing: no parent is
+            // created for it.
+            let is_whiteout = last_bytes.starts_with(WHITEOUT_PREFIX.as_bytes());
+            let Some(parent) = self.resolve_dir(layer, &name, &parts, !is_whiteout)? else { continue };
+
+            if last_bytes == OPAQUE_MARKER.as_bytes() {
+                for child in fs::read_dir(&parent).map_err(write_err(&parent))? {
+                    let child = child.map_err(write_err(&parent))?.path();
+                    if !written.contains(&child) {
+                        remove(&child).map_err(write_err(&child))?;
+                        self.report.whiteouts += 1;
+                    }
+                }
+                continue;
+            }
+            if let Some(hidden) = last_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+                if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                    return Err(LayerError::Escape {
+                        layer: layer.to_owned(),
+                        entry: name,
+                        reason: "is a bad whiteout",
+                    });
+                }
+                let target = parent.join(OsStr::from_bytes(hidden));
+                if !written.contains(&target) && fs::symlink_metadata(&target).is_ok() {
+                    remove(&target).map_err(write_err(&target))?;
+                    self.report.whiteouts += 1;
+                }
+                continue;
+            }
+
+            let path = parent.join(&last);
+            let header = entry.header();
+            let kind = header.entry_type();
+            let mode = header.mode().map_err(tar_err)? & 0o7777;
+            // An unreadable owner field (some writers leave it blank) means root, as in GNU tar.
+            let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+            if matches!(kind, tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) {
+                self.skipped_devices += 1;
+                continue;
+            }
+            let is_file =
+                matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse);
+            if !(is_file || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
+                // pax/GNU metadata entries are consumed by the tar reader; anything else is
+                // not a file system object.
+                continue;
+            }
+            let existing = fs::symlink_metadata(&path).ok();
+            let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(|m| m.is_dir());
+            if existing.is_some() && !keep_dir {
+                remove(&path).map_err(write_err(&path))?;
+            }
+            match kind {
+                tar::EntryType::Directory => {
+                    if !keep_dir {
+                        fs::create_dir(&path).map_err(write_err(&path))?;
+                    }
+                    dir_modes.insert(path.clone(), mode);
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                    if target.is_empty() {
+                        return Err(LayerError::Escape {
+                            layer: layer.to_owned(),
+                            entry: name,
+                            reason: "is a symlink without target",
+                        });
+                    }
+                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(write_err(&path))?;
+                }
+                tar::EntryType::Link => {
+                    let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                    let source = self.hard_link_source(layer, &name, &target)?;
+                    fs::hard_link(&source, &path).map_err(write_err(&path))?;
+                }
+                _ => {
+                    let mut file =
+                        OpenOptions::new().write(true).create_new(true).open(&path).map_err(write_err(&path))?;
+                    io::copy(&mut entry, &mut file).map_err(write_err(&path))?;
+                }
+            }
+            if self.chown {
+                std::os::unix::fs::lchown(&path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
+                    .map_err(write_err(&path))?;
+            }
+            // chown clears set-id bits, so the mode comes after it; symlinks have no mode.
+            if is_file {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
+            }
+            written.insert(path);
+            self.report.entries += 1;
+        }
+        // Read to the very end: the tar reader stops at the end-of-archive blocks, and a
+        // digest-checking reader underneath only judges the blob once it has seen all of it.
+        io::copy(&mut archive.into_inner(), &mut io::sink())
+            .map_err(|source| LayerError::Read { layer: layer.to_owned(), source })?;
+        // Deepest first, so making a parent read-only cannot block a child's chmod.
+        for (dir, mode) in dir_modes.into_iter().rev() {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(write_err(&dir))?;
+        }
+        Ok(())
+    }
+
+    /// The host path a hard link entry may link to: an existing non-directory in the root.
+    fn hard_link_source(&self, layer: &str, entry: &str, target: &[u8]) -> Result<PathBuf, LayerError> {
+        let bad = |reason| LayerError::BadHardLink {
+            layer: layer.to_owned(),
+            entry: entry.to_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+            reason,
+        };
+        let mut parts = entry_components(layer, target).map_err(|_| bad("is outside the root file system"))?;
+        let last = parts.pop().ok_or_else(|| bad("is the root directory"))?;
+        let parent = self.resolve_dir(layer, entry, &parts, false)?.ok_or_else(|| bad("does not exist"))?;
+        let source = parent.join(last);
+        match fs::symlink_metadata(&source) {
+            Ok(m) if m.is_dir() => Err(bad("is a directory")),
+            Ok(_) => Ok(source),
+            Err(_) => Err(bad("does not exist")),
+        }
+    }
+}
+
+/// Removes `path` without following it: a directory with its content, anything else unlinked.
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            // A read-only directory (set by a lower layer) cannot be emptied by a non-root
+            // caller; make the tree writable first.
+            make_writable(path);
+            fs::remove_dir_all(path)
+        }
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn make_writable(dir: &Path) {
+    if let Ok(m) = fs::symlink_metadata(dir) {
+        if m.is_dir() {
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(m.mode() & 0o7777 | 0o700));
+            for child in fs::read_dir(dir).into_iter().flatten().flatten() {
+                make_writable(&child.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar stream from (name, kind, data-or-link-target) triples.
+    pub(crate) fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+            h.set_uid(0);
+            h.set_gid(0);
+            // Write the raw name: set_path would refuse '..' and absolute names, which is
+            // exactly what these tests need to produce.
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            match kind {
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    h.set_link_name(data).unwrap();
+                    h.set_size(0);
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                _ => {
+                    h.set_size(data.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, data.as_bytes()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    use tar::EntryType as T;
+
+    fn apply(root: &Path, layers: &[Vec<u8>]) -> Result<ApplyReport, LayerError> {
+        let mut a = Applier::new(root, false);
+        for (i, l) in layers.iter().enumerate() {
+            a.apply(&format!("#{i}"), l.as_slice())?;
+        }
+        Ok(a.finish())
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(entry_components("l", b"/etc/passwd").is_err());
+        assert!(entry_components("l", b"a/../../b").is_err());
+        assert_eq!(entry_components("l", b"./a//b/").unwrap(), [OsString::from("a"), OsString::from("b")]);
+        assert!(entry_components("l", b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = tar_of(&[
+            ("etc/", T::Directory, ""),
+            ("etc/gone", T::Regular, "x"),
+            ("etc/kept", T::Regular, "k"),
+            ("opq/", T::Directory, ""),
+            ("opq/old", T::Regular, "o"),
+            ("opq/sub/", T::Directory, ""),
+        ]);
+        let upper = tar_of(&[
+            ("etc/.wh.gone", T::Regular, ""),
+            ("opq/new", T::Regular, "n"),
+            ("opq/.wh..wh..opq", T::Regular, ""),
+        ]);
+        let report = apply(dir.path(), &[lower, upper]).unwrap();
+        let root = dir.path();
+        assert!(!root.join("etc/gone").exists());
+        assert_eq!(fs::read_to_string(root.join("etc/kept")).unwrap(), "k");
+        let mut names: Vec<_> = fs::read_dir(root.join("opq")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, [OsString::from("new")], "opaque dir keeps only this layer's entries");
+        assert_eq!(report.whiteouts, 3);
+        apply(root, &[tar_of(&[("nowhere/.wh.x", T::Regular, "")])]).unwrap();
+        assert!(!root.join("nowhere").exists(), "a whiteout creates no parent");
+        assert!(!root.join("etc/.wh.gone").exists());
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for name in ["../../evil", "/abs-evil", "a/../../evil"] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            fs::create_dir(&root).unwrap();
+            let err = apply(&root, &[tar_of(&[(name, T::Regular, "x")])]).unwrap_err();
+            assert!(matches!(err, LayerError::Escape { .. }), "{name}: {err}");
+            assert!(err.to_string().contains(name.trim_start_matches("a/")) || err.to_string().contains(name));
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "nothing beside the root");
+        }
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let out = outside.to_str().unwrap();
+        let layer = tar_of(&[
+            ("abs", T::Symlink, out),
+            ("abs/file", T::Regular, "a"),
+            ("rel", T::Symlink, "../../../outside"),
+            ("rel/file2", T::Regular, "b"),
+        ]);
+        apply(&root, &[layer]).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the links");
+        assert_eq!(fs::read_link(root.join("abs")).unwrap(), outside, "links kept verbatim");
+        let inside = root.join(out.trim_start_matches('/')).join("file");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "a");
+        assert_eq!(fs::read_to_string(root.join("outside/file2")).unwrap(), "b");
+    }
+
+    #[test]
+    fn final_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "safe").unwrap();
+        let layer = tar_of(&[("f", T::Symlink, victim.to_str().unwrap()), ("f", T::Regular, "pwned")]);
+        apply(&root, &[layer]).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "safe");
+        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "pwned");
+    }
+
+    #[test]
+    fn hard_links_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let layer = tar_of(&[("a", T::Regular, "data"), ("b", T::Link, "a")]);
+        apply(&root, &[layer]).unwrap();
+        assert_eq!(fs::metadata(root.join("a")).unwrap().ino(), fs::metadata(root.join("b")).unwrap().ino());
+        fs::write(dir.path().join("secret"), "s").unwrap();
+        let err = apply(&root, &[tar_of(&[("c", T::Link, "../secret")])]).unwrap_err();
+        assert!(matches!(err, LayerError::BadHardLink { .. }), "{err}");
+        let err = apply(&root, &[tar_of(&[("d", T::Link, "nope")])]).unwrap_err();
+        assert!(matches!(err, LayerError::BadHardLink { .. }), "{err}");
+    }
+
+    #[test]
+    fn devices_are_skipped_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = apply(dir.path(), &[tar_of(&[("null", T::Char, ""), ("x", T::Regular, "")])]).unwrap();
+        assert!(!dir.path().join("null").exists());
+        assert!(report.notes.iter().any(|n| n.contains("device")), "{:?}", report.notes);
+    }
+
+    #[test]
+    fn garbage_is_not_a_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply(dir.path(), &[vec![0x55; 1024]]).unwrap_err();
+        assert!(matches!(err, LayerError::Tar { .. }), "{err}");
+    }
+}

@@ -1,0 +1,461 @@
+//! End-to-end tests of `rootfs-builder bundle` and `oci-image`: image tarballs are built here
+//! (docker-archive and OCI layout, layers with whiteouts, malicious layers), the tool runs as a
+//! user would, and the produced directory or tarball is read back.
+//!
+//! Runs unprivileged (owners are then not applied, which these tests do not check); the runs
+//! under containerd live in `tests/tests/builder_ctr.rs`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Output;
+
+use sha2::{Digest, Sha256};
+
+mod common;
+use common::run;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let o = run(args, env);
+    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
+    o
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = run(args, &[]);
+    assert!(!o.status.success(), "{args:?} should fail");
+    stderr(&o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// One layer entry: (raw name, kind, data or link target).
+type E<'a> = (&'a str, tar::EntryType, &'a str);
+
+/// A tar stream with the names written raw, so malicious names survive.
+fn tar_of(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+            h.set_link_name(data).unwrap();
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// An outer tarball of (name, bytes) members.
+fn tarball(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn sha(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const CONFIG: &str = r#"{"architecture":"amd64","os":"linux",
+  "config":{"Env":["PATH=/bin","FOO=img"],"Entrypoint":["/bin/tool"],"Cmd":["--flag"],"WorkingDir":"/etc","User":"0:0"},
+  "rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+/// A docker-archive (`docker save` shape) of `layers`, the second gzip'd.
+fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
+    let mut members = vec![];
+    let mut names = vec![];
+    for (i, layer) in layers.iter().enumerate() {
+        let name = format!("l{i}/layer.tar");
+        members.push((name.clone(), if i == 1 { gzip(layer) } else { layer.clone() }));
+        names.push(name);
+    }
+    let manifest = serde_json::json!([{ "Config": "cfg.json", "RepoTags": ["t:1"], "Layers": names }]);
+    members.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    members.push(("cfg.json".into(), CONFIG.as_bytes().to_vec()));
+    let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tarball(&refs)
+}
+
+/// An OCI image layout tarball of `layers`, the first gzip'd.
+fn oci_archive(layers: &[Vec<u8>]) -> Vec<u8> {
+    let mut blobs: Vec<(String, Vec<u8>)> = vec![];
+    let mut descs = vec![];
+    for (i, layer) in layers.iter().enumerate() {
+        let (data, mt) = if i == 0 {
+            (gzip(layer), "application/vnd.oci.image.layer.v1.tar+gzip")
+        } else {
+            (layer.clone(), "application/vnd.oci.image.layer.v1.tar")
+        };
+        descs
+            .push(serde_json::json!({"mediaType": mt, "digest": format!("sha256:{}", sha(&data)), "size": data.len()}));
+        blobs.push((sha(&data), data));
+    }
+    let config = CONFIG.as_bytes().to_vec();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha(&config)), "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha(&manifest)), "size": manifest.len()}],
+    }))
+    .unwrap();
+    blobs.push((sha(&config), config));
+    blobs.push((sha(&manifest), manifest));
+    let mut members: Vec<(String, Vec<u8>)> =
+        vec![("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()), ("index.json".into(), index)];
+    members.extend(blobs.into_iter().map(|(h, d)| (format!("blobs/sha256/{h}"), d)));
+    let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tarball(&refs)
+}
+
+fn two_layers() -> Vec<Vec<u8>> {
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as L};
+    vec![
+        tar_of(&[
+            ("bin/", D, ""),
+            ("bin/tool", F, "#!/bin/sh\n"),
+            ("etc/", D, ""),
+            ("etc/gone", F, "deleted by the upper layer"),
+            ("etc/kept", F, "kept"),
+            ("opq/", D, ""),
+            ("opq/old", F, "hidden by the opaque marker"),
+            ("opq/sub/", D, ""),
+            ("opq/sub/deep", F, "also hidden"),
+            ("lib", L, "usr/lib"),
+            ("usr/lib/", D, ""),
+        ]),
+        tar_of(&[
+            ("etc/.wh.gone", F, ""),
+            ("opq/", D, ""),
+            ("opq/new", F, "upper"),
+            ("opq/.wh..wh..opq", F, ""),
+            ("lib/libx.so", F, "through the merged-usr link"),
+        ]),
+    ]
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+fn check_two_layer_bundle(out: &Path) {
+    let root = out.join("rootfs");
+    assert!(!root.join("etc/gone").exists(), "whiteout deleted the lower file");
+    assert!(!root.join("etc/.wh.gone").exists(), "whiteouts are not files");
+    assert_eq!(fs::read_to_string(root.join("etc/kept")).unwrap(), "kept");
+    assert_eq!(names(&root.join("opq")), ["new"], "the opaque dir holds only the upper content");
+    assert_eq!(fs::read_to_string(root.join("usr/lib/libx.so")).unwrap(), "through the merged-usr link");
+    assert!(fs::symlink_metadata(root.join("lib")).unwrap().file_type().is_symlink());
+
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    let p = &config["process"];
+    assert_eq!(p["args"], serde_json::json!(["/bin/tool", "--flag"]), "Entrypoint + Cmd");
+    assert_eq!(p["env"], serde_json::json!(["PATH=/bin", "FOO=flag"]), "image Env, --env wins");
+    assert_eq!(p["cwd"], "/etc");
+    assert_eq!(config["root"]["path"], s(&fs::canonicalize(&root).unwrap()));
+}
+
+#[test]
+fn docker_archive_layers_and_whiteouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, docker_archive(&two_layers())).unwrap();
+    let out = dir.path().join("bundle");
+    let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--env", "FOO=flag"], &[]);
+    assert!(stderr(&o).contains("docker-archive"), "{}", stderr(&o));
+    check_two_layer_bundle(&out);
+
+    // The same image, gzip'd as a whole (`docker save | gzip`).
+    let gz = dir.path().join("img.tar.gz");
+    fs::write(&gz, gzip(&fs::read(&archive).unwrap())).unwrap();
+    let out2 = dir.path().join("bundle2");
+    ok(&["bundle", "--from-archive", s(&gz), "-o", s(&out2), "--env", "FOO=flag"], &[]);
+    check_two_layer_bundle(&out2);
+}
+
+#[test]
+fn oci_layout_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("oci.tar");
+    fs::write(&archive, oci_archive(&two_layers())).unwrap();
+    let out = dir.path().join("bundle");
+    let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--env", "FOO=flag"], &[]);
+    assert!(stderr(&o).contains("OCI image layout"), "{}", stderr(&o));
+    check_two_layer_bundle(&out);
+    // Explicit flags replace the image's process.
+    let out = dir.path().join("bundle-flags");
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--cwd", "/", "--args", "echo", "x"], &[]);
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"], serde_json::json!(["echo", "x"]));
+    assert_eq!(config["process"]["cwd"], "/");
+}
+
+#[test]
+fn corrupted_oci_blob_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = oci_archive(&two_layers());
+    // Flip a byte inside the plain second layer's data ("upper" -> "Upper").
+    let pos = bytes.windows(5).position(|w| w == b"upper").unwrap();
+    bytes[pos] = b'U';
+    let archive = dir.path().join("bad.tar");
+    fs::write(&archive, bytes).unwrap();
+    let out = dir.path().join("bundle");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(!out.exists(), "a failed build leaves no output");
+}
+
+/// Every path under `dir`, relative.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn escaping_layers_are_refused_and_write_nothing_outside() {
+    use tar::EntryType::Regular as F;
+    for evil in ["../../evil-dotdot", "../../../evil-dotdot", "/evil-absolute", "a/../../../evil-mixed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("evil.tar");
+        let layer = tar_of(&[("ok", F, "fine"), (evil, F, "pwned")]);
+        fs::write(&archive, docker_archive(&[layer])).unwrap();
+        let out = dir.path().join("work/out");
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+        assert!(err.contains("refusing to write outside the root file system"), "{evil}: {err}");
+        assert!(err.contains(evil), "the error names the entry: {err}");
+        assert_eq!(walk(dir.path()), ["evil.tar", "work"], "{evil}: nothing else was written");
+        let name = evil.rsplit('/').next().unwrap();
+        assert!(!Path::new("/").join(name).exists() && !Path::new("/tmp").join(name).exists());
+    }
+}
+
+#[test]
+fn symlink_then_write_stays_inside() {
+    use tar::EntryType::{Regular as F, Symlink as L};
+    let dir = tempfile::tempdir().unwrap();
+    // A unique target name in /tmp, so a write through the link would be visible there.
+    let target = format!("/tmp/wisp-evil-{}", std::process::id());
+    let _ = fs::remove_dir_all(&target);
+    let layer1 = tar_of(&[("link", L, &target), ("rel", L, "../../../../../../tmp")]);
+    let layer2 = tar_of(&[("link/file", F, "through the link"), ("rel/wisp-evil-rel", F, "relative")]);
+    let archive = dir.path().join("evil.tar");
+    fs::write(&archive, docker_archive(&[layer1, layer2])).unwrap();
+    let out = dir.path().join("out");
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out)], &[]);
+    assert!(!Path::new(&target).exists(), "{target} was written through the symlink");
+    assert!(!Path::new("/tmp/wisp-evil-rel").exists());
+    let root = out.join("rootfs");
+    assert_eq!(fs::read_link(root.join("link")).unwrap(), Path::new(&target), "the link is kept as is");
+    let inside = root.join(target.trim_start_matches('/')).join("file");
+    assert_eq!(fs::read_to_string(inside).unwrap(), "through the link");
+    assert_eq!(fs::read_to_string(root.join("tmp/wisp-evil-rel")).unwrap(), "relative");
+    assert_eq!(names(dir.path()), ["evil.tar", "out"]);
+}
+
+#[test]
+fn busybox_bundle_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bb");
+    let o = ok(
+        &[
+            "bundle",
+            "--from",
+            "busybox",
+            "-o",
+            s(&out),
+            "--hostname",
+            "h1",
+            "--terminal",
+            "--readonly",
+            "--device",
+            "/dev/vda:b:241:0",
+            "--mount",
+            "type=bind,src=/srv,dst=/data,options=ro",
+            "--user",
+            "65534",
+            "--args",
+            "sh",
+            "-c",
+            "id -u",
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ctr run --rm --runtime io.containerd.runc.v2 --config"));
+    let root = out.join("rootfs");
+    assert!(fs::symlink_metadata(root.join("bin/sh")).unwrap().file_type().is_symlink());
+    assert!(root.join("bin/busybox").is_file());
+    assert!(root.join("etc/passwd").is_file());
+    let c: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["hostname"], "h1");
+    assert_eq!(c["root"]["readonly"], true);
+    assert_eq!(c["process"]["terminal"], true);
+    assert_eq!(c["process"]["args"], serde_json::json!(["sh", "-c", "id -u"]));
+    assert_eq!(c["process"]["user"]["uid"], 65534);
+    assert_eq!(c["process"]["user"]["gid"], 65534, "primary group from the rootfs's /etc/passwd");
+    assert!(c["process"]["env"].as_array().unwrap().contains(&"TERM=xterm".into()));
+    assert_eq!(c["linux"]["devices"][0]["type"], "b");
+    let data = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
+    assert_eq!(data["options"], serde_json::json!(["rbind", "ro"]));
+    assert!(Path::new(c["root"]["path"].as_str().unwrap()).is_absolute());
+
+    // A second build into the same (now full) directory is refused and leaves it alone.
+    let err = fails(&["bundle", "--from", "busybox", "-o", s(&out)]);
+    assert!(err.contains("not empty"), "{err}");
+    assert!(out.join("config.json").exists());
+}
+
+#[test]
+fn missing_busybox_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bb");
+    let err = fails(&["bundle", "--from", "busybox", "--busybox-bin", "/nonexistent/busybox", "-o", s(&out)]);
+    assert!(err.contains("/nonexistent/busybox not found") && err.contains("busybox-static"), "{err}");
+    assert!(!out.exists());
+    let img = dir.path().join("i.tar");
+    let err = fails(&[
+        "oci-image",
+        "--from",
+        "busybox",
+        "--busybox-bin",
+        "/nonexistent/busybox",
+        "--name",
+        "x",
+        "-o",
+        s(&img),
+    ]);
+    assert!(err.contains("busybox-static"), "{err}");
+    assert!(!img.exists());
+    // A dynamic binary is not a usable busybox either.
+    let err = fails(&["bundle", "--from", "busybox", "--busybox-bin", "/bin/ls", "-o", s(&out)]);
+    assert!(err.contains("dynamically linked"), "{err}");
+}
+
+#[test]
+fn a_tarball_that_is_not_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("notimage.tar");
+    fs::write(&archive, tarball(&[("README", b"hello".to_vec()), ("src/main.rs", b"fn main() {}".to_vec())])).unwrap();
+    let out = dir.path().join("b");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("is not a container image archive"), "{err}");
+    assert!(err.contains("manifest.json") && err.contains("index.json") && err.contains("README"), "{err}");
+    let text = dir.path().join("text.tar");
+    fs::write(&text, "not a tarball\n".repeat(100)).unwrap();
+    let err = fails(&["bundle", "--from-archive", s(&text), "-o", s(&out)]);
+    assert!(err.contains("is not a container image archive"), "{err}");
+    let err = fails(&["bundle", "--from-archive", s(&dir.path().join("missing.tar")), "-o", s(&out)]);
+    assert!(err.contains("missing.tar"), "{err}");
+    assert!(!out.exists());
+}
+
+/// The members of a tar file and their mtimes.
+fn members(path: &Path) -> BTreeMap<String, (u64, Vec<u8>)> {
+    let data = fs::read(path).unwrap();
+    let mut a = tar::Archive::new(data.as_slice());
+    let mut out = BTreeMap::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut d = vec![];
+        e.read_to_end(&mut d).unwrap();
+        out.insert(e.path().unwrap().to_string_lossy().into_owned(), (e.header().mtime().unwrap(), d));
+    }
+    out
+}
+
+#[test]
+fn oci_image_is_deterministic_and_honours_source_date_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str, env: &[(&str, &str)]| {
+        let out = dir.path().join(name);
+        ok(&["oci-image", "--from", "busybox", "--name", "wisp-bb:test", "-o", s(&out), "--args", "echo", "hi"], env);
+        fs::read(out).unwrap()
+    };
+    let a = build("a.tar", &[]);
+    let b = build("b.tar", &[]);
+    assert_eq!(a, b, "two builds give the same bytes");
+    let e1 = build("e1.tar", &[("SOURCE_DATE_EPOCH", "1700000000")]);
+    let e2 = build("e2.tar", &[("SOURCE_DATE_EPOCH", "1700000000")]);
+    assert_eq!(e1, e2);
+    assert_ne!(a, e1, "SOURCE_DATE_EPOCH changes the stamps");
+
+    let m = members(&dir.path().join("e1.tar"));
+    assert!(m.values().all(|(t, _)| *t == 1_700_000_000), "outer entries stamped");
+    let index: serde_json::Value = serde_json::from_slice(&m["index.json"].1).unwrap();
+    let ann = &index["manifests"][0]["annotations"];
+    assert_eq!(ann["io.containerd.image.name"], "docker.io/library/wisp-bb:test");
+    assert_eq!(ann["org.opencontainers.image.ref.name"], "test");
+    let blob = |d: &serde_json::Value| m[&format!("blobs/sha256/{}", &d.as_str().unwrap()[7..])].1.clone();
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&index["manifests"][0]["digest"])).unwrap();
+    let gz = blob(&manifest["layers"][0]["digest"]);
+    let mut layer = vec![];
+    flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut layer).unwrap();
+    let mut a = tar::Archive::new(layer.as_slice());
+    for e in a.entries().unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.header().mtime().unwrap(), 1_700_000_000, "{:?}", e.path());
+        assert_eq!((e.header().uid().unwrap(), e.header().gid().unwrap()), (0, 0));
+    }
+    let config: serde_json::Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{}", sha(&layer)));
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["echo", "hi"]));
+
+    // The image is also a valid --from-archive input.
+    let out = dir.path().join("bundle");
+    ok(&["bundle", "--from-archive", s(&dir.path().join("a.tar")), "-o", s(&out)], &[]);
+    assert!(out.join("rootfs/bin/busybox").is_file());
+}
+
+#[test]
+fn bad_image_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("i.tar");
+    let err = fails(&["oci-image", "--from", "busybox", "--name", "Upper/Case", "-o", s(&out)]);
+    assert!(err.contains("NAME[:TAG]"), "{err}");
+    assert!(!out.exists());
+}
