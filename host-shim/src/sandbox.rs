@@ -65,12 +65,11 @@ pub enum SandboxError {
         console: String,
     },
     /// An agent call failed.
-    #[error("agent {call} failed")]
+    #[error("agent {call} failed: {}", describe_ttrpc(source))]
     Agent {
         /// The RPC.
         call: &'static str,
         /// Why.
-        #[source]
         source: protocols::ttrpc::Error,
     },
     /// Host filesystem work failed.
@@ -84,6 +83,14 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A ttrpc error as one readable line: the status code and message of an RPC status.
+pub fn describe_ttrpc(err: &protocols::ttrpc::Error) -> String {
+    match err {
+        protocols::ttrpc::Error::RpcStatus(status) => format!("{:?}: {}", status.code(), status.message),
+        other => other.to_string(),
+    }
 }
 
 /// The state root: `$WISP_STATE_DIR`, else [`DEFAULT_STATE_DIR`].

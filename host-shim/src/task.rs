@@ -185,7 +185,9 @@ fn agent_error(call: &str, id: &str, err: protocols::ttrpc::Error) -> shim_ttrpc
             let code = status.code();
             error(code, format!("agent {call} of {id:?}: {}", status.message))
         }
-        other => error(Code::UNAVAILABLE, format!("agent {call} of {id:?}: {other}")),
+        other => {
+            error(Code::UNAVAILABLE, format!("agent {call} of {id:?}: {}", crate::sandbox::describe_ttrpc(&other)))
+        }
     }
 }
 
@@ -237,15 +239,9 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log).await.map_err(|err| {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            error(Code::UNAVAILABLE, message)
-        })?;
+        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log)
+            .await
+            .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
         *slot = Some(sandbox.clone());
         let me = self.clone();

@@ -3,21 +3,23 @@
 //! containerd runs it with `start`, `delete`, or (through `start`) as the daemon serving the
 //! task API; see [`wisp_shim::shim`]. `--version` prints the version and exits.
 
-use wisp_shim::shim::{shim_config, WispShim, RUNTIME_ID};
+use wisp_shim::shim::RUNTIME_ID;
 
 fn main() {
-    if std::env::args().skip(1).any(|a| a == "--version" || a == "-version" || a == "-v") {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.iter().any(|a| a == "--version" || a == "-version" || a == "-v") {
         println!("containerd-shim-wisp-v2 {} (runtime {RUNTIME_ID})", env!("CARGO_PKG_VERSION"));
         return;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("containerd-shim-wisp-v2: cannot start the async runtime: {err}");
+            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {err}");
             std::process::exit(1);
         }
     };
-    runtime.block_on(containerd_shim::asynchronous::run::<WispShim>(RUNTIME_ID, Some(shim_config())));
+    let code = runtime.block_on(wisp_shim::shim::main(&args));
     // Blocking FIFO opens may still wait for a peer that will never come: do not wait for them.
     runtime.shutdown_background();
+    std::process::exit(code);
 }

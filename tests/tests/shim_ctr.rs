@@ -1,0 +1,239 @@
+//! `containerd-shim-wisp-v2` under a real containerd: `ctr run --runtime io.containerd.wisp.v2`
+//! boots our kernel and initrd in QEMU, and the container runs in the guest.
+//!
+//! Needs root, `make deps` (containerd, runc, busybox-static, QEMU, vhost-device-vsock,
+//! virtiofsd) and `make all` (kernel, initrd, the shim and rootfs-builder; `WISP_SHIM` names
+//! another shim binary). Compiled only with both features `containerd-tests` and `vm-tests`
+//! (`make test-shim`). Each test runs its own containerd, state directory and configuration.
+#![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use tempfile::TempDir;
+use wisp_tests::containerd::ContainerdOptions;
+use wisp_tests::{artifacts, Containerd};
+
+const RUNTIME: &str = "io.containerd.wisp.v2";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
+fn shim_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WISP_SHIM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let target = artifacts::target_dir();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("containerd-shim-wisp-v2"))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "containerd-shim-wisp-v2 not found in {}/{{release,debug}}: run `make tools` (or set WISP_SHIM)",
+                target.display()
+            )
+        })
+}
+
+/// A private containerd that finds our shim, with the shim's state and config in `dir`.
+struct Setup {
+    dir: TempDir,
+    ctd: Containerd,
+}
+
+impl Setup {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
+        let shim = shim_binary()?;
+        let state = dir.path().join("state");
+        let config = dir.path().join("configuration.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[agent.wisp]\ndial_timeout = 90\n",
+                artifacts::kernel()?.display(),
+                artifacts::initrd()?.display()
+            ),
+        )?;
+        // containerd passes its environment on to the shims it starts.
+        std::env::set_var("WISP_STATE_DIR", &state);
+        std::env::set_var("WISP_CONFIG", &config);
+        let shim_dir = shim.parent().context("shim path has no directory")?.to_owned();
+        let ctd = Containerd::start_with(ContainerdOptions { shim_dirs: vec![shim_dir], ..Default::default() })?;
+        Ok(Self { dir, ctd })
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A busybox bundle running `args`.
+    fn bundle(&self, name: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+        let bundle = self.dir.path().join(name);
+        let builder = artifacts::rootfs_builder()?;
+        let mut cmd = Command::new(&builder);
+        cmd.args(["bundle", "--from", "busybox", "-o", s(&bundle), "--args"]).args(args);
+        let out = cmd.output()?;
+        ensure!(out.status.success(), "{} bundle failed (run `make tools`?):\n{}", builder.display(), describe(&out));
+        Ok(bundle.join("config.json"))
+    }
+
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.ctd.ctr(args)?)
+    }
+
+    /// Everything of sandbox `id` still on the host: processes naming its state dir, mounts
+    /// under it, the directory itself.
+    fn leftovers(&self) -> Vec<String> {
+        let state = self.state();
+        let needle = state.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = text(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines().filter(|l| l.contains(&needle)) {
+            found.push(format!("mount: {line}"));
+        }
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for entry in entries.flatten() {
+                if entry.file_name() != "accel" {
+                    found.push(format!("state: {}", entry.path().display()));
+                }
+            }
+        }
+        found
+    }
+
+    fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || start.elapsed() >= within {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `ctr t ls` STATUS of task `id`.
+    fn task_status(&self, id: &str) -> anyhow::Result<String> {
+        let out = self.ctr(&["tasks", "ls"])?;
+        Ok(text(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// The pid of the QEMU serving this test's sandbox `id`.
+    fn qemu_pid(&self) -> Option<u32> {
+        let needle = self.state().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")).then_some(())?;
+            cmdline.contains(&needle).then_some(pid)
+        })
+    }
+}
+
+#[test]
+fn run_rm_prints_output_and_the_exit_code_reaches_ctr() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("echo", &["sh", "-c", "echo hi; echo to-stderr >&2; exit 3"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-echo"])?;
+    assert_eq!(text(&out.stdout).trim(), "hi", "{}", describe(&out));
+    assert!(text(&out.stderr).contains("to-stderr"), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(3), "the container's exit code reaches ctr: {}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after --rm nothing of the sandbox remains: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn detached_exec_and_kill() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("tail", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    ensure!(t.task_status("wisp-tail")? == "RUNNING", "task not running: {}", describe(&t.ctr(&["t", "ls"])?));
+
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "1", "wisp-tail", "ls", "/"])?;
+    ensure!(out.status.success(), "ctr t exec: {}", describe(&out));
+    let listing = text(&out.stdout);
+    for dir in ["bin", "proc", "etc"] {
+        assert!(listing.lines().any(|l| l.trim() == dir), "ls / shows {dir}: {listing}");
+    }
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "2", "wisp-tail", "sh", "-c", "exit 5"])?;
+    assert_eq!(out.status.code(), Some(5), "an exec's exit code reaches ctr: {}", describe(&out));
+
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("wisp-tail")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = t.ctr(&["tasks", "delete", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr t delete: {}", describe(&out));
+    let out = t.ctr(&["containers", "delete", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr c delete: {}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after delete nothing of the sandbox remains: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn stdin_reaches_the_container() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("cat", &["cat"])?;
+    let mut cmd = t.ctd.ctr_command();
+    cmd.args(["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-cat"]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(b"hi\n")?;
+    let out = child.wait_with_output()?;
+    assert_eq!(text(&out.stdout), "hi\n", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    Ok(())
+}
+
+#[test]
+fn qemu_killed_reports_the_exit_and_leaves_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("victim", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-victim"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let Some(qemu) = t.qemu_pid() else { bail!("no QEMU found for the sandbox under {}", t.state().display()) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu as i32), nix::sys::signal::Signal::SIGKILL)?;
+    let killed = Instant::now();
+    while t.task_status("wisp-victim")? != "STOPPED" {
+        ensure!(killed.elapsed() < Duration::from_secs(2), "ctr does not see the exit within 2 s of QEMU's death");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after QEMU died nothing of the sandbox remains: {left:#?}");
+    let out = t.ctr(&["tasks", "delete", "wisp-victim"])?;
+    ensure!(out.status.success(), "ctr t delete after the VM died: {}", describe(&out));
+    Ok(())
+}
