@@ -247,6 +247,9 @@ impl Inner {
         let me = self.clone();
         let watched = sandbox.clone();
         tokio::spawn(async move { me.watch_vm(watched).await });
+        let me = self.clone();
+        let watched = sandbox.clone();
+        tokio::spawn(async move { me.relay_oom_events(watched).await });
         Ok(sandbox)
     }
 
@@ -274,6 +277,29 @@ impl Inner {
             self.finish(&proc, VM_DIED_STATUS, sandbox.vm_pid()).await;
         }
         sandbox.shutdown().await;
+    }
+
+    /// Relays the agent's OOM events (GetOOMEvent blocks until one happens) as TaskOOM, until
+    /// the VM exits or the agent does not offer them.
+    async fn relay_oom_events(self: Arc<Self>, sandbox: Arc<Sandbox>) {
+        let agent = sandbox.agent().agent();
+        let request = pb::GetOOMEventRequest::new();
+        let mut exited = sandbox.exited();
+        loop {
+            let event = tokio::select! {
+                event = agent.get_oom_event(context::with_duration(Duration::from_secs(3600)), &request) => event,
+                _ = exited.wait_for(Option::is_some) => return,
+            };
+            match event {
+                Ok(event) => {
+                    warn!(self.log, "OOM kill in the guest"; "container" => &event.container_id);
+                    let oom = events::TaskOOM { container_id: event.container_id, ..Default::default() };
+                    self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
+                }
+                Err(protocols::ttrpc::Error::RpcStatus(status)) if status.code() == Code::UNIMPLEMENTED => return,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     }
 
     /// Records an exit once and publishes TaskExit.
