@@ -161,3 +161,101 @@ async fn open_fifo(path: &Path, write: bool) -> std::io::Result<File> {
         .await
         .map_err(std::io::Error::other)?
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use protocols::agent::{ReadStreamResponse, WriteStreamResponse};
+    use protocols::agent_ttrpc::{create_agent_service, AgentService};
+    use protocols::empty::Empty;
+    use protocols::ttrpc::asynchronous::{Server, TtrpcContext};
+    use protocols::ttrpc::{self, Code};
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::agent_dial::{connect, AgentAddr};
+
+    /// A fake agent: stdout is `chunks` then Kata's EOF error; stdin is recorded.
+    struct Fake {
+        chunks: Mutex<Vec<Vec<u8>>>,
+        stdin: Arc<Mutex<Vec<u8>>>,
+        closed: Arc<Mutex<bool>>,
+    }
+
+    #[async_trait]
+    impl AgentService for Fake {
+        async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+            assert_eq!((req.container_id.as_str(), req.exec_id.as_str()), ("c1", "c1"));
+            let mut chunks = self.chunks.lock().unwrap();
+            if chunks.is_empty() {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, "read meet eof")));
+            }
+            Ok(ReadStreamResponse { data: chunks.remove(0), ..Default::default() })
+        }
+
+        async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+            self.stdin.lock().unwrap().extend_from_slice(&req.data);
+            Ok(WriteStreamResponse { len: u32::try_from(req.data.len()).unwrap(), ..Default::default() })
+        }
+
+        async fn close_stdin(&self, _: &TtrpcContext, _: CloseStdinRequest) -> ttrpc::Result<Empty> {
+            *self.closed.lock().unwrap() = true;
+            Ok(Empty::new())
+        }
+    }
+
+    fn mkfifo(path: &Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn output_is_delivered_whole_and_stdin_eof_becomes_close_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let stdin = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(false));
+        let big = vec![b'x'; 200_000];
+        let fake = Fake {
+            chunks: Mutex::new(vec![b"hello ".to_vec(), big.clone(), b"bye\n".to_vec()]),
+            stdin: stdin.clone(),
+            closed: closed.clone(),
+        };
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_agent_service(Arc::new(fake)));
+        server.start().await.unwrap();
+        let conn = connect(&AgentAddr::Unix { path: sock }, Duration::from_secs(5)).await.unwrap();
+        let log = Logger::root(slog::Discard, slog::o!());
+
+        // stdout: containerd's reader opens the FIFO; the pump ends only after the EOF error.
+        let out_fifo = dir.path().join("stdout");
+        mkfifo(&out_fifo);
+        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, out_fifo.clone(), log.clone());
+        let mut reader = pipe::Receiver::from_file(open_fifo(&out_fifo, false).await.unwrap()).unwrap();
+        let mut got = Vec::new();
+        let (read, pumped) = tokio::join!(reader.read_to_end(&mut got), pump);
+        read.unwrap();
+        pumped.unwrap();
+        let mut want = b"hello ".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"bye\n");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "output arrives whole and in order");
+
+        // stdin: bytes are relayed, the writer's close becomes CloseStdin.
+        let in_fifo = dir.path().join("stdin");
+        mkfifo(&in_fifo);
+        let close = Arc::new(Notify::new());
+        let pump = pump_stdin(conn.agent(), "c1".into(), "c1".into(), in_fifo.clone(), close, log);
+        let mut writer = pipe::Sender::from_file(open_fifo(&in_fifo, true).await.unwrap()).unwrap();
+        writer.write_all(b"hi\n").await.unwrap();
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
+        assert_eq!(stdin.lock().unwrap().as_slice(), b"hi\n");
+        assert!(*closed.lock().unwrap(), "CloseStdin was sent");
+        server.shutdown().await.unwrap();
+    }
+}
