@@ -148,9 +148,9 @@ impl Sandbox {
         let paths = VmPaths::new(&dir);
         let log = log.new(slog::o!("sandbox" => id.to_owned()));
         let spec = QemuSpec::resolve(config, &root)?;
-        info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => %spec.channel,
-              "shared_fs" => %spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
-        let shared_fs = spec.shared_fs;
+        info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
+              "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
+        let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
         let mut vm: Box<dyn Hypervisor> = Box::new(Qemu::new(spec, paths.clone(), log.clone()));
         let started = Instant::now();
         let addr = match vm.start().await {

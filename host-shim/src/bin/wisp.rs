@@ -119,7 +119,12 @@ fn check(config_path: Option<&Path>) -> bool {
             "sandbox VM",
             format!(
                 "{:?}, {} vCPU, {} MiB, accel {}, agent over {}, rootfs over {}",
-                spec.machine, spec.vcpus, spec.memory_mib, spec.accel, spec.channel, spec.shared_fs
+                spec.machine,
+                spec.vcpus,
+                spec.memory_mib,
+                spec.accel,
+                spec.channel.map_or_else(|| "nothing".to_owned(), |c| c.to_string()),
+                spec.shared_fs.map_or_else(|| "nothing".to_owned(), |f| f.to_string())
             ),
         ),
         Err(err) => r.fail("sandbox VM", wisp_shim::error_chain(&err)),

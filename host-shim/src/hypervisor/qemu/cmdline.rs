@@ -47,7 +47,7 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
     if spec.machine == MachineType::Microvm && spec.accel == Accel::Tcg {
         args.extend(["tsc_early_khz=2000000", "tsc=reliable"].map(str::to_owned));
     }
-    if spec.channel == AgentChannel::Serial {
+    if spec.channel == Some(AgentChannel::Serial) {
         args.push("agent.channel=serial".to_owned());
     }
     if spec.debug_console {
@@ -81,30 +81,35 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
         "-no-reboot",
         "-serial",
         &format!("file:{}", opt_path(&paths.console())),
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket())),
     ]);
+    if spec.qmp {
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket()))]);
+    }
     if shared_memory {
         push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib)]);
     }
     if let Some(bios) = spec.bios.as_deref().filter(|_| spec.machine != MachineType::Microvm) {
         push(&["-bios", &path_arg(bios)]);
     }
-    push(&["-kernel", &path_arg(&spec.kernel), "-initrd", &path_arg(&spec.initrd)]);
+    push(&["-kernel", &path_arg(&spec.kernel)]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &path_arg(initrd)]);
+    }
     push(&["-append", &kernel_cmdline(spec)]);
 
     let suffix = virtio_suffix(spec.machine);
     match spec.channel {
-        AgentChannel::VhostVsock { cid } => {
+        None => {}
+        Some(AgentChannel::VhostVsock { cid }) => {
             push(&["-device", &format!("vhost-vsock-{suffix},guest-cid={cid}")]);
         }
-        AgentChannel::HybridVsock => push(&[
+        Some(AgentChannel::HybridVsock) => push(&[
             "-chardev",
             &format!("socket,id=vs0,path={}", opt_path(&paths.vhost_vsock_socket())),
             "-device",
             &format!("vhost-user-vsock-{suffix},chardev=vs0"),
         ]),
-        AgentChannel::Serial => push(&[
+        Some(AgentChannel::Serial) => push(&[
             "-device",
             &format!("virtio-serial-{suffix}"),
             "-chardev",
@@ -114,13 +119,14 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
         ]),
     }
     match spec.shared_fs {
-        SharedFs::VirtioFs => push(&[
+        None => {}
+        Some(SharedFs::VirtioFs) => push(&[
             "-chardev",
             &format!("socket,id=fs0,path={}", opt_path(&paths.virtiofsd_socket())),
             "-device",
             &format!("vhost-user-fs-{suffix},chardev=fs0,tag={SHARED_FS_TAG},queue-size=1024"),
         ]),
-        SharedFs::NineP => push(&[
+        Some(SharedFs::NineP) => push(&[
             "-fsdev",
             &format!("local,id=fs0,path={},security_model=none", opt_path(&paths.shared_dir())),
             "-device",
@@ -132,12 +138,13 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
             push(&["-device", &format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}")]);
         }
     }
+    args.extend(spec.extra_args.iter().cloned());
     args
 }
 
 /// The `vhost-device-vsock` arguments ([`AgentChannel::HybridVsock`] only).
 pub fn vsock_helper_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
-    (spec.channel == AgentChannel::HybridVsock).then(|| {
+    (spec.channel == Some(AgentChannel::HybridVsock)).then(|| {
         vec![
             "--vm".to_owned(),
             format!(
@@ -156,7 +163,7 @@ pub fn vsock_helper_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>
 /// namespace it would need shared mount propagation set up first). No `--tag`: QEMU 7.1-8.0
 /// crash on it.
 pub fn virtiofsd_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
-    (spec.shared_fs == SharedFs::VirtioFs).then(|| {
+    (spec.shared_fs == Some(SharedFs::VirtioFs)).then(|| {
         vec![
             format!("--socket-path={}", path_arg(&paths.virtiofsd_socket())),
             format!("--shared-dir={}", path_arg(&paths.shared_dir())),
@@ -169,7 +176,7 @@ pub fn virtiofsd_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
 
 /// Where the host reaches the agent.
 pub fn agent_addr(spec: &QemuSpec, paths: &VmPaths) -> Option<AgentAddr> {
-    match spec.channel {
+    match spec.channel? {
         AgentChannel::VhostVsock { .. } => None,
         AgentChannel::HybridVsock => {
             Some(AgentAddr::HybridVsock { path: paths.hybrid_vsock_socket(), port: AGENT_VSOCK_PORT })
@@ -214,20 +221,22 @@ mod tests {
             qemu: "qemu".into(),
             machine,
             kernel: "/k/kernel".into(),
-            initrd: "/k/wisp.initrd".into(),
+            initrd: Some("/k/wisp.initrd".into()),
             vcpus: 1,
             memory_mib: 256,
             kernel_params: Vec::new(),
             accel,
             tb_size_mib: 64,
-            channel,
-            shared_fs,
+            channel: Some(channel),
+            shared_fs: Some(shared_fs),
+            qmp: true,
             root_ports: if machine == MachineType::Q35 { 2 } else { 0 },
             bios: Some("/fw/qboot.rom".into()),
             debug_console: false,
             vhost_user_devices: false,
             vhost_device_vsock: "vhost-device-vsock".into(),
             virtiofsd: "virtiofsd".into(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -324,6 +333,24 @@ mod tests {
         let l = line(&s);
         assert!(l.contains("-accel tcg,tb-size=16"), "{l}");
         assert!(!l.contains("pcie-root-port"), "{l}");
+    }
+
+    #[test]
+    fn console_only_vm_without_initrd_qmp_or_share() {
+        let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        s.channel = None;
+        s.shared_fs = None;
+        s.initrd = None;
+        s.qmp = false;
+        s.root_ports = 0;
+        s.extra_args = vec!["-device".into(), "virtio-rng-pci".into()];
+        assert_eq!(
+            line(&s),
+            "qemu -machine q35 -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults -no-reboot \
+             -serial file:/run/s/console.log -bios /fw/qboot.rom -kernel /k/kernel \
+             -append 'console=ttyS0 panic=-1 printk.time=1' -device virtio-rng-pci"
+        );
+        assert_eq!(agent_addr(&s, &VmPaths::new("/run/s")), None);
     }
 
     #[test]

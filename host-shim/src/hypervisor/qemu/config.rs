@@ -30,8 +30,8 @@ pub struct QemuSpec {
     pub machine: MachineType,
     /// The kernel image.
     pub kernel: PathBuf,
-    /// The initrd.
-    pub initrd: PathBuf,
+    /// The initrd (the shim always has one; console-only test VMs may not).
+    pub initrd: Option<PathBuf>,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest RAM in MiB.
@@ -42,10 +42,12 @@ pub struct QemuSpec {
     pub accel: Accel,
     /// TCG translation cache in MiB.
     pub tb_size_mib: u32,
-    /// The agent channel.
-    pub channel: AgentChannel,
-    /// How the shared directory reaches the guest.
-    pub shared_fs: SharedFs,
+    /// The agent channel (`None`: console only, for boot-floor test VMs).
+    pub channel: Option<AgentChannel>,
+    /// How the shared directory reaches the guest (`None`: no share).
+    pub shared_fs: Option<SharedFs>,
+    /// Whether QEMU serves QMP (always for the shim: hot-plug and a clean quit).
+    pub qmp: bool,
     /// Free pcie-root-ports on q35.
     pub root_ports: u32,
     /// The pc/q35 firmware, if not QEMU's default.
@@ -58,6 +60,8 @@ pub struct QemuSpec {
     pub vhost_device_vsock: PathBuf,
     /// The virtio-fs daemon binary.
     pub virtiofsd: PathBuf,
+    /// Raw QEMU arguments appended last (devices a test needs).
+    pub extra_args: Vec<String>,
 }
 
 impl QemuSpec {
@@ -105,25 +109,29 @@ impl QemuSpec {
             qemu: q.path.clone(),
             machine: q.machine_type,
             kernel: config.kernel(),
-            initrd: config.initrd(),
+            initrd: Some(config.initrd()),
             vcpus: q.default_vcpus,
             memory_mib: q.default_memory,
             kernel_params: q.kernel_params.split_whitespace().map(str::to_owned).collect(),
             accel,
             tb_size_mib: q.tb_size,
-            channel,
-            shared_fs,
+            channel: Some(channel),
+            shared_fs: Some(shared_fs),
+            qmp: true,
             root_ports: if q.machine_type == MachineType::Q35 { q.pcie_root_port } else { 0 },
             bios,
             debug_console: config.agent.debug_console_enabled,
             vhost_user_devices: q.enable_vhost_user_store,
             vhost_device_vsock: vhost_device_vsock.unwrap_or_else(|| q.vhost_device_vsock.clone()),
             virtiofsd: virtiofsd.unwrap_or_else(|| q.virtio_fs_daemon.clone()),
+            extra_args: Vec::new(),
         })
     }
 
     /// Whether guest memory must be a shared memfd: any vhost-user device needs it.
     pub fn shared_memory(&self) -> bool {
-        self.channel == AgentChannel::HybridVsock || self.shared_fs == SharedFs::VirtioFs || self.vhost_user_devices
+        self.channel == Some(AgentChannel::HybridVsock)
+            || self.shared_fs == Some(SharedFs::VirtioFs)
+            || self.vhost_user_devices
     }
 }

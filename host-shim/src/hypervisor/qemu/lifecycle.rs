@@ -115,7 +115,7 @@ impl Hypervisor for Qemu {
             path: shared.clone(),
             source,
         })?;
-        for path in [&self.spec.kernel, &self.spec.initrd] {
+        for path in std::iter::once(&self.spec.kernel).chain(&self.spec.initrd) {
             if !path.is_file() {
                 return Err(HypervisorError::Io {
                     what: "missing guest image (run `make kernel initrd` or set hypervisor.qemu.kernel/initrd)",
@@ -150,7 +150,8 @@ impl Hypervisor for Qemu {
             let _ = tx.send(Some(description));
         });
         cmdline::agent_addr(&self.spec, &self.paths).ok_or_else(|| {
-            HypervisorError::Unsupported(format!("the shim cannot dial the agent over {}", self.spec.channel))
+            let channel = self.spec.channel.map_or_else(|| "no channel".to_owned(), |c| c.to_string());
+            HypervisorError::Unsupported(format!("the shim cannot dial the agent over {channel}"))
         })
     }
 
@@ -167,7 +168,7 @@ impl Hypervisor for Qemu {
     }
 
     fn shared(&self) -> (PathBuf, SharedFs) {
-        (self.paths.shared_dir(), self.spec.shared_fs)
+        (self.paths.shared_dir(), self.spec.shared_fs.unwrap_or(SharedFs::NineP))
     }
 
     async fn stop(&mut self) {
