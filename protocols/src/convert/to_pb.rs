@@ -137,7 +137,7 @@ fn linux(linux: &oci::Linux) -> pb::Linux {
         Resources: linux.resources().as_ref().map(resources).into(),
         CgroupsPath: linux.cgroups_path().as_deref().map(path).unwrap_or_default(),
         Namespaces: list(linux.namespaces(), |ns| pb::LinuxNamespace {
-            Type: ns.typ().to_string(),
+            Type: namespace_type(ns.typ()).to_owned(),
             Path: ns.path().as_deref().map(path).unwrap_or_default(),
             ..Default::default()
         }),
@@ -282,6 +282,21 @@ fn seccomp(seccomp: &oci::LinuxSeccomp) -> pb::LinuxSeccomp {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// config.json's spelling (`network`, `mount`), which Kata sends; the type's `Display` says
+/// `net`/`mnt` (the /proc names).
+fn namespace_type(typ: oci::LinuxNamespaceType) -> &'static str {
+    match typ {
+        oci::LinuxNamespaceType::Mount => "mount",
+        oci::LinuxNamespaceType::Cgroup => "cgroup",
+        oci::LinuxNamespaceType::Uts => "uts",
+        oci::LinuxNamespaceType::Ipc => "ipc",
+        oci::LinuxNamespaceType::User => "user",
+        oci::LinuxNamespaceType::Pid => "pid",
+        oci::LinuxNamespaceType::Network => "network",
+        oci::LinuxNamespaceType::Time => "time",
     }
 }
 
@@ -436,7 +451,7 @@ mod tests {
         assert_eq!(l.Sysctl["net.ipv4.ip_forward"], "1");
         assert_eq!(l.CgroupsPath, "/wisp/c1");
         let ns: Vec<_> = l.Namespaces.iter().map(|n| (n.Type.as_str(), n.Path.as_str())).collect();
-        assert_eq!(ns, [("pid", ""), ("mnt", ""), ("net", "/proc/1/ns/net")]);
+        assert_eq!(ns, [("pid", ""), ("mount", ""), ("network", "/proc/1/ns/net")]);
         let d = &l.Devices[0];
         assert_eq!(
             (d.Path.as_str(), d.Type.as_str(), d.Major, d.Minor, d.FileMode, d.UID, d.GID),
@@ -493,6 +508,28 @@ mod tests {
     }
 
     #[test]
+    fn enumerations_use_config_json_spelling() {
+        // What oci-spec itself writes to config.json is the vocabulary on the wire.
+        let spec = oci::Spec::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        spec.save(&path).expect("save");
+        let json = std::fs::read_to_string(&path).expect("read");
+        let s = super::spec(&spec);
+        let quoted = |v: &str| json.contains(&format!("\"{v}\""));
+        for ns in &s.Linux.Namespaces {
+            assert!(quoted(&ns.Type), "namespace {} not spelled as in config.json:\n{json}", ns.Type);
+        }
+        let caps = &s.Process.Capabilities;
+        for cap in caps.Bounding.iter().chain(&caps.Effective).chain(&caps.Permitted) {
+            assert!(quoted(cap), "capability {cap} not spelled as in config.json");
+        }
+        for limit in &s.Process.Rlimits {
+            assert!(quoted(&limit.Type), "rlimit {} not spelled as in config.json", limit.Type);
+        }
+    }
+
+    #[test]
     fn minimal_spec_leaves_absent_sections_unset() {
         let s = super::spec(&parse(r#"{"ociVersion": "1.0.0", "root": {"path": "rootfs"}}"#));
         assert_eq!(s.Root.Path, "rootfs");
@@ -508,7 +545,7 @@ mod tests {
         let s = super::spec(&oci::Spec::default());
         assert_eq!(s.Process.Args, ["sh"]);
         assert!(s.Process.Capabilities.Bounding.contains(&"CAP_AUDIT_WRITE".to_owned()));
-        assert!(s.Linux.Namespaces.iter().any(|n| n.Type == "mnt"));
+        assert!(s.Linux.Namespaces.iter().any(|n| n.Type == "mount"));
         assert!(s.Mounts.iter().any(|m| m.destination == "/proc" && m.type_ == "proc"));
     }
 }
