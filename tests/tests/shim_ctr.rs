@@ -188,6 +188,16 @@ fn detached_exec_and_kill() -> anyhow::Result<()> {
     let out = t.ctr(&["tasks", "exec", "--exec-id", "2", "wisp-tail", "sh", "-c", "exit 5"])?;
     assert_eq!(out.status.code(), Some(5), "an exec's exit code reaches ctr: {}", describe(&out));
 
+    // A terminal: ctr needs one on its own stdin, so run it under script(1).
+    let line = format!(
+        "ctr --address {} --namespace {} tasks exec -t --exec-id tty1 wisp-tail sh -c '[ -t 0 ] && [ -t 1 ] && echo tty-ok'",
+        t.ctd.address().display(),
+        t.ctd.namespace()
+    );
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output()?;
+    let shown = text(&out.stdout);
+    assert!(shown.contains("tty-ok"), "the exec has a terminal: {}", describe(&out));
+
     let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-tail"])?;
     ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
     let start = Instant::now();
@@ -235,5 +245,76 @@ fn qemu_killed_reports_the_exit_and_leaves_nothing() -> anyhow::Result<()> {
     assert!(left.is_empty(), "after QEMU died nothing of the sandbox remains: {left:#?}");
     let out = t.ctr(&["tasks", "delete", "wisp-victim"])?;
     ensure!(out.status.success(), "ctr t delete after the VM died: {}", describe(&out));
+    Ok(())
+}
+
+#[test]
+fn image_from_the_snapshotter_runs() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let image = t.dir.path().join("image.tar");
+    let builder = artifacts::rootfs_builder()?;
+    let out = Command::new(&builder)
+        .args(["oci-image", "--from", "busybox", "--name", "wisp-bb:shim", "-o", s(&image)])
+        .output()?;
+    ensure!(out.status.success(), "rootfs-builder oci-image: {}", describe(&out));
+    let out = t.ctr(&["images", "import", s(&image)])?;
+    ensure!(out.status.success(), "ctr images import: {}", describe(&out));
+    let out = t.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "docker.io/library/wisp-bb:shim",
+        "wisp-img",
+        "sh",
+        "-c",
+        "echo from-image; test -x /bin/busybox; exit 4",
+    ])?;
+    assert_eq!(text(&out.stdout).trim(), "from-image", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "the overlay rootfs and the sandbox are gone: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn pause_resume_metrics_and_ls() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("pause", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let out = t.ctr(&["tasks", "pause", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t pause: {}", describe(&out));
+    assert_eq!(t.task_status("wisp-pause")?, "PAUSED");
+    let out = t.ctr(&["tasks", "resume", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t resume: {}", describe(&out));
+    assert_eq!(t.task_status("wisp-pause")?, "RUNNING");
+    let out = t.ctr(&["tasks", "metrics", "wisp-pause"])?;
+    ensure!(out.status.success() && text(&out.stdout).contains("memory"), "ctr t metrics: {}", describe(&out));
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("wisp-pause")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.ctr(&["tasks", "delete", "wisp-pause"])?;
+    t.ctr(&["containers", "delete", "wisp-pause"])?;
+    Ok(())
+}
+
+#[test]
+fn ten_sandboxes_in_a_row_leak_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("ten", &["sh", "-c", "echo round"])?;
+    for round in 0..10 {
+        let id = format!("wisp-ten-{round}");
+        let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), &id])?;
+        ensure!(out.status.success() && text(&out.stdout).trim() == "round", "round {round}: {}", describe(&out));
+        let left = t.wait_no_leftovers(Duration::from_secs(5));
+        ensure!(left.is_empty(), "round {round} left: {left:#?}");
+    }
+    let out = t.ctr(&["containers", "ls", "-q"])?;
+    assert_eq!(text(&out.stdout).trim(), "", "no container remains");
     Ok(())
 }
