@@ -147,7 +147,11 @@ impl Sandbox {
         })?;
         let paths = VmPaths::new(&dir);
         let log = log.new(slog::o!("sandbox" => id.to_owned()));
-        let spec = QemuSpec::resolve(config, &root)?;
+        // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
+        let (resolve_config, resolve_root) = (config.clone(), root.clone());
+        let spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root))
+            .await
+            .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
         let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
