@@ -89,7 +89,7 @@ impl AgentService for AgentRpc {
     // ---- networking (network/) ----
     async fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
         let iface = req.interface.as_ref().ok_or_else(|| AgentError::InvalidArgument("no interface".into()))?;
-        let updated = network::update_interface(iface).await.map_err(AgentError::from)?;
+        let updated = network::update_interface(iface).map_err(AgentError::from)?;
         slog::info!(self.sandbox.log(), "interface updated"; "name" => &updated.name, "addresses" => updated.IPAddresses.len());
         Ok(updated)
     }
@@ -97,26 +97,26 @@ impl AgentService for AgentRpc {
     async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
         let wanted = req.routes.as_ref().map(|r| r.Routes.as_slice()).unwrap_or_default();
         let mut routes = Routes::new();
-        routes.Routes = network::update_routes(wanted).await.map_err(AgentError::from)?;
+        routes.Routes = network::update_routes(wanted).map_err(AgentError::from)?;
         slog::info!(self.sandbox.log(), "routes replaced"; "routes" => routes.Routes.len());
         Ok(routes)
     }
 
     async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: ListInterfacesRequest) -> ttrpc::Result<Interfaces> {
         let mut r = Interfaces::new();
-        r.Interfaces = network::list_interfaces().await.map_err(AgentError::from)?;
+        r.Interfaces = network::list_interfaces().map_err(AgentError::from)?;
         Ok(r)
     }
 
     async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> ttrpc::Result<Routes> {
         let mut r = Routes::new();
-        r.Routes = network::list_routes().await.map_err(AgentError::from)?;
+        r.Routes = network::list_routes().map_err(AgentError::from)?;
         Ok(r)
     }
 
     async fn add_arp_neighbors(&self, _ctx: &TtrpcContext, req: AddARPNeighborsRequest) -> ttrpc::Result<Empty> {
         let neighbors = req.neighbors.as_ref().map(|n| n.ARPNeighbors.as_slice()).unwrap_or_default();
-        network::add_arp_neighbors(neighbors).await.map_err(AgentError::from)?;
+        network::add_arp_neighbors(neighbors).map_err(AgentError::from)?;
         Ok(Empty::new())
     }
 }
