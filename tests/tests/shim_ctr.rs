@@ -57,6 +57,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> anyhow::Result<Self> {
+        Self::with_config("", "")
+    }
+
+    /// Extra lines for `[hypervisor.qemu]` and `[agent.wisp]`.
+    fn with_config(qemu: &str, agent: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
         let shim = shim_binary()?;
         let state = dir.path().join("state");
@@ -64,7 +69,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[agent.wisp]\ndial_timeout = 90\n",
+                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n{agent}\n",
                 artifacts::kernel()?.display(),
                 artifacts::initrd()?.display()
             ),
@@ -316,5 +321,21 @@ fn ten_sandboxes_in_a_row_leak_nothing() -> anyhow::Result<()> {
     }
     let out = t.ctr(&["containers", "ls", "-q"])?;
     assert_eq!(text(&out.stdout).trim(), "", "no container remains");
+    Ok(())
+}
+
+#[test]
+fn zero_dependency_fallbacks_serial_channel_and_9p() -> anyhow::Result<()> {
+    // No vhost-device-vsock, no virtiofsd: what a host with QEMU alone gets.
+    let t = Setup::with_config("shared_fs = \"virtio-9p\"\nmachine_type = \"pc\"", "channel = \"serial\"")?;
+    let config = t.bundle("fallback", &["sh", "-c", "echo via-9p; cat /proc/mounts | grep -c 9p; exit 2"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-9p"])?;
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("via-9p"), "{}", describe(&out));
+    let nine_p_mounts: u32 = stdout.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(nine_p_mounts > 0, "the container's root is on 9p: {}", describe(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
     Ok(())
 }
