@@ -339,3 +339,21 @@ fn zero_dependency_fallbacks_serial_channel_and_9p() -> anyhow::Result<()> {
     assert!(left.is_empty(), "{left:#?}");
     Ok(())
 }
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd_delete() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("crash", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-crash"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let shims = t.ctd.shim_processes();
+    ensure!(!shims.is_empty(), "no shim process found");
+    for pid in shims {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    }
+    // containerd notices the dead shim and runs `containerd-shim-wisp-v2 delete`, which must
+    // stop QEMU and the helpers the shim left, unmount, and remove the state.
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "after the shim died and containerd cleaned up: {left:#?}");
+    Ok(())
+}
