@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::cmdline::{self, shell_line};
+use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
@@ -26,6 +27,8 @@ use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a killed process gets to be reaped before we stop waiting.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
+const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The names of the processes a VM runs, in start order (their `.pid` files).
 pub const PROCESS_NAMES: [&str; 3] = ["vhost-device-vsock", "virtiofsd", "qemu"];
 
@@ -51,6 +54,15 @@ impl Qemu {
     /// The resolved spec.
     pub fn spec(&self) -> &QemuSpec {
         &self.spec
+    }
+
+    /// A fresh QMP session (for hot-plug: `blockdev-add`, `device_add` onto a free `rpN` root
+    /// port on q35).
+    pub async fn qmp(&self) -> Result<Qmp, HypervisorError> {
+        if !self.spec.qmp {
+            return Err(HypervisorError::Unsupported("this VM was started without QMP".to_owned()));
+        }
+        Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
     }
 
     fn spawn(&self, name: &'static str, program: &Path, args: &[String]) -> Result<Child, HypervisorError> {
@@ -172,6 +184,18 @@ impl Hypervisor for Qemu {
     }
 
     async fn stop(&mut self) {
+        if self.pid().is_some() && self.spec.qmp {
+            // A clean quit first (QEMU flushes and closes its devices); SIGKILL is the fallback.
+            let quit = async { self.qmp().await?.quit().await.map_err(HypervisorError::from) };
+            match tokio::time::timeout(QMP_QUIT_TIMEOUT, quit).await {
+                Ok(Ok(())) => {
+                    let mut exited = self.exited_rx.clone();
+                    let _ = tokio::time::timeout(QMP_QUIT_TIMEOUT, exited.wait_for(Option::is_some)).await;
+                }
+                Ok(Err(err)) => info!(self.log, "QMP quit failed; killing QEMU"; "error" => %err),
+                Err(_) => info!(self.log, "QMP quit timed out; killing QEMU"),
+            }
+        }
         if let Some(pid) = self.pid() {
             let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
             if let Err(err) = kill(pid, Signal::SIGKILL) {
