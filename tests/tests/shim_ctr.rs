@@ -357,3 +357,18 @@ fn a_killed_shim_is_cleaned_up_by_containerd_delete() -> anyhow::Result<()> {
     assert!(left.is_empty(), "after the shim died and containerd cleaned up: {left:#?}");
     Ok(())
 }
+
+#[test]
+fn a_failing_start_reports_the_cause_and_leaves_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("missing", &["/no/such/binary"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-missing"])?;
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("/no/such/binary"), "the error names the binary: {}", describe(&out));
+    // ctr leaves the container record behind on a failed start; removing it ends the shim.
+    let _ = t.ctr(&["tasks", "delete", "wisp-missing"]);
+    let _ = t.ctr(&["containers", "delete", "wisp-missing"]);
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
