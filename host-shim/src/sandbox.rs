@@ -136,22 +136,27 @@ impl Sandbox {
     /// Boots the VM for sandbox `id`, waits for its agent, and sends CreateSandbox with the
     /// shared directory as a storage.
     pub async fn boot(config: &Config, id: &str, log: &Logger) -> Result<Self, SandboxError> {
-        let root = state_root();
+        Self::boot_in(config, &state_root(), id, log).await
+    }
+
+    /// [`Sandbox::boot`] under the state root `root`.
+    pub async fn boot_in(config: &Config, root: &Path, id: &str, log: &Logger) -> Result<Self, SandboxError> {
+        let root = root.to_owned();
         let dir = sandbox_dir(&root, id);
-        // A previous shim of the same id may have crashed: its leftovers go first.
-        cleanup_dir(&dir, log);
-        fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
-            what: "cannot create",
-            path: dir.clone(),
-            source,
-        })?;
-        let paths = VmPaths::new(&dir);
         let log = log.new(slog::o!("sandbox" => id.to_owned()));
         // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
         let (resolve_config, resolve_root) = (config.clone(), root.clone());
         let spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root))
             .await
             .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
+        // A previous shim of the same id may have crashed: its leftovers go first.
+        cleanup_dir(&dir, &log);
+        fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let paths = VmPaths::new(&dir);
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
         let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
@@ -161,6 +166,7 @@ impl Sandbox {
             Ok(addr) => addr,
             Err(err) => {
                 vm.stop().await;
+                cleanup_dir(&dir, &log);
                 return Err(err.into());
             }
         };
@@ -169,7 +175,9 @@ impl Sandbox {
         let agent = match wait_agent(vm.as_ref(), &addr, config.agent.dial_timeout()).await {
             Ok(agent) => agent,
             Err(err) => {
+                // The error already quotes the console: the state can go.
                 vm.stop().await;
+                cleanup_dir(&dir, &log);
                 return Err(err);
             }
         };
@@ -410,6 +418,63 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/run/a\040b"), "/run/a b");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
+    }
+
+    /// A fake QEMU: writes `console` to the file given by `-serial file:PATH`, then runs `then`.
+    fn fake_qemu(dir: &Path, console: &str, then: &str) -> Config {
+        let script = dir.join("fake-qemu");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in file:*) printf '{console}' > \"${{a#file:}}\";; esac; done\n{then}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for image in ["bzImage", "wisp.initrd"] {
+            std::fs::write(dir.join(image), b"").unwrap();
+        }
+        let mut config = Config::default();
+        config.qemu.path = script;
+        config.qemu.kernel = Some(dir.join("bzImage"));
+        config.qemu.initrd = Some(dir.join("wisp.initrd"));
+        config.qemu.accel = crate::config::AccelChoice::Tcg;
+        config.qemu.shared_fs = crate::config::SharedFsKind::NineP;
+        config.agent.channel = crate::config::ChannelKind::Serial;
+        config.agent.dial_timeout = 1;
+        config
+    }
+
+    #[tokio::test]
+    async fn agent_timeout_quotes_the_console_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fake_qemu(dir.path(), "booting\\nKernel panic - not syncing: no init\\n", "exec sleep 30");
+        let root = dir.path().join("state");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let start = Instant::now();
+        let err = Sandbox::boot_in(&config, &root, "sb1", &log).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
+        let message = err.to_string();
+        assert!(message.contains("did not answer on serial:"), "{message}");
+        assert!(message.contains("Kernel panic - not syncing: no init"), "the console tail is quoted: {message}");
+        assert!(!sandbox_dir(&root, "sb1").exists(), "the state dir is removed");
+    }
+
+    #[tokio::test]
+    async fn qemu_exiting_early_is_reported_at_once_with_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = fake_qemu(dir.path(), "early death\\n", "echo 'qemu: could not load kernel' >&2; exit 1");
+        config.agent.dial_timeout = 30;
+        let root = dir.path().join("state");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let start = Instant::now();
+        let err = Sandbox::boot_in(&config, &root, "sb2", &log).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
+        let message = err.to_string();
+        assert!(message.contains("QEMU exited"), "{message}");
+        assert!(message.contains("could not load kernel"), "QEMU's last words: {message}");
+        assert!(message.contains("early death"), "the console tail: {message}");
+        assert!(!sandbox_dir(&root, "sb2").exists(), "the state dir is removed");
     }
 
     #[test]
