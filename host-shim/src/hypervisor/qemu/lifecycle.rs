@@ -236,3 +236,35 @@ pub fn kill_recorded(dir: &Path) -> Vec<String> {
     }
     killed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn kill_recorded_kills_only_processes_that_name_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        // "qemu" names the dir in its command line; "virtiofsd" is a recycled pid that does not.
+        let mut ours = Command::new("sh").args(["-c", "sleep 60", &dir.path().display().to_string()]).spawn().unwrap();
+        let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+        fs::write(dir.path().join("qemu.pid"), ours.id().to_string()).unwrap();
+        fs::write(dir.path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();
+
+        let killed = kill_recorded(dir.path());
+        assert_eq!(killed, [format!("qemu ({})", ours.id())]);
+        let _ = ours.wait();
+        assert!(alive(stranger.id()), "a process not naming the dir is left alone");
+        assert!(!dir.path().join("qemu.pid").exists() && !dir.path().join("virtiofsd.pid").exists());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        assert!(kill_recorded(dir.path()).is_empty(), "a second run finds nothing");
+    }
+}
