@@ -165,6 +165,12 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
         std::fs::create_dir_all(parent)
             .map_err(|err| ShimError::Other(format!("cannot create {}: {err}", parent.display())))?;
     }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        // The group's daemon already serves here (a second container of the same sandbox):
+        // `start` prints this address and containerd talks to that daemon.
+        info!(log, "the sandbox's shim already serves; not starting another"; "socket" => path);
+        return Ok(());
+    }
     let _ = std::fs::remove_file(path);
     let mut server = Server::new().bind(&format!("unix://{path}"))?.register_service(services);
     server.start().await?;

@@ -151,6 +151,18 @@ impl Setup {
             .to_owned())
     }
 
+    /// The wisp shim daemons serving this containerd (not their QEMU and helpers).
+    fn shims(&self) -> Vec<u32> {
+        self.ctd
+            .shim_processes()
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                text(&cmdline).contains("containerd-shim-wisp-v2")
+            })
+            .collect()
+    }
+
     /// The pid of the QEMU serving this test's sandbox `id`.
     fn qemu_pid(&self) -> Option<u32> {
         let needle = self.state().to_string_lossy().into_owned();
@@ -346,8 +358,8 @@ fn a_killed_shim_is_cleaned_up_by_containerd_delete() -> anyhow::Result<()> {
     let config = t.bundle("crash", &["tail", "-f", "/dev/null"])?;
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-crash"])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
-    let shims = t.ctd.shim_processes();
-    ensure!(!shims.is_empty(), "no shim process found");
+    let shims = t.shims();
+    ensure!(shims.len() == 1, "one shim process expected: {shims:?}");
     for pid in shims {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
     }
@@ -369,6 +381,43 @@ fn a_failing_start_reports_the_cause_and_leaves_nothing() -> anyhow::Result<()> 
     let _ = t.ctr(&["tasks", "delete", "wisp-missing"]);
     let _ = t.ctr(&["containers", "delete", "wisp-missing"]);
     let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn containers_of_one_pod_share_one_shim_and_vm() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let mut configs = Vec::new();
+    for (name, args) in
+        [("pod-a", &["tail", "-f", "/dev/null"][..]), ("pod-b", &["sh", "-c", "echo second; exit 6"][..])]
+    {
+        let config = t.bundle(name, args)?;
+        // CRI's grouping annotation: both containers belong to sandbox "pod1".
+        let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
+        spec["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "pod1"});
+        std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
+        configs.push(config);
+    }
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&configs[0]), "pod-a"])?;
+    ensure!(out.status.success(), "first container: {}", describe(&out));
+    let first_qemu = t.qemu_pid().context("no QEMU for the pod")?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&configs[1]), "pod-b"])?;
+    assert_eq!(text(&out.stdout).trim(), "second", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    assert_eq!(t.shims().len(), 1, "one shim serves the pod");
+    assert_eq!(t.qemu_pid(), Some(first_qemu), "the second container ran in the first one's VM");
+    assert_eq!(t.task_status("pod-a")?, "RUNNING", "the first container outlives the second");
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "pod-a"])?;
+    ensure!(out.status.success(), "{}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("pod-a")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "pod-a not STOPPED");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.ctr(&["tasks", "delete", "pod-a"])?;
+    t.ctr(&["containers", "delete", "pod-a"])?;
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
     assert!(left.is_empty(), "{left:#?}");
     Ok(())
 }
