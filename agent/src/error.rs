@@ -4,12 +4,47 @@
 //! INTERNAL), and a person reads the message: so the message carries the whole
 //! source chain, and the code is chosen per variant, never a blanket INTERNAL.
 
+use protocols::convert::from_pb::FromPbError;
 use protocols::ttrpc::{self, Code};
+
+use crate::launch::{HookError, LaunchError};
+use crate::process::StdioError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("container {0} not found")]
+    ContainerNotFound(String),
+    #[error("process {exec_id:?} of container {container_id} not found")]
+    ProcessNotFound { container_id: String, exec_id: String },
+    #[error("container {0} already exists")]
+    ContainerExists(String),
+    #[error("exec {exec_id} already exists in container {container_id}")]
+    ExecExists { container_id: String, exec_id: String },
+    /// The request does not fit the container's or sandbox's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{what}: timed out after {secs}s")]
+    Timeout { what: String, secs: u64 },
+    /// ReadStdout/ReadStderr after the last byte. Kata's agent answers this
+    /// with an error too, and the Kata shim ends its copy loop on any error.
+    #[error("{stream} of {container_id}/{exec_id}: read meet eof")]
+    Eof { container_id: String, exec_id: String, stream: &'static str },
+    #[error("container {container_id}")]
+    Spec { container_id: String, source: FromPbError },
+    #[error("container {container_id}")]
+    Launch { container_id: String, source: LaunchError },
+    #[error("container {container_id}")]
+    Hook { container_id: String, source: HookError },
+    #[error("{container_id}/{exec_id}")]
+    Stdio { container_id: String, exec_id: String, source: StdioError },
+    #[error("{what}")]
+    Sys { what: String, source: nix::Error },
+    #[error("{what}")]
+    Io { what: String, source: std::io::Error },
     #[error("cannot set the guest clock to {sec}.{usec:06}")]
     SetTime { sec: i64, usec: i64, source: nix::Error },
     #[error("cannot reseed the random device")]
@@ -25,7 +60,28 @@ pub enum AgentError {
 impl AgentError {
     fn code(&self) -> Code {
         match self {
-            AgentError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            AgentError::InvalidArgument(_) | AgentError::Spec { .. } => Code::INVALID_ARGUMENT,
+            AgentError::PermissionDenied(_) => Code::PERMISSION_DENIED,
+            AgentError::ContainerNotFound(_) | AgentError::ProcessNotFound { .. } => Code::NOT_FOUND,
+            AgentError::ContainerExists(_) | AgentError::ExecExists { .. } => Code::ALREADY_EXISTS,
+            AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            AgentError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+            AgentError::Eof { .. } | AgentError::Hook { .. } => Code::INTERNAL,
+            AgentError::Launch { source, .. } => match source {
+                LaunchError::InvalidSpec(_) => Code::INVALID_ARGUMENT,
+                LaunchError::NotFound(_) => Code::NOT_FOUND,
+                LaunchError::PermissionDenied(_) => Code::PERMISSION_DENIED,
+                _ => Code::INTERNAL,
+            },
+            AgentError::Stdio { source, .. } => match source {
+                StdioError::StdinClosed | StdioError::NoTerminal => Code::FAILED_PRECONDITION,
+                StdioError::Write(e) if e.raw_os_error() == Some(libc::EPIPE) => Code::FAILED_PRECONDITION,
+                _ => Code::INTERNAL,
+            },
+            AgentError::Sys { source, .. } => errno_code(*source),
+            AgentError::Io { source, .. } => {
+                source.raw_os_error().map_or(Code::INTERNAL, |e| errno_code(nix::Error::from_raw(e)))
+            }
             AgentError::SetTime { source, .. } => errno_code(*source),
             AgentError::Reseed(wisp_init::entropy::EntropyError::Reseed(e)) => errno_code(*e),
             AgentError::Reseed(_) => Code::INTERNAL,
@@ -41,6 +97,8 @@ pub(crate) fn errno_code(e: nix::Error) -> Code {
         nix::Error::EPERM | nix::Error::EACCES => Code::PERMISSION_DENIED,
         nix::Error::EINVAL => Code::INVALID_ARGUMENT,
         nix::Error::ENOENT => Code::NOT_FOUND,
+        nix::Error::EEXIST => Code::ALREADY_EXISTS,
+        nix::Error::ETIMEDOUT => Code::DEADLINE_EXCEEDED,
         _ => Code::INTERNAL,
     }
 }
@@ -73,6 +131,29 @@ mod tests {
         let ttrpc::Error::RpcStatus(status) = ttrpc::Error::from(e) else { panic!("not a status") };
         assert_eq!(status.code(), Code::PERMISSION_DENIED);
         assert_eq!(status.message(), "cannot set the guest clock to 5.000007: EPERM: Operation not permitted");
+    }
+
+    fn code(e: AgentError) -> Code {
+        let ttrpc::Error::RpcStatus(s) = ttrpc::Error::from(e) else { panic!("not a status") };
+        s.code()
+    }
+
+    #[test]
+    fn each_failure_has_its_code() {
+        let (c, e) = (String::from("c1"), String::from("e1"));
+        assert_eq!(code(AgentError::ContainerNotFound(c.clone())), Code::NOT_FOUND);
+        assert_eq!(code(AgentError::ProcessNotFound { container_id: c.clone(), exec_id: e.clone() }), Code::NOT_FOUND);
+        assert_eq!(code(AgentError::ContainerExists(c.clone())), Code::ALREADY_EXISTS);
+        assert_eq!(code(AgentError::FailedPrecondition("stopped".into())), Code::FAILED_PRECONDITION);
+        assert_eq!(code(AgentError::Timeout { what: "remove".into(), secs: 1 }), Code::DEADLINE_EXCEEDED);
+        assert_eq!(
+            code(AgentError::Launch { container_id: c.clone(), source: LaunchError::InvalidSpec("x".into()) }),
+            Code::INVALID_ARGUMENT
+        );
+        let closed = AgentError::Stdio { container_id: c, exec_id: e, source: StdioError::StdinClosed };
+        assert_eq!(code(closed), Code::FAILED_PRECONDITION);
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(code(AgentError::Io { what: "x".into(), source: io }), Code::PERMISSION_DENIED);
     }
 
     #[test]

@@ -7,11 +7,14 @@
 #[allow(dead_code, unused_imports)]
 mod cgroups;
 mod channel;
+mod container;
 mod device;
 mod error;
+mod launch;
 mod logging;
 mod metrics;
 mod network;
+mod process;
 mod rpc;
 mod sandbox;
 mod server;
@@ -47,9 +50,15 @@ no vsock device. Options then come from the kernel command line:
 Run as an ordinary process it serves until SIGTERM, for protocol tests:
   wisp-agent --listen unix:/tmp/agent.sock [--log debug]
 
+Run a bundle in the foreground like `runc run` (debugging and host tests;
+needs root; stdio is this command's, the exit code is the container's, 128+N
+when signal N killed it):
+  wisp-agent run BUNDLE_DIR [--id ID]
+
 Options:
   --listen ADDR   unix:PATH, vsock:PORT or serial:/dev/vportNpM
   --log LEVEL     log level (default info)
+  --state-dir DIR container state directories (default /run/wisp/containers)
   -V, --version   print the version
   -h, --help      print this help
 ";
@@ -58,15 +67,17 @@ Options:
 struct Args {
     listen: Option<ListenAddr>,
     log: LogLevel,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     use lexopt::prelude::*;
-    let mut args = Args { listen: None, log: LogLevel::Info };
+    let mut args = Args { listen: None, log: LogLevel::Info, state_dir: None };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
             Long("listen") => args.listen = Some(parser.value()?.string()?.parse()?),
+            Long("state-dir") => args.state_dir = Some(parser.value()?.into()),
             Long("log") => {
                 let v = parser.value()?.string()?;
                 args.log = v.parse().map_err(|()| {
@@ -125,7 +136,7 @@ fn serve_as_init(
     deferred: wisp_init::Deferred,
 ) -> anyhow::Result<()> {
     let addr = channel::choose(opts, CHANNEL_WAIT)?;
-    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started));
+    let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started).with_hotplug_timeout(opts.hotplug_timeout));
     let (late_log, late_opts) = (log.clone(), opts.clone());
     let after_ready = move || wisp_init::after_ready(&late_log, &late_opts, deferred);
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Init, after_ready))?;
@@ -136,14 +147,52 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
     let addr = args.listen.context("not PID 1: give --listen ADDR (see --help)")?;
     let log = logging::logger(args.log);
     logging::bridge_log_crate(&log, args.log);
-    let sandbox = Arc::new(Sandbox::new(log, Role::Standalone, logging::boot_clock()));
+    let mut sandbox = Sandbox::new(log, Role::Standalone, logging::boot_clock());
+    if let Some(dir) = args.state_dir {
+        sandbox = sandbox.with_state_root(dir);
+    }
+    let sandbox = Arc::new(sandbox);
     runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone, || {}))?;
     Ok(())
 }
 
+/// `wisp-agent run BUNDLE_DIR [--id ID]`.
+fn run_bundle() -> ExitCode {
+    let parsed = (|| -> anyhow::Result<(std::path::PathBuf, String)> {
+        use lexopt::prelude::*;
+        let mut parser = lexopt::Parser::from_iter(std::env::args_os().skip(1));
+        let (mut bundle, mut id) = (None, None);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Value(v) if bundle.is_none() => bundle = Some(std::path::PathBuf::from(v)),
+                Long("id") => id = Some(parser.value()?.string()?),
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let bundle = bundle.context("usage: wisp-agent run BUNDLE_DIR [--id ID]")?;
+        Ok((bundle, id.unwrap_or_else(|| format!("run-{}", std::process::id()))))
+    })();
+    let result = parsed.and_then(|(bundle, id)| Ok(launch::run::run(&bundle, &id)?));
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("wisp-agent run: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // First: a container's init is PID 1 of its own pid namespace, so the
+    // launcher child must be recognised before the PID-1 check below.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__launch") {
+        launch::child_main();
+    }
     if std::process::id() == 1 {
         run_as_init();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        return run_bundle();
     }
     let result = parse_args().and_then(|args| match args {
         Some(args) => run_standalone(args),

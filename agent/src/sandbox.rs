@@ -1,18 +1,42 @@
 //! The sandbox: guest-wide state and operations that are not about one container.
 //!
-//! For now that is the guest's identity (GetGuestDetails), its clock and entropy,
-//! and the end of its life: DestroySandbox asks the server loop to stop, and init
-//! powers the VM off once the reply has been sent.
+//! The guest's identity (GetGuestDetails, CreateSandbox's hostname and DNS),
+//! its clock and entropy, the registry of containers with what they share (the
+//! sandbox pid namespace, guest hooks), CopyFile, OnlineCPUMem, and the end of
+//! its life: DestroySandbox removes every container and asks the server loop to
+//! stop; init powers the VM off once the reply has been sent.
 
-use std::path::Path;
-use std::sync::OnceLock;
+mod copy_file;
+mod online;
 
-use protocols::agent::{AgentDetails, GuestDetailsResponse};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use protocols::agent::{
+    AgentDetails, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, GuestDetailsResponse,
+    OnlineCPUMemRequest, Storage,
+};
+use protocols::convert::from_pb;
 use tokio::sync::watch;
 
+use crate::container::{self, Container, GuestHooks, PidNs};
+use crate::device::{self, Devices};
 use crate::error::AgentError;
 use crate::logging::boot_clock;
 use crate::metrics;
+use crate::process::ExitTable;
+use crate::storage::{self, Mounted};
+
+/// Where container state directories live in the guest.
+pub const DEFAULT_STATE_ROOT: &str = "/run/wisp/containers";
+/// Kata's runtime copies files and shares volumes below this directory.
+const KATA_GUEST_DIR: &str = "/run/kata-containers";
+/// How long DestroySandbox waits for each container's processes to die.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kata's default wait for a hot-plugged device (`agent.hotplug_timeout`).
+const DEFAULT_HOTPLUG_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the agent does when the sandbox is destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +58,48 @@ pub struct Sandbox {
     /// Boot clock when the guest setup deferred past readiness (cgroups)
     /// finished; container creation will have to wait for it.
     setup_done: OnceLock<f64>,
+    /// Where every exit the reaper collects is routed.
+    exits: Arc<ExitTable>,
+    /// Parent of the containers' state directories.
+    state_root: PathBuf,
+    containers: Mutex<Registry>,
+    guest: Mutex<GuestConfig>,
+    /// The uevent listener, started by the first storage or device that needs it.
+    devices: OnceLock<Arc<Devices>>,
+    hotplug_timeout: Duration,
+}
+
+/// The containers, and the ids being created (so a duplicate is refused
+/// while the first one is still launching).
+#[derive(Debug, Default)]
+struct Registry {
+    live: HashMap<String, Arc<Container>>,
+    creating: HashSet<String>,
+}
+
+/// What CreateSandbox set up for every container.
+#[derive(Debug, Default)]
+struct GuestConfig {
+    created: bool,
+    sandbox_id: String,
+    hostname: String,
+    hooks: Option<GuestHooks>,
+    pidns: SharedPidNs,
+    /// CreateSandbox's storages, released by DestroySandbox.
+    storages: Vec<Mounted>,
+}
+
+/// The sandbox-wide pid namespace: the first container that asks for it
+/// creates it, and later ones join it through its init.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum SharedPidNs {
+    #[default]
+    Off,
+    Wanted,
+    Held {
+        container_id: String,
+        pid: i32,
+    },
 }
 
 impl Sandbox {
@@ -46,7 +112,68 @@ impl Sandbox {
             started,
             ready: OnceLock::new(),
             setup_done: OnceLock::new(),
+            exits: Arc::new(ExitTable::new()),
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            containers: Mutex::new(Registry::default()),
+            guest: Mutex::new(GuestConfig::default()),
+            devices: OnceLock::new(),
+            hotplug_timeout: DEFAULT_HOTPLUG_TIMEOUT,
         }
+    }
+
+    /// How long storages and devices wait for a hot-plugged disk.
+    pub fn with_hotplug_timeout(mut self, timeout: Duration) -> Self {
+        self.hotplug_timeout = timeout;
+        self
+    }
+
+    fn devices(&self) -> Arc<Devices> {
+        self.devices.get_or_init(|| Devices::start(&self.log)).clone()
+    }
+
+    /// Mounts `storages` in order on a blocking thread (they may wait for a
+    /// disk); on a failure the ones already mounted are released again.
+    async fn mount_storages(&self, storages: &[Storage]) -> Result<Vec<Mounted>, AgentError> {
+        if storages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (devices, timeout, log) = (self.devices(), self.hotplug_timeout, self.log.clone());
+        let storages = storages.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut mounted = Vec::with_capacity(storages.len());
+            for s in &storages {
+                match storage::mount(s, &devices, timeout) {
+                    Ok(m) => mounted.push(m),
+                    Err(e) => {
+                        release_all(&mut mounted, &log);
+                        return Err(AgentError::from(e));
+                    }
+                }
+            }
+            Ok(mounted)
+        })
+        .await
+        .map_err(|e| AgentError::FailedPrecondition(format!("storage mount task: {e}")))?
+    }
+
+    /// Keeps container state below `dir` instead of [`DEFAULT_STATE_ROOT`]
+    /// (host tests run several agents side by side).
+    pub fn with_state_root(mut self, dir: PathBuf) -> Self {
+        self.state_root = dir;
+        self
+    }
+
+    pub fn exits(&self) -> &Arc<ExitTable> {
+        &self.exits
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // Every critical section is a few map operations: consistent after a panic.
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn guest(&self) -> std::sync::MutexGuard<'_, GuestConfig> {
+        self.guest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that the server accepts connections.
@@ -119,8 +246,222 @@ impl Sandbox {
         Ok(())
     }
 
-    pub fn destroy(&self) {
-        slog::info!(self.log, "sandbox destroyed; stopping"; "role" => ?self.role);
+    /// DestroySandbox: every container goes (processes killed, state and
+    /// mounts released), then the sandbox's storages, then the agent stops.
+    pub async fn destroy(&self) {
+        let all: Vec<Arc<Container>> = self.registry().live.values().cloned().collect();
+        for c in all {
+            if let Err(e) = self.remove_container(&c.id, Some(DESTROY_TIMEOUT)).await {
+                slog::warn!(c.log(), "not removed with the sandbox"; "error" => %crate::error::chain(&e));
+            }
+        }
+        let mut storages = std::mem::take(&mut self.guest().storages);
+        let log = self.log.clone();
+        let released = tokio::task::spawn_blocking(move || release_all(&mut storages, &log)).await;
+        if let Err(e) = released {
+            slog::warn!(self.log, "sandbox storages not released"; "error" => %e);
+        }
+        slog::info!(self.log, "sandbox destroyed; stopping"; "role" => ?self.role, "sandbox_id" => self.guest().sandbox_id.clone());
         self.shutdown.send_replace(true);
+    }
+
+    /// The file CreateSandbox's DNS lines go to: the guest's own, or one in
+    /// the state directory when the agent runs on a host it must not change.
+    fn resolv_conf(&self) -> PathBuf {
+        match self.role {
+            Role::Init => PathBuf::from("/etc/resolv.conf"),
+            Role::Standalone => self.state_root.join("resolv.conf"),
+        }
+    }
+
+    /// CreateSandbox: hostname, DNS, guest hooks, the shared pid namespace, storages.
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<(), AgentError> {
+        if self.guest().created {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {} already created", self.guest().sandbox_id)));
+        }
+        let mut mounted = self.mount_storages(&req.storages).await?;
+        if let Err(e) = self.configure(req, &mut mounted) {
+            release_all(&mut mounted, &self.log);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The rest of CreateSandbox once its storages are mounted; keeps them on success.
+    fn configure(&self, req: &CreateSandboxRequest, mounted: &mut Vec<Mounted>) -> Result<(), AgentError> {
+        let mut guest = self.guest();
+        if guest.created {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {} already created", guest.sandbox_id)));
+        }
+        if let Some(bad) = req.dns.iter().find(|l| l.contains('\n')) {
+            return Err(AgentError::InvalidArgument(format!("DNS entry {bad:?} spans several lines")));
+        }
+        let hooks = if req.guest_hook_path.is_empty() {
+            None
+        } else {
+            match container::create::load_guest_hooks(Path::new(&req.guest_hook_path)) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    slog::warn!(self.log, "guest hooks not loaded"; "path" => &req.guest_hook_path, "error" => %e);
+                    None
+                }
+            }
+        };
+        if !req.hostname.is_empty() {
+            if self.role == Role::Init {
+                nix::unistd::sethostname(&req.hostname).map_err(|source| AgentError::Sys {
+                    what: format!("cannot set the hostname to {:?}", req.hostname),
+                    source,
+                })?;
+            } else {
+                slog::info!(self.log, "hostname not applied to a host"; "hostname" => &req.hostname);
+            }
+        }
+        if !req.dns.is_empty() {
+            let path = self.resolv_conf();
+            let mut text = req.dns.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n");
+            text.push('\n');
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| AgentError::Io { what: format!("cannot create {}", dir.display()), source })?;
+            }
+            std::fs::write(&path, text)
+                .map_err(|source| AgentError::Io { what: format!("cannot write {}", path.display()), source })?;
+        }
+        for m in &req.kernel_modules {
+            slog::warn!(self.log, "kernel module requests are not supported; ignored"; "module" => &m.name);
+        }
+        guest.created = true;
+        guest.sandbox_id = req.sandbox_id.clone();
+        guest.hostname = req.hostname.clone();
+        guest.hooks = hooks;
+        guest.storages = std::mem::take(mounted);
+        if req.sandbox_pidns {
+            guest.pidns = SharedPidNs::Wanted;
+        }
+        slog::info!(self.log, "sandbox created"; "sandbox_id" => &req.sandbox_id, "hostname" => &req.hostname,
+            "sandbox_pidns" => req.sandbox_pidns, "guest_hooks" => guest.hooks.is_some());
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        self.registry().live.get(id).cloned().ok_or_else(|| AgentError::ContainerNotFound(id.to_owned()))
+    }
+
+    /// The pid namespace a new container gets, and whether it will hold the shared one.
+    fn pid_namespace(&self, wants_shared: bool) -> (PidNs, bool) {
+        let guest = self.guest();
+        match (&guest.pidns, wants_shared) {
+            (SharedPidNs::Held { pid, .. }, _) => (PidNs::Join(PathBuf::from(format!("/proc/{pid}/ns/pid"))), false),
+            (SharedPidNs::Wanted, _) | (SharedPidNs::Off, true) => (PidNs::New, true),
+            (SharedPidNs::Off, false) => (PidNs::New, false),
+        }
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(&self, req: &CreateContainerRequest) -> Result<(), AgentError> {
+        let id = req.container_id.clone();
+        container::id::validate("container", &id)?;
+        if !req.exec_id.is_empty() {
+            container::id::validate("exec", &req.exec_id)?;
+        }
+        {
+            let mut reg = self.registry();
+            if reg.live.contains_key(&id) || !reg.creating.insert(id.clone()) {
+                return Err(AgentError::ContainerExists(id));
+            }
+        }
+        let result = self.create_reserved(req).await;
+        let mut reg = self.registry();
+        reg.creating.remove(&id);
+        let c = result?;
+        reg.live.insert(id, c);
+        Ok(())
+    }
+
+    async fn create_reserved(&self, req: &CreateContainerRequest) -> Result<Arc<Container>, AgentError> {
+        let id = &req.container_id;
+        let pb = req.OCI.as_ref().ok_or_else(|| AgentError::InvalidArgument(format!("container {id}: no OCI spec")))?;
+        let spec = from_pb::spec(pb).map_err(|source| AgentError::Spec { container_id: id.clone(), source })?;
+        // The rootfs and volumes first: the spec's root and mounts point into them.
+        let mut mounted = self.mount_storages(&req.storages).await?;
+        match self.create_mounted(req, spec).await {
+            Ok(c) => {
+                c.adopt_mounts(mounted);
+                Ok(c)
+            }
+            Err(e) => {
+                release_all(&mut mounted, &self.log);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_mounted(
+        &self,
+        req: &CreateContainerRequest,
+        mut spec: oci_spec::runtime::Spec,
+    ) -> Result<Arc<Container>, AgentError> {
+        let id = &req.container_id;
+        if !req.devices.is_empty() {
+            let (devices, timeout, wanted) = (self.devices(), self.hotplug_timeout, req.devices.clone());
+            spec = tokio::task::spawn_blocking(move || {
+                device::apply_devices(&mut spec, &wanted, &devices, timeout).map(|()| spec)
+            })
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("container {id}: device task: {e}")))??;
+        }
+        let wants_shared = req.sandbox_pidns;
+        let (pidns, holds) = self.pid_namespace(wants_shared);
+        let hooks = self.guest().hooks.clone();
+        let log = self.log.new(slog::o!("container_id" => id.clone()));
+        let exec_id = if req.exec_id.is_empty() { id.clone() } else { req.exec_id.clone() };
+        let c = container::create(container::CreateParams {
+            container_id: id.clone(),
+            exec_id,
+            spec,
+            state_root: &self.state_root,
+            guest_hooks: hooks.as_ref(),
+            pidns,
+            exits: self.exits.clone(),
+            log,
+        })
+        .await?;
+        if holds {
+            self.guest().pidns = SharedPidNs::Held { container_id: id.clone(), pid: c.init_pid() };
+        }
+        Ok(Arc::new(c))
+    }
+
+    /// RemoveContainer: see [`Container::remove`]; then the container is forgotten.
+    pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        c.remove(timeout).await?;
+        self.registry().live.remove(id);
+        let mut guest = self.guest();
+        if matches!(&guest.pidns, SharedPidNs::Held { container_id, .. } if container_id == id) {
+            guest.pidns = SharedPidNs::Wanted;
+        }
+        Ok(())
+    }
+
+    /// CopyFile, below Kata's shared directory or this sandbox's state.
+    pub fn copy_file(&self, req: &CopyFileRequest) -> Result<(), AgentError> {
+        copy_file::copy_file(req, &[PathBuf::from(KATA_GUEST_DIR), self.state_root.clone()])
+    }
+
+    pub async fn online_cpu_mem(&self, req: &OnlineCPUMemRequest) -> Result<(), AgentError> {
+        online::online_cpu_mem(Path::new("/sys"), req.nb_cpus, req.cpu_only, online::CPU_WAIT).await
+    }
+}
+
+/// Releases mounts newest first (a later mount may sit inside an earlier one);
+/// failures are logged, the others still go.
+pub fn release_all(mounts: &mut Vec<Mounted>, log: &slog::Logger) {
+    while let Some(mut m) = mounts.pop() {
+        if let Err(e) = m.release() {
+            slog::warn!(log, "storage not released"; "mount_point" => %m.mount_point().display(),
+                "error" => %crate::error::chain(&e));
+        }
     }
 }

@@ -1,91 +1,29 @@
 //! Protocol tests: the real `wisp-agent` binary served on a unix socket (no VM),
 //! driven by the generated Kata clients, including hostile bytes on the wire.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{code_of, ctx, Agent};
 
 use protocols::agent::{
-    CreateContainerRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
+    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest, SetPolicyRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
-use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use protocols::health::CheckRequest;
 use protocols::health_ttrpc::HealthClient;
-use protocols::ttrpc::{self, asynchronous::Client, context, Code};
-
-/// A running agent that is killed when the test ends, however it ends.
-struct Agent {
-    child: Child,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .args(["--log", "debug"])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not listen on {}", sock.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Agent { child, sock, _dir: dir }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&format!("unix://{}", self.sock.display())).await.unwrap()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ctx() -> ttrpc::context::Context {
-    context::with_timeout(5_000_000_000)
-}
-
-fn code_of(e: ttrpc::Error) -> (Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
-        other => panic!("expected an RPC status, got {other:?}"),
-    }
-}
-
-async fn assert_serving(agent: &Agent) {
-    let health = HealthClient::new(agent.client().await);
-    let r = health.check(ctx(), &CheckRequest::new()).await.expect("Check after hostile input");
-    assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
-}
+use protocols::ttrpc::Code;
 
 #[tokio::test]
 async fn health_check_and_version() {
     let agent = Agent::start();
-    assert_serving(&agent).await;
-    let health = HealthClient::new(agent.client().await);
+    agent.assert_serving().await;
+    let health = HealthClient::new(agent.conn().await);
     let v = health.version(ctx(), &CheckRequest::new()).await.unwrap();
     assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(v.grpc_version, "0.0.1");
@@ -94,7 +32,7 @@ async fn health_check_and_version() {
 #[tokio::test]
 async fn guest_details_describe_the_agent() {
     let agent = Agent::start();
-    let client = AgentServiceClient::new(agent.client().await);
+    let client = AgentServiceClient::new(agent.conn().await);
     let mut req = GuestDetailsRequest::new();
     req.mem_block_size = true;
     let r = client.get_guest_details(ctx(), &req).await.unwrap();
@@ -107,7 +45,7 @@ async fn guest_details_describe_the_agent() {
 #[tokio::test]
 async fn metrics_report_the_agents_own_memory() {
     let agent = Agent::start();
-    let client = AgentServiceClient::new(agent.client().await);
+    let client = AgentServiceClient::new(agent.conn().await);
     let text = client.get_metrics(ctx(), &GetMetricsRequest::new()).await.unwrap().metrics;
     let value = |name: &str| -> f64 {
         let line =
@@ -123,12 +61,10 @@ async fn metrics_report_the_agents_own_memory() {
 #[tokio::test]
 async fn unimplemented_rpcs_say_so() {
     let agent = Agent::start();
-    let client = AgentServiceClient::new(agent.client().await);
-    let mut req = CreateContainerRequest::new();
-    req.container_id = "c1".into();
-    let (code, msg) = code_of(client.create_container(ctx(), &req).await.unwrap_err());
+    let client = AgentServiceClient::new(agent.conn().await);
+    let (code, msg) = code_of(client.set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
     assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
-    assert!(msg.contains("CreateContainer"), "{msg}");
+    assert!(msg.contains("SetPolicy"), "{msg}");
 }
 
 #[tokio::test]
@@ -136,7 +72,7 @@ async fn bad_time_is_an_invalid_argument() {
     // Only invalid times: the tests may run as root, and a valid one would move
     // the host's clock.
     let agent = Agent::start();
-    let client = AgentServiceClient::new(agent.client().await);
+    let client = AgentServiceClient::new(agent.conn().await);
     let mut req = SetGuestDateTimeRequest::new();
     req.Sec = 1;
     req.Usec = 2_000_000;
@@ -158,7 +94,7 @@ async fn garbage_bytes_drop_only_that_connection() {
     let agent = Agent::start();
     raw_send(&agent.sock, b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n");
     raw_send(&agent.sock, &[0xff; 64]);
-    assert_serving(&agent).await;
+    agent.assert_serving().await;
 }
 
 #[tokio::test]
@@ -171,7 +107,7 @@ async fn oversized_frame_is_refused_and_agent_survives() {
     frame.extend_from_slice(&[1, 0]);
     frame.extend_from_slice(&[0u8; 4096]);
     raw_send(&agent.sock, &frame);
-    assert_serving(&agent).await;
+    agent.assert_serving().await;
 }
 
 #[tokio::test]
@@ -186,13 +122,13 @@ async fn undecodable_request_gets_an_error_not_a_crash() {
     let reply = raw_send(&agent.sock, &frame);
     assert!(reply.len() >= 10, "expected an error response frame, got {reply:?}");
     assert_eq!(reply[8], 2, "frame type 2 = response");
-    assert_serving(&agent).await;
+    agent.assert_serving().await;
 }
 
 #[tokio::test]
 async fn destroy_sandbox_stops_the_agent_cleanly() {
     let mut agent = Agent::start();
-    let client = AgentServiceClient::new(agent.client().await);
+    let client = AgentServiceClient::new(agent.conn().await);
     client.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.expect("reply before stopping");
     let status = agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
     assert!(status.success(), "{status}");

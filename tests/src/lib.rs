@@ -20,6 +20,8 @@
 //!
 //! # Pieces
 //!
+//! - [`agent_client`]: running containers through the agent's protocol (busybox rootfs, specs,
+//!   9p storages, create/start/read/wait/remove), shared with the agent's host tests.
 //! - [`artifacts`]: where `make` put the kernel, initrd and agent (`WISP_*` overrides).
 //! - [`accel`]: KVM when a probe guest really runs under it, else TCG (`WISP_ACCEL` overrides).
 //! - [`qemu`]: [`VmConfig`], a builder producing the exact QEMU argv (unit-tested without booting).
@@ -50,6 +52,7 @@
 //! ```
 
 pub mod accel;
+pub mod agent_client;
 pub mod artifacts;
 pub mod containerd;
 pub mod floor;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use protocols::agent::{
-    CreateContainerRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, ReseedRandomDevRequest,
-    SetGuestDateTimeRequest,
+    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, ReseedRandomDevRequest, SetGuestDateTimeRequest,
+    SetPolicyRequest,
 };
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::ttrpc::{self, context, Code};
@@ -103,8 +103,7 @@ fn q35_over_hybrid_vsock_serves_the_kata_protocol() -> Result<()> {
         ensure!(details.supports_seccomp, "static libseccomp works in the guest");
         ensure!(d.mem_block_size_bytes > 0, "memory block size read from sysfs");
 
-        let (code, msg) =
-            rpc_code(agent.agent().create_container(ctx(), &CreateContainerRequest::new()).await.unwrap_err());
+        let (code, msg) = rpc_code(agent.agent().set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
         ensure!(code == Code::UNIMPLEMENTED, "{code:?}: {msg}");
 
         // The agent's own RSS, measured exactly, and the deferred setup (cgroups)
@@ -168,8 +167,7 @@ fn q35_over_virtio_serial_survives_reconnects() -> Result<()> {
             assert_serving(&agent).await?;
         }
         let agent = vm.connect_agent(BOOT).await?;
-        let (code, _) =
-            rpc_code(agent.agent().create_container(ctx(), &CreateContainerRequest::new()).await.unwrap_err());
+        let (code, _) = rpc_code(agent.agent().set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
         ensure!(code == Code::UNIMPLEMENTED);
         destroy_and_see_qemu_exit(&mut vm, &agent).await
     })?;

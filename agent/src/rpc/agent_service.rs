@@ -1,22 +1,29 @@
 //! `grpc.AgentService`: the Kata agent protocol's main service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocols::agent::{
     AddARPNeighborsRequest, Interfaces, ListInterfacesRequest, ListRoutesRequest, ResizeVolumeRequest, Routes,
     UpdateInterfaceRequest, UpdateRoutesRequest, VolumeStatsRequest,
 };
 use protocols::agent::{
-    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics,
-    ReseedRandomDevRequest, SetGuestDateTimeRequest,
+    CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, GetMetricsRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics, OnlineCPUMemRequest,
+    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, ReseedRandomDevRequest, SetGuestDateTimeRequest,
+    SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest, WaitProcessRequest, WaitProcessResponse,
+    WriteStreamRequest, WriteStreamResponse,
 };
 use protocols::agent_ttrpc::AgentService;
+use protocols::convert::from_pb;
 use protocols::csi::VolumeStatsResponse;
 use protocols::protobuf::well_known_types::empty::Empty;
 use protocols::ttrpc::{self, asynchronous::TtrpcContext};
 use protocols::types::Interface;
 
+use crate::container;
 use crate::error::AgentError;
+use crate::process::Process;
 use crate::sandbox::Sandbox;
 use crate::{network, storage};
 
@@ -29,6 +36,48 @@ impl AgentRpc {
     pub fn new(sandbox: Arc<Sandbox>) -> Self {
         AgentRpc { sandbox }
     }
+
+    /// Logs a failed request with its ids, then hands the error to ttrpc.
+    fn fail(&self, rpc: &str, container_id: &str, exec_id: &str, e: AgentError) -> ttrpc::Error {
+        slog::warn!(self.sandbox.log(), "request failed"; "rpc" => rpc, "container_id" => container_id,
+            "exec_id" => exec_id, "error" => %crate::error::chain(&e));
+        e.into()
+    }
+
+    /// The process a stdio request names; an empty exec id is the init.
+    fn process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<(Arc<container::Container>, Arc<Process>), AgentError> {
+        let c = self.sandbox.container(container_id)?;
+        let p = c.process(exec_id)?;
+        Ok((c, p))
+    }
+
+    async fn read(&self, req: &ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse, AgentError> {
+        let (c, p) = self.process(&req.container_id, &req.exec_id)?;
+        match p.read_output(stderr, req.len as usize).await {
+            Some(data) => {
+                let mut r = ReadStreamResponse::new();
+                r.data = data;
+                Ok(r)
+            }
+            None => {
+                c.forget_exec_if_done(&p.exec_id);
+                Err(AgentError::Eof {
+                    container_id: req.container_id.clone(),
+                    exec_id: p.exec_id.clone(),
+                    stream: if stderr { "stderr" } else { "stdout" },
+                })
+            }
+        }
+    }
+}
+
+fn stdio_err(container_id: &str, exec_id: &str) -> impl FnOnce(crate::process::StdioError) -> AgentError {
+    let (container_id, exec_id) = (container_id.to_owned(), exec_id.to_owned());
+    move |source| AgentError::Stdio { container_id, exec_id, source }
 }
 
 // The impl is one block (Rust requires it); its methods are grouped by the
@@ -61,11 +110,124 @@ impl AgentService for AgentRpc {
     }
 
     async fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
-        self.sandbox.destroy();
+        self.sandbox.destroy().await;
+        Ok(Empty::new())
+    }
+
+    async fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.create_sandbox(&req).await.map_err(|e| self.fail("CreateSandbox", "", "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn copy_file(&self, _ctx: &TtrpcContext, req: CopyFileRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.copy_file(&req).map_err(|e| self.fail("CopyFile", "", "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn online_cpu_mem(&self, _ctx: &TtrpcContext, req: OnlineCPUMemRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.online_cpu_mem(&req).await.map_err(|e| self.fail("OnlineCPUMem", "", "", e))?;
         Ok(Empty::new())
     }
 
     // ---- containers, processes and stdio (container/, process/) ----
+
+    async fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        self.sandbox.create_container(&req).await.map_err(|e| self.fail("CreateContainer", id, &req.exec_id, e))?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(&self, _ctx: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        let started = async { self.sandbox.container(id)?.start().await };
+        started.await.map_err(|e| self.fail("StartContainer", id, "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(&self, _ctx: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+        let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+        let id = &req.container_id;
+        self.sandbox.remove_container(id, timeout).await.map_err(|e| self.fail("RemoveContainer", id, "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let run = async {
+            let c = self.sandbox.container(id)?;
+            let pb = req
+                .process
+                .as_ref()
+                .ok_or_else(|| AgentError::InvalidArgument(format!("exec {exec_id}: no process")))?;
+            let process =
+                from_pb::process(pb).map_err(|source| AgentError::Spec { container_id: id.clone(), source })?;
+            container::exec(&c, exec_id, process).await
+        };
+        run.await.map_err(|e| self.fail("ExecProcess", id, exec_id, e))?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let sent = self.sandbox.container(id).and_then(|c| c.signal(exec_id, req.signal));
+        sent.map_err(|e| self.fail("SignalProcess", id, exec_id, e))?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(&self, _ctx: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let waited = async { self.sandbox.container(id)?.wait(exec_id).await };
+        let status = waited.await.map_err(|e| self.fail("WaitProcess", id, exec_id, e))?;
+        let mut r = WaitProcessResponse::new();
+        r.status = status;
+        Ok(r)
+    }
+
+    async fn write_stdin(&self, _ctx: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let written = async {
+            let (_, p) = self.process(id, exec_id)?;
+            // Kata's agent reads an empty write as the end of stdin.
+            if req.data.is_empty() {
+                p.io.close_stdin().await;
+                return Ok(0);
+            }
+            p.io.write_stdin(&req.data).await.map_err(stdio_err(id, &p.exec_id))
+        };
+        let n = written.await.map_err(|e| self.fail("WriteStdin", id, exec_id, e))?;
+        let mut r = WriteStreamResponse::new();
+        r.len = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(r)
+    }
+
+    async fn read_stdout(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        // EOF is an error (Kata's answer), and routine: not logged as a failure.
+        self.read(&req, false).await.map_err(Into::into)
+    }
+
+    async fn read_stderr(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(&req, true).await.map_err(Into::into)
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let (_, p) = self.process(id, exec_id).map_err(|e| self.fail("CloseStdin", id, exec_id, e))?;
+        p.io.close_stdin().await;
+        Ok(Empty::new())
+    }
+
+    async fn tty_win_resize(&self, _ctx: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+        let (id, exec_id) = (&req.container_id, &req.exec_id);
+        let resized = (|| {
+            let (_, p) = self.process(id, exec_id)?;
+            let dim = |v: u32| {
+                u16::try_from(v).map_err(|_| AgentError::InvalidArgument(format!("terminal size {v} is too large")))
+            };
+            p.io.resize(dim(req.row)?, dim(req.column)?).map_err(stdio_err(id, &p.exec_id))
+        })();
+        resized.map_err(|e| self.fail("TtyWinResize", id, exec_id, e))?;
+        Ok(Empty::new())
+    }
 
     // ---- cgroups: pause, resume, update, stats, OOM events (cgroups/) ----
 
