@@ -530,6 +530,18 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_reads_back_what_the_shim_sends() {
+        // to_pb then the agent's from_pb: every field the protobuf carries survives, so a
+        // second trip gives the same message (a fixed point).
+        let sent = full();
+        let received = crate::convert::from_pb::spec(&sent).expect("the agent accepts the shim's spec");
+        assert_eq!(super::spec(&received), sent);
+        let default = super::spec(&oci::Spec::default());
+        let received = crate::convert::from_pb::spec(&default).expect("the agent accepts runc's default spec");
+        assert_eq!(super::spec(&received), default);
+    }
+
+    #[test]
     fn minimal_spec_leaves_absent_sections_unset() {
         let s = super::spec(&parse(r#"{"ociVersion": "1.0.0", "root": {"path": "rootfs"}}"#));
         assert_eq!(s.Root.Path, "rootfs");
