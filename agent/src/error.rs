@@ -41,6 +41,8 @@ pub enum AgentError {
     Hook { container_id: String, source: HookError },
     #[error("{container_id}/{exec_id}")]
     Stdio { container_id: String, exec_id: String, source: StdioError },
+    #[error("container {container_id}")]
+    Cgroup { container_id: String, source: crate::cgroups::CgroupError },
     #[error("{what}")]
     Sys { what: String, source: nix::Error },
     #[error("{what}")]
@@ -78,6 +80,7 @@ impl AgentError {
                 StdioError::Write(e) if e.raw_os_error() == Some(libc::EPIPE) => Code::FAILED_PRECONDITION,
                 _ => Code::INTERNAL,
             },
+            AgentError::Cgroup { source, .. } => cgroup_code(source),
             AgentError::Sys { source, .. } => errno_code(*source),
             AgentError::Io { source, .. } => {
                 source.raw_os_error().map_or(Code::INTERNAL, |e| errno_code(nix::Error::from_raw(e)))
@@ -100,6 +103,16 @@ pub(crate) fn errno_code(e: nix::Error) -> Code {
         nix::Error::EEXIST => Code::ALREADY_EXISTS,
         nix::Error::ETIMEDOUT => Code::DEADLINE_EXCEEDED,
         _ => Code::INTERNAL,
+    }
+}
+
+fn cgroup_code(e: &crate::cgroups::CgroupError) -> Code {
+    use crate::cgroups::CgroupError;
+    match e {
+        CgroupError::InvalidPath { .. } | CgroupError::InvalidResource(_) => Code::INVALID_ARGUMENT,
+        CgroupError::NoHierarchy | CgroupError::Unsupported { .. } => Code::FAILED_PRECONDITION,
+        CgroupError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+        other => other.errno().map_or(Code::INTERNAL, |e| errno_code(nix::Error::from_raw(e))),
     }
 }
 

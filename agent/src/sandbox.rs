@@ -21,6 +21,7 @@ use protocols::agent::{
 use protocols::convert::from_pb;
 use tokio::sync::watch;
 
+use crate::cgroups::{OomWatcher, DEFAULT_PARENT};
 use crate::container::{self, Container, GuestHooks, PidNs};
 use crate::device::{self, Devices};
 use crate::error::AgentError;
@@ -35,6 +36,8 @@ pub const DEFAULT_STATE_ROOT: &str = "/run/wisp/containers";
 const KATA_GUEST_DIR: &str = "/run/kata-containers";
 /// How long DestroySandbox waits for each container's processes to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long CreateContainer waits for the deferred guest setup.
+const SETUP_WAIT: Duration = Duration::from_secs(10);
 /// Kata's default wait for a hot-plugged device (`agent.hotplug_timeout`).
 const DEFAULT_HOTPLUG_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -67,6 +70,11 @@ pub struct Sandbox {
     /// The uevent listener, started by the first storage or device that needs it.
     devices: OnceLock<Arc<Devices>>,
     hotplug_timeout: Duration,
+    /// Below the agent's own cgroup, where containers' relative cgroups go:
+    /// per agent on a host, so test agents side by side never share one.
+    cgroup_parent: String,
+    /// Every container's OOM kills, for GetOOMEvent.
+    ooms: OomWatcher,
 }
 
 /// The containers, and the ids being created (so a duplicate is refused
@@ -118,7 +126,33 @@ impl Sandbox {
             guest: Mutex::new(GuestConfig::default()),
             devices: OnceLock::new(),
             hotplug_timeout: DEFAULT_HOTPLUG_TIMEOUT,
+            cgroup_parent: match role {
+                Role::Init => DEFAULT_PARENT.to_owned(),
+                Role::Standalone => format!("{DEFAULT_PARENT}-{}", std::process::id()),
+            },
+            ooms: OomWatcher::new(),
         }
+    }
+
+    /// Waits (a few seconds at most) for the deferred guest setup, which mounts
+    /// the cgroup hierarchies a container's cgroup goes into.
+    async fn setup_finished(&self) -> Result<(), AgentError> {
+        if self.role != Role::Init {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + SETUP_WAIT;
+        while self.setup_done.get().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AgentError::Timeout { what: "guest setup (cgroups)".into(), secs: SETUP_WAIT.as_secs() });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// GetOOMEvent: the id of the next container with an OOM kill.
+    pub async fn next_oom(&self) -> Result<String, AgentError> {
+        self.ooms.next().await.ok_or_else(|| AgentError::FailedPrecondition("the agent is stopping".into()))
     }
 
     /// How long storages and devices wait for a hot-plugged disk.
@@ -246,15 +280,20 @@ impl Sandbox {
         Ok(())
     }
 
-    /// DestroySandbox: every container goes (processes killed, state and
-    /// mounts released), then the sandbox's storages, then the agent stops.
-    pub async fn destroy(&self) {
+    /// Removes every container (processes killed, state and mounts released).
+    pub async fn remove_all(&self) {
         let all: Vec<Arc<Container>> = self.registry().live.values().cloned().collect();
         for c in all {
             if let Err(e) = self.remove_container(&c.id, Some(DESTROY_TIMEOUT)).await {
                 slog::warn!(c.log(), "not removed with the sandbox"; "error" => %crate::error::chain(&e));
             }
         }
+    }
+
+    /// DestroySandbox: every container goes, then the sandbox's storages, then the agent stops.
+    pub async fn destroy(&self) {
+        self.remove_all().await;
+        self.remove_cgroup_parent();
         let mut storages = std::mem::take(&mut self.guest().storages);
         let log = self.log.clone();
         let released = tokio::task::spawn_blocking(move || release_all(&mut storages, &log)).await;
@@ -263,6 +302,24 @@ impl Sandbox {
         }
         slog::info!(self.log, "sandbox destroyed; stopping"; "role" => ?self.role, "sandbox_id" => self.guest().sandbox_id.clone());
         self.shutdown.send_replace(true);
+    }
+
+    /// On a host, the agent's own parent cgroup goes with the sandbox (rmdir:
+    /// only if empty, and only the per-agent one).
+    fn remove_cgroup_parent(&self) {
+        if self.role != Role::Standalone {
+            return;
+        }
+        let dirs: Vec<PathBuf> = match crate::cgroups::Layout::discover() {
+            Ok(crate::cgroups::Layout::V1(mounts)) => {
+                mounts.iter().map(|m| m.mount.join(&m.own).join(&self.cgroup_parent)).collect()
+            }
+            Ok(crate::cgroups::Layout::V2 { mount, own }) => vec![mount.join(own).join(&self.cgroup_parent)],
+            Err(_) => return,
+        };
+        for dir in dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     /// The file CreateSandbox's DNS lines go to: the guest's own, or one in
@@ -381,6 +438,7 @@ impl Sandbox {
 
     async fn create_reserved(&self, req: &CreateContainerRequest) -> Result<Arc<Container>, AgentError> {
         let id = &req.container_id;
+        self.setup_finished().await?;
         let pb = req.OCI.as_ref().ok_or_else(|| AgentError::InvalidArgument(format!("container {id}: no OCI spec")))?;
         let spec = from_pb::spec(pb).map_err(|source| AgentError::Spec { container_id: id.clone(), source })?;
         // The rootfs and volumes first: the spec's root and mounts point into them.
@@ -423,10 +481,17 @@ impl Sandbox {
             state_root: &self.state_root,
             guest_hooks: hooks.as_ref(),
             pidns,
+            cgroup_parent: &self.cgroup_parent,
             exits: self.exits.clone(),
             log,
         })
         .await?;
+        if let Some(cg) = c.cgroup() {
+            match cg.oom_events() {
+                Ok(events) => self.ooms.watch(id, events),
+                Err(e) => slog::warn!(c.log(), "OOM kills not watched"; "error" => %crate::error::chain(&e)),
+            }
+        }
         if holds {
             self.guest().pidns = SharedPidNs::Held { container_id: id.clone(), pid: c.init_pid() };
         }
@@ -437,7 +502,15 @@ impl Sandbox {
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<(), AgentError> {
         let c = self.container(id)?;
         c.remove(timeout).await?;
-        self.registry().live.remove(id);
+        self.ooms.unwatch(id);
+        let empty = {
+            let mut reg = self.registry();
+            reg.live.remove(id);
+            reg.live.is_empty()
+        };
+        if empty {
+            self.remove_cgroup_parent();
+        }
         let mut guest = self.guest();
         if matches!(&guest.pidns, SharedPidNs::Held { container_id, .. } if container_id == id) {
             guest.pidns = SharedPidNs::Wanted;

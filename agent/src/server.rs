@@ -81,8 +81,14 @@ pub async fn serve(
     let mut destroyed = sandbox.shutdown_requested();
     tokio::select! {
         _ = destroyed.wait_for(|d| *d) => tokio::time::sleep(REPLY_GRACE).await,
-        _ = term.recv(), if role == Role::Standalone => slog::info!(log, "SIGTERM; stopping"),
-        _ = int.recv(), if role == Role::Standalone => slog::info!(log, "SIGINT; stopping"),
+        _ = term.recv(), if role == Role::Standalone => {
+            slog::info!(log, "SIGTERM; removing the containers and stopping");
+            sandbox.remove_all().await;
+        }
+        _ = int.recv(), if role == Role::Standalone => {
+            slog::info!(log, "SIGINT; removing the containers and stopping");
+            sandbox.remove_all().await;
+        }
     }
     let _ = server.shutdown().await;
     if let ListenAddr::Unix { path } = addr {

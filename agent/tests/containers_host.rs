@@ -443,3 +443,96 @@ async fn a_terminal_left_open_by_a_daemon_still_ends_after_its_process() {
     c.remove().await.unwrap();
     pause.remove().await.unwrap();
 }
+
+/// Whether the ticker stays silent for `quiet` once what it printed before is read.
+async fn stays_silent(c: &Container<'_>, quiet: Duration) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Drain what was printed (or in flight) before the freeze.
+    while tokio::time::timeout(Duration::from_millis(200), c.read("ticker", false)).await.is_ok() {
+        assert!(Instant::now() < deadline, "the ticker never went quiet");
+    }
+    tokio::time::timeout(quiet, c.read("ticker", false)).await.is_err()
+}
+
+#[tokio::test]
+async fn pause_resume_update_and_stats_go_through_the_cgroup() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let c = run(
+        &client,
+        "ticker",
+        spec(path_of(&root), &["/bin/sh", "-c", "while true; do echo t; sleep 0.02; done"], false),
+    )
+    .await;
+    let id_req = |id: &str| id.to_owned();
+
+    let mut pause = protocols::agent::PauseContainerRequest::new();
+    pause.container_id = id_req("ticker");
+    client.pause_container(ctx(), &pause).await.expect("PauseContainer");
+    assert!(stays_silent(&c, Duration::from_millis(500)).await, "a frozen container prints nothing");
+    let mut resume = protocols::agent::ResumeContainerRequest::new();
+    resume.container_id = id_req("ticker");
+    client.resume_container(ctx(), &resume).await.expect("ResumeContainer");
+    let again = tokio::time::timeout(Duration::from_secs(5), c.read("ticker", false)).await;
+    assert!(matches!(again, Ok(Ok(_))), "a thawed container prints again");
+
+    let mut update = protocols::agent::UpdateContainerRequest::new();
+    update.container_id = id_req("ticker");
+    let mut resources = protocols::oci::LinuxResources::new();
+    let mut pids = protocols::oci::LinuxPids::new();
+    pids.Limit = 42;
+    resources.Pids = Some(pids).into();
+    update.resources = Some(resources).into();
+    client.update_container(ctx(), &update).await.expect("UpdateContainer");
+
+    let mut stats = protocols::agent::StatsContainerRequest::new();
+    stats.container_id = id_req("ticker");
+    let s = client.stats_container(ctx(), &stats).await.expect("StatsContainer");
+    let cg = s.cgroup_stats.into_option().expect("cgroup stats");
+    let pids = cg.pids_stats.into_option().expect("pids stats");
+    assert_eq!(pids.limit, 42, "the update reached the cgroup");
+    assert!(pids.current >= 1, "{pids:?}");
+    let mem = cg.memory_stats.into_option().and_then(|m| m.usage.into_option()).expect("memory usage");
+    assert!(mem.usage > 0, "{mem:?}");
+    c.remove().await.unwrap();
+
+    let ghost = protocols::agent::PauseContainerRequest { container_id: "ghost".into(), ..Default::default() };
+    let (code, _) = code_of(client.pause_container(ctx(), &ghost).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_reported_with_the_container_id() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let mut s = spec(path_of(&root), &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"], false);
+    let mut resources = protocols::oci::LinuxResources::new();
+    let mut memory = protocols::oci::LinuxMemory::new();
+    memory.Limit = 32 << 20;
+    resources.Memory = Some(memory).into();
+    s.Linux.as_mut().unwrap().Resources = Some(resources).into();
+    let c = run(&client, "hog", s).await;
+    assert_eq!(c.wait("hog").await.unwrap(), 137, "killed by the OOM killer");
+    let ev = tokio::time::timeout(Duration::from_secs(10), client.get_oom_event(ctx(), &Default::default()))
+        .await
+        .expect("an OOM event within 10 s")
+        .expect("GetOOMEvent");
+    assert_eq!(ev.container_id, "hog");
+    c.remove().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_on_a_host_takes_the_containers_along() {
+    let (mut agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    let _c = run(&client, "left", spec(path_of(&root), &["/bin/sleep", "100"], false)).await;
+    let kids = children(&agent);
+    assert!(!kids.is_empty());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = agent.wait_exit(Duration::from_secs(15)).expect("agent exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    for pid in kids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "container process {pid} outlived the agent");
+    }
+}

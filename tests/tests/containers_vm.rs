@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
+use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, StatsContainerRequest};
 use wisp_tests::agent_client::{self, ctx, qemu_9p_args, run_to_completion, spec, storage_9p, Container};
 use wisp_tests::{Channel, Machine, Vm, VmConfig};
 
@@ -61,6 +61,12 @@ fn busybox_containers_run_in_the_vm() -> Result<()> {
         ensure!(out.status == 0, "{out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         ensure!(text.contains("/bin/sleep"), "the exec shares the container's pid namespace: {text:?}");
+        // The container has its cgroup in the guest: statistics come from it.
+        let mut stats = StatsContainerRequest::new();
+        stats.container_id = "sleeper".into();
+        let cg = agent.stats_container(ctx(), &stats).await.context("StatsContainer")?.cgroup_stats;
+        let pids = cg.into_option().and_then(|c| c.pids_stats.into_option()).context("pids stats")?;
+        ensure!(pids.current >= 1, "the sleeper is in its cgroup: {pids:?}");
         sleeper.signal("sleeper", 9).await?;
         ensure!(sleeper.wait("sleeper").await? == 137, "SIGKILL is 128+9");
         sleeper.remove().await?;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use oci_spec::runtime::{Hook, LinuxNamespace, LinuxNamespaceType, Spec};
 
 use super::{Container, Phase};
+use crate::cgroups::{CgroupError, CgroupManager, Layout};
 use crate::error::AgentError;
 use crate::launch::{self, InitRequest};
 use crate::process::{reaper, stdio, ExitTable, Process};
@@ -43,6 +44,8 @@ pub struct CreateParams<'a> {
     pub state_root: &'a Path,
     pub guest_hooks: Option<&'a GuestHooks>,
     pub pidns: PidNs,
+    /// Where relative cgroups paths go in the agent's own cgroup.
+    pub cgroup_parent: &'a str,
     pub exits: Arc<ExitTable>,
     pub log: slog::Logger,
 }
@@ -124,9 +127,9 @@ pub async fn create(p: CreateParams<'_>) -> Result<Container, AgentError> {
         Err(e) => return Err(io_err(format!("cannot clear {}", bundle.display()))(e)),
     }
     std::fs::create_dir_all(&bundle).map_err(io_err(format!("cannot create {}", bundle.display())))?;
-    let created = launch_init(&id, &p.exec_id, spec, &bundle, &p.exits, &log).await;
+    let created = launch_init(&id, &p.exec_id, spec, &bundle, p.cgroup_parent, &p.exits, &log).await;
     match created {
-        Ok((spec, init, start)) => Ok(Container {
+        Ok((spec, init, start, cgroup)) => Ok(Container {
             id,
             log,
             spec,
@@ -137,6 +140,7 @@ pub async fn create(p: CreateParams<'_>) -> Result<Container, AgentError> {
             exits: p.exits,
             exec_creation: tokio::sync::Mutex::new(()),
             mounts: Mutex::new(Vec::new()),
+            cgroup: Mutex::new(cgroup.map(Arc::new)),
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&bundle);
@@ -150,9 +154,10 @@ async fn launch_init(
     exec_id: &str,
     spec: Spec,
     bundle: &Path,
+    cgroup_parent: &str,
     exits: &Arc<ExitTable>,
     log: &slog::Logger,
-) -> Result<(Spec, Process, launch::StartHandle), AgentError> {
+) -> Result<(Spec, Process, launch::StartHandle, Option<CgroupManager>), AgentError> {
     let config = serde_json::to_vec_pretty(&spec).map_err(|e| invalid(id, format!("cannot encode the spec: {e}")))?;
     let config_path = bundle.join("config.json");
     std::fs::write(&config_path, config)
@@ -167,18 +172,58 @@ async fn launch_init(
     })?;
     let req = InitRequest { container_id: id.to_owned(), spec: spec.clone(), bundle: bundle.to_owned(), stdio: fds };
     let ticket = exits.ticket();
+    let (cid, parent, cg_log) = (id.to_owned(), cgroup_parent.to_owned(), log.clone());
     let created = tokio::task::spawn_blocking(move || {
+        let cgroup = make_cgroup(&cid, &parent, &req.spec, &cg_log)?;
         let _own = reaper::own_children();
-        // Cgroups come with crate::cgroups; until then the pid stays where it is.
-        launch::create(req, |_pid| Ok(()))
+        // The launcher's first process joins the cgroup before it forks, so
+        // the container's every process is in it from the start.
+        let place = |pid: i32| match &cgroup {
+            Some(cg) => cg.add_pid(pid).map_err(|e| crate::error::chain(&e)),
+            None => Ok(()),
+        };
+        match launch::create(req, place) {
+            Ok(created) => Ok((created, cgroup)),
+            Err(source) => {
+                if let Some(Err(e)) = cgroup.map(CgroupManager::destroy) {
+                    slog::warn!(cg_log, "cgroup not removed"; "error" => %crate::error::chain(&e));
+                }
+                Err(AgentError::Launch { container_id: cid, source })
+            }
+        }
     })
     .await
-    .map_err(|e| AgentError::FailedPrecondition(format!("launch of {id}: {e}")))?
-    .map_err(|source| AgentError::Launch { container_id: id.to_owned(), source })?;
+    .map_err(|e| AgentError::FailedPrecondition(format!("launch of {id}: {e}")))??;
+    let (created, cgroup) = created;
     let exit = exits.register(created.pid, ticket);
-    slog::info!(plog, "container created"; "child_pid" => created.pid, "terminal" => terminal);
+    slog::info!(plog, "container created"; "child_pid" => created.pid, "terminal" => terminal,
+        "cgroup" => cgroup.as_ref().and_then(|c| c.paths().first()).map(|p| p.display().to_string()));
     let init = Process::new(exec_id.to_owned(), created.pid, io, exit, plog);
-    Ok((spec, init, created.start))
+    Ok((spec, init, created.start, cgroup))
+}
+
+/// The container's cgroup at `linux.cgroupsPath` (the container id when the
+/// spec has none; relative paths go below `parent`) with the spec's
+/// resources. A guest or host with no cgroup hierarchy at all runs the
+/// container without one, and says so.
+fn make_cgroup(id: &str, parent: &str, spec: &Spec, log: &slog::Logger) -> Result<Option<CgroupManager>, AgentError> {
+    let linux = spec.linux().as_ref();
+    let path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| id.to_owned());
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    let cgroup_err = |source| AgentError::Cgroup { container_id: id.to_owned(), source };
+    let layout = match Layout::discover() {
+        Ok(layout) => layout,
+        Err(CgroupError::NoHierarchy) => {
+            slog::warn!(log, "no cgroup hierarchy mounted; the container runs without a cgroup");
+            return Ok(None);
+        }
+        Err(e) => return Err(cgroup_err(e)),
+    };
+    CgroupManager::create_in(&layout, parent, &path, resources).map(Some).map_err(cgroup_err)
 }
 
 /// Reads a guest hook directory: executables in `prestart/`, `poststart/`

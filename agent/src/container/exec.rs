@@ -36,9 +36,14 @@ pub async fn exec(container: &Container, exec_id: &str, process: oci_spec::runti
     };
     let exits = container.exits().clone();
     let ticket = exits.ticket();
+    let cgroup = container.cgroup();
     let pid = tokio::task::spawn_blocking(move || {
         let _own = reaper::own_children();
-        launch::exec(req, |_pid| Ok(()))
+        let place = |pid: i32| match &cgroup {
+            Some(cg) => cg.add_pid(pid).map_err(|e| crate::error::chain(&e)),
+            None => Ok(()),
+        };
+        launch::exec(req, place)
     })
     .await
     .map_err(|e| AgentError::FailedPrecondition(format!("exec {exec_id} in {}: {e}", container.id)))?

@@ -18,6 +18,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{ContainerState, Hook, Spec, State, StateBuilder};
 
+use crate::cgroups::CgroupManager;
 use crate::error::AgentError;
 use crate::launch::{self, StartHandle};
 use crate::process::{reaper, ExitStatus, ExitTable, Process};
@@ -52,6 +53,8 @@ pub struct Container {
     exec_creation: tokio::sync::Mutex<()>,
     /// The request's storages (rootfs, volumes), released at removal.
     mounts: Mutex<Vec<Mounted>>,
+    /// The container's cgroup; `None` where the system has none mounted.
+    cgroup: Mutex<Option<Arc<CgroupManager>>>,
 }
 
 /// An exec and whether someone has waited for it (after which it may go).
@@ -177,6 +180,27 @@ impl Container {
         Ok(())
     }
 
+    /// The container's cgroup, if it has one.
+    pub fn cgroup(&self) -> Option<Arc<CgroupManager>> {
+        self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `op` on the container's cgroup on a blocking thread (cgroupfs I/O,
+    /// freezer waits); FAILED_PRECONDITION when it has none.
+    pub async fn with_cgroup<T: Send + 'static>(
+        &self,
+        what: &str,
+        op: impl FnOnce(&CgroupManager) -> Result<T, crate::cgroups::CgroupError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let cg = self
+            .cgroup()
+            .ok_or_else(|| AgentError::FailedPrecondition(format!("container {} has no cgroup to {what}", self.id)))?;
+        tokio::task::spawn_blocking(move || op(&cg))
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("{what} of {}: {e}", self.id)))?
+            .map_err(|source| AgentError::Cgroup { container_id: self.id.clone(), source })
+    }
+
     /// Takes over the storages mounted for this container.
     pub fn adopt_mounts(&self, mounts: Vec<Mounted>) {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner()).extend(mounts);
@@ -229,6 +253,12 @@ impl Container {
         for pid in self.namespace_pids() {
             // Raced with an exit: nothing left to signal.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+        // The cgroup also holds what left the namespace's view (a shared pid namespace).
+        if let Some(cg) = self.cgroup() {
+            if let Err(e) = cg.kill_all(sig) {
+                slog::warn!(self.log, "cgroup signal failed"; "signal" => %sig, "error" => %crate::error::chain(&e));
+            }
         }
         slog::debug!(self.log, "signal to all"; "signal" => %sig);
         Ok(())
@@ -296,6 +326,18 @@ impl Container {
                 slog::warn!(p.log, "cannot kill"; "child_pid" => p.pid, "error" => %e);
             }
         }
+        if self.cgroup().is_some() {
+            // A frozen process cannot die: thaw first (a no-op when not frozen).
+            let killed = self
+                .with_cgroup("kill", |cg| {
+                    let _ = cg.thaw();
+                    cg.kill_all(Signal::SIGKILL)
+                })
+                .await;
+            if let Err(e) = killed {
+                slog::warn!(self.log, "cgroup kill failed"; "error" => %crate::error::chain(&e));
+            }
+        }
         let reaped = async {
             for p in &all {
                 p.wait().await;
@@ -312,6 +354,7 @@ impl Container {
         if let Err(e) = self.run_hooks("poststop", hooks, ContainerState::Stopped).await {
             slog::warn!(self.log, "poststop hook failed"; "error" => %crate::error::chain(&e));
         }
+        self.destroy_cgroup().await;
         let mut mounts = std::mem::take(&mut *self.mounts.lock().unwrap_or_else(|p| p.into_inner()));
         let log = self.log.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || crate::sandbox::release_all(&mut mounts, &log)).await {
@@ -324,6 +367,25 @@ impl Container {
         }
         slog::info!(self.log, "container removed");
         Ok(())
+    }
+}
+
+impl Container {
+    /// Removes the cgroup once its processes are gone (the kernel may take a
+    /// moment after the last reap; `destroy` retries briefly).
+    async fn destroy_cgroup(&self) {
+        let Some(cg) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let log = self.log.clone();
+        let done = tokio::task::spawn_blocking(move || match Arc::try_unwrap(cg) {
+            Ok(cg) => cg.destroy().map_err(|e| crate::error::chain(&e)),
+            Err(_) => Err("still in use by a running request".to_owned()),
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => slog::warn!(log, "cgroup not removed"; "error" => e),
+            Err(e) => slog::warn!(log, "cgroup not removed"; "error" => %e),
+        }
     }
 }
 

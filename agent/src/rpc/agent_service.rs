@@ -9,10 +9,11 @@ use protocols::agent::{
 };
 use protocols::agent::{
     CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ExecProcessRequest, GetMetricsRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics, OnlineCPUMemRequest,
-    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, ReseedRandomDevRequest, SetGuestDateTimeRequest,
-    SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest, WaitProcessRequest, WaitProcessResponse,
-    WriteStreamRequest, WriteStreamResponse,
+    ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics,
+    OOMEvent, OnlineCPUMemRequest, PauseContainerRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, ReseedRandomDevRequest, ResumeContainerRequest, SetGuestDateTimeRequest,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use protocols::agent_ttrpc::AgentService;
 use protocols::convert::from_pb;
@@ -230,6 +231,53 @@ impl AgentService for AgentRpc {
     }
 
     // ---- cgroups: pause, resume, update, stats, OOM events (cgroups/) ----
+
+    async fn pause_container(&self, _ctx: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        let paused = async { self.sandbox.container(id)?.with_cgroup("pause", |cg| cg.freeze()).await };
+        paused.await.map_err(|e| self.fail("PauseContainer", id, "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(&self, _ctx: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        let resumed = async { self.sandbox.container(id)?.with_cgroup("resume", |cg| cg.thaw()).await };
+        resumed.await.map_err(|e| self.fail("ResumeContainer", id, "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+        let id = &req.container_id;
+        let updated = async {
+            let c = self.sandbox.container(id)?;
+            let Some(pb) = req.resources.as_ref() else { return Ok(()) };
+            let r = from_pb::resources(pb).map_err(|source| AgentError::Spec { container_id: id.clone(), source })?;
+            c.with_cgroup("update", move |cg| cg.update(&r)).await
+        };
+        updated.await.map_err(|e| self.fail("UpdateContainer", id, "", e))?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let id = &req.container_id;
+        let stats = async { self.sandbox.container(id)?.with_cgroup("read stats", |cg| Ok(cg.stats())).await };
+        let stats = stats.await.map_err(|e| self.fail("StatsContainer", id, "", e))?;
+        let mut r = StatsContainerResponse::new();
+        r.cgroup_stats = Some(stats).into();
+        Ok(r)
+    }
+
+    async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+        let id = self.sandbox.next_oom().await.map_err(|e| self.fail("GetOOMEvent", "", "", e))?;
+        slog::info!(self.sandbox.log(), "OOM kill"; "container_id" => &id);
+        let mut r = OOMEvent::new();
+        r.container_id = id;
+        Ok(r)
+    }
 
     // ---- storage and devices (storage/, device/) ----
     async fn get_volume_stats(

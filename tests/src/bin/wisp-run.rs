@@ -1,23 +1,29 @@
 //! `wisp-run` (what `make run` calls): boot one VM with the wisp kernel and initrd,
-//! ask the agent what a runtime would ask first, power the VM off through the
-//! agent, and print the answers and the boot timeline on both clocks.
+//! share a busybox rootfs into it over virtio-9p, run one container through the
+//! agent (Kata's protocol, as a runtime would), power the VM off through the
+//! agent, and print what the container printed and the timeline on both clocks.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use protocols::agent::{DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest};
+use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest};
 use protocols::health::CheckRequest;
 use protocols::ttrpc::context;
+use wisp_tests::agent_client::{self, qemu_9p_args, spec, storage_9p, Container};
 use wisp_tests::timeline::{parse_prometheus_text, BootTimeline};
 use wisp_tests::{accel, Channel, Machine, Vm, VmConfig};
 
-/// Boot a wisp VM and show what its agent answers.
+/// Boot a wisp VM, run one busybox container in it, show what it printed and how long each step took.
 ///
-/// Uses the artifacts `make` builds (kernel in target/kernel, initrd in target/initrd);
-/// KVM when it runs a guest on this host, else TCG. Everything it starts (QEMU,
-/// vhost-device-vsock, sockets, temp dirs) is gone when it exits.
+/// Uses the artifacts `make` builds (kernel in target/kernel, initrd in target/initrd)
+/// and the host's static busybox (/bin/busybox) as the container's rootfs, shared
+/// into the guest over virtio-9p; KVM when it runs a guest on this host, else TCG.
+/// Everything it starts (QEMU, vhost-device-vsock, sockets, temp dirs) is gone when
+/// it exits.
+///
+/// Example: wisp-run -- /bin/sh -c "echo hi from $(hostname); cat /proc/1/cmdline"
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -45,7 +51,17 @@ struct Args {
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// The container's command (after `--`); busybox applets are on its PATH.
+    #[arg(last = true, default_values_t = DEFAULT_COMMAND.map(String::from))]
+    command: Vec<String>,
 }
+
+const DEFAULT_COMMAND: [&str; 3] =
+    ["/bin/sh", "-c", "echo hello from a busybox container in a wisp VM; uname -sr; id; hostname"];
+/// The 9p mount tag of the shared rootfs, and where the agent mounts it.
+const ROOTFS_TAG: &str = "wisprootfs";
+const ROOTFS_IN_GUEST: &str = "/run/kata-containers/shared/containers/busybox/rootfs";
+const CONTAINER_ID: &str = "busybox";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum MachineArg {
@@ -88,7 +104,10 @@ fn run(args: Args) -> Result<()> {
     if let Some(initrd) = &args.initrd {
         config = config.initrd(initrd);
     }
-    config = config.channel(channel).memory_mib(args.memory);
+    let rootfs = tempfile::tempdir().context("cannot make a temp dir for the container's rootfs")?;
+    agent_client::busybox_rootfs(rootfs.path())
+        .with_context(|| format!("cannot build a busybox rootfs from {} (make deps)", agent_client::BUSYBOX))?;
+    config = config.channel(channel).memory_mib(args.memory).qemu_args_extra(qemu_9p_args(rootfs.path(), ROOTFS_TAG));
     for a in &args.append {
         config = config.cmdline_arg(a.clone());
     }
@@ -106,7 +125,7 @@ fn run(args: Args) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ctx = || context::with_timeout(30_000_000_000);
 
-    let (answers, first_check, destroyed) = runtime.block_on(async {
+    let (answers, first_check, steps, output) = runtime.block_on(async {
         let agent = vm.connect_agent(timeout).await?;
         let mut answers = Vec::new();
         let check = agent.health().check(ctx(), &CheckRequest::new()).await.context("Health.Check")?;
@@ -128,7 +147,25 @@ fn run(args: Args) -> Result<()> {
                 mib(d.mem_block_size_bytes as f64)
             ),
         ));
-        let m = agent.agent().get_metrics(ctx(), &GetMetricsRequest::new()).await.context("GetMetrics")?;
+        let mut sandbox = CreateSandboxRequest::new();
+        sandbox.sandbox_id = "wisp-run".into();
+        sandbox.hostname = "wisp".into();
+        sandbox.storages = vec![storage_9p(ROOTFS_TAG, ROOTFS_IN_GUEST)];
+        agent.agent().create_sandbox(ctx(), &sandbox).await.context("CreateSandbox (9p rootfs)")?;
+        let mut steps = vec![("CreateSandbox answered (9p rootfs mounted)", spawned.elapsed())];
+        let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
+        let client = agent.agent();
+        let container = Container::create(&client, CONTAINER_ID, spec(ROOTFS_IN_GUEST, &argv, false), vec![])
+            .await
+            .context("CreateContainer")?;
+        steps.push(("CreateContainer answered", spawned.elapsed()));
+        container.start().await.context("StartContainer")?;
+        steps.push(("StartContainer answered", spawned.elapsed()));
+        let output = container.output(CONTAINER_ID).await.context("reading the container's output")?;
+        steps.push(("container exited, its output read", spawned.elapsed()));
+        let m = client.get_metrics(ctx(), &GetMetricsRequest::new()).await.context("GetMetrics")?;
+        container.remove().await.context("RemoveContainer")?;
+        steps.push(("RemoveContainer answered", spawned.elapsed()));
         let metrics = parse_prometheus_text(&m.metrics).unwrap_or_default();
         let get = |k: &str| metrics.get(k).copied().unwrap_or(f64::NAN);
         answers.push((
@@ -140,9 +177,9 @@ fn run(args: Args) -> Result<()> {
                 mib(get("wisp_guest_memory_available_bytes"))
             ),
         ));
-        agent.agent().destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.context("DestroySandbox")?;
-        answers.push(("DestroySandbox", "ok, the guest powers off".to_owned()));
-        anyhow::Ok((answers, first_check, Instant::now()))
+        client.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.context("DestroySandbox")?;
+        steps.push(("DestroySandbox answered", spawned.elapsed()));
+        anyhow::Ok((answers, first_check, steps, output))
     })?;
     let status = vm.wait_exit(Duration::from_secs(60))?;
     let exited = spawned.elapsed();
@@ -150,7 +187,15 @@ fn run(args: Args) -> Result<()> {
     if args.console {
         println!("guest console:\n{}", vm.console());
     }
-    println!("agent answered:");
+    println!("the container ({}) printed:", args.command.join(" "));
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("  | {line}");
+    }
+    for line in String::from_utf8_lossy(&output.stderr).lines() {
+        println!("  ! {line}");
+    }
+    println!("  exit status {}", output.status);
+    println!("\nagent answered:");
     for (rpc, answer) in &answers {
         println!("  {rpc:<17} {answer}");
     }
@@ -161,7 +206,9 @@ fn run(args: Args) -> Result<()> {
     println!("\nboot timeline, host clock (monotonic seconds since QEMU was spawned):");
     println!("  {:>8.3}  QEMU spawned", 0.0);
     println!("  {:>8.3}  first Health.Check answered", first_check.as_secs_f64());
-    println!("  {:>8.3}  DestroySandbox answered", destroyed.duration_since(spawned).as_secs_f64());
+    for (step, at) in &steps {
+        println!("  {:>8.3}  {step}", at.as_secs_f64());
+    }
     println!("  {:>8.3}  QEMU exited ({status})", exited.as_secs_f64());
     Ok(())
 }
