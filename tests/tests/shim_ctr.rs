@@ -191,7 +191,7 @@ fn run_rm_prints_output_and_the_exit_code_reaches_ctr() -> anyhow::Result<()> {
 #[test]
 fn detached_exec_and_kill() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    let config = t.bundle("tail", &["tail", "-f", "/dev/null"])?;
+    let config = t.bundle("tail", &["sleep", "3600"])?;
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-tail"])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
     ensure!(t.task_status("wisp-tail")? == "RUNNING", "task not running: {}", describe(&t.ctr(&["t", "ls"])?));
@@ -248,7 +248,7 @@ fn stdin_reaches_the_container() -> anyhow::Result<()> {
 #[test]
 fn qemu_killed_reports_the_exit_and_leaves_nothing() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    let config = t.bundle("victim", &["tail", "-f", "/dev/null"])?;
+    let config = t.bundle("victim", &["sleep", "3600"])?;
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-victim"])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
     let Some(qemu) = t.qemu_pid() else { bail!("no QEMU found for the sandbox under {}", t.state().display()) };
@@ -297,7 +297,7 @@ fn image_from_the_snapshotter_runs() -> anyhow::Result<()> {
 #[test]
 fn pause_resume_metrics_and_ls() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    let config = t.bundle("pause", &["tail", "-f", "/dev/null"])?;
+    let config = t.bundle("pause", &["sleep", "3600"])?;
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-pause"])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
     let out = t.ctr(&["tasks", "pause", "wisp-pause"])?;
@@ -355,7 +355,7 @@ fn zero_dependency_fallbacks_serial_channel_and_9p() -> anyhow::Result<()> {
 #[test]
 fn a_killed_shim_is_cleaned_up_by_containerd_delete() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    let config = t.bundle("crash", &["tail", "-f", "/dev/null"])?;
+    let config = t.bundle("crash", &["sleep", "3600"])?;
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-crash"])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
     let shims = t.shims();
@@ -389,9 +389,7 @@ fn a_failing_start_reports_the_cause_and_leaves_nothing() -> anyhow::Result<()> 
 fn containers_of_one_pod_share_one_shim_and_vm() -> anyhow::Result<()> {
     let t = Setup::new()?;
     let mut configs = Vec::new();
-    for (name, args) in
-        [("pod-a", &["tail", "-f", "/dev/null"][..]), ("pod-b", &["sh", "-c", "echo second; exit 6"][..])]
-    {
+    for (name, args) in [("pod-a", &["sleep", "3600"][..]), ("pod-b", &["sh", "-c", "echo second; exit 6"][..])] {
         let config = t.bundle(name, args)?;
         // CRI's grouping annotation: both containers belong to sandbox "pod1".
         let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
@@ -419,5 +417,23 @@ fn containers_of_one_pod_share_one_shim_and_vm() -> anyhow::Result<()> {
     t.ctr(&["containers", "delete", "pod-a"])?;
     let left = t.wait_no_leftovers(Duration::from_secs(5));
     assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn tail_f_dev_null_keeps_running_detached() -> anyhow::Result<()> {
+    // The long-running container: it needs /dev/null usable inside the container
+    // (the default device allow-list of runc and Kata's agent).
+    let t = Setup::new()?;
+    let config = t.bundle("devnull", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-devnull"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        t.task_status("wisp-devnull")?,
+        "RUNNING",
+        "tail -f /dev/null exited (is /dev/null usable in the container?)"
+    );
+    t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-devnull"])?;
     Ok(())
 }
