@@ -25,7 +25,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-clou
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
   cpio containerd runc e2fsprogs erofs-utils xz-utils zstd
 
-.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd bench bench-boot fmt clippy lint clean
+.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim install uninstall bench bench-boot fmt clippy lint clean
 
 all: agent tools kernel initrd ## Build every binary (release), the guest kernel and the initrds
 
@@ -46,8 +46,8 @@ agent: ## Build the static wisp-agent
 	$(AGENT_ENV) cargo build --release --target $(TRIPLE) -p wisp-agent
 	@if readelf -l $(AGENT) | grep -q INTERP; then echo "wisp-agent is not statically linked" >&2; exit 1; fi
 
-tools: ## Build the host binaries (rootfs-builder, test and bench drivers)
-	cargo build --release -p rootfs-builder -p wisp-tests --bins
+tools: ## Build the host binaries (shim, wisp CLI, rootfs-builder, test and bench drivers)
+	cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
 
 kernel: ## Build (or take from ~/.cache/wisp) the minimal guest kernel
 	kernel/build.sh
@@ -65,7 +65,7 @@ initrd: agent tools ## Build the agent-only initrd and one with a busybox debug 
 run: deps all ## Boot the VM, print what the agent answered and the boot timeline
 	$(TARGET_DIR)/release/wisp-run
 
-test: deps all test-unit test-containerd test-vm ## Everything CI runs: unit, protocol, containerd and VM tests
+test: deps all test-unit test-containerd test-vm test-shim ## Everything CI runs: unit, protocol, containerd and VM tests
 
 test-unit: ## Unit and protocol tests (no VM, unprivileged)
 	cargo test --workspace
@@ -75,6 +75,22 @@ test-containerd: tools ## ctr tests against a private containerd (root; runc bun
 
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
+
+test-shim: all ## The shim under a private containerd, VMs included (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr -- --test-threads=1
+
+PREFIX ?= /usr/local
+install: all ## Put containerd-shim-wisp-v2 and wisp in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
+	install -D -m 0755 $(TARGET_DIR)/release/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2
+	install -D -m 0755 $(TARGET_DIR)/release/wisp $(DESTDIR)$(PREFIX)/bin/wisp
+	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/wisp/bzImage
+	install -D -m 0644 $(INITRD) $(DESTDIR)$(PREFIX)/share/wisp/wisp.initrd
+	@if [ -f $(TARGET_DIR)/kernel/vmlinux ]; then install -D -m 0644 $(TARGET_DIR)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/wisp/vmlinux; fi
+	@echo "installed: ctr run --runtime io.containerd.wisp.v2 ... (check the host with: wisp check)"
+
+uninstall: ## Remove what `make install` put in $(PREFIX)
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
+	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
 bench bench-boot: deps all ## Boot-time and size benchmark (prints a table)
 	$(TARGET_DIR)/release/wisp-bench-boot

@@ -1,8 +1,30 @@
-//! Host side of wisp.
+//! Host side of wisp: the containerd shim v2 `containerd-shim-wisp-v2`, the `wisp` CLI, and
+//! what they share.
 //!
-//! For now this crate only knows how to reach the guest agent: [`agent_dial`] opens a byte
-//! stream to it (hybrid vsock through vhost-device-vsock, QEMU virtio-serial, or a plain unix
-//! socket for an agent run outside a VM) and wraps it in a ttrpc client exposing the agent's
-//! `AgentService` and `Health` services. The containerd shim binary will be built on top.
+//! | module | holds |
+//! |---|---|
+//! | [`agent_dial`] | dialing the guest agent (hybrid vsock, virtio-serial, unix) with retries |
+//! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
+//! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
+//! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, process lifecycle) |
 
+pub mod accel;
 pub mod agent_dial;
+pub mod config;
+pub mod hypervisor;
+pub mod io;
+pub mod sandbox;
+pub mod shim;
+pub mod task;
+
+/// An error and its causes on one line, for messages that cross a process boundary.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -1,4 +1,8 @@
-//! QEMU command lines: a [`VmConfig`] builder and the exact argv it produces.
+//! QEMU command lines: a [`VmConfig`] builder for test VMs.
+//!
+//! The argv itself comes from the shim's builder ([`wisp_shim::hypervisor::qemu::cmdline`]):
+//! a test VM is a [`QemuSpec`] without the shim's shared directory and, where a test asks,
+//! without an agent channel, initrd or QMP, so tests boot exactly what the shim boots.
 //!
 //! Nothing here starts a process; [`crate::vm::Vm::boot`] does. Every VM gets:
 //! - `-nographic -nodefaults -no-reboot`: no default devices, and QEMU exits when the guest
@@ -19,19 +23,24 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-use wisp_shim::agent_dial::{AgentAddr, AGENT_VSOCK_PORT};
+use wisp_shim::agent_dial::AgentAddr;
+use wisp_shim::config::MachineType;
+use wisp_shim::hypervisor::qemu::{cmdline, QemuSpec};
+use wisp_shim::hypervisor::AgentChannel;
 
 use crate::accel::Accel;
 use crate::artifacts::{self, Artifact, ArtifactError};
 
 /// The guest's vsock context id.
-pub const GUEST_CID: u32 = 3;
+pub const GUEST_CID: u32 = wisp_shim::hypervisor::GUEST_CID;
 /// Guest RAM unless [`VmConfig::memory_mib`] says otherwise.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// The fast pc/q35 firmware shipped with Debian's QEMU.
-pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+pub const QBOOT: &str = wisp_shim::hypervisor::qemu::config::QBOOT;
+/// TCG's translation cache for test VMs, in MiB (the shim's default; QEMU's own is 1 GiB).
+pub const TB_SIZE_MIB: u32 = 64;
 /// The virtio-serial port name the agent looks for.
-pub const SERIAL_PORT_NAME: &str = "agent.channel.0";
+pub const SERIAL_PORT_NAME: &str = cmdline::SERIAL_PORT_NAME;
 
 /// The QEMU binary: `$WISP_QEMU`, else `qemu-system-x86_64` from `PATH`.
 pub fn qemu_binary() -> PathBuf {
@@ -88,11 +97,12 @@ impl Machine {
         }
     }
 
-    /// The suffix of virtio device names: `pci` or `device` (virtio-mmio).
-    fn virtio_suffix(self) -> &'static str {
+    /// The shim's name for this machine type.
+    pub fn machine_type(self) -> MachineType {
         match self {
-            Self::Q35 | Self::Pc => "pci",
-            Self::Microvm => "device",
+            Self::Q35 => MachineType::Q35,
+            Self::Pc => MachineType::Pc,
+            Self::Microvm => MachineType::Microvm,
         }
     }
 }
@@ -121,58 +131,8 @@ pub enum Bios {
     File(PathBuf),
 }
 
-/// The files of one VM inside its private directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmPaths {
-    dir: PathBuf,
-}
-
-impl VmPaths {
-    /// The layout inside `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-
-    /// The VM's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// What the guest wrote on `ttyS0`.
-    pub fn console(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-
-    /// QEMU's stdout and stderr.
-    pub fn qemu_log(&self) -> PathBuf {
-        self.dir.join("qemu.log")
-    }
-
-    /// The vhost-user socket between QEMU and `vhost-device-vsock`.
-    pub fn vhost_vsock_socket(&self) -> PathBuf {
-        self.dir.join("vhost.sock")
-    }
-
-    /// The hybrid vsock socket the host dials (`CONNECT <port>`).
-    pub fn hybrid_vsock_socket(&self) -> PathBuf {
-        self.dir.join("hvsock.sock")
-    }
-
-    /// `vhost-device-vsock`'s stdout and stderr.
-    pub fn vsock_helper_log(&self) -> PathBuf {
-        self.dir.join("vhost-device-vsock.log")
-    }
-
-    /// The unix socket behind the virtio-serial agent port.
-    pub fn serial_socket(&self) -> PathBuf {
-        self.dir.join("serial.sock")
-    }
-
-    /// The QMP socket.
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.dir.join("qmp.sock")
-    }
-}
+/// The files of one VM inside its private directory: the shim's layout.
+pub use wisp_shim::hypervisor::VmPaths;
 
 /// What to boot and how; build it with the chained setters, then [`crate::vm::Vm::boot`] it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,19 +276,40 @@ impl VmConfig {
         self.qmp
     }
 
-    /// The kernel command line under `accel`.
-    ///
-    /// `console=ttyS0 panic=-1 printk.time=1` (no `quiet`: the console with printk times is
-    /// how boot time is read), plus for microvm under TCG `tsc_early_khz=2000000 tsc=reliable`
-    /// (without them TSC calibration hangs; under KVM the kvm-clock makes them unneeded and the
-    /// invented frequency would be wrong), then the arguments of [`VmConfig::cmdline_arg`].
-    pub fn kernel_cmdline(&self, accel: Accel) -> String {
-        let mut args = vec!["console=ttyS0", "panic=-1", "printk.time=1"];
-        if self.machine == Machine::Microvm && accel == Accel::Tcg {
-            args.extend(["tsc_early_khz=2000000", "tsc=reliable"]);
+    /// The shim's spec of this VM under `accel`.
+    pub fn spec(&self, accel: Accel) -> QemuSpec {
+        QemuSpec {
+            qemu: qemu_binary(),
+            machine: self.machine.machine_type(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            kernel_params: self.cmdline.clone(),
+            accel,
+            tb_size_mib: TB_SIZE_MIB,
+            channel: match self.channel {
+                Channel::None => None,
+                Channel::HybridVsock => Some(AgentChannel::HybridVsock),
+                Channel::Serial => Some(AgentChannel::Serial),
+            },
+            shared_fs: None,
+            qmp: self.qmp,
+            root_ports: 0,
+            bios: self.bios_file(),
+            debug_console: false,
+            vhost_user_devices: false,
+            vhost_device_vsock: vhost_device_vsock_binary(),
+            virtiofsd: PathBuf::from("virtiofsd"),
+            extra_args: self.extra_args.clone(),
         }
-        args.extend(self.cmdline.iter().map(String::as_str));
-        args.join(" ")
+    }
+
+    /// The kernel command line under `accel` (the shim's: `console=ttyS0 panic=-1
+    /// printk.time=1`, the TSC fix for microvm under TCG, `agent.channel=serial` on a serial
+    /// channel, then the arguments of [`VmConfig::cmdline_arg`]).
+    pub fn kernel_cmdline(&self, accel: Accel) -> String {
+        cmdline::kernel_cmdline(&self.spec(accel))
     }
 
     /// The firmware file for `-bios`, if any.
@@ -346,90 +327,17 @@ impl VmConfig {
     /// The QEMU arguments (without the program name) for a VM whose files live in `paths`,
     /// running under `accel`.
     pub fn qemu_args(&self, paths: &VmPaths, accel: Accel) -> Vec<String> {
-        let shared_memory = self.channel == Channel::HybridVsock;
-        let mut machine = self.machine.qemu_name().to_owned();
-        if shared_memory {
-            machine.push_str(",memory-backend=mem");
-        }
-
-        let mut args: Vec<String> = Vec::new();
-        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-        push(&["-machine", &machine]);
-        match accel {
-            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => push(&["-accel", "tcg,tb-size=64"]),
-        }
-        push(&[
-            "-m",
-            &format!("{}M", self.memory_mib),
-            "-smp",
-            &self.vcpus.to_string(),
-            "-nographic",
-            "-nodefaults",
-            "-no-reboot",
-            "-serial",
-            &format!("file:{}", opt_path(&paths.console())),
-        ]);
-        if shared_memory {
-            push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib)]);
-        }
-        if let Some(bios) = self.bios_file() {
-            push(&["-bios", &path_arg(&bios)]);
-        }
-        push(&["-kernel", &path_arg(&self.kernel)]);
-        if let Some(initrd) = &self.initrd {
-            push(&["-initrd", &path_arg(initrd)]);
-        }
-        push(&["-append", &self.kernel_cmdline(accel)]);
-
-        let suffix = self.machine.virtio_suffix();
-        match self.channel {
-            Channel::None => {}
-            Channel::HybridVsock => push(&[
-                "-chardev",
-                &format!("socket,id=vs0,path={}", opt_path(&paths.vhost_vsock_socket())),
-                "-device",
-                &format!("vhost-user-vsock-{suffix},chardev=vs0"),
-            ]),
-            Channel::Serial => push(&[
-                "-device",
-                &format!("virtio-serial-{suffix}"),
-                "-chardev",
-                &format!("socket,id=ch0,path={},server=on,wait=off", opt_path(&paths.serial_socket())),
-                "-device",
-                &format!("virtserialport,chardev=ch0,name={SERIAL_PORT_NAME}"),
-            ]),
-        }
-        if self.qmp {
-            push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket()))]);
-        }
-        args.extend(self.extra_args.iter().cloned());
-        args
+        cmdline::qemu_args(&self.spec(accel), paths)
     }
 
     /// The arguments of the `vhost-device-vsock` helper ([`Channel::HybridVsock`] only).
     pub fn vsock_helper_args(&self, paths: &VmPaths) -> Option<Vec<String>> {
-        (self.channel == Channel::HybridVsock).then(|| {
-            vec![
-                "--vm".to_owned(),
-                format!(
-                    "guest-cid={GUEST_CID},socket={},uds-path={}",
-                    opt_path(&paths.vhost_vsock_socket()),
-                    opt_path(&paths.hybrid_vsock_socket())
-                ),
-            ]
-        })
+        cmdline::vsock_helper_args(&self.spec(crate::accel::Accel::Tcg), paths)
     }
 
     /// Where the host reaches the agent of a VM whose files live in `paths`.
     pub fn agent_addr(&self, paths: &VmPaths) -> Option<AgentAddr> {
-        match self.channel {
-            Channel::None => None,
-            Channel::HybridVsock => {
-                Some(AgentAddr::HybridVsock { path: paths.hybrid_vsock_socket(), port: AGENT_VSOCK_PORT })
-            }
-            Channel::Serial => Some(AgentAddr::Serial { path: paths.serial_socket() }),
-        }
+        cmdline::agent_addr(&self.spec(crate::accel::Accel::Tcg), paths)
     }
 
     /// The paths QEMU (or a helper) receives as text; [`crate::vm::Vm::boot`] refuses
@@ -439,30 +347,8 @@ impl VmConfig {
     }
 }
 
-/// A path as a whole argument.
-fn path_arg(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-/// A path inside a QEMU `key=value,...` option: commas are doubled.
-fn opt_path(path: &Path) -> String {
-    path_arg(path).replace(',', ",,")
-}
-
 /// Renders an argv as one shell-quoted line, for logs and error messages.
-pub fn shell_line<S: AsRef<str>>(program: &str, args: &[S]) -> String {
-    std::iter::once(program)
-        .chain(args.iter().map(AsRef::as_ref))
-        .map(|arg| {
-            if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,.:/+@%".contains(&b)) {
-                arg.to_owned()
-            } else {
-                format!("'{}'", arg.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use wisp_shim::hypervisor::qemu::cmdline::shell_line;
 
 #[cfg(test)]
 mod tests {
@@ -503,10 +389,10 @@ mod tests {
             argv(&config, Accel::Kvm),
             "qemu -machine q35,memory-backend=mem -accel kvm -cpu host -m 512M -smp 2 \
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
+             -qmp unix:/run/vm/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=512M,share=on -kernel /k/bzImage \
              -append 'console=ttyS0 panic=-1 printk.time=1 agent.log=debug' \
-             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-pci,chardev=vs0 \
-             -qmp unix:/run/vm/qmp.sock,server=on,wait=off"
+             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-pci,chardev=vs0"
         );
         assert_eq!(
             config.vsock_helper_args(&paths()).unwrap(),

@@ -1,0 +1,149 @@
+//! `wisp`: the host CLI of wisp.
+//!
+//! `wisp check [--config FILE]` validates the configuration and the host (QEMU present, KVM
+//! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
+//! built) and says what to fix; it exits 1 when something blocks running a sandbox.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use wisp_shim::config::{find_program, Config};
+use wisp_shim::hypervisor::qemu::config::{QemuSpec, VHOST_VSOCK_DEVICE};
+use wisp_shim::sandbox::state_root;
+
+#[derive(Debug, Parser)]
+#[command(name = "wisp", version, about = "Host CLI of the wisp sandbox runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate the configuration and the host, and say what to fix.
+    Check {
+        /// The configuration file (default: the shim's lookup order).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str, detail: impl AsRef<str>) {
+        println!("ok    {what}: {}", detail.as_ref());
+    }
+    fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
+        println!("warn  {what}: {}", detail.as_ref());
+    }
+    fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
+        println!("FAIL  {what}: {}", detail.as_ref());
+        self.failed = true;
+    }
+}
+
+fn check(config_path: Option<&Path>) -> bool {
+    let mut r = Report::default();
+    let config = match config_path.map_or_else(Config::load, Config::from_file) {
+        Ok(config) => {
+            r.ok("configuration", config.source_name());
+            config
+        }
+        Err(err) => {
+            r.fail("configuration", format!("{} — fix the file or unset WISP_CONFIG", wisp_shim::error_chain(&err)));
+            return false;
+        }
+    };
+    let q = &config.qemu;
+    match find_program(&q.path) {
+        Some(qemu) => {
+            let version = Command::new(&qemu)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            r.ok("qemu", format!("{} ({version})", qemu.display()));
+        }
+        None => r.fail(
+            "qemu",
+            format!(
+                "{} not found — `make deps` (apt-get install qemu-system-x86) or set hypervisor.qemu.path",
+                q.path.display()
+            ),
+        ),
+    }
+    for (what, path) in [("kernel", config.kernel()), ("initrd", config.initrd())] {
+        if path.is_file() {
+            r.ok(what, path.display().to_string());
+        } else {
+            r.fail(
+                what,
+                format!("{} missing — run `make kernel initrd` or set hypervisor.qemu.{what}", path.display()),
+            );
+        }
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => r.ok("/dev/kvm", "opens (whether a guest really runs under KVM is probed below)"),
+        Err(err) => r.warn("/dev/kvm", format!("{err} — VMs run under TCG (slower); load kvm_intel/kvm_amd for KVM")),
+    }
+    if Path::new(VHOST_VSOCK_DEVICE).exists() {
+        r.ok(VHOST_VSOCK_DEVICE, "present (the shim still uses vhost-user-vsock: AF_VSOCK dialing is not wired yet)");
+    } else {
+        r.ok(VHOST_VSOCK_DEVICE, "absent (fine: vhost-user-vsock or virtio-serial is used)");
+    }
+    match find_program(&q.vhost_device_vsock) {
+        Some(path) => r.ok("vhost-device-vsock", path.display().to_string()),
+        None => r.warn("vhost-device-vsock", "not found — the agent channel falls back to virtio-serial; `cargo install vhost-device-vsock` (or `make deps`) for vsock"),
+    }
+    match find_program(&q.virtio_fs_daemon) {
+        Some(path) => r.ok("virtiofsd", path.display().to_string()),
+        None => r.warn(
+            "virtiofsd",
+            "not found — the rootfs is shared by virtio-9p; `cargo install virtiofsd` (or `make deps`) for virtio-fs",
+        ),
+    }
+    let root = state_root();
+    match std::fs::create_dir_all(&root) {
+        Ok(()) => r.ok("state dir", root.display().to_string()),
+        Err(err) => {
+            r.fail("state dir", format!("cannot create {}: {err} — run as root or set WISP_STATE_DIR", root.display()))
+        }
+    }
+    match QemuSpec::resolve(&config, &root) {
+        Ok(spec) => r.ok(
+            "sandbox VM",
+            format!(
+                "{:?}, {} vCPU, {} MiB, accel {}, agent over {}, rootfs over {}",
+                spec.machine,
+                spec.vcpus,
+                spec.memory_mib,
+                spec.accel,
+                spec.channel.map_or_else(|| "nothing".to_owned(), |c| c.to_string()),
+                spec.shared_fs.map_or_else(|| "nothing".to_owned(), |f| f.to_string())
+            ),
+        ),
+        Err(err) => r.fail("sandbox VM", wisp_shim::error_chain(&err)),
+    }
+    if !r.failed {
+        println!("wisp is ready: ctr run --runtime io.containerd.wisp.v2 ...");
+    }
+    !r.failed
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => {
+            if check(config.as_deref()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

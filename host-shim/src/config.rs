@@ -1,0 +1,507 @@
+//! The shim's configuration: a TOML file in Kata's `configuration.toml` vocabulary.
+//!
+//! # Lookup order
+//!
+//! 1. `$WISP_CONFIG` (a set but missing file is an error, not a silent fallback);
+//! 2. `/etc/wisp/configuration.toml` (the administrator's);
+//! 3. `/usr/share/defaults/wisp/configuration.toml` (the distribution's);
+//! 4. the built-in default ([`Config::default`]).
+//!
+//! # Keys
+//!
+//! ```toml
+//! [hypervisor.qemu]
+//! path = "qemu-system-x86_64"          # a name on PATH or an absolute path
+//! kernel = "/usr/local/share/wisp/bzImage"
+//! initrd = "/usr/local/share/wisp/wisp.initrd"
+//! machine_type = "q35"                 # q35 | pc | microvm
+//! default_vcpus = 1
+//! default_memory = 256                 # MiB
+//! block_device_driver = "virtio-blk"   # virtio-blk | virtio-scsi | virtio-mmio
+//! shared_fs = "auto"                   # auto | virtio-fs | virtio-9p
+//! virtio_fs_daemon = "virtiofsd"
+//! kernel_params = ""
+//! enable_vhost_user_store = false
+//! vhost_user_store_path = "/var/run/kata-containers/vhost-user"
+//! pcie_root_port = 2                   # q35 only: free ports kept for hot-plug
+//! accel = "auto"                       # auto | kvm | tcg
+//! tb_size = 64                         # MiB of TCG translation cache
+//! vhost_device_vsock = "vhost-device-vsock"
+//!
+//! [agent.wisp]
+//! dial_timeout = 60                    # seconds to wait for the agent after QEMU starts
+//! debug_console_enabled = false
+//! channel = "auto"                     # auto | vhost-vsock | hybrid-vsock | serial
+//! ```
+//!
+//! # The built-in kernel and initrd
+//!
+//! Without `kernel`/`initrd` keys the shim takes the first existing file of:
+//! `<exe>/../share/wisp/` (the `make install` layout: `/usr/local/bin` →
+//! `/usr/local/share/wisp`), `<exe>/../kernel/bzImage` and `<exe>/../initrd/wisp.initrd` (the
+//! binary still in `target/release/`), and the workspace's `target/` as it was when the shim was
+//! built. So the shim works right after `make`, and after `make install`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "WISP_CONFIG";
+/// The administrator's configuration file.
+pub const ETC_CONFIG: &str = "/etc/wisp/configuration.toml";
+/// The distribution's configuration file.
+pub const DEFAULTS_CONFIG: &str = "/usr/share/defaults/wisp/configuration.toml";
+/// Kata's default vhost-user store.
+pub const DEFAULT_VHOST_USER_STORE: &str = "/var/run/kata-containers/vhost-user";
+
+/// What can go wrong reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or an unknown value.
+    #[error("invalid configuration {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration {path}: {message}")]
+    Invalid {
+        /// The file (or `built-in default`).
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    /// `q35` (PCIe).
+    #[default]
+    Q35,
+    /// `pc` (i440fx, PCI).
+    Pc,
+    /// `microvm` (virtio-mmio, no PCI).
+    Microvm,
+}
+
+/// How the bundle rootfs reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum SharedFsKind {
+    /// virtio-fs when virtiofsd is installed, else virtio-9p.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// virtio-fs through a virtiofsd per VM.
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    /// virtio-9p served by QEMU itself.
+    #[serde(rename = "virtio-9p")]
+    NineP,
+}
+
+/// The agent channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum ChannelKind {
+    /// `/dev/vhost-vsock` if present, else vhost-user-vsock, else virtio-serial.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// The host kernel's vhost-vsock.
+    #[serde(rename = "vhost-vsock")]
+    VhostVsock,
+    /// vhost-user-vsock through a `vhost-device-vsock` the shim spawns.
+    #[serde(rename = "hybrid-vsock")]
+    HybridVsock,
+    /// A virtio-serial port.
+    #[serde(rename = "serial")]
+    Serial,
+}
+
+/// The accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM when a probe guest runs under it, else TCG.
+    #[default]
+    Auto,
+    /// Always KVM.
+    Kvm,
+    /// Always TCG.
+    Tcg,
+}
+
+/// `[hypervisor.qemu]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuSection {
+    /// The QEMU binary.
+    pub path: PathBuf,
+    /// The guest kernel (bzImage for pc/q35, PVH vmlinux for microvm); `None`: built-in lookup.
+    pub kernel: Option<PathBuf>,
+    /// The initrd; `None`: built-in lookup.
+    pub initrd: Option<PathBuf>,
+    /// The machine type.
+    pub machine_type: MachineType,
+    /// vCPUs.
+    pub default_vcpus: u32,
+    /// Guest RAM in MiB.
+    pub default_memory: u32,
+    /// The block device driver (kept for block devices; not used by the rootfs share).
+    pub block_device_driver: String,
+    /// How the rootfs is shared.
+    pub shared_fs: SharedFsKind,
+    /// The virtiofsd binary.
+    pub virtio_fs_daemon: PathBuf,
+    /// Extra kernel parameters, space separated.
+    pub kernel_params: String,
+    /// Whether the vhost-user store is used for `linux.devices` of major 241/242.
+    pub enable_vhost_user_store: bool,
+    /// The vhost-user store.
+    pub vhost_user_store_path: PathBuf,
+    /// Free pcie-root-ports pre-created on q35 for later hot-plug.
+    pub pcie_root_port: u32,
+    /// The accelerator.
+    pub accel: AccelChoice,
+    /// TCG translation cache in MiB (QEMU's default is 1 GiB of host memory per VM).
+    pub tb_size: u32,
+    /// The vhost-user vsock backend.
+    pub vhost_device_vsock: PathBuf,
+}
+
+impl Default for QemuSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("qemu-system-x86_64"),
+            kernel: None,
+            initrd: None,
+            machine_type: MachineType::Q35,
+            default_vcpus: 1,
+            default_memory: 256,
+            block_device_driver: "virtio-blk".to_owned(),
+            shared_fs: SharedFsKind::Auto,
+            virtio_fs_daemon: PathBuf::from("virtiofsd"),
+            kernel_params: String::new(),
+            enable_vhost_user_store: false,
+            vhost_user_store_path: PathBuf::from(DEFAULT_VHOST_USER_STORE),
+            pcie_root_port: 2,
+            accel: AccelChoice::Auto,
+            tb_size: 64,
+            vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
+        }
+    }
+}
+
+/// `[agent.wisp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Seconds to wait for the agent once QEMU runs.
+    pub dial_timeout: u64,
+    /// Boot the initrd's debug shell on the console (`agent.debug_console`).
+    pub debug_console_enabled: bool,
+    /// The channel.
+    pub channel: ChannelKind,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self { dial_timeout: 60, debug_console_enabled: false, channel: ChannelKind::Auto }
+    }
+}
+
+impl AgentSection {
+    /// [`AgentSection::dial_timeout`] as a duration.
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_secs(self.dial_timeout)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HypervisorTable {
+    qemu: QemuSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AgentTable {
+    wisp: AgentSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct File {
+    hypervisor: HypervisorTable,
+    agent: AgentTable,
+}
+
+/// The whole configuration and where it came from; the default is the built-in one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `[hypervisor.qemu]`.
+    pub qemu: QemuSection,
+    /// `[agent.wisp]`.
+    pub agent: AgentSection,
+    /// The file it was read from; `None` for the built-in default.
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration in the documented order (see the module docs).
+    pub fn load() -> Result<Self, ConfigError> {
+        let env_path = env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+        Self::load_from(env_path.as_deref(), &[Path::new(ETC_CONFIG), Path::new(DEFAULTS_CONFIG)])
+    }
+
+    /// The lookup with explicit inputs: `explicit` must exist; else the first existing of
+    /// `candidates`; else the built-in default.
+    pub fn load_from(explicit: Option<&Path>, candidates: &[&Path]) -> Result<Self, ConfigError> {
+        if let Some(path) = explicit {
+            return Self::from_file(path);
+        }
+        match candidates.iter().find(|path| path.is_file()) {
+            Some(path) => Self::from_file(path),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Reads one file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let config = Self { qemu: file.hypervisor.qemu, agent: file.agent.wisp, source: Some(path.to_owned()) };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: self.source.clone().unwrap_or_else(|| PathBuf::from("built-in default")),
+            message,
+        };
+        let q = &self.qemu;
+        if q.default_vcpus == 0 || q.default_vcpus > 255 {
+            return Err(invalid(format!("hypervisor.qemu.default_vcpus = {}: use 1..=255", q.default_vcpus)));
+        }
+        if q.default_memory < 64 {
+            return Err(invalid(format!(
+                "hypervisor.qemu.default_memory = {} MiB: the guest needs at least 64",
+                q.default_memory
+            )));
+        }
+        if !["virtio-blk", "virtio-scsi", "virtio-mmio"].contains(&q.block_device_driver.as_str()) {
+            return Err(invalid(format!(
+                "hypervisor.qemu.block_device_driver = {:?}: use virtio-blk, virtio-scsi or virtio-mmio",
+                q.block_device_driver
+            )));
+        }
+        if q.tb_size == 0 {
+            return Err(invalid("hypervisor.qemu.tb_size = 0: use a size in MiB, e.g. 64".to_owned()));
+        }
+        if q.pcie_root_port > 32 {
+            return Err(invalid(format!("hypervisor.qemu.pcie_root_port = {}: at most 32", q.pcie_root_port)));
+        }
+        if self.agent.dial_timeout == 0 {
+            return Err(invalid("agent.wisp.dial_timeout = 0: use seconds, e.g. 60".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Where this configuration came from, for messages.
+    pub fn source_name(&self) -> String {
+        self.source.as_ref().map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string())
+    }
+
+    /// The kernel: the configured one, else the built-in lookup for the machine type.
+    pub fn kernel(&self) -> PathBuf {
+        let name = match self.qemu.machine_type {
+            MachineType::Microvm => "vmlinux",
+            MachineType::Q35 | MachineType::Pc => "bzImage",
+        };
+        self.qemu.kernel.clone().unwrap_or_else(|| find_artifact(&[Path::new("kernel")], name))
+    }
+
+    /// The initrd: the configured one, else the built-in lookup.
+    pub fn initrd(&self) -> PathBuf {
+        self.qemu.initrd.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
+    }
+}
+
+/// The workspace's `target/` when this crate was built.
+fn build_target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+}
+
+/// `name` in the installed layout, next to the binary in `target/`, or in the build-time
+/// `target/`; the last candidate if none exists (so the error names a real place to put it).
+fn find_artifact(subdirs: &[&Path], name: &str) -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(exe_dir) = env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        candidates.push(exe_dir.join("../share/wisp").join(name));
+        for sub in subdirs {
+            candidates.push(exe_dir.join("..").join(sub).join(name));
+        }
+    }
+    for sub in subdirs {
+        candidates.push(build_target_dir().join(sub).join(name));
+    }
+    let fallback = candidates.last().cloned().unwrap_or_else(|| PathBuf::from(name));
+    candidates.into_iter().find(|c| c.is_file()).map_or(fallback, |found| normalize(&found))
+}
+
+/// Removes `..` components lexically so messages show a clean path.
+fn normalize(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Finds `name` (or an absolute/relative path) on `PATH`, then in `~/.cargo/bin` (where
+/// `cargo install` puts vhost-device-vsock and virtiofsd).
+pub fn find_program(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_owned());
+    }
+    let on_path = env::var_os("PATH").into_iter().flat_map(|paths| env::split_paths(&paths).collect::<Vec<_>>());
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .map(|home| home.join("bin"));
+    on_path.chain(cargo_home).chain([PathBuf::from("/root/.cargo/bin")]).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/t/configuration.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.qemu, QemuSection::default());
+        assert_eq!(config.agent, AgentSection::default());
+        assert_eq!(config.source.as_deref(), Some(Path::new("/t/configuration.toml")));
+    }
+
+    #[test]
+    fn kata_keys_parse() {
+        let config = parse(
+            r#"
+            [hypervisor.qemu]
+            path = "/opt/qemu/bin/qemu-system-x86_64"
+            kernel = "/k/vmlinux"
+            initrd = "/k/wisp.initrd"
+            machine_type = "microvm"
+            default_vcpus = 2
+            default_memory = 512
+            block_device_driver = "virtio-mmio"
+            shared_fs = "virtio-9p"
+            kernel_params = "agent.log=debug quiet"
+            enable_vhost_user_store = true
+            vhost_user_store_path = "/var/vu"
+            pcie_root_port = 4
+            accel = "tcg"
+            tb_size = 32
+
+            [agent.wisp]
+            dial_timeout = 30
+            debug_console_enabled = true
+            channel = "serial"
+            "#,
+        )
+        .unwrap();
+        let q = &config.qemu;
+        assert_eq!(q.path, Path::new("/opt/qemu/bin/qemu-system-x86_64"));
+        assert_eq!(config.kernel(), Path::new("/k/vmlinux"));
+        assert_eq!(config.initrd(), Path::new("/k/wisp.initrd"));
+        assert_eq!(q.machine_type, MachineType::Microvm);
+        assert_eq!((q.default_vcpus, q.default_memory), (2, 512));
+        assert_eq!(q.block_device_driver, "virtio-mmio");
+        assert_eq!(q.shared_fs, SharedFsKind::NineP);
+        assert_eq!(q.kernel_params, "agent.log=debug quiet");
+        assert!(q.enable_vhost_user_store);
+        assert_eq!(q.vhost_user_store_path, Path::new("/var/vu"));
+        assert_eq!((q.pcie_root_port, q.accel, q.tb_size), (4, AccelChoice::Tcg, 32));
+        assert_eq!(config.agent.dial_timeout(), Duration::from_secs(30));
+        assert!(config.agent.debug_console_enabled);
+        assert_eq!(config.agent.channel, ChannelKind::Serial);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("[hypervisor.qemu]\nmachine_type = \"virt\"\n").unwrap_err();
+        assert!(format!("{err}: {}", std::error::Error::source(&err).unwrap()).contains("machine_type"), "{err:?}");
+        let err = parse("[hypervisor.qemu]\ndefault_vcpus = 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration /t/configuration.toml: hypervisor.qemu.default_vcpus = 0: use 1..=255"
+        );
+        let err = parse("[hypervisor.qemu]\nblock_device_driver = \"ide\"\n").unwrap_err();
+        assert!(err.to_string().contains("virtio-blk, virtio-scsi or virtio-mmio"), "{err}");
+        let err = parse("[hypervisor.qemu]\nno_such_key = 1\n").unwrap_err();
+        assert!(std::error::Error::source(&err).unwrap().to_string().contains("no_such_key"), "{err:?}");
+        let err = parse("[agent.wisp]\ndial_timeout = 0\n").unwrap_err();
+        assert!(err.to_string().contains("agent.wisp.dial_timeout"), "{err}");
+    }
+
+    #[test]
+    fn lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let explicit = dir.path().join("explicit.toml");
+        let etc = dir.path().join("etc.toml");
+        let defaults = dir.path().join("defaults.toml");
+        fs::write(&explicit, "[hypervisor.qemu]\ndefault_vcpus = 3\n").unwrap();
+        fs::write(&etc, "[hypervisor.qemu]\ndefault_vcpus = 2\n").unwrap();
+        fs::write(&defaults, "[hypervisor.qemu]\ndefault_vcpus = 4\n").unwrap();
+        let candidates = [etc.as_path(), defaults.as_path()];
+
+        let config = Config::load_from(Some(&explicit), &candidates).unwrap();
+        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (3, Some(explicit.as_path())));
+        let config = Config::load_from(None, &candidates).unwrap();
+        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (2, Some(etc.as_path())));
+        fs::remove_file(&etc).unwrap();
+        let config = Config::load_from(None, &candidates).unwrap();
+        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (4, Some(defaults.as_path())));
+        fs::remove_file(&defaults).unwrap();
+        let config = Config::load_from(None, &candidates).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.source_name(), "built-in default");
+
+        // A named file that does not exist is an error, never a silent fallback.
+        let err = Config::load_from(Some(&dir.path().join("missing.toml")), &candidates).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn built_in_artifacts_follow_the_machine() {
+        let mut config = Config::default();
+        assert!(config.kernel().ends_with("bzImage"), "{}", config.kernel().display());
+        assert!(config.initrd().ends_with("wisp.initrd"), "{}", config.initrd().display());
+        config.qemu.machine_type = MachineType::Microvm;
+        assert!(config.kernel().ends_with("vmlinux"), "{}", config.kernel().display());
+    }
+}

@@ -1,0 +1,243 @@
+//! The hypervisor seam: what a sandbox needs from a VMM, and one file set per VMM behind it.
+//!
+//! A [`Hypervisor`] boots one VM for one sandbox: the kernel and initrd, an agent channel, a
+//! share of a host directory (the bundle rootfs) and, where the VMM has one, a control socket
+//! for later hot-plug. It owns every process it starts (the VMM and its vhost-user helpers) and
+//! [`Hypervisor::stop`] ends them all. The shim talks to the agent, never to the VMM, for
+//! everything else.
+//!
+//! Today there is [`qemu`] (`qemu/{config,cmdline,qmp,lifecycle}.rs`). A StratoVirt backend
+//! fits the same seam: its own `config.rs` (from `[hypervisor.stratovirt]`), `cmdline.rs`
+//! (its microvm/standard machine syntax), its QMP, and a lifecycle that hands back an
+//! [`AgentAddr`].
+
+pub mod qemu;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::agent_dial::AgentAddr;
+
+/// The tag the guest mounts the shared directory by (Kata's name).
+pub const SHARED_FS_TAG: &str = "kataShared";
+/// The vsock context id given to guests (hybrid vsock needs no unique one: the helper's unix
+/// socket is per VM).
+pub const GUEST_CID: u32 = 3;
+
+/// How the host reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentChannel {
+    /// The host kernel's vhost-vsock (`/dev/vhost-vsock`), guest context id `cid`.
+    VhostVsock {
+        /// The guest's context id, unique on the host.
+        cid: u32,
+    },
+    /// vhost-user-vsock served by a `vhost-device-vsock` helper; the host dials its hybrid socket.
+    HybridVsock,
+    /// A virtio-serial port named `agent.channel.0` behind a unix socket.
+    Serial,
+}
+
+impl fmt::Display for AgentChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::VhostVsock { cid } => write!(f, "vhost-vsock (cid {cid})"),
+            Self::HybridVsock => f.write_str("vhost-user-vsock (vhost-device-vsock)"),
+            Self::Serial => f.write_str("virtio-serial"),
+        }
+    }
+}
+
+/// How the shared directory reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SharedFs {
+    /// virtio-fs through a virtiofsd per VM.
+    VirtioFs,
+    /// virtio-9p served by QEMU.
+    NineP,
+}
+
+impl SharedFs {
+    /// Kata's `Storage.driver` for this share.
+    pub fn storage_driver(self) -> &'static str {
+        match self {
+            Self::VirtioFs => "virtio-fs",
+            Self::NineP => "9p",
+        }
+    }
+
+    /// The guest filesystem type.
+    pub fn fstype(self) -> &'static str {
+        match self {
+            Self::VirtioFs => "virtiofs",
+            Self::NineP => "9p",
+        }
+    }
+
+    /// Mount options in the guest.
+    pub fn mount_options(self) -> Vec<String> {
+        match self {
+            Self::VirtioFs => Vec::new(),
+            Self::NineP => ["trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for SharedFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::VirtioFs => "virtio-fs",
+            Self::NineP => "virtio-9p",
+        })
+    }
+}
+
+/// The files of one VM inside its sandbox state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    dir: PathBuf,
+}
+
+impl VmPaths {
+    /// The layout inside `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the guest wrote on `ttyS0`.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// QEMU's stdout and stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+
+    /// The helpers' output.
+    pub fn helper_log(&self, helper: &str) -> PathBuf {
+        self.dir.join(format!("{helper}.log"))
+    }
+
+    /// `vhost-device-vsock`'s stdout and stderr.
+    pub fn vsock_helper_log(&self) -> PathBuf {
+        self.helper_log("vhost-device-vsock")
+    }
+
+    /// The vhost-user socket between QEMU and `vhost-device-vsock`.
+    pub fn vhost_vsock_socket(&self) -> PathBuf {
+        self.dir.join("vhost.sock")
+    }
+
+    /// The hybrid vsock socket the host dials (`CONNECT <port>`).
+    pub fn hybrid_vsock_socket(&self) -> PathBuf {
+        self.dir.join("hvsock.sock")
+    }
+
+    /// QEMU's end of the virtio-serial agent port.
+    pub fn serial_socket(&self) -> PathBuf {
+        self.dir.join("serial.sock")
+    }
+
+    /// The QMP socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// The vhost-user socket between QEMU and virtiofsd.
+    pub fn virtiofsd_socket(&self) -> PathBuf {
+        self.dir.join("virtiofsd.sock")
+    }
+
+    /// The host directory shared with the guest.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+}
+
+/// What can go wrong with a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// A program could not be started.
+    #[error("cannot start {program}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper did not create its socket in time.
+    #[error("{helper} did not create {socket} within {waited_ms} ms; its log says: {log}")]
+    HelperNotReady {
+        /// The helper.
+        helper: String,
+        /// The socket it should have created.
+        socket: PathBuf,
+        /// How long we waited.
+        waited_ms: u128,
+        /// The tail of its log.
+        log: String,
+    },
+    /// A path QEMU takes inside a `key=value` option is not UTF-8.
+    #[error("path {0} is not UTF-8; QEMU cannot take it")]
+    NonUtf8Path(PathBuf),
+    /// Filesystem work in the state directory failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host cannot provide what the configuration asks for.
+    #[error("{0}")]
+    Unsupported(String),
+    /// QMP failed.
+    #[error("QMP")]
+    Qmp(#[from] qemu::qmp::QmpError),
+}
+
+/// One VM.
+#[async_trait]
+pub trait Hypervisor: Send + Sync + fmt::Debug {
+    /// Starts the helpers and the VMM; returns once the VMM runs (not once the guest booted)
+    /// with the address the agent will answer on.
+    async fn start(&mut self) -> Result<AgentAddr, HypervisorError>;
+
+    /// The VMM's pid while it runs.
+    fn pid(&self) -> Option<u32>;
+
+    /// Becomes `Some(description)` when the VMM has exited.
+    fn exited(&self) -> watch::Receiver<Option<String>>;
+
+    /// The last `lines` lines the guest printed on its console.
+    fn console_tail(&self, lines: usize) -> String;
+
+    /// The host directory shared with the guest (see [`SharedFs`]), and how.
+    fn shared(&self) -> (PathBuf, SharedFs);
+
+    /// Stops the VMM and every helper, and waits for them. Idempotent.
+    async fn stop(&mut self);
+}
+
+/// The last `lines` lines of a log file (lossy UTF-8), for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

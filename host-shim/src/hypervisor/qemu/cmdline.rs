@@ -1,0 +1,365 @@
+//! The exact argv of QEMU, vhost-device-vsock and virtiofsd for a [`QemuSpec`].
+//!
+//! Every VM gets `-nographic -nodefaults -no-reboot` (no default devices; QEMU exits when the
+//! guest powers off or panics, `panic=-1`), the console (`ttyS0`) in `console.log`, a QMP
+//! socket (kept for hot-plug), and:
+//! - `-accel kvm -cpu host`, or `-accel tcg,tb-size=N`: TCG's translation cache defaults to
+//!   1 GiB of host memory per VM; 64 MiB keeps a VM's RSS small at no measurable boot cost;
+//! - a shared memfd as guest RAM when a vhost-user device (vhost-user-vsock, virtio-fs,
+//!   vhost-user-blk) must map it;
+//! - on q35, `N` free `pcie-root-port`s so devices can be hot-plugged later (microvm cannot
+//!   hot-plug; pc hot-plugs on `pci.0`);
+//! - microvm under TCG: `tsc_early_khz=2000000 tsc=reliable`, without which TSC calibration
+//!   hangs.
+
+use std::path::Path;
+
+use crate::accel::Accel;
+use crate::agent_dial::{AgentAddr, AGENT_VSOCK_PORT};
+use crate::config::MachineType;
+use crate::hypervisor::{AgentChannel, SharedFs, VmPaths, GUEST_CID, SHARED_FS_TAG};
+
+use super::QemuSpec;
+
+/// The virtio-serial port name the agent looks for.
+pub const SERIAL_PORT_NAME: &str = "agent.channel.0";
+
+/// The `-machine` type name.
+pub fn machine_name(machine: MachineType) -> &'static str {
+    match machine {
+        MachineType::Q35 => "q35",
+        MachineType::Pc => "pc",
+        MachineType::Microvm => "microvm",
+    }
+}
+
+/// The suffix of virtio device names: `pci`, or `device` on virtio-mmio.
+fn virtio_suffix(machine: MachineType) -> &'static str {
+    match machine {
+        MachineType::Q35 | MachineType::Pc => "pci",
+        MachineType::Microvm => "device",
+    }
+}
+
+/// The guest kernel command line.
+pub fn kernel_cmdline(spec: &QemuSpec) -> String {
+    let mut args: Vec<String> = ["console=ttyS0", "panic=-1", "printk.time=1"].map(str::to_owned).to_vec();
+    if spec.machine == MachineType::Microvm && spec.accel == Accel::Tcg {
+        args.extend(["tsc_early_khz=2000000", "tsc=reliable"].map(str::to_owned));
+    }
+    if spec.channel == Some(AgentChannel::Serial) {
+        args.push("agent.channel=serial".to_owned());
+    }
+    if spec.debug_console {
+        args.push("agent.debug_console".to_owned());
+    }
+    args.extend(spec.kernel_params.iter().cloned());
+    args.join(" ")
+}
+
+/// QEMU's arguments (without the program name).
+pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
+    let shared_memory = spec.shared_memory();
+    let mut machine = machine_name(spec.machine).to_owned();
+    if shared_memory {
+        machine.push_str(",memory-backend=mem");
+    }
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-machine", &machine]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={}", spec.tb_size_mib)]),
+    }
+    push(&[
+        "-m",
+        &format!("{}M", spec.memory_mib),
+        "-smp",
+        &spec.vcpus.to_string(),
+        "-nographic",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        &format!("file:{}", opt_path(&paths.console())),
+    ]);
+    if spec.qmp {
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket()))]);
+    }
+    if shared_memory {
+        push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib)]);
+    }
+    if let Some(bios) = spec.bios.as_deref().filter(|_| spec.machine != MachineType::Microvm) {
+        push(&["-bios", &path_arg(bios)]);
+    }
+    push(&["-kernel", &path_arg(&spec.kernel)]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &path_arg(initrd)]);
+    }
+    push(&["-append", &kernel_cmdline(spec)]);
+
+    let suffix = virtio_suffix(spec.machine);
+    match spec.channel {
+        None => {}
+        Some(AgentChannel::VhostVsock { cid }) => {
+            push(&["-device", &format!("vhost-vsock-{suffix},guest-cid={cid}")]);
+        }
+        Some(AgentChannel::HybridVsock) => push(&[
+            "-chardev",
+            &format!("socket,id=vs0,path={}", opt_path(&paths.vhost_vsock_socket())),
+            "-device",
+            &format!("vhost-user-vsock-{suffix},chardev=vs0"),
+        ]),
+        Some(AgentChannel::Serial) => push(&[
+            "-device",
+            &format!("virtio-serial-{suffix}"),
+            "-chardev",
+            &format!("socket,id=ch0,path={},server=on,wait=off", opt_path(&paths.serial_socket())),
+            "-device",
+            &format!("virtserialport,chardev=ch0,name={SERIAL_PORT_NAME}"),
+        ]),
+    }
+    match spec.shared_fs {
+        None => {}
+        Some(SharedFs::VirtioFs) => push(&[
+            "-chardev",
+            &format!("socket,id=fs0,path={}", opt_path(&paths.virtiofsd_socket())),
+            "-device",
+            &format!("vhost-user-fs-{suffix},chardev=fs0,tag={SHARED_FS_TAG},queue-size=1024"),
+        ]),
+        Some(SharedFs::NineP) => push(&[
+            "-fsdev",
+            &format!("local,id=fs0,path={},security_model=none", opt_path(&paths.shared_dir())),
+            "-device",
+            &format!("virtio-9p-{suffix},fsdev=fs0,mount_tag={SHARED_FS_TAG}"),
+        ]),
+    }
+    if spec.machine == MachineType::Q35 {
+        for port in 1..=spec.root_ports {
+            push(&["-device", &format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}")]);
+        }
+    }
+    args.extend(spec.extra_args.iter().cloned());
+    args
+}
+
+/// The `vhost-device-vsock` arguments ([`AgentChannel::HybridVsock`] only).
+pub fn vsock_helper_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
+    (spec.channel == Some(AgentChannel::HybridVsock)).then(|| {
+        vec![
+            "--vm".to_owned(),
+            format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                opt_path(&paths.vhost_vsock_socket()),
+                opt_path(&paths.hybrid_vsock_socket())
+            ),
+        ]
+    })
+}
+
+/// The `virtiofsd` arguments ([`SharedFs::VirtioFs`] only).
+///
+/// `--sandbox=none`: virtiofsd then sees the host's mount namespace, so a container rootfs
+/// bind-mounted into the shared directory after it started is visible to the guest (in its own
+/// namespace it would need shared mount propagation set up first). No `--tag`: QEMU 7.1-8.0
+/// crash on it.
+pub fn virtiofsd_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
+    (spec.shared_fs == Some(SharedFs::VirtioFs)).then(|| {
+        vec![
+            format!("--socket-path={}", path_arg(&paths.virtiofsd_socket())),
+            format!("--shared-dir={}", path_arg(&paths.shared_dir())),
+            "--cache=auto".to_owned(),
+            "--sandbox=none".to_owned(),
+            "--seccomp=none".to_owned(),
+        ]
+    })
+}
+
+/// Where the host reaches the agent.
+pub fn agent_addr(spec: &QemuSpec, paths: &VmPaths) -> Option<AgentAddr> {
+    match spec.channel? {
+        AgentChannel::VhostVsock { .. } => None,
+        AgentChannel::HybridVsock => {
+            Some(AgentAddr::HybridVsock { path: paths.hybrid_vsock_socket(), port: AGENT_VSOCK_PORT })
+        }
+        AgentChannel::Serial => Some(AgentAddr::Serial { path: paths.serial_socket() }),
+    }
+}
+
+/// A path as a whole argument.
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// A path inside a QEMU `key=value,...` option: commas are doubled.
+fn opt_path(path: &Path) -> String {
+    path_arg(path).replace(',', ",,")
+}
+
+/// Renders an argv as one shell-quoted line, for logs and error messages.
+pub fn shell_line<S: AsRef<str>>(program: &str, args: &[S]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().map(AsRef::as_ref))
+        .map(|arg| {
+            if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,.:/+@%".contains(&b)) {
+                arg.to_owned()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn spec(machine: MachineType, accel: Accel, channel: AgentChannel, shared_fs: SharedFs) -> QemuSpec {
+        QemuSpec {
+            qemu: "qemu".into(),
+            machine,
+            kernel: "/k/kernel".into(),
+            initrd: Some("/k/wisp.initrd".into()),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: Vec::new(),
+            accel,
+            tb_size_mib: 64,
+            channel: Some(channel),
+            shared_fs: Some(shared_fs),
+            qmp: true,
+            root_ports: if machine == MachineType::Q35 { 2 } else { 0 },
+            bios: Some("/fw/qboot.rom".into()),
+            debug_console: false,
+            vhost_user_devices: false,
+            vhost_device_vsock: "vhost-device-vsock".into(),
+            virtiofsd: "virtiofsd".into(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn line(spec: &QemuSpec) -> String {
+        shell_line("qemu", &qemu_args(spec, &VmPaths::new("/run/s")))
+    }
+
+    #[test]
+    fn q35_tcg_hybrid_vsock_virtio_fs() {
+        let s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::HybridVsock, SharedFs::VirtioFs);
+        assert_eq!(
+            line(&s),
+            "qemu -machine q35,memory-backend=mem -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults \
+             -no-reboot -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off \
+             -object memory-backend-memfd,id=mem,size=256M,share=on -bios /fw/qboot.rom -kernel /k/kernel \
+             -initrd /k/wisp.initrd -append 'console=ttyS0 panic=-1 printk.time=1' \
+             -chardev socket,id=vs0,path=/run/s/vhost.sock -device vhost-user-vsock-pci,chardev=vs0 \
+             -chardev socket,id=fs0,path=/run/s/virtiofsd.sock \
+             -device vhost-user-fs-pci,chardev=fs0,tag=kataShared,queue-size=1024 \
+             -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
+             -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2"
+        );
+        let paths = VmPaths::new("/run/s");
+        assert_eq!(
+            vsock_helper_args(&s, &paths).unwrap(),
+            ["--vm", "guest-cid=3,socket=/run/s/vhost.sock,uds-path=/run/s/hvsock.sock"]
+        );
+        assert_eq!(
+            virtiofsd_args(&s, &paths).unwrap(),
+            [
+                "--socket-path=/run/s/virtiofsd.sock",
+                "--shared-dir=/run/s/shared",
+                "--cache=auto",
+                "--sandbox=none",
+                "--seccomp=none"
+            ]
+        );
+        assert_eq!(agent_addr(&s, &paths).unwrap().to_string(), "hvsock:/run/s/hvsock.sock:1024");
+    }
+
+    #[test]
+    fn pc_kvm_serial_9p_needs_no_shared_memory_and_no_helpers() {
+        let mut s = spec(MachineType::Pc, Accel::Kvm, AgentChannel::Serial, SharedFs::NineP);
+        s.kernel_params = vec!["agent.log=debug".into()];
+        s.debug_console = true;
+        assert_eq!(
+            line(&s),
+            "qemu -machine pc -accel kvm -cpu host -m 256M -smp 1 -nographic -nodefaults -no-reboot \
+             -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off -bios /fw/qboot.rom \
+             -kernel /k/kernel -initrd /k/wisp.initrd \
+             -append 'console=ttyS0 panic=-1 printk.time=1 agent.channel=serial agent.debug_console agent.log=debug' \
+             -device virtio-serial-pci -chardev socket,id=ch0,path=/run/s/serial.sock,server=on,wait=off \
+             -device virtserialport,chardev=ch0,name=agent.channel.0 \
+             -fsdev local,id=fs0,path=/run/s/shared,security_model=none \
+             -device virtio-9p-pci,fsdev=fs0,mount_tag=kataShared"
+        );
+        let paths = VmPaths::new("/run/s");
+        assert_eq!(vsock_helper_args(&s, &paths), None);
+        assert_eq!(virtiofsd_args(&s, &paths), None);
+        assert_eq!(agent_addr(&s, &paths).unwrap(), AgentAddr::Serial { path: PathBuf::from("/run/s/serial.sock") });
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_no_bios_no_root_ports_and_the_tsc_fix() {
+        let s = spec(MachineType::Microvm, Accel::Tcg, AgentChannel::HybridVsock, SharedFs::NineP);
+        let l = line(&s);
+        assert!(l.starts_with("qemu -machine microvm,memory-backend=mem "), "{l}");
+        assert!(l.contains("-device vhost-user-vsock-device,chardev=vs0"), "{l}");
+        assert!(l.contains("-device virtio-9p-device,fsdev=fs0,mount_tag=kataShared"), "{l}");
+        assert!(l.contains("tsc_early_khz=2000000 tsc=reliable"), "{l}");
+        assert!(!l.contains("-bios") && !l.contains("pcie-root-port"), "{l}");
+        let kvm = spec(MachineType::Microvm, Accel::Kvm, AgentChannel::Serial, SharedFs::VirtioFs);
+        assert!(!kernel_cmdline(&kvm).contains("tsc_early_khz"));
+        assert!(line(&kvm).contains("-device virtio-serial-device"));
+        assert!(line(&kvm).contains("vhost-user-fs-device,chardev=fs0"));
+    }
+
+    #[test]
+    fn vhost_vsock_and_vhost_user_store() {
+        let mut s = spec(MachineType::Q35, Accel::Kvm, AgentChannel::VhostVsock { cid: 7 }, SharedFs::NineP);
+        assert!(line(&s).contains("-device vhost-vsock-pci,guest-cid=7"));
+        assert!(!line(&s).contains("memory-backend"), "vhost-vsock needs no shared memory");
+        s.vhost_user_devices = true;
+        assert!(line(&s).contains("-machine q35,memory-backend=mem"));
+        assert!(line(&s).contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert_eq!(agent_addr(&s, &VmPaths::new("/x")), None);
+    }
+
+    #[test]
+    fn tb_size_and_root_ports_follow_the_spec() {
+        let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        s.tb_size_mib = 16;
+        s.root_ports = 0;
+        let l = line(&s);
+        assert!(l.contains("-accel tcg,tb-size=16"), "{l}");
+        assert!(!l.contains("pcie-root-port"), "{l}");
+    }
+
+    #[test]
+    fn console_only_vm_without_initrd_qmp_or_share() {
+        let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        s.channel = None;
+        s.shared_fs = None;
+        s.initrd = None;
+        s.qmp = false;
+        s.root_ports = 0;
+        s.extra_args = vec!["-device".into(), "virtio-rng-pci".into()];
+        assert_eq!(
+            line(&s),
+            "qemu -machine q35 -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults -no-reboot \
+             -serial file:/run/s/console.log -bios /fw/qboot.rom -kernel /k/kernel \
+             -append 'console=ttyS0 panic=-1 printk.time=1' -device virtio-rng-pci"
+        );
+        assert_eq!(agent_addr(&s, &VmPaths::new("/run/s")), None);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_inside_options_only() {
+        let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        s.kernel = "/k,1/bzImage".into();
+        let args = qemu_args(&s, &VmPaths::new("/run/a,b"));
+        assert!(args.contains(&"file:/run/a,,b/console.log".to_owned()), "{args:?}");
+        assert!(args.contains(&"/k,1/bzImage".to_owned()), "{args:?}");
+        assert!(args.contains(&"local,id=fs0,path=/run/a,,b/shared,security_model=none".to_owned()), "{args:?}");
+    }
+}

@@ -1,0 +1,137 @@
+//! [`QemuSpec`]: `[hypervisor.qemu]` and `[agent.wisp]` resolved against this host.
+//!
+//! Resolution decides what the configuration leaves open:
+//! - the accelerator: `accel = "kvm"|"tcg"` or `WISP_ACCEL`, else [`crate::accel::decide`]
+//!   (KVM only when a probe guest runs, cached per host boot in the state root);
+//! - the agent channel (`channel = "auto"`): vhost-device-vsock installed → vhost-user-vsock;
+//!   else virtio-serial. `/dev/vhost-vsock` (vhost-vsock-pci) comes first once the shim can
+//!   dial AF_VSOCK: [`super::cmdline`] already builds its argv;
+//! - the shared filesystem (`shared_fs = "auto"`): virtiofsd installed → virtio-fs, else 9p.
+//!
+//! [`QemuSpec`] is plain data so [`super::cmdline`] can be tested without a host.
+
+use std::path::{Path, PathBuf};
+
+use crate::accel::{self, Accel};
+use crate::config::{AccelChoice, ChannelKind, Config, MachineType, SharedFsKind};
+use crate::hypervisor::{AgentChannel, HypervisorError, SharedFs};
+
+/// The host's vhost-vsock device.
+pub const VHOST_VSOCK_DEVICE: &str = "/dev/vhost-vsock";
+/// The fast pc/q35 firmware shipped with Debian's QEMU.
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+/// Everything the QEMU command line depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSpec {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The machine type.
+    pub machine: MachineType,
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initrd (the shim always has one; console-only test VMs may not).
+    pub initrd: Option<PathBuf>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Extra kernel parameters.
+    pub kernel_params: Vec<String>,
+    /// The accelerator.
+    pub accel: Accel,
+    /// TCG translation cache in MiB.
+    pub tb_size_mib: u32,
+    /// The agent channel (`None`: console only, for boot-floor test VMs).
+    pub channel: Option<AgentChannel>,
+    /// How the shared directory reaches the guest (`None`: no share).
+    pub shared_fs: Option<SharedFs>,
+    /// Whether QEMU serves QMP (always for the shim: hot-plug and a clean quit).
+    pub qmp: bool,
+    /// Free pcie-root-ports on q35.
+    pub root_ports: u32,
+    /// The pc/q35 firmware, if not QEMU's default.
+    pub bios: Option<PathBuf>,
+    /// Boot the debug console.
+    pub debug_console: bool,
+    /// Other vhost-user devices will be attached (guest memory must be shareable).
+    pub vhost_user_devices: bool,
+    /// The vhost-user vsock backend binary.
+    pub vhost_device_vsock: PathBuf,
+    /// The virtio-fs daemon binary.
+    pub virtiofsd: PathBuf,
+    /// Raw QEMU arguments appended last (devices a test needs).
+    pub extra_args: Vec<String>,
+}
+
+impl QemuSpec {
+    /// Resolves `config` against this host; `state_root` holds the accelerator cache.
+    pub fn resolve(config: &Config, state_root: &Path) -> Result<Self, HypervisorError> {
+        let q = &config.qemu;
+        let accel = match q.accel {
+            AccelChoice::Kvm => Accel::Kvm,
+            AccelChoice::Tcg => Accel::Tcg,
+            AccelChoice::Auto => match accel::from_env() {
+                Some(Ok(accel)) => accel,
+                Some(Err(err)) => return Err(HypervisorError::Unsupported(err.to_string())),
+                None => {
+                    let kernel = config.kernel();
+                    let probe_kernel = (q.machine_type != MachineType::Microvm).then_some(kernel.as_path());
+                    accel::decide(&q.path, probe_kernel, Some(&state_root.join("accel"))).accel
+                }
+            },
+        };
+        let vhost_device_vsock = crate::config::find_program(&q.vhost_device_vsock);
+        let channel = match config.agent.channel {
+            // The argv for vhost-vsock-pci exists (see cmdline), but the shim cannot dial
+            // AF_VSOCK yet: refuse the explicit choice, and let auto skip it.
+            ChannelKind::VhostVsock => {
+                return Err(HypervisorError::Unsupported(format!(
+                    "agent.wisp.channel = \"vhost-vsock\": the shim cannot dial AF_VSOCK yet \
+                     (/dev/vhost-vsock {}); use \"hybrid-vsock\" or \"serial\"",
+                    if Path::new(VHOST_VSOCK_DEVICE).exists() { "exists" } else { "is missing too" }
+                )))
+            }
+            ChannelKind::HybridVsock => AgentChannel::HybridVsock,
+            ChannelKind::Serial => AgentChannel::Serial,
+            ChannelKind::Auto if vhost_device_vsock.is_some() => AgentChannel::HybridVsock,
+            ChannelKind::Auto => AgentChannel::Serial,
+        };
+        let virtiofsd = crate::config::find_program(&q.virtio_fs_daemon);
+        let shared_fs = match q.shared_fs {
+            SharedFsKind::VirtioFs => SharedFs::VirtioFs,
+            SharedFsKind::NineP => SharedFs::NineP,
+            SharedFsKind::Auto if virtiofsd.is_some() => SharedFs::VirtioFs,
+            SharedFsKind::Auto => SharedFs::NineP,
+        };
+        let bios = (q.machine_type != MachineType::Microvm && Path::new(QBOOT).is_file()).then(|| PathBuf::from(QBOOT));
+        Ok(Self {
+            qemu: q.path.clone(),
+            machine: q.machine_type,
+            kernel: config.kernel(),
+            initrd: Some(config.initrd()),
+            vcpus: q.default_vcpus,
+            memory_mib: q.default_memory,
+            kernel_params: q.kernel_params.split_whitespace().map(str::to_owned).collect(),
+            accel,
+            tb_size_mib: q.tb_size,
+            channel: Some(channel),
+            shared_fs: Some(shared_fs),
+            qmp: true,
+            root_ports: if q.machine_type == MachineType::Q35 { q.pcie_root_port } else { 0 },
+            bios,
+            debug_console: config.agent.debug_console_enabled,
+            vhost_user_devices: q.enable_vhost_user_store,
+            vhost_device_vsock: vhost_device_vsock.unwrap_or_else(|| q.vhost_device_vsock.clone()),
+            virtiofsd: virtiofsd.unwrap_or_else(|| q.virtio_fs_daemon.clone()),
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Whether guest memory must be a shared memfd: any vhost-user device needs it.
+    pub fn shared_memory(&self) -> bool {
+        self.channel == Some(AgentChannel::HybridVsock)
+            || self.shared_fs == Some(SharedFs::VirtioFs)
+            || self.vhost_user_devices
+    }
+}

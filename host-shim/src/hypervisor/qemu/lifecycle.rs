@@ -1,0 +1,270 @@
+//! [`Qemu`]: spawns vhost-device-vsock, virtiofsd and QEMU for one VM, watches QEMU, stops all.
+//!
+//! Helpers start first and must create their vhost-user socket before QEMU starts (QEMU
+//! connects to it at once and fails otherwise). Every process's pid is written to
+//! `<name>.pid` in the VM's directory so a later `containerd-shim-wisp-v2 delete` can kill what
+//! a crashed shim left behind ([`kill_recorded`]).
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use slog::{info, warn, Logger};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::cmdline::{self, shell_line};
+use super::qmp::Qmp;
+use super::QemuSpec;
+use crate::agent_dial::AgentAddr;
+use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
+
+/// How long a helper gets to create its socket.
+pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a killed process gets to be reaped before we stop waiting.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
+const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The names of the processes a VM runs, in start order (their `.pid` files).
+pub const PROCESS_NAMES: [&str; 3] = ["vhost-device-vsock", "virtiofsd", "qemu"];
+
+/// A QEMU VM and its helpers.
+#[derive(Debug)]
+pub struct Qemu {
+    spec: QemuSpec,
+    paths: VmPaths,
+    log: Logger,
+    helpers: Vec<(&'static str, Child)>,
+    qemu_pid: Option<u32>,
+    exited_tx: watch::Sender<Option<String>>,
+    exited_rx: watch::Receiver<Option<String>>,
+}
+
+impl Qemu {
+    /// A VM described by `spec` whose files live in `paths` (the directory must exist).
+    pub fn new(spec: QemuSpec, paths: VmPaths, log: Logger) -> Self {
+        let (exited_tx, exited_rx) = watch::channel(None);
+        Self { spec, paths, log, helpers: Vec::new(), qemu_pid: None, exited_tx, exited_rx }
+    }
+
+    /// The resolved spec.
+    pub fn spec(&self) -> &QemuSpec {
+        &self.spec
+    }
+
+    /// A fresh QMP session (for hot-plug: `blockdev-add`, `device_add` onto a free `rpN` root
+    /// port on q35).
+    pub async fn qmp(&self) -> Result<Qmp, HypervisorError> {
+        if !self.spec.qmp {
+            return Err(HypervisorError::Unsupported("this VM was started without QMP".to_owned()));
+        }
+        Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
+    }
+
+    fn spawn(&self, name: &'static str, program: &Path, args: &[String]) -> Result<Child, HypervisorError> {
+        let log_path = self.paths.helper_log(name);
+        let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
+        let out = File::create(&log_path).map_err(io)?;
+        let err = out.try_clone().map_err(io)?;
+        info!(self.log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
+        if let Some(pid) = child.id() {
+            let pid_file = self.paths.dir().join(format!("{name}.pid"));
+            fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
+                what: "cannot write",
+                path: pid_file,
+                source,
+            })?;
+        }
+        Ok(child)
+    }
+
+    async fn start_helper(
+        &mut self,
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        socket: PathBuf,
+    ) -> Result<(), HypervisorError> {
+        let mut child = self.spawn(name, &program, &args)?;
+        let start = Instant::now();
+        while !socket.exists() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() >= HELPER_READY_TIMEOUT {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(HypervisorError::HelperNotReady {
+                    helper: format!("{name} ({})", program.display()),
+                    socket,
+                    waited_ms: start.elapsed().as_millis(),
+                    log: tail(&self.paths.helper_log(name), 5),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.helpers.push((name, child));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
+        let shared = self.paths.shared_dir();
+        fs::create_dir_all(&shared).map_err(|source| HypervisorError::Io {
+            what: "cannot create",
+            path: shared.clone(),
+            source,
+        })?;
+        for path in std::iter::once(&self.spec.kernel).chain(&self.spec.initrd) {
+            if !path.is_file() {
+                return Err(HypervisorError::Io {
+                    what: "missing guest image (run `make kernel initrd` or set hypervisor.qemu.kernel/initrd)",
+                    path: path.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+        }
+        if let Some(args) = cmdline::vsock_helper_args(&self.spec, &self.paths) {
+            let program = self.spec.vhost_device_vsock.clone();
+            self.start_helper("vhost-device-vsock", program, args, self.paths.vhost_vsock_socket()).await?;
+        }
+        if let Some(args) = cmdline::virtiofsd_args(&self.spec, &self.paths) {
+            let program = self.spec.virtiofsd.clone();
+            self.start_helper("virtiofsd", program, args, self.paths.virtiofsd_socket()).await?;
+        }
+        let args = cmdline::qemu_args(&self.spec, &self.paths);
+        let mut child = self.spawn("qemu", &self.spec.qemu, &args)?;
+        self.qemu_pid = child.id();
+        let tx = self.exited_tx.clone();
+        let qemu_log = self.paths.helper_log("qemu");
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let last = tail(&qemu_log, 1);
+            let description = match status {
+                Ok(status) => format!(
+                    "QEMU exited ({status}){}",
+                    if last.is_empty() { String::new() } else { format!(": {last}") }
+                ),
+                Err(err) => format!("QEMU could not be waited for: {err}"),
+            };
+            let _ = tx.send(Some(description));
+        });
+        cmdline::agent_addr(&self.spec, &self.paths).ok_or_else(|| {
+            let channel = self.spec.channel.map_or_else(|| "no channel".to_owned(), |c| c.to_string());
+            HypervisorError::Unsupported(format!("the shim cannot dial the agent over {channel}"))
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.qemu_pid.filter(|_| self.exited_rx.borrow().is_none())
+    }
+
+    fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exited_rx.clone()
+    }
+
+    fn console_tail(&self, lines: usize) -> String {
+        tail(&self.paths.console(), lines)
+    }
+
+    fn shared(&self) -> (PathBuf, SharedFs) {
+        (self.paths.shared_dir(), self.spec.shared_fs.unwrap_or(SharedFs::NineP))
+    }
+
+    async fn stop(&mut self) {
+        if self.pid().is_some() && self.spec.qmp {
+            // A clean quit first (QEMU flushes and closes its devices); SIGKILL is the fallback.
+            let quit = async { self.qmp().await?.quit().await.map_err(HypervisorError::from) };
+            match tokio::time::timeout(QMP_QUIT_TIMEOUT, quit).await {
+                Ok(Ok(())) => {
+                    let mut exited = self.exited_rx.clone();
+                    let _ = tokio::time::timeout(QMP_QUIT_TIMEOUT, exited.wait_for(Option::is_some)).await;
+                }
+                Ok(Err(err)) => info!(self.log, "QMP quit failed; killing QEMU"; "error" => %err),
+                Err(_) => info!(self.log, "QMP quit timed out; killing QEMU"),
+            }
+        }
+        if let Some(pid) = self.pid() {
+            let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            if let Err(err) = kill(pid, Signal::SIGKILL) {
+                warn!(self.log, "cannot kill QEMU"; "pid" => pid.as_raw(), "error" => %err);
+            }
+            let mut exited = self.exited_rx.clone();
+            let _ = tokio::time::timeout(REAP_TIMEOUT, exited.wait_for(Option::is_some)).await;
+        }
+        for (name, mut child) in self.helpers.drain(..) {
+            let _ = child.start_kill();
+            if tokio::time::timeout(REAP_TIMEOUT, child.wait()).await.is_err() {
+                warn!(self.log, "{name} did not exit after SIGKILL");
+            }
+        }
+        for name in PROCESS_NAMES {
+            let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));
+        }
+    }
+}
+
+/// Kills the processes whose pids a VM recorded in `dir` (a crashed shim's leftovers). A pid is
+/// killed only if `/proc/<pid>/cmdline` still mentions `dir`, so a recycled pid is left alone.
+pub fn kill_recorded(dir: &Path) -> Vec<String> {
+    let mut killed = Vec::new();
+    for name in PROCESS_NAMES {
+        let pid_file = dir.join(format!("{name}.pid"));
+        let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = dir.to_string_lossy();
+        if String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed.push(format!("{name} ({pid})"));
+        }
+        let _ = fs::remove_file(&pid_file);
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn kill_recorded_kills_only_processes_that_name_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        // "qemu" names the dir in its command line; "virtiofsd" is a recycled pid that does not.
+        let mut ours = Command::new("sh").args(["-c", "sleep 60", &dir.path().display().to_string()]).spawn().unwrap();
+        let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+        fs::write(dir.path().join("qemu.pid"), ours.id().to_string()).unwrap();
+        fs::write(dir.path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();
+
+        let killed = kill_recorded(dir.path());
+        assert_eq!(killed, [format!("qemu ({})", ours.id())]);
+        let _ = ours.wait();
+        assert!(alive(stranger.id()), "a process not naming the dir is left alone");
+        assert!(!dir.path().join("qemu.pid").exists() && !dir.path().join("virtiofsd.pid").exists());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        assert!(kill_recorded(dir.path()).is_empty(), "a second run finds nothing");
+    }
+}

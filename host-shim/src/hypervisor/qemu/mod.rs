@@ -1,0 +1,16 @@
+//! The QEMU backend.
+//!
+//! - [`config`]: [`QemuSpec`], the configuration resolved against this host (accelerator,
+//!   agent channel, shared filesystem, binaries);
+//! - [`cmdline`]: the exact argv of QEMU and of its helpers, a pure function of a spec;
+//! - [`qmp`]: a QMP client (capabilities, execute, quit), kept for hot-plug;
+//! - [`lifecycle`]: [`Qemu`], the [`Hypervisor`](super::Hypervisor) that spawns, watches and
+//!   stops QEMU, vhost-device-vsock and virtiofsd.
+
+pub mod cmdline;
+pub mod config;
+pub mod lifecycle;
+pub mod qmp;
+
+pub use config::QemuSpec;
+pub use lifecycle::Qemu;

@@ -1,0 +1,261 @@
+//! Pumps between containerd's stdio FIFOs and the agent's stdio RPCs.
+//!
+//! - stdout/stderr: `ReadStdout`/`ReadStderr` in a loop, each answer written to the FIFO, until
+//!   the agent reports the end of the stream (an error, or empty data). The pump task ends
+//!   only then, so whoever awaits it knows that all output was delivered: the shim answers
+//!   Wait and publishes TaskExit after the pumps of the process finished. If containerd's
+//!   reader went away the pump keeps draining the agent (and drops the bytes) so the guest
+//!   process never blocks on a full pipe.
+//! - stdin: FIFO reads relayed by `WriteStdin`; the FIFO's EOF (the writer closed it) or the
+//!   task API's CloseIO, after what is already in the FIFO was relayed, becomes `CloseStdin`.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocols::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest};
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::ttrpc::context;
+use slog::{debug, warn, Logger};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How much one ReadStdout asks for.
+const READ_CHUNK: u32 = 64 * 1024;
+/// Bound on one stdio RPC: a read blocks in the agent until output or EOF, so it is long.
+const STREAM_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// stdout.
+    Stdout,
+    /// stderr.
+    Stderr,
+}
+
+/// Starts pumping one output stream of `container`/`exec_id` into the FIFO at `fifo`.
+pub fn pump_output(
+    agent: AgentServiceClient,
+    container: String,
+    exec_id: String,
+    stream: Output,
+    fifo: PathBuf,
+    log: Logger,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sink = match open_fifo(&fifo, true).await.and_then(pipe::Sender::from_file) {
+            Ok(sink) => Some(sink),
+            Err(err) => {
+                warn!(log, "cannot open output FIFO; output is dropped"; "fifo" => %fifo.display(), "error" => %err,
+                      "container" => &container, "exec" => &exec_id);
+                None
+            }
+        };
+        let request = ReadStreamRequest {
+            container_id: container.clone(),
+            exec_id: exec_id.clone(),
+            len: READ_CHUNK,
+            ..Default::default()
+        };
+        loop {
+            let ctx = context::with_duration(STREAM_CALL_TIMEOUT);
+            let answer = match stream {
+                Output::Stdout => agent.read_stdout(ctx, &request).await,
+                Output::Stderr => agent.read_stderr(ctx, &request).await,
+            };
+            let data = match answer {
+                Ok(answer) if !answer.data.is_empty() => answer.data,
+                Ok(_) => break,
+                Err(err) => {
+                    debug!(log, "output stream ended"; "stream" => ?stream, "reason" => %err, "container" => &container, "exec" => &exec_id);
+                    break;
+                }
+            };
+            if let Some(writer) = sink.as_mut() {
+                if let Err(err) = writer.write_all(&data).await {
+                    warn!(log, "containerd's reader went away; dropping further output"; "error" => %err,
+                          "container" => &container, "exec" => &exec_id);
+                    sink = None;
+                }
+            }
+        }
+    })
+}
+
+/// Starts relaying the FIFO at `fifo` to the process's stdin; `close` (CloseIO) ends it once
+/// what the FIFO holds was relayed.
+pub fn pump_stdin(
+    agent: AgentServiceClient,
+    container: String,
+    exec_id: String,
+    fifo: PathBuf,
+    close: std::sync::Arc<Notify>,
+    log: Logger,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // containerd opens its end of the FIFO in the background: wait for it, unless CloseIO
+        // comes first (then there is nothing to relay).
+        let source = tokio::select! {
+            file = open_fifo(&fifo, false) => Some(file.and_then(pipe::Receiver::from_file)),
+            () = close.notified() => None,
+        };
+        match source.transpose() {
+            Ok(None) => {}
+            Ok(Some(mut source)) => {
+                let mut buf = vec![0u8; 32 * 1024];
+                let mut closing = false;
+                loop {
+                    let read = if closing {
+                        // CloseIO: relay what is already buffered, then stop.
+                        match tokio::time::timeout(Duration::from_millis(50), source.read(&mut buf)).await {
+                            Ok(read) => read,
+                            Err(_) => break,
+                        }
+                    } else {
+                        tokio::select! {
+                            read = source.read(&mut buf) => read,
+                            () = close.notified() => { closing = true; continue; }
+                        }
+                    };
+                    let n = match read {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(err) => {
+                            warn!(log, "stdin FIFO read failed"; "error" => %err, "container" => &container, "exec" => &exec_id);
+                            break;
+                        }
+                    };
+                    let request = WriteStreamRequest {
+                        container_id: container.clone(),
+                        exec_id: exec_id.clone(),
+                        data: buf[..n].to_vec(),
+                        ..Default::default()
+                    };
+                    if let Err(err) = agent.write_stdin(context::with_duration(Duration::from_secs(60)), &request).await
+                    {
+                        warn!(log, "WriteStdin failed; stdin closed"; "error" => %err, "container" => &container, "exec" => &exec_id);
+                        break;
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(log, "cannot open stdin FIFO"; "fifo" => %fifo.display(), "error" => %err, "container" => &container, "exec" => &exec_id);
+            }
+        }
+        let request =
+            CloseStdinRequest { container_id: container.clone(), exec_id: exec_id.clone(), ..Default::default() };
+        if let Err(err) = agent.close_stdin(context::with_duration(Duration::from_secs(10)), &request).await {
+            debug!(log, "CloseStdin failed"; "error" => %err, "container" => &container, "exec" => &exec_id);
+        }
+    })
+}
+
+/// Opens a FIFO the blocking way (an open for reading waits for a writer and vice versa, which
+/// is how both ends find each other), on a blocking thread.
+async fn open_fifo(path: &Path, write: bool) -> std::io::Result<File> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || OpenOptions::new().read(!write).write(write).open(path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use protocols::agent::{ReadStreamResponse, WriteStreamResponse};
+    use protocols::agent_ttrpc::{create_agent_service, AgentService};
+    use protocols::empty::Empty;
+    use protocols::ttrpc::asynchronous::{Server, TtrpcContext};
+    use protocols::ttrpc::{self, Code};
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::agent_dial::{connect, AgentAddr};
+
+    /// A fake agent: stdout is `chunks` then Kata's EOF error; stdin is recorded.
+    struct Fake {
+        chunks: Mutex<Vec<Vec<u8>>>,
+        stdin: Arc<Mutex<Vec<u8>>>,
+        closed: Arc<Mutex<bool>>,
+    }
+
+    #[async_trait]
+    impl AgentService for Fake {
+        async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+            assert_eq!((req.container_id.as_str(), req.exec_id.as_str()), ("c1", "c1"));
+            let mut chunks = self.chunks.lock().unwrap();
+            if chunks.is_empty() {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, "read meet eof")));
+            }
+            Ok(ReadStreamResponse { data: chunks.remove(0), ..Default::default() })
+        }
+
+        async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+            self.stdin.lock().unwrap().extend_from_slice(&req.data);
+            Ok(WriteStreamResponse { len: u32::try_from(req.data.len()).unwrap(), ..Default::default() })
+        }
+
+        async fn close_stdin(&self, _: &TtrpcContext, _: CloseStdinRequest) -> ttrpc::Result<Empty> {
+            *self.closed.lock().unwrap() = true;
+            Ok(Empty::new())
+        }
+    }
+
+    fn mkfifo(path: &Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn output_is_delivered_whole_and_stdin_eof_becomes_close_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let stdin = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(false));
+        let big = vec![b'x'; 200_000];
+        let fake = Fake {
+            chunks: Mutex::new(vec![b"hello ".to_vec(), big.clone(), b"bye\n".to_vec()]),
+            stdin: stdin.clone(),
+            closed: closed.clone(),
+        };
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_agent_service(Arc::new(fake)));
+        server.start().await.unwrap();
+        let conn = connect(&AgentAddr::Unix { path: sock }, Duration::from_secs(5)).await.unwrap();
+        let log = Logger::root(slog::Discard, slog::o!());
+
+        // stdout: containerd's reader opens the FIFO; the pump ends only after the EOF error.
+        let out_fifo = dir.path().join("stdout");
+        mkfifo(&out_fifo);
+        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, out_fifo.clone(), log.clone());
+        let mut reader = pipe::Receiver::from_file(open_fifo(&out_fifo, false).await.unwrap()).unwrap();
+        let mut got = Vec::new();
+        let (read, pumped) = tokio::join!(reader.read_to_end(&mut got), pump);
+        read.unwrap();
+        pumped.unwrap();
+        let mut want = b"hello ".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"bye\n");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "output arrives whole and in order");
+
+        // stdin: bytes are relayed, the writer's close becomes CloseStdin.
+        let in_fifo = dir.path().join("stdin");
+        mkfifo(&in_fifo);
+        let close = Arc::new(Notify::new());
+        let pump = pump_stdin(conn.agent(), "c1".into(), "c1".into(), in_fifo.clone(), close, log);
+        let mut writer = pipe::Sender::from_file(open_fifo(&in_fifo, true).await.unwrap()).unwrap();
+        writer.write_all(b"hi\n").await.unwrap();
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
+        assert_eq!(stdin.lock().unwrap().as_slice(), b"hi\n");
+        assert!(*closed.lock().unwrap(), "CloseStdin was sent");
+        server.shutdown().await.unwrap();
+    }
+}

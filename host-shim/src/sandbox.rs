@@ -1,0 +1,493 @@
+//! One sandbox: its VM, the agent connection, the shared directory and its state directory.
+//!
+//! # State directory
+//!
+//! Everything a sandbox creates on the host lives under `<state root>/<sandbox>` (state root:
+//! `$WISP_STATE_DIR`, else `/run/wisp`): QEMU's console and logs, the pid files of QEMU and
+//! its helpers, every socket (QMP, vhost-user, hybrid vsock, serial) and `shared/`, the
+//! directory the guest mounts by virtio-fs or 9p. Container rootfs and bind-mount sources are
+//! bind-mounted into `shared/<container>/`, as Kata does, and appear in the guest under
+//! [`GUEST_SHARED_DIR`]. One cleanup path ([`Sandbox::shutdown`], or [`cleanup_dir`] for a
+//! crashed shim's leftovers) unmounts them, stops every process, and removes the directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, Storage};
+use protocols::health::CheckRequest;
+use protocols::ttrpc::context;
+use slog::{info, warn, Logger};
+use tokio::sync::{watch, Mutex};
+
+use crate::agent_dial::{self, AgentAddr, AgentConn, DialError};
+use crate::config::Config;
+use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
+use crate::hypervisor::{Hypervisor, HypervisorError, SharedFs, VmPaths, SHARED_FS_TAG};
+
+/// The environment variable naming the state root.
+pub const STATE_DIR_ENV: &str = "WISP_STATE_DIR";
+/// The state root without [`STATE_DIR_ENV`].
+pub const DEFAULT_STATE_DIR: &str = "/run/wisp";
+/// Where the guest mounts the shared directory (Kata's path).
+pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+/// Lines of guest console quoted in errors.
+const CONSOLE_TAIL_LINES: usize = 20;
+/// Bound on agent calls made during setup and teardown.
+const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong with a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The VM could not be resolved or started.
+    #[error("cannot start the VM")]
+    Hypervisor(#[from] HypervisorError),
+    /// The agent did not answer in time (the console tail says why).
+    #[error("the guest agent did not answer on {addr} within {waited:?}; last guest console lines:\n{console}")]
+    AgentTimeout {
+        /// Where we dialed.
+        addr: AgentAddr,
+        /// How long we waited.
+        waited: Duration,
+        /// The tail of the guest console.
+        console: String,
+        /// The last dial error.
+        #[source]
+        source: Box<DialError>,
+    },
+    /// QEMU exited while we waited for the agent.
+    #[error("{exit} before the agent answered; last guest console lines:\n{console}")]
+    VmExited {
+        /// QEMU's exit description.
+        exit: String,
+        /// The tail of the guest console.
+        console: String,
+    },
+    /// An agent call failed.
+    #[error("agent {call} failed: {}", describe_ttrpc(source))]
+    Agent {
+        /// The RPC.
+        call: &'static str,
+        /// Why.
+        source: protocols::ttrpc::Error,
+    },
+    /// Host filesystem work failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A ttrpc error as one readable line: the status code and message of an RPC status.
+pub fn describe_ttrpc(err: &protocols::ttrpc::Error) -> String {
+    match err {
+        protocols::ttrpc::Error::RpcStatus(status) => format!("{:?}: {}", status.code(), status.message),
+        other => other.to_string(),
+    }
+}
+
+/// The state root: `$WISP_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
+pub fn state_root() -> PathBuf {
+    std::env::var_os(STATE_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
+}
+
+/// The state directory of sandbox `id` under `root`.
+///
+/// Unix socket paths are limited to 108 bytes, and containerd ids are often 64 hex digits: ids
+/// longer than 24 bytes or with characters outside `[A-Za-z0-9_.-]` are replaced by a 64-bit
+/// FNV-1a hash of the id, so the deepest socket stays short.
+pub fn sandbox_dir(root: &Path, id: &str) -> PathBuf {
+    let plain = !id.is_empty()
+        && id.len() <= 24
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if plain {
+        return root.join(id);
+    }
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    root.join(format!("h{hash:016x}"))
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    paths: VmPaths,
+    vm: Mutex<Box<dyn Hypervisor>>,
+    exited: watch::Receiver<Option<String>>,
+    vm_pid: u32,
+    agent: AgentConn,
+    shared_fs: SharedFs,
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
+    log: Logger,
+}
+
+impl Sandbox {
+    /// Boots the VM for sandbox `id`, waits for its agent, and sends CreateSandbox with the
+    /// shared directory as a storage.
+    pub async fn boot(config: &Config, id: &str, log: &Logger) -> Result<Self, SandboxError> {
+        Self::boot_in(config, &state_root(), id, log).await
+    }
+
+    /// [`Sandbox::boot`] under the state root `root`.
+    pub async fn boot_in(config: &Config, root: &Path, id: &str, log: &Logger) -> Result<Self, SandboxError> {
+        let root = root.to_owned();
+        let dir = sandbox_dir(&root, id);
+        let log = log.new(slog::o!("sandbox" => id.to_owned()));
+        // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
+        let (resolve_config, resolve_root) = (config.clone(), root.clone());
+        let spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root))
+            .await
+            .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
+        // A previous shim of the same id may have crashed: its leftovers go first.
+        cleanup_dir(&dir, &log);
+        fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let paths = VmPaths::new(&dir);
+        info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
+              "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
+        let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
+        let mut vm: Box<dyn Hypervisor> = Box::new(Qemu::new(spec, paths.clone(), log.clone()));
+        let started = Instant::now();
+        let addr = match vm.start().await {
+            Ok(addr) => addr,
+            Err(err) => {
+                vm.stop().await;
+                cleanup_dir(&dir, &log);
+                return Err(err.into());
+            }
+        };
+        let exited = vm.exited();
+        let vm_pid = vm.pid().unwrap_or(0);
+        let agent = match wait_agent(vm.as_ref(), &addr, config.agent.dial_timeout()).await {
+            Ok(agent) => agent,
+            Err(err) => {
+                // The error already quotes the console: the state can go.
+                vm.stop().await;
+                cleanup_dir(&dir, &log);
+                return Err(err);
+            }
+        };
+        info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr);
+        let sandbox = Self {
+            id: id.to_owned(),
+            paths,
+            vm: Mutex::new(vm),
+            exited,
+            vm_pid,
+            agent,
+            shared_fs,
+            mounts: std::sync::Mutex::new(Vec::new()),
+            log,
+        };
+        let request = CreateSandboxRequest {
+            hostname: String::new(),
+            storages: vec![sandbox.shared_storage()],
+            sandbox_id: id.to_owned(),
+            ..Default::default()
+        };
+        let created = sandbox.agent.agent().create_sandbox(context::with_duration(SETUP_CALL_TIMEOUT), &request).await;
+        if let Err(source) = created {
+            sandbox.shutdown().await;
+            return Err(SandboxError::Agent { call: "CreateSandbox", source });
+        }
+        Ok(sandbox)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent connection.
+    pub fn agent(&self) -> &AgentConn {
+        &self.agent
+    }
+
+    /// QEMU's pid (what containerd sees as the task's pid, as with Kata).
+    pub fn vm_pid(&self) -> u32 {
+        self.vm_pid
+    }
+
+    /// Becomes `Some` when QEMU has exited.
+    pub fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exited.clone()
+    }
+
+    /// The last lines of the guest console.
+    pub fn console_tail(&self) -> String {
+        crate::hypervisor::tail(&self.paths.console(), CONSOLE_TAIL_LINES)
+    }
+
+    /// The storage the guest mounts the shared directory with.
+    fn shared_storage(&self) -> Storage {
+        Storage {
+            driver: self.shared_fs.storage_driver().to_owned(),
+            source: SHARED_FS_TAG.to_owned(),
+            fstype: self.shared_fs.fstype().to_owned(),
+            options: self.shared_fs.mount_options(),
+            mount_point: format!("{GUEST_SHARED_DIR}/"),
+            ..Default::default()
+        }
+    }
+
+    /// Bind-mounts host path `source` (a directory or a file) into the shared directory as
+    /// `<container>/<name>` and returns its path in the guest.
+    pub fn share(&self, container: &str, name: &str, source: &Path) -> Result<String, SandboxError> {
+        let rel = Path::new(container).join(name);
+        let target = self.paths.shared_dir().join(&rel);
+        fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
+            move |source| SandboxError::Io { what, path: path.to_owned(), source }
+        }
+        let parent = target.parent().unwrap_or(&target).to_owned();
+        fs::create_dir_all(&parent).map_err(io("cannot create", &parent))?;
+        let meta = fs::metadata(source).map_err(io("cannot share", source))?;
+        if meta.is_dir() {
+            fs::create_dir_all(&target).map_err(io("cannot create", &target))?;
+        } else {
+            fs::write(&target, b"").map_err(io("cannot create", &target))?;
+        }
+        mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(
+            |errno| SandboxError::Io {
+                what: "cannot bind-mount into the shared dir",
+                path: source.to_owned(),
+                source: errno.into(),
+            },
+        )?;
+        self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(target);
+        Ok(format!("{GUEST_SHARED_DIR}/{}", rel.display()))
+    }
+
+    /// Unmounts and removes everything shared for `container`.
+    pub fn unshare(&self, container: &str) {
+        let prefix = self.paths.shared_dir().join(container);
+        let mut mounts = self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for target in mounts.iter().rev().filter(|t| t.starts_with(&prefix)) {
+            if let Err(err) = umount2(target, MntFlags::MNT_DETACH) {
+                warn!(self.log, "cannot unmount"; "path" => %target.display(), "error" => %err, "container" => container);
+            }
+        }
+        mounts.retain(|t| !t.starts_with(&prefix));
+        let _ = fs::remove_dir_all(&prefix);
+    }
+
+    /// Stops the sandbox: DestroySandbox (best effort, while the VM runs), QEMU and helpers
+    /// stopped, shares unmounted, the state directory removed. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.exited.borrow().is_none() {
+            let client = self.agent.agent();
+            let request = DestroySandboxRequest::new();
+            let destroy = client.destroy_sandbox(context::with_duration(Duration::from_secs(2)), &request);
+            if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(3), destroy).await {
+                info!(self.log, "DestroySandbox failed (the VM is stopped anyway)"; "error" => %err);
+            }
+        }
+        self.vm.lock().await.stop().await;
+        let targets: Vec<PathBuf> =
+            self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
+        for target in targets.iter().rev() {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+        }
+        cleanup_dir(self.paths.dir(), &self.log);
+        info!(self.log, "sandbox stopped and cleaned up");
+    }
+}
+
+/// Dials the agent until `timeout`, giving up early if QEMU exits; then checks its health.
+async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, SandboxError> {
+    let start = Instant::now();
+    let mut exited = vm.exited();
+    let vm_gone = |exit: String| SandboxError::VmExited { exit, console: vm.console_tail(CONSOLE_TAIL_LINES) };
+    let conn = tokio::select! {
+        conn = agent_dial::connect(addr, timeout) => conn.map_err(|source| SandboxError::AgentTimeout {
+            addr: addr.clone(),
+            waited: start.elapsed(),
+            console: vm.console_tail(CONSOLE_TAIL_LINES),
+            source: Box::new(source),
+        })?,
+        exit = exited.wait_for(Option::is_some) => {
+            return Err(vm_gone(exit.ok().and_then(|e| e.clone()).unwrap_or_default()));
+        }
+    };
+    // A serial chardev accepts before the guest listens: the first answer proves the agent.
+    let remaining = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
+    let health = conn.health();
+    let request = CheckRequest::new();
+    let check = health.check(context::with_duration(remaining), &request);
+    tokio::select! {
+        answer = check => answer.map_err(|source| SandboxError::Agent { call: "Health.Check", source })?,
+        exit = exited.wait_for(Option::is_some) => {
+            return Err(vm_gone(exit.ok().and_then(|e| e.clone()).unwrap_or_default()));
+        }
+    };
+    Ok(conn)
+}
+
+/// Removes a sandbox state directory and everything in it: kills recorded processes, unmounts
+/// whatever is mounted below it (deepest first), deletes the files. Harmless when `dir` does
+/// not exist. Returns what it did, for logs.
+pub fn cleanup_dir(dir: &Path, log: &Logger) -> Vec<String> {
+    let mut done = Vec::new();
+    if !dir.exists() {
+        return done;
+    }
+    for killed in lifecycle::kill_recorded(dir) {
+        done.push(format!("killed {killed}"));
+    }
+    let mut mounted = mounts_under(dir);
+    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for target in mounted {
+        match umount2(&target, MntFlags::MNT_DETACH) {
+            Ok(()) => done.push(format!("unmounted {}", target.display())),
+            Err(err) => warn!(log, "cannot unmount"; "path" => %target.display(), "error" => %err),
+        }
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => done.push(format!("removed {}", dir.display())),
+        Err(err) => warn!(log, "cannot remove state dir"; "path" => %dir.display(), "error" => %err),
+    }
+    done
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = bytes[i + 1..i + 4].iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+            out.push(u8::try_from(value).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_kept_long_ones_hashed() {
+        let root = Path::new("/run/wisp");
+        assert_eq!(sandbox_dir(root, "web-1"), Path::new("/run/wisp/web-1"));
+        let long = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let hashed = sandbox_dir(root, long);
+        assert_eq!(hashed.to_string_lossy().len(), "/run/wisp/h".len() + 16);
+        assert_eq!(hashed, sandbox_dir(root, long), "stable");
+        assert_ne!(hashed, sandbox_dir(root, &long[1..]));
+        for evil in ["..", ".", "a/b", "", "x y"] {
+            let dir = sandbox_dir(root, evil);
+            assert_eq!(dir.parent(), Some(root), "{evil:?} -> {}", dir.display());
+            assert!(dir.file_name().unwrap().to_string_lossy().starts_with('h'), "{evil:?}");
+        }
+        // The deepest socket stays well under the 108-byte sun_path limit.
+        assert!(sandbox_dir(root, long).join("hvsock.sock_1024").to_string_lossy().len() < 60);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/run/a\040b"), "/run/a b");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
+    }
+
+    /// A fake QEMU: writes `console` to the file given by `-serial file:PATH`, then runs `then`.
+    fn fake_qemu(dir: &Path, console: &str, then: &str) -> Config {
+        let script = dir.join("fake-qemu");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in file:*) printf '{console}' > \"${{a#file:}}\";; esac; done\n{then}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for image in ["bzImage", "wisp.initrd"] {
+            std::fs::write(dir.join(image), b"").unwrap();
+        }
+        let mut config = Config::default();
+        config.qemu.path = script;
+        config.qemu.kernel = Some(dir.join("bzImage"));
+        config.qemu.initrd = Some(dir.join("wisp.initrd"));
+        config.qemu.accel = crate::config::AccelChoice::Tcg;
+        config.qemu.shared_fs = crate::config::SharedFsKind::NineP;
+        config.agent.channel = crate::config::ChannelKind::Serial;
+        config.agent.dial_timeout = 1;
+        config
+    }
+
+    #[tokio::test]
+    async fn agent_timeout_quotes_the_console_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fake_qemu(dir.path(), "booting\\nKernel panic - not syncing: no init\\n", "exec sleep 30");
+        let root = dir.path().join("state");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let start = Instant::now();
+        let err = Sandbox::boot_in(&config, &root, "sb1", &log).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
+        let message = err.to_string();
+        assert!(message.contains("did not answer on serial:"), "{message}");
+        assert!(message.contains("Kernel panic - not syncing: no init"), "the console tail is quoted: {message}");
+        assert!(!sandbox_dir(&root, "sb1").exists(), "the state dir is removed");
+    }
+
+    #[tokio::test]
+    async fn qemu_exiting_early_is_reported_at_once_with_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = fake_qemu(dir.path(), "early death\\n", "echo 'qemu: could not load kernel' >&2; exit 1");
+        config.agent.dial_timeout = 30;
+        let root = dir.path().join("state");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let start = Instant::now();
+        let err = Sandbox::boot_in(&config, &root, "sb2", &log).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
+        let message = err.to_string();
+        assert!(message.contains("QEMU exited"), "{message}");
+        assert!(message.contains("could not load kernel"), "QEMU's last words: {message}");
+        assert!(message.contains("early death"), "the console tail: {message}");
+        assert!(!sandbox_dir(&root, "sb2").exists(), "the state dir is removed");
+    }
+
+    #[test]
+    fn cleanup_of_a_missing_dir_is_harmless() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("never-created");
+        assert!(cleanup_dir(&gone, &log).is_empty());
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::write(gone.join("qemu.pid"), "999999999").unwrap();
+        let done = cleanup_dir(&gone, &log);
+        assert_eq!(done, [format!("removed {}", gone.display())]);
+        assert!(!gone.exists());
+        assert!(cleanup_dir(&gone, &log).is_empty(), "a second cleanup does nothing");
+    }
+}

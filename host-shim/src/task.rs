@@ -1,0 +1,1037 @@
+//! The containerd task API (`containerd.task.v2.Task`), relayed to the guest agent.
+//!
+//! The shim keeps no container logic: each call becomes the agent RPC Kata's runtime would
+//! send (Create → CreateContainer, Start → StartContainer or ExecProcess, Kill →
+//! SignalProcess, Wait → WaitProcess, ...). What the shim does own is host plumbing: booting
+//! the sandbox on the first Create, sharing the bundle rootfs into the guest, the stdio pumps
+//! ([`crate::io`]), the events containerd expects, and the cleanup when QEMU dies.
+//!
+//! Process ids: containerd's init process has exec id `""`; the agent knows it by the
+//! container id (Kata's convention, set in CreateContainer), so `""` is mapped to the container
+//! id on the way in. The pid containerd sees for every process is QEMU's (as with Kata): the
+//! guest's pids mean nothing on the host.
+//!
+//! Exit: a waiter task per started process runs WaitProcess, then waits for the process's
+//! output pumps to finish (all output delivered), then records the exit and publishes
+//! TaskExit; Wait returns only after that. If QEMU dies, every process not yet exited gets
+//! status 255 at once, TaskExit is published, and the sandbox is cleaned up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::util::{convert_to_any, timestamp};
+use containerd_shim_protos::api;
+use containerd_shim_protos::cgroups::metrics;
+use containerd_shim_protos::events::task as events;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim_protos::ttrpc::{self as shim_ttrpc, Code};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use protocols::agent as pb;
+use protocols::convert::to_pb;
+use protocols::ttrpc::context;
+use slog::{info, warn, Logger};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::io::{self, Output};
+use crate::sandbox::Sandbox;
+
+type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
+
+/// Bound on ordinary agent calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a finished process's output pumps may take to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exit status reported when the VM died under a process.
+pub const VM_DIED_STATUS: u32 = 255;
+
+/// The life of one process as containerd sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone)]
+struct Exit {
+    status: u32,
+    at: Timestamp,
+}
+
+/// containerd's stdio for one process.
+#[derive(Debug, Clone, Default)]
+struct Stdio {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+}
+
+/// One process (a container's init or an exec).
+#[derive(Debug)]
+struct Proc {
+    container: String,
+    /// containerd's exec id (`""` for init).
+    exec_id: String,
+    stdio: Stdio,
+    /// The OCI process of an exec (sent with ExecProcess at Start).
+    exec_spec: Option<protocols::oci::Process>,
+    status: StdMutex<Status>,
+    exit_tx: watch::Sender<Option<Exit>>,
+    stdin_close: Arc<Notify>,
+}
+
+impl Proc {
+    fn new(container: &str, exec_id: &str, stdio: Stdio, exec_spec: Option<protocols::oci::Process>) -> Arc<Self> {
+        let (exit_tx, _) = watch::channel(None);
+        Arc::new(Self {
+            container: container.to_owned(),
+            exec_id: exec_id.to_owned(),
+            stdio,
+            exec_spec,
+            status: StdMutex::new(Status::Created),
+            exit_tx,
+            stdin_close: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The agent's name for this process.
+    fn agent_exec_id(&self) -> &str {
+        if self.exec_id.is_empty() {
+            &self.container
+        } else {
+            &self.exec_id
+        }
+    }
+
+    fn status(&self) -> Status {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_status(&self, status: Status) {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        self.exit_tx.borrow().clone()
+    }
+}
+
+/// One container.
+#[derive(Debug)]
+struct Container {
+    bundle: String,
+    /// `<bundle>/rootfs` when the shim mounted containerd's rootfs mounts there.
+    mounted_rootfs: Option<PathBuf>,
+    init: Arc<Proc>,
+    execs: HashMap<String, Arc<Proc>>,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> TtrpcResult<Arc<Proc>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs.get(exec_id).cloned().ok_or_else(|| {
+            error(Code::NOT_FOUND, format!("exec {exec_id:?} of container {:?} not found", self.init.container))
+        })
+    }
+}
+
+/// The task service of one shim (one sandbox).
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TaskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskService").field("sandbox", &self.inner.sandbox_id).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    sandbox_id: String,
+    namespace: String,
+    config: Config,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    log: Logger,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+fn error(code: Code, message: impl Into<String>) -> shim_ttrpc::Error {
+    shim_ttrpc::Error::RpcStatus(shim_ttrpc::get_status(code, message.into()))
+}
+
+/// An agent error as a task API error: the agent's own status code is kept.
+fn agent_error(call: &str, id: &str, err: protocols::ttrpc::Error) -> shim_ttrpc::Error {
+    match err {
+        protocols::ttrpc::Error::RpcStatus(status) => {
+            let code = status.code();
+            error(code, format!("agent {call} of {id:?}: {}", status.message))
+        }
+        other => {
+            error(Code::UNAVAILABLE, format!("agent {call} of {id:?}: {}", crate::sandbox::describe_ttrpc(&other)))
+        }
+    }
+}
+
+fn now() -> Timestamp {
+    timestamp().unwrap_or_default()
+}
+
+impl TaskService {
+    /// A service for sandbox `sandbox_id` in containerd namespace `namespace`.
+    pub fn new(
+        sandbox_id: &str,
+        namespace: &str,
+        config: Config,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+        log: Logger,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sandbox_id: sandbox_id.to_owned(),
+                namespace: namespace.to_owned(),
+                config,
+                publisher,
+                exit,
+                log,
+                sandbox: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(err) = self.publisher.publish(Default::default(), topic, &self.namespace, event).await {
+            warn!(self.log, "cannot publish event"; "topic" => topic, "error" => %err);
+        }
+    }
+
+    /// The running sandbox, booting it on first use.
+    async fn sandbox(self: &Arc<Self>) -> TtrpcResult<Arc<Sandbox>> {
+        let mut slot = self.sandbox.lock().await;
+        if let Some(sandbox) = slot.as_ref() {
+            if sandbox.exited().borrow().is_some() {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    format!("the VM of sandbox {:?} has exited", self.sandbox_id),
+                ));
+            }
+            return Ok(sandbox.clone());
+        }
+        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log)
+            .await
+            .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
+        let sandbox = Arc::new(sandbox);
+        *slot = Some(sandbox.clone());
+        let me = self.clone();
+        let watched = sandbox.clone();
+        tokio::spawn(async move { me.watch_vm(watched).await });
+        let me = self.clone();
+        let watched = sandbox.clone();
+        tokio::spawn(async move { me.relay_oom_events(watched).await });
+        Ok(sandbox)
+    }
+
+    /// The running sandbox, if any (no boot).
+    async fn current_sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.lock().await.clone()
+    }
+
+    /// When QEMU exits: every process not yet exited gets [`VM_DIED_STATUS`], then cleanup.
+    async fn watch_vm(self: Arc<Self>, sandbox: Arc<Sandbox>) {
+        let mut exited = sandbox.exited();
+        let description = match exited.wait_for(Option::is_some).await {
+            Ok(description) => description.clone().unwrap_or_default(),
+            Err(_) => return,
+        };
+        let procs: Vec<Arc<Proc>> = {
+            let containers = self.containers.lock().await;
+            containers.values().flat_map(|c| std::iter::once(c.init.clone()).chain(c.execs.values().cloned())).collect()
+        };
+        let dying: Vec<_> = procs.into_iter().filter(|p| p.exit().is_none()).collect();
+        if !dying.is_empty() {
+            warn!(self.log, "the VM died under running processes"; "exit" => &description, "console" => sandbox.console_tail());
+        }
+        for proc in dying {
+            self.finish(&proc, VM_DIED_STATUS, sandbox.vm_pid()).await;
+        }
+        sandbox.shutdown().await;
+    }
+
+    /// Relays the agent's OOM events (GetOOMEvent blocks until one happens) as TaskOOM, until
+    /// the VM exits or the agent does not offer them.
+    async fn relay_oom_events(self: Arc<Self>, sandbox: Arc<Sandbox>) {
+        let agent = sandbox.agent().agent();
+        let request = pb::GetOOMEventRequest::new();
+        let mut exited = sandbox.exited();
+        loop {
+            let event = tokio::select! {
+                event = agent.get_oom_event(context::with_duration(Duration::from_secs(3600)), &request) => event,
+                _ = exited.wait_for(Option::is_some) => return,
+            };
+            match event {
+                Ok(event) => {
+                    warn!(self.log, "OOM kill in the guest"; "container" => &event.container_id);
+                    let oom = events::TaskOOM { container_id: event.container_id, ..Default::default() };
+                    self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
+                }
+                Err(protocols::ttrpc::Error::RpcStatus(status)) if status.code() == Code::UNIMPLEMENTED => return,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// Records an exit once and publishes TaskExit.
+    async fn finish(&self, proc: &Proc, status: u32, pid: u32) {
+        let exit = Exit { status, at: now() };
+        let first = proc.exit_tx.send_if_modified(|slot| {
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(exit.clone());
+            true
+        });
+        if !first {
+            return;
+        }
+        proc.set_status(Status::Stopped);
+        info!(self.log, "process exited"; "container" => &proc.container, "exec" => &proc.exec_id, "status" => status);
+        let event = events::TaskExit {
+            container_id: proc.container.clone(),
+            id: if proc.exec_id.is_empty() { proc.container.clone() } else { proc.exec_id.clone() },
+            pid,
+            exit_status: status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await;
+    }
+
+    /// Starts a created process in the guest, its stdio pumps, and its waiter.
+    async fn start_process(self: &Arc<Self>, sandbox: Arc<Sandbox>, proc: Arc<Proc>) -> TtrpcResult<()> {
+        let agent = sandbox.agent().agent();
+        let log = self.log.new(slog::o!("container" => proc.container.clone(), "exec" => proc.exec_id.clone()));
+        match &proc.exec_spec {
+            None => {
+                let request = pb::StartContainerRequest { container_id: proc.container.clone(), ..Default::default() };
+                agent
+                    .start_container(context::with_duration(CALL_TIMEOUT), &request)
+                    .await
+                    .map_err(|err| agent_error("StartContainer", &proc.container, err))?;
+            }
+            Some(spec) => {
+                let request = pb::ExecProcessRequest {
+                    container_id: proc.container.clone(),
+                    exec_id: proc.exec_id.clone(),
+                    process: Some(spec.clone()).into(),
+                    ..Default::default()
+                };
+                agent
+                    .exec_process(context::with_duration(CALL_TIMEOUT), &request)
+                    .await
+                    .map_err(|err| agent_error("ExecProcess", &proc.exec_id, err))?;
+            }
+        }
+        proc.set_status(Status::Running);
+        let cid = proc.container.clone();
+        let eid = proc.agent_exec_id().to_owned();
+        let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+        if !proc.stdio.stdout.is_empty() {
+            let fifo = PathBuf::from(&proc.stdio.stdout);
+            pumps.push(io::pump_output(agent.clone(), cid.clone(), eid.clone(), Output::Stdout, fifo, log.clone()));
+        }
+        if !proc.stdio.stderr.is_empty() && !proc.stdio.terminal {
+            let fifo = PathBuf::from(&proc.stdio.stderr);
+            pumps.push(io::pump_output(agent.clone(), cid.clone(), eid.clone(), Output::Stderr, fifo, log.clone()));
+        }
+        let stdin = (!proc.stdio.stdin.is_empty()).then(|| {
+            let fifo = PathBuf::from(&proc.stdio.stdin);
+            io::pump_stdin(agent.clone(), cid.clone(), eid.clone(), fifo, proc.stdin_close.clone(), log.clone())
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut vm_exit = sandbox.exited();
+            let request =
+                pb::WaitProcessRequest { container_id: cid.clone(), exec_id: eid.clone(), ..Default::default() };
+            let status = tokio::select! {
+                answer = agent.wait_process(context::with_duration(Duration::from_secs(365 * 24 * 3600)), &request) => {
+                    match answer {
+                        Ok(answer) => u32::try_from(answer.status).unwrap_or(VM_DIED_STATUS),
+                        Err(err) => {
+                            warn!(log, "WaitProcess failed"; "error" => %err);
+                            VM_DIED_STATUS
+                        }
+                    }
+                }
+                _ = vm_exit.wait_for(Option::is_some) => VM_DIED_STATUS,
+            };
+            // All output reaches containerd before the exit does.
+            for pump in pumps {
+                let abort = pump.abort_handle();
+                let drained = tokio::select! {
+                    done = tokio::time::timeout(DRAIN_TIMEOUT, pump) => done.is_ok(),
+                    _ = vm_exit.wait_for(Option::is_some) => false,
+                };
+                if !drained {
+                    abort.abort();
+                    warn!(log, "output not drained; the rest is dropped");
+                }
+            }
+            if let Some(stdin) = stdin {
+                stdin.abort();
+            }
+            me.finish(&proc, status, sandbox.vm_pid()).await;
+        });
+        Ok(())
+    }
+
+    async fn find(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Proc>> {
+        let containers = self.containers.lock().await;
+        let container =
+            containers.get(id).ok_or_else(|| error(Code::NOT_FOUND, format!("container {id:?} not found")))?;
+        container.process(exec_id)
+    }
+
+    /// The sandbox if its VM still runs.
+    async fn live_sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.current_sandbox().await.filter(|s| s.exited().borrow().is_none())
+    }
+
+    async fn live_agent(&self, what: &str) -> TtrpcResult<(Arc<Sandbox>, protocols::agent_ttrpc::AgentServiceClient)> {
+        let sandbox = self
+            .live_sandbox()
+            .await
+            .ok_or_else(|| error(Code::FAILED_PRECONDITION, format!("{what}: the sandbox VM is not running")))?;
+        let agent = sandbox.agent().agent();
+        Ok((sandbox, agent))
+    }
+}
+
+/// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
+fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
+    std::fs::create_dir_all(target)
+        .map_err(|err| error(Code::INTERNAL, format!("cannot create {}: {err}", target.display())))?;
+    for m in mounts {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for option in &m.options {
+            match option.as_str() {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" => {}
+                "bind" => flags |= MsFlags::MS_BIND,
+                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                other => data.push(other.to_owned()),
+            }
+        }
+        let data = data.join(",");
+        let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
+        mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str())).map_err(
+            |errno| {
+                error(
+                    Code::INTERNAL,
+                    format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Adapts a config.json spec for the guest: the rootfs and host bind-mount sources point into
+/// the shared directory, host-only parts (hooks, host namespace paths) are dropped.
+fn guest_spec(
+    spec: &oci_spec::runtime::Spec,
+    bundle: &Path,
+    rootfs_guest: String,
+    mut share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
+) -> TtrpcResult<protocols::oci::Spec> {
+    let mut pb_spec = to_pb::spec(spec);
+    pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
+    // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
+    pb_spec.Hooks = None.into();
+    if let Some(linux) = pb_spec.Linux.as_mut() {
+        for ns in &mut linux.Namespaces {
+            // A path names a host namespace, which does not exist in the guest.
+            ns.Path.clear();
+        }
+    }
+    for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
+        let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        let source = PathBuf::from(&m.source);
+        let source = if source.is_absolute() { source } else { bundle.join(source) };
+        let host_only = ["/proc", "/sys", "/dev"].iter().any(|p| source.starts_with(p));
+        if bind && !host_only && source.exists() {
+            let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            m.source = share(&format!("mounts/{index}-{name}"), &source)?;
+        }
+    }
+    Ok(pb_spec)
+}
+
+/// CgroupStats from the agent as containerd's cgroup v1 metrics.
+fn metrics_of(stats: &pb::CgroupStats) -> metrics::Metrics {
+    let mut m = metrics::Metrics::new();
+    let cpu = &stats.cpu_stats.cpu_usage;
+    m.cpu = Some(metrics::CPUStat {
+        usage: Some(metrics::CPUUsage {
+            total: cpu.total_usage,
+            kernel: cpu.usage_in_kernelmode,
+            user: cpu.usage_in_usermode,
+            per_cpu: cpu.percpu_usage.clone(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    })
+    .into();
+    let mem = &stats.memory_stats;
+    let entry = |d: &pb::MemoryData| {
+        Some(metrics::MemoryEntry {
+            limit: d.limit,
+            usage: d.usage,
+            max: d.max_usage,
+            failcnt: d.failcnt,
+            ..Default::default()
+        })
+        .into()
+    };
+    m.memory = Some(metrics::MemoryStat {
+        cache: mem.cache,
+        usage: entry(&mem.usage),
+        swap: entry(&mem.swap_usage),
+        kernel: entry(&mem.kernel_usage),
+        ..Default::default()
+    })
+    .into();
+    m.pids = Some(metrics::PidsStat {
+        current: stats.pids_stats.current,
+        limit: stats.pids_stats.limit,
+        ..Default::default()
+    })
+    .into();
+    m
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn connect(&self, _ctx: &TtrpcContext, _req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        })
+    }
+
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        let inner = &self.inner;
+        let cid = req.id.clone();
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Err(error(Code::INVALID_ARGUMENT, format!("invalid container id {cid:?}")));
+        }
+        if inner.containers.lock().await.contains_key(&cid) {
+            return Err(error(Code::ALREADY_EXISTS, format!("container {cid:?} already exists")));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let config_json = bundle.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&config_json)
+            .map_err(|err| error(Code::INVALID_ARGUMENT, format!("cannot read {}: {err}", config_json.display())))?;
+        let mounted_rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            let target = bundle.join("rootfs");
+            mount_rootfs(&req.rootfs, &target)?;
+            Some(target)
+        };
+        let host_rootfs = match (&mounted_rootfs, spec.root()) {
+            (Some(target), _) => target.clone(),
+            (None, Some(root)) if root.path().is_absolute() => root.path().clone(),
+            (None, Some(root)) => bundle.join(root.path()),
+            (None, None) => {
+                return Err(error(
+                    Code::INVALID_ARGUMENT,
+                    format!("{} has no root and no rootfs mounts were given", config_json.display()),
+                ))
+            }
+        };
+        let undo_rootfs = |mounted: &Option<PathBuf>| {
+            if let Some(target) = mounted {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+        };
+        let sandbox = match inner.sandbox().await {
+            Ok(sandbox) => sandbox,
+            Err(err) => {
+                undo_rootfs(&mounted_rootfs);
+                return Err(err);
+            }
+        };
+        let result = async {
+            let rootfs_guest = sandbox.share(&cid, "rootfs", &host_rootfs).map_err(|err| {
+                error(
+                    Code::INTERNAL,
+                    format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()),
+                )
+            })?;
+            let pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
+                sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
+            })?;
+            let request = pb::CreateContainerRequest {
+                container_id: cid.clone(),
+                exec_id: cid.clone(),
+                OCI: Some(pb_spec).into(),
+                ..Default::default()
+            };
+            sandbox
+                .agent()
+                .agent()
+                .create_container(context::with_duration(CALL_TIMEOUT), &request)
+                .await
+                .map_err(|err| agent_error("CreateContainer", &cid, err))
+        }
+        .await;
+        if let Err(err) = result {
+            sandbox.unshare(&cid);
+            undo_rootfs(&mounted_rootfs);
+            return Err(err);
+        }
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let init = Proc::new(&cid, "", stdio.clone(), None);
+        inner
+            .containers
+            .lock()
+            .await
+            .insert(cid.clone(), Container { bundle: req.bundle.clone(), mounted_rootfs, init, execs: HashMap::new() });
+        info!(inner.log, "container created"; "container" => &cid);
+        let pid = sandbox.vm_pid();
+        let event = events::TaskCreate {
+            container_id: cid.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(events::TaskIO {
+                stdin: stdio.stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+                terminal: stdio.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid,
+            ..Default::default()
+        };
+        inner.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let inner = &self.inner;
+        let proc = inner.find(&req.id, &req.exec_id).await?;
+        if proc.status() != Status::Created {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("process {:?} of {:?} was already started", req.exec_id, req.id),
+            ));
+        }
+        let (sandbox, _) = inner.live_agent("Start").await?;
+        inner.start_process(sandbox.clone(), proc.clone()).await?;
+        let pid = sandbox.vm_pid();
+        if req.exec_id.is_empty() {
+            inner
+                .publish(
+                    topics::TASK_START_EVENT_TOPIC,
+                    Box::new(events::TaskStart { container_id: req.id.clone(), pid, ..Default::default() }),
+                )
+                .await;
+        } else {
+            let event = events::TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
+            inner.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event)).await;
+        }
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let (proc, bundle) = {
+            let containers = self.inner.containers.lock().await;
+            let container = containers
+                .get(&req.id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("container {:?} not found", req.id)))?;
+            (container.process(&req.exec_id)?, container.bundle.clone())
+        };
+        let status = match proc.status() {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Paused => api::Status::PAUSED,
+            Status::Stopped => api::Status::STOPPED,
+        };
+        let exit = proc.exit();
+        let pid = self.inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle,
+            pid,
+            status: status.into(),
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.stdio.terminal,
+            exit_status: exit.as_ref().map_or(0, |e| e.status),
+            exited_at: exit.map(|e| e.at).into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let proc = self.inner.find(&req.id, &req.exec_id).await?;
+        if proc.exit().is_some() {
+            return Err(error(Code::NOT_FOUND, format!("process {:?} of {:?} already finished", req.exec_id, req.id)));
+        }
+        let Some(sandbox) = self.inner.live_sandbox().await else {
+            // The VM is gone: so is the process; the watcher reports its exit.
+            return Ok(api::Empty::new());
+        };
+        let request = pb::SignalProcessRequest {
+            container_id: req.id.clone(),
+            // Empty means every process of the container (Kata's `all`).
+            exec_id: if req.all && req.exec_id.is_empty() { String::new() } else { proc.agent_exec_id().to_owned() },
+            signal: req.signal,
+            ..Default::default()
+        };
+        sandbox
+            .agent()
+            .agent()
+            .signal_process(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("SignalProcess", &req.id, err))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let spec: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value).map_err(|err| {
+            error(
+                Code::INVALID_ARGUMENT,
+                format!("exec {:?}: the process spec is not valid OCI JSON: {err}", req.exec_id),
+            )
+        })?;
+        if req.exec_id.is_empty() {
+            return Err(error(Code::INVALID_ARGUMENT, "exec id must not be empty"));
+        }
+        {
+            let mut containers = self.inner.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("container {:?} not found", req.id)))?;
+            if container.execs.contains_key(&req.exec_id) || req.exec_id == req.id {
+                return Err(error(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {:?} already exists in {:?}", req.exec_id, req.id),
+                ));
+            }
+            let stdio = Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            let mut process = to_pb::process(&spec);
+            process.Terminal = req.terminal;
+            container.execs.insert(req.exec_id.clone(), Proc::new(&req.id, &req.exec_id, stdio, Some(process)));
+        }
+        let event =
+            events::TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+        self.inner.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let proc = self.inner.find(&req.id, &req.exec_id).await?;
+        let mut exit = proc.exit_tx.subscribe();
+        let exit = exit
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| error(Code::INTERNAL, "the process's exit channel closed"))?
+            .clone()
+            .unwrap_or(Exit { status: VM_DIED_STATUS, at: now() });
+        Ok(api::WaitResponse { exit_status: exit.status, exited_at: Some(exit.at).into(), ..Default::default() })
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        let inner = &self.inner;
+        let pid = inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
+        if !req.exec_id.is_empty() {
+            let mut containers = inner.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("container {:?} not found", req.id)))?;
+            let proc = container.process(&req.exec_id)?;
+            if proc.status() == Status::Running {
+                return Err(error(Code::FAILED_PRECONDITION, format!("exec {:?} is still running", req.exec_id)));
+            }
+            container.execs.remove(&req.exec_id);
+            let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.at).into(),
+                ..Default::default()
+            });
+        }
+        let proc = inner.find(&req.id, "").await?;
+        if matches!(proc.status(), Status::Running | Status::Paused) {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("container {:?} is still running; kill it first", req.id),
+            ));
+        }
+        if let Some(sandbox) = inner.live_sandbox().await {
+            let request =
+                pb::RemoveContainerRequest { container_id: req.id.clone(), timeout: 10, ..Default::default() };
+            if let Err(err) =
+                sandbox.agent().agent().remove_container(context::with_duration(CALL_TIMEOUT), &request).await
+            {
+                warn!(inner.log, "RemoveContainer failed"; "container" => &req.id, "error" => %err);
+            }
+        }
+        let container = inner.containers.lock().await.remove(&req.id);
+        if let Some(sandbox) = inner.current_sandbox().await {
+            sandbox.unshare(&req.id);
+        }
+        if let Some(target) = container.and_then(|c| c.mounted_rootfs) {
+            if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
+                warn!(inner.log, "cannot unmount rootfs"; "container" => &req.id, "path" => %target.display(), "error" => %err);
+            }
+        }
+        let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
+        let event = events::TaskDelete {
+            container_id: req.id.clone(),
+            id: req.id.clone(),
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.at.clone()).into(),
+            ..Default::default()
+        };
+        inner.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event)).await;
+        info!(inner.log, "container deleted"; "container" => &req.id);
+        Ok(api::DeleteResponse { pid, exit_status: exit.status, exited_at: Some(exit.at).into(), ..Default::default() })
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.inner.find(&req.id, "").await?;
+        let pid = self.inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
+        Ok(api::PidsResponse { processes: vec![api::ProcessInfo { pid, ..Default::default() }], ..Default::default() })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let proc = self.inner.find(&req.id, "").await?;
+        let (_, agent) = self.inner.live_agent("Pause").await?;
+        let request = pb::PauseContainerRequest { container_id: req.id.clone(), ..Default::default() };
+        agent
+            .pause_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("PauseContainer", &req.id, err))?;
+        proc.set_status(Status::Paused);
+        self.inner
+            .publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(events::TaskPaused { container_id: req.id.clone(), ..Default::default() }),
+            )
+            .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let proc = self.inner.find(&req.id, "").await?;
+        let (_, agent) = self.inner.live_agent("Resume").await?;
+        let request = pb::ResumeContainerRequest { container_id: req.id.clone(), ..Default::default() };
+        agent
+            .resume_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("ResumeContainer", &req.id, err))?;
+        proc.set_status(Status::Running);
+        self.inner
+            .publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(events::TaskResumed { container_id: req.id.clone(), ..Default::default() }),
+            )
+            .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let proc = self.inner.find(&req.id, &req.exec_id).await?;
+        let (_, agent) = self.inner.live_agent("ResizePty").await?;
+        let request = pb::TtyWinResizeRequest {
+            container_id: req.id.clone(),
+            exec_id: proc.agent_exec_id().to_owned(),
+            row: req.height,
+            column: req.width,
+            ..Default::default()
+        };
+        agent
+            .tty_win_resize(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("TtyWinResize", &req.id, err))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let proc = self.inner.find(&req.id, &req.exec_id).await?;
+        if req.stdin {
+            // The stdin pump relays what is buffered, then sends CloseStdin.
+            proc.stdin_close.notify_one();
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        self.inner.find(&req.id, "").await?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|err| {
+                error(
+                    Code::INVALID_ARGUMENT,
+                    format!("update of {:?}: resources are not valid OCI JSON: {err}", req.id),
+                )
+            })?;
+        let (_, agent) = self.inner.live_agent("Update").await?;
+        let request = pb::UpdateContainerRequest {
+            container_id: req.id.clone(),
+            resources: Some(to_pb::resources(&resources)).into(),
+            ..Default::default()
+        };
+        agent
+            .update_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("UpdateContainer", &req.id, err))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        self.inner.find(&req.id, "").await?;
+        let (_, agent) = self.inner.live_agent("Stats").await?;
+        let request = pb::StatsContainerRequest { container_id: req.id.clone(), ..Default::default() };
+        let answer = agent
+            .stats_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| agent_error("StatsContainer", &req.id, err))?;
+        let any = convert_to_any(Box::new(metrics_of(&answer.cgroup_stats)))
+            .map_err(|err| error(Code::INTERNAL, format!("cannot encode metrics of {:?}: {err}", req.id)))?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let inner = &self.inner;
+        if !inner.containers.lock().await.is_empty() {
+            // Other containers of the sandbox still live: containerd asks again after their delete.
+            return Ok(api::Empty::new());
+        }
+        if let Some(sandbox) = inner.sandbox.lock().await.take() {
+            sandbox.shutdown().await;
+        }
+        inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_spec_points_into_the_share_and_drops_host_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let json = format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}},
+                "hooks": {{"prestart": [{{"path": "/usr/bin/host-hook"}}]}},
+                "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}},
+                           {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
+                           {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}}],
+                "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "network", "path": "/var/run/netns/x"}}]}}}}"#,
+            data.display()
+        );
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
+        let mut shared = Vec::new();
+        let pb = guest_spec(&spec, dir.path(), "/guest/c1/rootfs".into(), |name, source| {
+            shared.push((name.to_owned(), source.to_owned()));
+            Ok(format!("/guest/c1/{name}"))
+        })
+        .unwrap();
+        assert_eq!(pb.Root.Path, "/guest/c1/rootfs");
+        assert!(pb.Hooks.is_none());
+        assert_eq!(pb.Mounts[0].source, "proc");
+        assert_eq!(pb.Mounts[1].source, "/guest/c1/mounts/1-data");
+        assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
+        assert_eq!(shared, [("mounts/1-data".to_owned(), data)]);
+        assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
+        assert_eq!(pb.Process.Args, ["sh"]);
+    }
+
+    #[test]
+    fn agent_status_codes_survive() {
+        let err = agent_error(
+            "StartContainer",
+            "c1",
+            protocols::ttrpc::Error::RpcStatus(protocols::ttrpc::get_status(
+                protocols::ttrpc::Code::NOT_FOUND,
+                "no such container",
+            )),
+        );
+        match err {
+            shim_ttrpc::Error::RpcStatus(status) => {
+                assert_eq!(status.code(), Code::NOT_FOUND);
+                assert_eq!(status.message, "agent StartContainer of \"c1\": no such container");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metrics_carry_cpu_memory_pids() {
+        let mut stats = pb::CgroupStats::new();
+        stats.cpu_stats.mut_or_insert_default().cpu_usage.mut_or_insert_default().total_usage = 42;
+        stats.memory_stats.mut_or_insert_default().usage.mut_or_insert_default().usage = 4096;
+        stats.pids_stats.mut_or_insert_default().current = 3;
+        let m = metrics_of(&stats);
+        assert_eq!(m.cpu.usage.total, 42);
+        assert_eq!(m.memory.usage.usage, 4096);
+        assert_eq!(m.pids.current, 3);
+    }
+}

@@ -1,0 +1,439 @@
+//! `containerd-shim-wisp-v2` under a real containerd: `ctr run --runtime io.containerd.wisp.v2`
+//! boots our kernel and initrd in QEMU, and the container runs in the guest.
+//!
+//! Needs root, `make deps` (containerd, runc, busybox-static, QEMU, vhost-device-vsock,
+//! virtiofsd) and `make all` (kernel, initrd, the shim and rootfs-builder; `WISP_SHIM` names
+//! another shim binary). Compiled only with both features `containerd-tests` and `vm-tests`
+//! (`make test-shim`). Each test runs its own containerd, state directory and configuration.
+#![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use tempfile::TempDir;
+use wisp_tests::containerd::ContainerdOptions;
+use wisp_tests::{artifacts, Containerd};
+
+const RUNTIME: &str = "io.containerd.wisp.v2";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
+fn shim_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WISP_SHIM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let target = artifacts::target_dir();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("containerd-shim-wisp-v2"))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "containerd-shim-wisp-v2 not found in {}/{{release,debug}}: run `make tools` (or set WISP_SHIM)",
+                target.display()
+            )
+        })
+}
+
+/// A private containerd that finds our shim, with the shim's state and config in `dir`.
+struct Setup {
+    dir: TempDir,
+    ctd: Containerd,
+}
+
+impl Setup {
+    fn new() -> anyhow::Result<Self> {
+        Self::with_config("", "")
+    }
+
+    /// Extra lines for `[hypervisor.qemu]` and `[agent.wisp]`.
+    fn with_config(qemu: &str, agent: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
+        let shim = shim_binary()?;
+        let state = dir.path().join("state");
+        let config = dir.path().join("configuration.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n{agent}\n",
+                artifacts::kernel()?.display(),
+                artifacts::initrd()?.display()
+            ),
+        )?;
+        // containerd passes its environment on to the shims it starts.
+        std::env::set_var("WISP_STATE_DIR", &state);
+        std::env::set_var("WISP_CONFIG", &config);
+        let shim_dir = shim.parent().context("shim path has no directory")?.to_owned();
+        let ctd = Containerd::start_with(ContainerdOptions { shim_dirs: vec![shim_dir], ..Default::default() })?;
+        Ok(Self { dir, ctd })
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A busybox bundle running `args`.
+    fn bundle(&self, name: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+        let bundle = self.dir.path().join(name);
+        let builder = artifacts::rootfs_builder()?;
+        let mut cmd = Command::new(&builder);
+        cmd.args(["bundle", "--from", "busybox", "-o", s(&bundle), "--args"]).args(args);
+        let out = cmd.output()?;
+        ensure!(out.status.success(), "{} bundle failed (run `make tools`?):\n{}", builder.display(), describe(&out));
+        Ok(bundle.join("config.json"))
+    }
+
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.ctd.ctr(args)?)
+    }
+
+    /// Everything of sandbox `id` still on the host: processes naming its state dir, mounts
+    /// under it, the directory itself.
+    fn leftovers(&self) -> Vec<String> {
+        let state = self.state();
+        let needle = state.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = text(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines().filter(|l| l.contains(&needle)) {
+            found.push(format!("mount: {line}"));
+        }
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for entry in entries.flatten() {
+                if entry.file_name() != "accel" {
+                    found.push(format!("state: {}", entry.path().display()));
+                }
+            }
+        }
+        found
+    }
+
+    fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || start.elapsed() >= within {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `ctr t ls` STATUS of task `id`.
+    fn task_status(&self, id: &str) -> anyhow::Result<String> {
+        let out = self.ctr(&["tasks", "ls"])?;
+        Ok(text(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// The wisp shim daemons serving this containerd (not their QEMU and helpers).
+    fn shims(&self) -> Vec<u32> {
+        self.ctd
+            .shim_processes()
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                text(&cmdline).contains("containerd-shim-wisp-v2")
+            })
+            .collect()
+    }
+
+    /// The pid of the QEMU serving this test's sandbox `id`.
+    fn qemu_pid(&self) -> Option<u32> {
+        let needle = self.state().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")).then_some(())?;
+            cmdline.contains(&needle).then_some(pid)
+        })
+    }
+}
+
+#[test]
+fn run_rm_prints_output_and_the_exit_code_reaches_ctr() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("echo", &["sh", "-c", "echo hi; echo to-stderr >&2; exit 3"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-echo"])?;
+    assert_eq!(text(&out.stdout).trim(), "hi", "{}", describe(&out));
+    assert!(text(&out.stderr).contains("to-stderr"), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(3), "the container's exit code reaches ctr: {}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after --rm nothing of the sandbox remains: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn detached_exec_and_kill() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("tail", &["sleep", "3600"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    ensure!(t.task_status("wisp-tail")? == "RUNNING", "task not running: {}", describe(&t.ctr(&["t", "ls"])?));
+
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "1", "wisp-tail", "ls", "/"])?;
+    ensure!(out.status.success(), "ctr t exec: {}", describe(&out));
+    let listing = text(&out.stdout);
+    for dir in ["bin", "proc", "etc"] {
+        assert!(listing.lines().any(|l| l.trim() == dir), "ls / shows {dir}: {listing}");
+    }
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "2", "wisp-tail", "sh", "-c", "exit 5"])?;
+    assert_eq!(out.status.code(), Some(5), "an exec's exit code reaches ctr: {}", describe(&out));
+
+    // A terminal: ctr needs one on its own stdin, so run it under script(1).
+    let line = format!(
+        "ctr --address {} --namespace {} tasks exec -t --exec-id tty1 wisp-tail sh -c '[ -t 0 ] && [ -t 1 ] && echo tty-ok'",
+        t.ctd.address().display(),
+        t.ctd.namespace()
+    );
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output()?;
+    let shown = text(&out.stdout);
+    assert!(shown.contains("tty-ok"), "the exec has a terminal: {}", describe(&out));
+
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("wisp-tail")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = t.ctr(&["tasks", "delete", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr t delete: {}", describe(&out));
+    let out = t.ctr(&["containers", "delete", "wisp-tail"])?;
+    ensure!(out.status.success(), "ctr c delete: {}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after delete nothing of the sandbox remains: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn stdin_reaches_the_container() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("cat", &["cat"])?;
+    let mut cmd = t.ctd.ctr_command();
+    cmd.args(["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-cat"]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(b"hi\n")?;
+    let out = child.wait_with_output()?;
+    assert_eq!(text(&out.stdout), "hi\n", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    Ok(())
+}
+
+#[test]
+fn qemu_killed_reports_the_exit_and_leaves_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("victim", &["sleep", "3600"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-victim"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let Some(qemu) = t.qemu_pid() else { bail!("no QEMU found for the sandbox under {}", t.state().display()) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu as i32), nix::sys::signal::Signal::SIGKILL)?;
+    let killed = Instant::now();
+    while t.task_status("wisp-victim")? != "STOPPED" {
+        ensure!(killed.elapsed() < Duration::from_secs(2), "ctr does not see the exit within 2 s of QEMU's death");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "after QEMU died nothing of the sandbox remains: {left:#?}");
+    let out = t.ctr(&["tasks", "delete", "wisp-victim"])?;
+    ensure!(out.status.success(), "ctr t delete after the VM died: {}", describe(&out));
+    Ok(())
+}
+
+#[test]
+fn image_from_the_snapshotter_runs() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let image = t.dir.path().join("image.tar");
+    let builder = artifacts::rootfs_builder()?;
+    let out = Command::new(&builder)
+        .args(["oci-image", "--from", "busybox", "--name", "wisp-bb:shim", "-o", s(&image)])
+        .output()?;
+    ensure!(out.status.success(), "rootfs-builder oci-image: {}", describe(&out));
+    let out = t.ctr(&["images", "import", s(&image)])?;
+    ensure!(out.status.success(), "ctr images import: {}", describe(&out));
+    let out = t.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "docker.io/library/wisp-bb:shim",
+        "wisp-img",
+        "sh",
+        "-c",
+        "echo from-image; test -x /bin/busybox; exit 4",
+    ])?;
+    assert_eq!(text(&out.stdout).trim(), "from-image", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "the overlay rootfs and the sandbox are gone: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn pause_resume_metrics_and_ls() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("pause", &["sleep", "3600"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let out = t.ctr(&["tasks", "pause", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t pause: {}", describe(&out));
+    assert_eq!(t.task_status("wisp-pause")?, "PAUSED");
+    let out = t.ctr(&["tasks", "resume", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t resume: {}", describe(&out));
+    assert_eq!(t.task_status("wisp-pause")?, "RUNNING");
+    let out = t.ctr(&["tasks", "metrics", "wisp-pause"])?;
+    ensure!(out.status.success() && text(&out.stdout).contains("memory"), "ctr t metrics: {}", describe(&out));
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-pause"])?;
+    ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("wisp-pause")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.ctr(&["tasks", "delete", "wisp-pause"])?;
+    t.ctr(&["containers", "delete", "wisp-pause"])?;
+    Ok(())
+}
+
+#[test]
+fn ten_sandboxes_in_a_row_leak_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("ten", &["sh", "-c", "echo round"])?;
+    for round in 0..10 {
+        let id = format!("wisp-ten-{round}");
+        let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), &id])?;
+        ensure!(out.status.success() && text(&out.stdout).trim() == "round", "round {round}: {}", describe(&out));
+        let left = t.wait_no_leftovers(Duration::from_secs(5));
+        ensure!(left.is_empty(), "round {round} left: {left:#?}");
+    }
+    let out = t.ctr(&["containers", "ls", "-q"])?;
+    assert_eq!(text(&out.stdout).trim(), "", "no container remains");
+    Ok(())
+}
+
+#[test]
+fn zero_dependency_fallbacks_serial_channel_and_9p() -> anyhow::Result<()> {
+    // No vhost-device-vsock, no virtiofsd: what a host with QEMU alone gets.
+    let t = Setup::with_config("shared_fs = \"virtio-9p\"\nmachine_type = \"pc\"", "channel = \"serial\"")?;
+    let config = t.bundle("fallback", &["sh", "-c", "echo via-9p; cat /proc/mounts | grep -c 9p; exit 2"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-9p"])?;
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("via-9p"), "{}", describe(&out));
+    let nine_p_mounts: u32 = stdout.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(nine_p_mounts > 0, "the container's root is on 9p: {}", describe(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd_delete() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("crash", &["sleep", "3600"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-crash"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let shims = t.shims();
+    ensure!(shims.len() == 1, "one shim process expected: {shims:?}");
+    for pid in shims {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    }
+    // containerd notices the dead shim and runs `containerd-shim-wisp-v2 delete`, which must
+    // stop QEMU and the helpers the shim left, unmount, and remove the state.
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "after the shim died and containerd cleaned up: {left:#?}");
+    Ok(())
+}
+
+#[test]
+fn a_failing_start_reports_the_cause_and_leaves_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("missing", &["/no/such/binary"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "wisp-missing"])?;
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("/no/such/binary"), "the error names the binary: {}", describe(&out));
+    // ctr leaves the container record behind on a failed start; removing it ends the shim.
+    let _ = t.ctr(&["tasks", "delete", "wisp-missing"]);
+    let _ = t.ctr(&["containers", "delete", "wisp-missing"]);
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn containers_of_one_pod_share_one_shim_and_vm() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let mut configs = Vec::new();
+    for (name, args) in [("pod-a", &["sleep", "3600"][..]), ("pod-b", &["sh", "-c", "echo second; exit 6"][..])] {
+        let config = t.bundle(name, args)?;
+        // CRI's grouping annotation: both containers belong to sandbox "pod1".
+        let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
+        spec["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "pod1"});
+        std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
+        configs.push(config);
+    }
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&configs[0]), "pod-a"])?;
+    ensure!(out.status.success(), "first container: {}", describe(&out));
+    let first_qemu = t.qemu_pid().context("no QEMU for the pod")?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&configs[1]), "pod-b"])?;
+    assert_eq!(text(&out.stdout).trim(), "second", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    assert_eq!(t.shims().len(), 1, "one shim serves the pod");
+    assert_eq!(t.qemu_pid(), Some(first_qemu), "the second container ran in the first one's VM");
+    assert_eq!(t.task_status("pod-a")?, "RUNNING", "the first container outlives the second");
+    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "pod-a"])?;
+    ensure!(out.status.success(), "{}", describe(&out));
+    let start = Instant::now();
+    while t.task_status("pod-a")? != "STOPPED" {
+        ensure!(start.elapsed() < Duration::from_secs(10), "pod-a not STOPPED");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.ctr(&["tasks", "delete", "pod-a"])?;
+    t.ctr(&["containers", "delete", "pod-a"])?;
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn tail_f_dev_null_keeps_running_detached() -> anyhow::Result<()> {
+    // The long-running container: it needs /dev/null usable inside the container
+    // (the default device allow-list of runc and Kata's agent).
+    let t = Setup::new()?;
+    let config = t.bundle("devnull", &["tail", "-f", "/dev/null"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-devnull"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        t.task_status("wisp-devnull")?,
+        "RUNNING",
+        "tail -f /dev/null exited (is /dev/null usable in the container?)"
+    );
+    t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-devnull"])?;
+    Ok(())
+}
