@@ -51,53 +51,15 @@ pub(crate) fn parse(typ: &str, options: &[String]) -> MountOptions {
     out
 }
 
-/// `(set, flag)`: whether the option sets or clears `flag`.
+/// `(set, flag)`: whether the option sets or clears `flag` (`defaults` changes nothing).
 fn flag_of(opt: &str) -> Option<(bool, MsFlags)> {
-    Some(match opt {
-        "defaults" => (true, MsFlags::empty()),
-        "ro" => (true, MsFlags::MS_RDONLY),
-        "rw" => (false, MsFlags::MS_RDONLY),
-        "suid" => (false, MsFlags::MS_NOSUID),
-        "nosuid" => (true, MsFlags::MS_NOSUID),
-        "dev" => (false, MsFlags::MS_NODEV),
-        "nodev" => (true, MsFlags::MS_NODEV),
-        "exec" => (false, MsFlags::MS_NOEXEC),
-        "noexec" => (true, MsFlags::MS_NOEXEC),
-        "sync" => (true, MsFlags::MS_SYNCHRONOUS),
-        "async" => (false, MsFlags::MS_SYNCHRONOUS),
-        "dirsync" => (true, MsFlags::MS_DIRSYNC),
-        "remount" => (true, MsFlags::MS_REMOUNT),
-        "mand" => (true, MsFlags::MS_MANDLOCK),
-        "nomand" => (false, MsFlags::MS_MANDLOCK),
-        "atime" => (false, MsFlags::MS_NOATIME),
-        "noatime" => (true, MsFlags::MS_NOATIME),
-        "diratime" => (false, MsFlags::MS_NODIRATIME),
-        "nodiratime" => (true, MsFlags::MS_NODIRATIME),
-        "relatime" => (true, MsFlags::MS_RELATIME),
-        "norelatime" => (false, MsFlags::MS_RELATIME),
-        "strictatime" => (true, MsFlags::MS_STRICTATIME),
-        "nostrictatime" => (false, MsFlags::MS_STRICTATIME),
-        "bind" => (true, MsFlags::MS_BIND),
-        "rbind" => (true, MsFlags::MS_BIND | MsFlags::MS_REC),
-        _ => return None,
-    })
+    if opt == "defaults" {
+        return Some((true, MsFlags::empty()));
+    }
+    crate::storage::options::flag(opt)
 }
 
-/// A propagation option (`rprivate`, `slave`, ...) as mount(2) flags.
-pub(crate) fn propagation_of(opt: &str) -> Option<MsFlags> {
-    let rec = MsFlags::MS_REC;
-    Some(match opt {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | rec,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | rec,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | rec,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | rec,
-        _ => return None,
-    })
-}
+pub(crate) use crate::storage::options::propagation as propagation_of;
 
 #[cfg(test)]
 mod tests {

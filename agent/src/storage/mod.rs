@@ -14,7 +14,7 @@
 // The callers (the sandbox's and containers' storages and devices) come with
 
 mod drivers;
-mod options;
+pub(crate) mod options;
 pub mod volume;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,8 @@
 //! Mount options as `mount(8)` writes them (`ro,nosuid,size=64m`), split into
 //! the flags `mount(2)` takes and the data string the file system parses.
+//!
+//! The option tables ([`flag`], [`propagation`]) are the agent's one copy:
+//! the launcher's OCI mount parser reads them too.
 
 use nix::mount::MsFlags;
 
@@ -55,7 +58,7 @@ impl MountOptions {
 }
 
 /// `(true, flag)` sets the flag, `(false, flag)` clears it.
-fn flag(opt: &str) -> Option<(bool, MsFlags)> {
+pub(crate) fn flag(opt: &str) -> Option<(bool, MsFlags)> {
     Some(match opt {
         "ro" => (true, MsFlags::MS_RDONLY),
         "rw" => (false, MsFlags::MS_RDONLY),
@@ -87,7 +90,8 @@ fn flag(opt: &str) -> Option<(bool, MsFlags)> {
     })
 }
 
-fn propagation(opt: &str) -> Option<MsFlags> {
+/// A propagation option (`rprivate`, `slave`, ...) as mount(2) flags.
+pub(crate) fn propagation(opt: &str) -> Option<MsFlags> {
     let rec = MsFlags::MS_REC;
     Some(match opt {
         "private" => MsFlags::MS_PRIVATE,
