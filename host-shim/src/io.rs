@@ -85,6 +85,9 @@ pub fn pump_output(
     })
 }
 
+/// How long a CloseIO waits for the stdin FIFO's open to return before deciding no writer came.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Starts relaying the FIFO at `fifo` to the process's stdin; `close` (CloseIO) ends it once
 /// what the FIFO holds was relayed.
 pub fn pump_stdin(
@@ -96,17 +99,25 @@ pub fn pump_stdin(
     log: Logger,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // containerd opens its end of the FIFO in the background: wait for it, unless CloseIO
-        // comes first (then there is nothing to relay).
+        // containerd opens its end of the FIFO in the background: wait for it. CloseIO can
+        // overtake the open's result (the writer wrote, closed and called CloseIO before this
+        // task saw its open return): then give the open a moment and relay what the writer
+        // left in the FIFO; only a writer that never came means there is nothing to relay.
+        let mut open = std::pin::pin!(open_fifo(&fifo, false));
         let source = tokio::select! {
-            file = open_fifo(&fifo, false) => Some(file.and_then(pipe::Receiver::from_file)),
-            () = close.notified() => None,
+            biased;
+            file = &mut open => Some((file, false)),
+            () = close.notified() => match tokio::time::timeout(CLOSE_GRACE, &mut open).await {
+                Ok(file) => Some((file, true)),
+                Err(_) => None,
+            },
         };
+        let source = source.map(|(file, closing)| file.and_then(pipe::Receiver::from_file).map(|f| (f, closing)));
         match source.transpose() {
             Ok(None) => {}
-            Ok(Some(mut source)) => {
+            Ok(Some((mut source, closing_already))) => {
                 let mut buf = vec![0u8; 32 * 1024];
-                let mut closing = false;
+                let mut closing = closing_already;
                 loop {
                     let read = if closing {
                         // CloseIO: relay what is already buffered, then stop.
@@ -255,6 +266,29 @@ mod tests {
         drop(writer);
         tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
         assert_eq!(stdin.lock().unwrap().as_slice(), b"hi\n");
+        assert!(*closed.lock().unwrap(), "CloseStdin was sent");
+
+        // CloseIO that overtakes the FIFO's open (ctr writes, closes and calls CloseIO at
+        // once): what the writer left is still relayed.
+        stdin.lock().unwrap().clear();
+        *closed.lock().unwrap() = false;
+        let late_fifo = dir.path().join("stdin-late");
+        mkfifo(&late_fifo);
+        let close = Arc::new(Notify::new());
+        close.notify_one();
+        let pump = pump_stdin(
+            conn.agent(),
+            "c1".into(),
+            "c1".into(),
+            late_fifo.clone(),
+            close,
+            Logger::root(slog::Discard, slog::o!()),
+        );
+        let mut writer = pipe::Sender::from_file(open_fifo(&late_fifo, true).await.unwrap()).unwrap();
+        writer.write_all(b"late\n").await.unwrap();
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
+        assert_eq!(stdin.lock().unwrap().as_slice(), b"late\n");
         assert!(*closed.lock().unwrap(), "CloseStdin was sent");
         server.shutdown().await.unwrap();
     }
