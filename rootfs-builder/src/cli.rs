@@ -392,22 +392,20 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    fn parse(args: &[&str]) -> Result<InitrdArgs, clap::Error> {
-        let mut full = vec!["rootfs-builder", "initrd"];
+    /// `rootfs-builder SUB ARGS...` parsed, and the subcommand's arguments
+    /// taken out by `pick` (which only sees the subcommand it asked for).
+    fn parse_sub<T>(sub: &str, args: &[&str], pick: fn(Command) -> Option<T>) -> Result<T, clap::Error> {
+        let mut full = vec!["rootfs-builder", sub];
         full.extend_from_slice(args);
-        Cli::try_parse_from(full).map(|c| match c.command {
-            Command::Initrd(a) => a,
-            _ => unreachable!("parsed the initrd subcommand"),
-        })
+        Cli::try_parse_from(full).map(|c| pick(c.command).expect("clap parsed the subcommand it was given"))
+    }
+
+    fn parse(args: &[&str]) -> Result<InitrdArgs, clap::Error> {
+        parse_sub("initrd", args, |c| if let Command::Initrd(a) = c { Some(a) } else { None })
     }
 
     fn parse_rootfs(args: &[&str]) -> Result<RootfsArgs, clap::Error> {
-        let mut full = vec!["rootfs-builder", "rootfs"];
-        full.extend_from_slice(args);
-        Cli::try_parse_from(full).map(|c| match c.command {
-            Command::Rootfs(a) => a,
-            _ => unreachable!("parsed the rootfs subcommand"),
-        })
+        parse_sub("rootfs", args, |c| if let Command::Rootfs(a) = c { Some(a) } else { None })
     }
 
     #[test]
@@ -441,12 +439,7 @@ mod tests {
     }
 
     fn parse_bundle(args: &[&str]) -> Result<BundleArgs, clap::Error> {
-        let mut full = vec!["rootfs-builder", "bundle"];
-        full.extend_from_slice(args);
-        Cli::try_parse_from(full).map(|c| match c.command {
-            Command::Bundle(a) => a,
-            _ => unreachable!("parsed the bundle subcommand"),
-        })
+        parse_sub("bundle", args, |c| if let Command::Bundle(a) = c { Some(a) } else { None })
     }
 
     #[test]
