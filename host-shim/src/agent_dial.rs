@@ -1,10 +1,11 @@
 //! Dialing the guest agent from the host.
 //!
-//! The agent serves ttrpc on one of three byte streams, and every one of them reaches the host as
-//! a unix socket:
+//! The agent serves ttrpc on one of three byte streams. Three of the four host ends are unix
+//! sockets; the host kernel's vhost-vsock is dialed as AF_VSOCK directly:
 //!
-//! | [`AgentAddr`] | string form | what is behind the socket |
+//! | [`AgentAddr`] | string form | what is behind it |
 //! |---|---|---|
+//! | [`AgentAddr::Vsock`] | `vsock:CID:PORT` | the host kernel's vhost-vsock (`/dev/vhost-vsock`): an AF_VSOCK connect to guest `CID`, port `PORT` |
 //! | [`AgentAddr::HybridVsock`] | `hvsock:PATH:PORT` | vhost-device-vsock (or Firecracker): send `CONNECT PORT\n`, read `OK ...\n`, then raw bytes to guest vsock port `PORT` |
 //! | [`AgentAddr::Serial`] | `serial:PATH` | QEMU's chardev behind the virtio-serial port `agent.channel.0` |
 //! | [`AgentAddr::Unix`] | `unix:PATH` | an agent run outside a VM with `--listen unix:PATH` |
@@ -17,16 +18,19 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health_ttrpc::HealthClient;
 use protocols::ttrpc::asynchronous::transport::Socket;
 use protocols::ttrpc::asynchronous::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout_at, Instant};
+use tokio_vsock::{VsockAddr, VsockStream};
 
 /// The vsock port the agent listens on (Kata's default).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -59,6 +63,17 @@ pub enum DialError {
     Connect {
         /// The unix socket.
         path: PathBuf,
+        /// The error from `connect(2)`.
+        #[source]
+        source: io::Error,
+    },
+    /// `connect(2)` on an AF_VSOCK socket failed.
+    #[error("cannot connect to guest vsock cid {cid} port {port}{}", vsock_hint(source))]
+    VsockConnect {
+        /// The guest's context id.
+        cid: u32,
+        /// The guest vsock port.
+        port: u32,
         /// The error from `connect(2)`.
         #[source]
         source: io::Error,
@@ -136,16 +151,19 @@ impl DialError {
     /// Whether a later attempt may succeed: the socket or the guest side is not ready yet.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { source, .. } | Self::Handshake { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::NotFound
-                    | io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::WouldBlock
-                    | io::ErrorKind::Interrupted
-            ),
+            Self::Connect { source, .. } | Self::Handshake { source, .. } | Self::VsockConnect { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::NotFound
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::TimedOut
+                )
+            }
             Self::BackendClosed { .. } | Self::NoAnswer { .. } => true,
             Self::InvalidAddr { .. } | Self::Rejected { .. } | Self::Timeout { .. } => false,
         }
@@ -154,9 +172,16 @@ impl DialError {
 
 /// Where the guest agent can be reached from the host.
 ///
-/// Parses from and displays as `hvsock:PATH:PORT`, `serial:PATH` or `unix:PATH`.
+/// Parses from and displays as `vsock:CID:PORT`, `hvsock:PATH:PORT`, `serial:PATH` or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AgentAddr {
+    /// A guest behind the host kernel's vhost-vsock, dialed over AF_VSOCK.
+    Vsock {
+        /// The guest's context id.
+        cid: u32,
+        /// The guest vsock port.
+        port: u32,
+    },
     /// A hybrid vsock unix socket (vhost-device-vsock `uds-path`, Firecracker `uds_path`) and the
     /// guest vsock port behind it.
     HybridVsock {
@@ -178,10 +203,11 @@ pub enum AgentAddr {
 }
 
 impl AgentAddr {
-    /// The host unix socket this address dials.
-    pub fn path(&self) -> &Path {
+    /// The host unix socket this address dials (none for AF_VSOCK).
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            Self::HybridVsock { path, .. } | Self::Serial { path } | Self::Unix { path } => path,
+            Self::Vsock { .. } => None,
+            Self::HybridVsock { path, .. } | Self::Serial { path } | Self::Unix { path } => Some(path),
         }
     }
 }
@@ -189,6 +215,7 @@ impl AgentAddr {
 impl fmt::Display for AgentAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Self::HybridVsock { path, port } => write!(f, "hvsock:{}:{port}", path.display()),
             Self::Serial { path } => write!(f, "serial:{}", path.display()),
             Self::Unix { path } => write!(f, "unix:{}", path.display()),
@@ -201,8 +228,9 @@ impl FromStr for AgentAddr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = |reason| DialError::InvalidAddr { input: s.to_owned(), reason };
-        let (scheme, rest) =
-            s.split_once(':').ok_or_else(|| invalid("expected hvsock:PATH:PORT, serial:PATH or unix:PATH"))?;
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| invalid("expected vsock:CID:PORT, hvsock:PATH:PORT, serial:PATH or unix:PATH"))?;
         let path = |p: &str| {
             if p.is_empty() {
                 Err(invalid("empty socket path"))
@@ -211,6 +239,13 @@ impl FromStr for AgentAddr {
             }
         };
         match scheme {
+            "vsock" => {
+                let (cid, port) =
+                    rest.split_once(':').ok_or_else(|| invalid("missing :PORT after the vsock context id"))?;
+                let cid = cid.parse().map_err(|_| invalid("the vsock context id is not a number below 2^32"))?;
+                let port = port.parse().map_err(|_| invalid("the vsock port is not a number below 2^32"))?;
+                Ok(Self::Vsock { cid, port })
+            }
             "hvsock" => {
                 let (p, port) =
                     rest.rsplit_once(':').ok_or_else(|| invalid("missing :PORT after the hybrid vsock socket path"))?;
@@ -219,7 +254,7 @@ impl FromStr for AgentAddr {
             }
             "serial" => Ok(Self::Serial { path: path(rest)? }),
             "unix" => Ok(Self::Unix { path: path(rest)? }),
-            _ => Err(invalid("unknown scheme, expected hvsock, serial or unix")),
+            _ => Err(invalid("unknown scheme, expected vsock, hvsock, serial or unix")),
         }
     }
 }
@@ -256,12 +291,61 @@ pub async fn dial_unix(path: impl AsRef<Path>, timeout: Duration) -> Result<Unix
     retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
 }
 
+/// Connects to guest vsock `port` of context `cid` through the host kernel's vhost-vsock,
+/// retrying while nothing listens there yet or until `timeout` has passed.
+pub async fn dial_vsock(cid: u32, port: u32, timeout: Duration) -> Result<VsockStream, DialError> {
+    let addr = AgentAddr::Vsock { cid, port };
+    retry(&addr, timeout, |deadline| vsock_attempt(cid, port, deadline)).await
+}
+
 /// Opens a byte stream to the agent at `addr`, bounded by `timeout`.
-pub async fn dial(addr: &AgentAddr, timeout: Duration) -> Result<UnixStream, DialError> {
-    match addr {
-        AgentAddr::HybridVsock { path, port } => dial_hybrid_vsock(path, *port, timeout).await,
-        AgentAddr::Serial { path } => dial_serial(path, timeout).await,
-        AgentAddr::Unix { path } => dial_unix(path, timeout).await,
+pub async fn dial(addr: &AgentAddr, timeout: Duration) -> Result<AgentStream, DialError> {
+    Ok(match addr {
+        AgentAddr::Vsock { cid, port } => AgentStream::Vsock(dial_vsock(*cid, *port, timeout).await?),
+        AgentAddr::HybridVsock { path, port } => AgentStream::Unix(dial_hybrid_vsock(path, *port, timeout).await?),
+        AgentAddr::Serial { path } => AgentStream::Unix(dial_serial(path, timeout).await?),
+        AgentAddr::Unix { path } => AgentStream::Unix(dial_unix(path, timeout).await?),
+    })
+}
+
+/// A dialed byte stream to the agent: a unix socket, or AF_VSOCK for vhost-vsock guests.
+#[derive(Debug)]
+pub enum AgentStream {
+    /// Hybrid vsock, virtio-serial or a plain unix socket.
+    Unix(UnixStream),
+    /// The host kernel's vhost-vsock.
+    Vsock(VsockStream),
+}
+
+impl AsyncRead for AgentStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Vsock(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AgentStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Vsock(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Vsock(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Vsock(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 
@@ -294,7 +378,8 @@ impl AgentConn {
     /// # Panics
     ///
     /// Panics outside a tokio runtime (the ttrpc client spawns its connection task).
-    pub fn new(addr: AgentAddr, stream: UnixStream) -> Self {
+    pub fn new(addr: AgentAddr, stream: impl Into<AgentStream>) -> Self {
+        let stream: AgentStream = stream.into();
         Self { addr, client: Client::new(Socket::new(stream)) }
     }
 
@@ -320,10 +405,10 @@ impl AgentConn {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `timeout` has passed.
-async fn retry<F, Fut>(addr: &AgentAddr, timeout: Duration, mut attempt: F) -> Result<UnixStream, DialError>
+async fn retry<F, Fut, S>(addr: &AgentAddr, timeout: Duration, mut attempt: F) -> Result<S, DialError>
 where
     F: FnMut(Instant) -> Fut,
-    Fut: Future<Output = Result<UnixStream, DialError>>,
+    Fut: Future<Output = Result<S, DialError>>,
 {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -358,6 +443,37 @@ async fn unix_attempt(path: &Path, deadline: Instant) -> Result<UnixStream, Dial
     match timeout_at(deadline, UnixStream::connect(path)).await {
         Ok(result) => result.map_err(connect_error),
         Err(_) => Err(connect_error(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// One AF_VSOCK connect, bounded by `deadline`.
+async fn vsock_attempt(cid: u32, port: u32, deadline: Instant) -> Result<VsockStream, DialError> {
+    let connect_error = |source| DialError::VsockConnect { cid, port, source };
+    match timeout_at(deadline, VsockStream::connect(VsockAddr::new(cid, port))).await {
+        Ok(result) => result.map_err(connect_error),
+        Err(_) => Err(connect_error(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// What to fix when AF_VSOCK itself is missing (not merely a guest that is not up yet).
+fn vsock_hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::EAFNOSUPPORT) => {
+            " (this host has no vsock transport to guests: load vhost_vsock, or use channel = \"hybrid-vsock\")"
+        }
+        _ => "",
+    }
+}
+
+impl From<UnixStream> for AgentStream {
+    fn from(stream: UnixStream) -> Self {
+        Self::Unix(stream)
+    }
+}
+
+impl From<VsockStream> for AgentStream {
+    fn from(stream: VsockStream) -> Self {
+        Self::Vsock(stream)
     }
 }
 
@@ -496,7 +612,7 @@ mod tests {
         let DialError::Timeout { ref addr, ref last, .. } = err else {
             panic!("expected a timeout, got {err:?}");
         };
-        assert_eq!(addr.path(), sock);
+        assert_eq!(addr.path(), Some(sock.as_path()));
         assert!(matches!(**last, DialError::NoAnswer { port: 1024, .. }), "{last:?}");
         let message = err.to_string();
         assert!(message.contains(&sock.display().to_string()), "{message}");
@@ -640,6 +756,7 @@ mod tests {
             ("hvsock:/odd:dir/h.sock:5", AgentAddr::HybridVsock { path: "/odd:dir/h.sock".into(), port: 5 }),
             ("serial:/run/vm/serial.sock", AgentAddr::Serial { path: "/run/vm/serial.sock".into() }),
             ("unix:relative/agent.sock", AgentAddr::Unix { path: "relative/agent.sock".into() }),
+            ("vsock:3:1024", AgentAddr::Vsock { cid: 3, port: 1024 }),
         ];
         for (text, want) in cases {
             let got: AgentAddr = text.parse().unwrap();
@@ -648,16 +765,38 @@ mod tests {
         }
     }
 
+    /// No guest has this context id: the dial is bounded by its timeout (or fails at once where
+    /// the host has no vsock transport at all) and names what it dialed. A host that is itself a
+    /// VM routes the connect to its parent, which may stay silent: that must not hang either.
+    #[tokio::test]
+    async fn vsock_dial_without_a_guest_is_bounded_and_named() {
+        let start = StdInstant::now();
+        let err = dial_vsock(u32::MAX - 1, AGENT_VSOCK_PORT, Duration::from_millis(600)).await.unwrap_err();
+        let elapsed = start.elapsed();
+        let last = match &err {
+            DialError::Timeout { addr, last, .. } => {
+                assert_eq!(addr, &AgentAddr::Vsock { cid: u32::MAX - 1, port: AGENT_VSOCK_PORT });
+                last.as_ref()
+            }
+            other => other,
+        };
+        assert!(matches!(last, DialError::VsockConnect { cid, port: 1024, .. } if *cid == u32::MAX - 1), "{err:?}");
+        assert!(elapsed < Duration::from_secs(3), "bounded by the timeout: {elapsed:?}");
+    }
+
     #[test]
     fn agent_addr_rejects_bad_strings_clearly() {
         let cases = [
-            ("/just/a/path", "expected hvsock:PATH:PORT"),
+            ("/just/a/path", "expected vsock:CID:PORT, hvsock:PATH:PORT"),
             ("hvsock:/no/port", "missing :PORT"),
             ("hvsock:/x.sock:", "port is not a number"),
             ("hvsock:/x.sock:99999999999", "port is not a number"),
             ("hvsock::1024", "empty socket path"),
             ("serial:", "empty socket path"),
-            ("vsock:3:1024", "unknown scheme"),
+            ("vsock:3", "missing :PORT"),
+            ("vsock:x:1024", "context id is not a number"),
+            ("vsock:3:-1", "port is not a number"),
+            ("tcp:1.2.3.4:5", "unknown scheme"),
         ];
         for (text, reason) in cases {
             let err = text.parse::<AgentAddr>().unwrap_err();

@@ -293,6 +293,7 @@ impl VmConfig {
                 Channel::HybridVsock => Some(AgentChannel::HybridVsock),
                 Channel::Serial => Some(AgentChannel::Serial),
             },
+            vhost_vsock_fd: None,
             shared_fs: None,
             qmp: self.qmp,
             root_ports: 0,

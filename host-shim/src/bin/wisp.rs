@@ -9,7 +9,8 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use wisp_shim::config::{find_program, Config};
-use wisp_shim::hypervisor::qemu::config::{QemuSpec, VHOST_VSOCK_DEVICE};
+use wisp_shim::hypervisor::qemu::config::QemuSpec;
+use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use wisp_shim::sandbox::state_root;
 
 #[derive(Debug, Parser)]
@@ -92,7 +93,14 @@ fn check(config_path: Option<&Path>) -> bool {
         Err(err) => r.warn("/dev/kvm", format!("{err} — VMs run under TCG (slower); load kvm_intel/kvm_amd for KVM")),
     }
     if Path::new(VHOST_VSOCK_DEVICE).exists() {
-        r.ok(VHOST_VSOCK_DEVICE, "present (the shim still uses vhost-user-vsock: AF_VSOCK dialing is not wired yet)");
+        // Claiming a context id is the real test (the claim ends when the descriptor closes).
+        match GuestCid::claim(Path::new(VHOST_VSOCK_DEVICE), FIRST_GUEST_CID) {
+            Ok(claimed) => r.ok(
+                VHOST_VSOCK_DEVICE,
+                format!("usable (context id {} free): channel \"auto\" uses vhost-vsock", claimed.cid()),
+            ),
+            Err(err) => r.warn(VHOST_VSOCK_DEVICE, format!("{err} — channel \"auto\" will fail; set channel")),
+        }
     } else {
         r.ok(VHOST_VSOCK_DEVICE, "absent (fine: vhost-user-vsock or virtio-serial is used)");
     }

@@ -12,6 +12,7 @@
 //! [`AgentAddr`].
 
 pub mod qemu;
+pub mod vhost_vsock;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,8 @@ use crate::agent_dial::AgentAddr;
 
 /// The tag the guest mounts the shared directory by (Kata's name).
 pub const SHARED_FS_TAG: &str = "kataShared";
-/// The vsock context id given to guests (hybrid vsock needs no unique one: the helper's unix
-/// socket is per VM).
+/// The vsock context id given to guests behind hybrid vsock (it needs no unique one: the
+/// helper's unix socket is per VM). vhost-vsock guests get a claimed one ([`vhost_vsock`]).
 pub const GUEST_CID: u32 = 3;
 
 /// How the host reaches the agent.

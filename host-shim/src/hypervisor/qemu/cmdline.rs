@@ -101,7 +101,8 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
     match spec.channel {
         None => {}
         Some(AgentChannel::VhostVsock { cid }) => {
-            push(&["-device", &format!("vhost-vsock-{suffix},guest-cid={cid}")]);
+            let fd = spec.vhost_vsock_fd.map(|fd| format!(",vhostfd={fd}")).unwrap_or_default();
+            push(&["-device", &format!("vhost-vsock-{suffix},guest-cid={cid}{fd}")]);
         }
         Some(AgentChannel::HybridVsock) => push(&[
             "-chardev",
@@ -177,7 +178,7 @@ pub fn virtiofsd_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
 /// Where the host reaches the agent.
 pub fn agent_addr(spec: &QemuSpec, paths: &VmPaths) -> Option<AgentAddr> {
     match spec.channel? {
-        AgentChannel::VhostVsock { .. } => None,
+        AgentChannel::VhostVsock { cid } => Some(AgentAddr::Vsock { cid, port: AGENT_VSOCK_PORT }),
         AgentChannel::HybridVsock => {
             Some(AgentAddr::HybridVsock { path: paths.hybrid_vsock_socket(), port: AGENT_VSOCK_PORT })
         }
@@ -228,6 +229,7 @@ mod tests {
             accel,
             tb_size_mib: 64,
             channel: Some(channel),
+            vhost_vsock_fd: None,
             shared_fs: Some(shared_fs),
             qmp: true,
             root_ports: if machine == MachineType::Q35 { 2 } else { 0 },
@@ -317,12 +319,14 @@ mod tests {
     #[test]
     fn vhost_vsock_and_vhost_user_store() {
         let mut s = spec(MachineType::Q35, Accel::Kvm, AgentChannel::VhostVsock { cid: 7 }, SharedFs::NineP);
-        assert!(line(&s).contains("-device vhost-vsock-pci,guest-cid=7"));
+        assert!(line(&s).contains("-device vhost-vsock-pci,guest-cid=7 "), "no fd until one is claimed");
+        s.vhost_vsock_fd = Some(9);
+        assert!(line(&s).contains("-device vhost-vsock-pci,guest-cid=7,vhostfd=9 "), "{}", line(&s));
         assert!(!line(&s).contains("memory-backend"), "vhost-vsock needs no shared memory");
         s.vhost_user_devices = true;
         assert!(line(&s).contains("-machine q35,memory-backend=mem"));
         assert!(line(&s).contains("memory-backend-memfd,id=mem,size=256M,share=on"));
-        assert_eq!(agent_addr(&s, &VmPaths::new("/x")), None);
+        assert_eq!(agent_addr(&s, &VmPaths::new("/x")), Some(AgentAddr::Vsock { cid: 7, port: 1024 }));
     }
 
     #[test]

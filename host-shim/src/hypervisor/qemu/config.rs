@@ -3,9 +3,9 @@
 //! Resolution decides what the configuration leaves open:
 //! - the accelerator: `accel = "kvm"|"tcg"` or `WISP_ACCEL`, else [`crate::accel::decide`]
 //!   (KVM only when a probe guest runs, cached per host boot in the state root);
-//! - the agent channel (`channel = "auto"`): vhost-device-vsock installed → vhost-user-vsock;
-//!   else virtio-serial. `/dev/vhost-vsock` (vhost-vsock-pci) comes first once the shim can
-//!   dial AF_VSOCK: [`super::cmdline`] already builds its argv;
+//! - the agent channel (`channel = "auto"`): `/dev/vhost-vsock` present → vhost-vsock-pci
+//!   (AF_VSOCK, a context id claimed at start); else vhost-device-vsock installed →
+//!   vhost-user-vsock; else virtio-serial;
 //! - the shared filesystem (`shared_fs = "auto"`): virtiofsd installed → virtio-fs, else 9p.
 //!
 //! [`QemuSpec`] is plain data so [`super::cmdline`] can be tested without a host.
@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 
 use crate::accel::{self, Accel};
 use crate::config::{AccelChoice, ChannelKind, Config, MachineType, SharedFsKind};
-use crate::hypervisor::{AgentChannel, HypervisorError, SharedFs};
+use crate::hypervisor::{AgentChannel, HypervisorError, SharedFs, GUEST_CID};
 
-/// The host's vhost-vsock device.
-pub const VHOST_VSOCK_DEVICE: &str = "/dev/vhost-vsock";
+use crate::hypervisor::vhost_vsock::DEVICE as VHOST_VSOCK_DEVICE;
 /// The fast pc/q35 firmware shipped with Debian's QEMU.
 pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
@@ -44,6 +43,8 @@ pub struct QemuSpec {
     pub tb_size_mib: u32,
     /// The agent channel (`None`: console only, for boot-floor test VMs).
     pub channel: Option<AgentChannel>,
+    /// The vhost-vsock descriptor QEMU inherits (`vhostfd=`), once a context id is claimed.
+    pub vhost_vsock_fd: Option<i32>,
     /// How the shared directory reaches the guest (`None`: no share).
     pub shared_fs: Option<SharedFs>,
     /// Whether QEMU serves QMP (always for the shim: hot-plug and a clean quit).
@@ -83,17 +84,17 @@ impl QemuSpec {
         };
         let vhost_device_vsock = crate::config::find_program(&q.vhost_device_vsock);
         let channel = match config.agent.channel {
-            // The argv for vhost-vsock-pci exists (see cmdline), but the shim cannot dial
-            // AF_VSOCK yet: refuse the explicit choice, and let auto skip it.
-            ChannelKind::VhostVsock => {
+            // The context id is claimed when the VM starts (several sandboxes resolve at once).
+            ChannelKind::VhostVsock if !Path::new(VHOST_VSOCK_DEVICE).exists() => {
                 return Err(HypervisorError::Unsupported(format!(
-                    "agent.wisp.channel = \"vhost-vsock\": the shim cannot dial AF_VSOCK yet \
-                     (/dev/vhost-vsock {}); use \"hybrid-vsock\" or \"serial\"",
-                    if Path::new(VHOST_VSOCK_DEVICE).exists() { "exists" } else { "is missing too" }
+                    "agent.wisp.channel = \"vhost-vsock\" but {VHOST_VSOCK_DEVICE} is missing \
+                     (modprobe vhost_vsock); or use \"hybrid-vsock\" or \"serial\""
                 )))
             }
+            ChannelKind::VhostVsock => AgentChannel::VhostVsock { cid: GUEST_CID },
             ChannelKind::HybridVsock => AgentChannel::HybridVsock,
             ChannelKind::Serial => AgentChannel::Serial,
+            ChannelKind::Auto if Path::new(VHOST_VSOCK_DEVICE).exists() => AgentChannel::VhostVsock { cid: GUEST_CID },
             ChannelKind::Auto if vhost_device_vsock.is_some() => AgentChannel::HybridVsock,
             ChannelKind::Auto => AgentChannel::Serial,
         };
@@ -116,6 +117,7 @@ impl QemuSpec {
             accel,
             tb_size_mib: q.tb_size,
             channel: Some(channel),
+            vhost_vsock_fd: None,
             shared_fs: Some(shared_fs),
             qmp: true,
             root_ports: if q.machine_type == MachineType::Q35 { q.pcie_root_port } else { 0 },

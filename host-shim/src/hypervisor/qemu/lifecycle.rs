@@ -21,7 +21,8 @@ use super::cmdline::{self, shell_line};
 use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
-use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
+use crate::hypervisor::vhost_vsock::{self, GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
+use crate::hypervisor::{tail, AgentChannel, Hypervisor, HypervisorError, SharedFs, VmPaths};
 
 /// How long a helper gets to create its socket.
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +40,8 @@ pub struct Qemu {
     paths: VmPaths,
     log: Logger,
     helpers: Vec<(&'static str, Child)>,
+    /// The vhost-vsock context id, held until the VM is stopped.
+    guest_cid: Option<GuestCid>,
     qemu_pid: Option<u32>,
     exited_tx: watch::Sender<Option<String>>,
     exited_rx: watch::Receiver<Option<String>>,
@@ -48,7 +51,7 @@ impl Qemu {
     /// A VM described by `spec` whose files live in `paths` (the directory must exist).
     pub fn new(spec: QemuSpec, paths: VmPaths, log: Logger) -> Self {
         let (exited_tx, exited_rx) = watch::channel(None);
-        Self { spec, paths, log, helpers: Vec::new(), qemu_pid: None, exited_tx, exited_rx }
+        Self { spec, paths, log, helpers: Vec::new(), guest_cid: None, qemu_pid: None, exited_tx, exited_rx }
     }
 
     /// The resolved spec.
@@ -65,20 +68,29 @@ impl Qemu {
         Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
     }
 
-    fn spawn(&self, name: &'static str, program: &Path, args: &[String]) -> Result<Child, HypervisorError> {
+    /// Starts `program`; `inherit` is a descriptor only this child keeps across exec.
+    fn spawn(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        inherit: Option<i32>,
+    ) -> Result<Child, HypervisorError> {
         let log_path = self.paths.helper_log(name);
         let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
         let out = File::create(&log_path).map_err(io)?;
         let err = out.try_clone().map_err(io)?;
         info!(self.log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args));
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+        if let Some(fd) = inherit {
+            // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
+            // async-signal-safe; it touches no memory of the parent.
+            unsafe {
+                command.pre_exec(move || vhost_vsock::inherit_in_child(fd));
+            }
+        }
+        let child = command.spawn().map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
         if let Some(pid) = child.id() {
             let pid_file = self.paths.dir().join(format!("{name}.pid"));
             fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
@@ -97,7 +109,7 @@ impl Qemu {
         args: Vec<String>,
         socket: PathBuf,
     ) -> Result<(), HypervisorError> {
-        let mut child = self.spawn(name, &program, &args)?;
+        let mut child = self.spawn(name, &program, &args, None)?;
         let start = Instant::now();
         while !socket.exists() {
             let exited = child.try_wait().ok().flatten();
@@ -144,8 +156,16 @@ impl Hypervisor for Qemu {
             let program = self.spec.virtiofsd.clone();
             self.start_helper("virtiofsd", program, args, self.paths.virtiofsd_socket()).await?;
         }
+        if let Some(AgentChannel::VhostVsock { .. }) = self.spec.channel {
+            let claimed = GuestCid::claim(Path::new(VHOST_VSOCK_DEVICE), FIRST_GUEST_CID)
+                .map_err(|err| HypervisorError::Unsupported(err.to_string()))?;
+            info!(self.log, "claimed a vsock context id"; "cid" => claimed.cid());
+            self.spec.channel = Some(AgentChannel::VhostVsock { cid: claimed.cid() });
+            self.spec.vhost_vsock_fd = Some(claimed.fd());
+            self.guest_cid = Some(claimed);
+        }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
-        let mut child = self.spawn("qemu", &self.spec.qemu, &args)?;
+        let mut child = self.spawn("qemu", &self.spec.qemu, &args, self.spec.vhost_vsock_fd)?;
         self.qemu_pid = child.id();
         let tx = self.exited_tx.clone();
         let qemu_log = self.paths.helper_log("qemu");
