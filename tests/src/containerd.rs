@@ -40,6 +40,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The namespace [`Containerd::ctr`] uses unless [`ContainerdOptions::namespace`] says another.
 pub const DEFAULT_NAMESPACE: &str = "wisp-test";
 const POLL: Duration = Duration::from_millis(50);
+/// How long [`Containerd::stop`] keeps killing shims and their containers.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the private containerd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -250,10 +252,13 @@ impl Containerd {
 
     /// Stops everything (see the module docs); idempotent, called by `Drop`.
     pub fn stop(&mut self) {
-        // Shims outlive containerd by design, so they go first, with their containers.
-        for _ in 0..3 {
-            let leftovers = self.shim_processes();
-            if leftovers.is_empty() {
+        // Shims outlive containerd by design, so they go first, with their containers. A
+        // SIGKILLed process takes a moment to die on a loaded host: keep at it until none is
+        // left (zombies do not count) or the bound has passed.
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let leftovers: Vec<u32> = self.shim_processes().into_iter().filter(|pid| process_running(*pid)).collect();
+            if leftovers.is_empty() || Instant::now() >= deadline {
                 break;
             }
             for pid in leftovers {
@@ -333,6 +338,14 @@ pub fn find_on_path(program: &OsStr) -> Option<PathBuf> {
         .flat_map(env::split_paths)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// Whether `pid` runs: a zombie waiting for its reaper does not count, nor a reaped process.
+pub fn process_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use wisp_tests::containerd::process_running;
 use wisp_tests::{artifacts, Containerd};
 
 fn text(bytes: &[u8]) -> String {
@@ -26,14 +27,6 @@ fn builder(args: &[&str]) -> anyhow::Result<()> {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
-}
-
-/// Whether `pid` runs (a zombie waiting for its reaper does not count).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
-    }
 }
 
 fn describe(out: &Output) -> String {
@@ -114,7 +107,7 @@ fn dropping_containerd_kills_running_containers_and_shims() -> anyhow::Result<()
     let state = ctd.dir().map(Path::to_owned);
     drop(ctd);
     for pid in &serving {
-        assert!(!alive(*pid), "process {pid} survived the drop");
+        assert!(!process_running(*pid), "process {pid} survived the drop");
     }
     if let Some(state) = state {
         assert!(!state.exists(), "{} remains", state.display());
