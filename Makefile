@@ -94,8 +94,9 @@ uninstall: ## Remove what `make install` put in $(PREFIX)
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
-bench bench-boot: deps all ## Boot-time and size benchmark (prints a table)
+bench bench-boot: deps all ## Boot-time, size and container benchmarks (prints tables)
 	$(TARGET_DIR)/release/wisp-bench-boot
+	$(TARGET_DIR)/release/wisp-bench-containers
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -20,8 +20,10 @@ use protocols::oci;
 use protocols::ttrpc::{self, context, Code};
 
 /// Busybox applets the test containers use.
-pub const APPLETS: &[&str] =
-    &["sh", "echo", "cat", "sleep", "stty", "dd", "head", "tr", "true", "wc", "ls", "mount", "ps", "uname"];
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "stty", "dd", "head", "tr", "true", "wc", "ls", "mount", "ps", "uname", "tty", "id",
+    "mkdir", "touch", "find", "grep",
+];
 
 /// Where `make deps` (busybox-static) puts a statically linked busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -246,10 +248,15 @@ impl<'a> Container<'a> {
     }
 
     pub async fn exec(&self, exec_id: &str, args: &[&str]) -> ttrpc::Result<()> {
+        self.exec_process(exec_id, process(args, false)).await
+    }
+
+    /// ExecProcess of any process (a terminal, another user, ...).
+    pub async fn exec_process(&self, exec_id: &str, process: oci::Process) -> ttrpc::Result<()> {
         let mut req = ExecProcessRequest::new();
         req.container_id = self.id.clone();
         req.exec_id = exec_id.into();
-        req.process = Some(process(args, false)).into();
+        req.process = Some(process).into();
         self.client.exec_process(ctx(), &req).await.map(drop)
     }
 

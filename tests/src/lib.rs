@@ -58,6 +58,7 @@ pub mod containerd;
 pub mod floor;
 pub mod qemu;
 pub mod rootfs_builder;
+pub mod sandbox_vm;
 pub mod timeline;
 pub mod vm;
 

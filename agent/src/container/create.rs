@@ -70,6 +70,15 @@ pub fn validate(id: &str, spec: &Spec) -> Result<(), AgentError> {
     if !path.is_dir() {
         return Err(invalid(id, format!("root path {} is not a directory", path.display())));
     }
+    // The launcher resolves destinations inside the rootfs anyway (runc's
+    // reading of a relative one); over the protocol such a spec is a mistake
+    // or an attempt, so it is refused and named.
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        if !dest.is_absolute() || dest.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(invalid(id, format!("mount destination {} must be absolute and without `..`", dest.display())));
+        }
+    }
     Ok(())
 }
 
@@ -167,7 +176,7 @@ async fn launch_init(
 
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let plog = log.new(slog::o!("exec_id" => exec_id.to_owned()));
-    let (io, fds) = stdio::open(terminal, console_size(&spec), &plog).map_err(|source| AgentError::Stdio {
+    let (io, fds) = stdio::open(terminal, console_size(&spec), None, &plog).map_err(|source| AgentError::Stdio {
         container_id: id.to_owned(),
         exec_id: exec_id.to_owned(),
         source,
@@ -336,6 +345,13 @@ mod tests {
         assert!(e.contains("args"), "{e}");
         let e = validate("c", &spec("/nonexistent/rootfs", &["sh"])).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
+        for dest in ["../../etc", "/a/../../etc", "etc"] {
+            let mut s = spec(root, &["sh"]);
+            let m = oci_spec::runtime::MountBuilder::default().destination(dest).typ("tmpfs").build().unwrap();
+            s.set_mounts(Some(vec![m]));
+            let e = validate("c", &s).unwrap_err().to_string();
+            assert!(e.contains(dest) && e.contains("absolute"), "{e}");
+        }
     }
 
     #[test]

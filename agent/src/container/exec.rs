@@ -22,7 +22,8 @@ pub async fn exec(container: &Container, exec_id: &str, process: oci_spec::runti
     let console = process.console_size().map_or((0, 0), |b| {
         (u16::try_from(b.height()).unwrap_or(u16::MAX), u16::try_from(b.width()).unwrap_or(u16::MAX))
     });
-    let (io, fds) = stdio::open(terminal, console, &log).map_err(|source| AgentError::Stdio {
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", container.init_pid()));
+    let (io, fds) = stdio::open(terminal, console, Some(&root), &log).map_err(|source| AgentError::Stdio {
         container_id: container.id.clone(),
         exec_id: exec_id.to_owned(),
         source,

@@ -187,6 +187,9 @@ fn init(
     }
     drop(root);
     rootfs::finish(spec, uts)?;
+    if terminal {
+        rootfs::reopen_console()?;
+    }
     personality(spec)?;
     let ready = prepare(chan, spec, process)?;
     send(chan, &ToParent::Created)?;

@@ -18,7 +18,7 @@ pub mod hooks;
 mod identity;
 mod mountopts;
 mod namespaces;
-mod resolve;
+pub(crate) mod resolve;
 mod rootfs;
 pub mod run;
 mod seccomp;

@@ -58,7 +58,57 @@ pub(crate) fn prepare(spec: &Spec, bundle: &Path, log: &mut dyn FnMut(String)) -
     }
     let has_pts = mounts.iter().any(|m| m.destination() == Path::new("/dev/pts"));
     devices(root_fd.as_fd(), spec, has_pts)?;
+    if spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false) {
+        if let Err(e) = console(root_fd.as_fd()) {
+            log(format!("no /dev/console for the terminal ({e}); `tty` will say \"not a tty\""));
+        }
+    }
     Ok(root_fd)
+}
+
+/// Binds the terminal (fd 0, a pty of the agent's devpts, which the
+/// container's own `/dev/pts` does not show) onto `/dev/console`, as runc
+/// does: [`reopen_console`] then gives the process descriptors whose path
+/// exists in the container, so ttyname(3) finds its terminal.
+fn console(root: BorrowedFd<'_>) -> Result<(), WireError> {
+    // By its path: fd 0 was opened in the agent's mount namespace, and a
+    // bind source must be a mount of this one (EINVAL otherwise), which is a
+    // copy holding the same devpts at the same place.
+    let pty = std::fs::read_link("/proc/self/fd/0").map_err(|e| WireError::sys("read the terminal's path", e))?;
+    if !pty.starts_with("/dev/pts") {
+        return Err(WireError::invalid(format!("the terminal {} is not under /dev/pts", pty.display())));
+    }
+    let target =
+        touch_in_root(root, Path::new("/dev/console")).map_err(|e| WireError::sys("create /dev/console", e))?;
+    mount(Some(&pty), &proc_fd_path(&target), NONE, MsFlags::MS_BIND, NONE)
+        .map_err(sys(format!("bind the terminal {} onto /dev/console", pty.display())))
+}
+
+/// After pivot_root: stdin, stdout and stderr become `/dev/console` (the
+/// same terminal, now through a path of the container) when it was bound.
+pub(crate) fn reopen_console() -> Result<(), WireError> {
+    let Ok(console) = nix::fcntl::open(
+        "/dev/console",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Ok(());
+    };
+    let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| a.st_rdev == b.st_rdev;
+    let (Ok(c), Ok(zero)) = (nix::sys::stat::fstat(&console), nix::sys::stat::fstat(std::io::stdin())) else {
+        return Ok(());
+    };
+    if !same(&c, &zero) {
+        return Ok(());
+    }
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns; `console` stays open.
+        let rc = unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        if rc < 0 {
+            return Err(WireError::sys("dup /dev/console onto stdio", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 fn mount_one(root: BorrowedFd<'_>, m: &Mount, bundle: &Path, log: &mut dyn FnMut(String)) -> Result<(), WireError> {

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -94,11 +95,63 @@ fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), StdioError> {
     Ok((master.into(), slave))
 }
 
+/// Opens a pty pair from the devpts instance at `dev/pts` below `root` (a
+/// container's root, `/proc/<init>/root`), resolved inside it: the slave is
+/// `/dev/pts/N` in the container, so ttyname(3) and `tty` find it there
+/// (a pty of the agent's devpts is invisible in the container's own
+/// `/dev/pts`; Kata's agent has that problem).
+fn openpty_in(root: &Path, rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), StdioError> {
+    let create = |source| StdioError::Create { what: "pty in the container", source };
+    let errno = |e: io::Error| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let dir =
+        nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(create)?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY;
+    let master = crate::launch::resolve::open_in_root(dir.as_fd(), Path::new("/dev/pts/ptmx"), flags, 0)
+        .map_err(|e| create(errno(e)))?;
+    // Only a devpts multiplexer (5:2) is used; anything else the container
+    // put there is left alone.
+    let st = nix::sys::stat::fstat(&master).map_err(create)?;
+    if (st.st_mode & libc::S_IFMT) != libc::S_IFCHR || st.st_rdev != libc::makedev(5, 2) {
+        return Err(create(nix::Error::ENOTTY));
+    }
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, a live local.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    nix::Error::result(rc).map_err(create)?;
+    // SAFETY: TIOCGPTPEER takes open(2) flags as its integer argument and
+    // returns a new descriptor for the slave; no memory is passed.
+    let rc =
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let raw = nix::Error::result(rc).map_err(create)?;
+    // SAFETY: the ioctl just returned this new descriptor; nothing else owns it.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    if rows > 0 && cols > 0 {
+        set_winsize(&master, rows, cols).map_err(create)?;
+    }
+    Ok((master, slave))
+}
+
 /// Creates a process's stdio: the child's ends for `launch`, and the agent's
-/// ends already pumping. `console` is the initial (rows, columns) of a terminal.
-pub fn open(terminal: bool, console: (u16, u16), log: &slog::Logger) -> Result<(ProcessIo, StdioFds), StdioError> {
+/// ends already pumping. `console` is the initial (rows, columns) of a
+/// terminal; `container_root` is where the process's root is seen from the
+/// agent, when it exists already (an exec): its own `/dev/pts` provides the
+/// pty then, the agent's when it has none.
+pub fn open(
+    terminal: bool,
+    console: (u16, u16),
+    container_root: Option<&Path>,
+    log: &slog::Logger,
+) -> Result<(ProcessIo, StdioFds), StdioError> {
     if terminal {
-        let (master, slave) = openpty(console.0, console.1)?;
+        let in_container = container_root.map(|root| openpty_in(root, console.0, console.1));
+        let (master, slave) = match in_container {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                slog::debug!(log, "no pty from the container's /dev/pts; using the agent's"; "error" => %crate::error::chain(&e));
+                openpty(console.0, console.1)?
+            }
+            None => openpty(console.0, console.1)?,
+        };
         let reader = dup(&master, "pty")?;
         let writer = dup(&master, "pty")?;
         cloexec_nonblock(&reader, "pty")?;
@@ -188,25 +241,26 @@ impl ProcessIo {
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize, StdioError> {
         let guard = self.stdin.lock().await;
         let fd = guard.as_ref().ok_or(StdioError::StdinClosed)?;
-        let mut done = 0;
-        while done < data.len() {
-            let mut ready = fd.writable().await.map_err(StdioError::Write)?;
-            match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), &data[done..]).map_err(io::Error::from)) {
-                Ok(Ok(n)) => done += n,
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Ok(Err(e)) => return Err(StdioError::Write(e)),
-                Err(_would_block) => {}
-            }
-        }
-        Ok(done)
+        write_all(fd, data).await
     }
 
     /// Closes stdin so the process reads EOF. A terminal has no separate
-    /// stdin to close; the master stays open for output and resizing.
-    pub async fn close_stdin(&self) {
-        if self.pty_master.is_none() {
-            self.stdin.lock().await.take();
-        }
+    /// stdin to close (the master stays open for output and resizing): its
+    /// end-of-file character (VEOF, ^D) is typed instead, which ends a read
+    /// at the start of a line with 0 bytes, as closing a pipe would.
+    pub async fn close_stdin(&self) -> Result<(), StdioError> {
+        let mut guard = self.stdin.lock().await;
+        let Some(master) = &self.pty_master else {
+            guard.take();
+            return Ok(());
+        };
+        let Some(fd) = guard.as_ref() else { return Ok(()) };
+        let eof = nix::sys::termios::tcgetattr(master)
+            .map(|t| t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize])
+            .unwrap_or(0x04);
+        write_all(fd, &[eof]).await?;
+        guard.take();
+        Ok(())
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -217,6 +271,21 @@ impl ProcessIo {
         let master = self.pty_master.as_ref().ok_or(StdioError::NoTerminal)?;
         set_winsize(master, rows, cols).map_err(StdioError::Resize)
     }
+}
+
+/// Writes all of `data`, waiting while the pipe or pty is full.
+async fn write_all(fd: &AsyncFd<OwnedFd>, data: &[u8]) -> Result<usize, StdioError> {
+    let mut done = 0;
+    while done < data.len() {
+        let mut ready = fd.writable().await.map_err(StdioError::Write)?;
+        match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), &data[done..]).map_err(io::Error::from)) {
+            Ok(Ok(n)) => done += n,
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Ok(Err(e)) => return Err(StdioError::Write(e)),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(done)
 }
 
 impl Drop for ProcessIo {
@@ -237,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipes_carry_both_ways_and_keep_output_after_the_writer_is_gone() {
-        let (io, child) = open(false, (0, 0), &log()).unwrap();
+        let (io, child) = open(false, (0, 0), None, &log()).unwrap();
         assert!(!child.terminal);
         // Play the process: read stdin, write stdout and stderr, then vanish.
         assert_eq!(io.write_stdin(b"ping").await.unwrap(), 4);
@@ -251,13 +320,13 @@ mod tests {
         assert_eq!(io.stdout.read(100).await, None);
         assert_eq!(io.stderr.read(100).await.as_deref(), Some(&b"err"[..]));
         assert!(matches!(io.resize(10, 10), Err(StdioError::NoTerminal)));
-        io.close_stdin().await;
+        io.close_stdin().await.unwrap();
         assert!(matches!(io.write_stdin(b"x").await, Err(StdioError::StdinClosed)));
     }
 
     #[tokio::test]
     async fn a_pty_has_the_console_size_and_resizes() {
-        let (io, child) = open(true, (33, 77), &log()).unwrap();
+        let (io, child) = open(true, (33, 77), None, &log()).unwrap();
         assert!(child.terminal && io.pty_master.is_some());
         let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCGWINSZ writes one winsize into the live local.
@@ -277,5 +346,17 @@ mod tests {
         }
         assert!(out.starts_with(b"tty"), "{out:?}");
         assert_eq!(io.stderr.read(1).await, None, "a terminal's stderr is its stdout");
+    }
+
+    #[tokio::test]
+    async fn closing_a_terminals_stdin_types_end_of_file() {
+        let (io, child) = open(true, (24, 80), None, &log()).unwrap();
+        io.write_stdin(b"line\n").await.unwrap();
+        io.close_stdin().await.unwrap();
+        let mut got = [0u8; 16];
+        assert_eq!(nix::unistd::read(&child.stdin, &mut got).unwrap(), 5, "the line first");
+        assert_eq!(nix::unistd::read(&child.stdin, &mut got).unwrap(), 0, "then end-of-file");
+        assert!(matches!(io.write_stdin(b"x").await, Err(StdioError::StdinClosed)));
+        io.close_stdin().await.unwrap();
     }
 }

@@ -190,7 +190,7 @@ impl AgentService for AgentRpc {
             let (_, p) = self.process(id, exec_id)?;
             // Kata's agent reads an empty write as the end of stdin.
             if req.data.is_empty() {
-                p.io.close_stdin().await;
+                p.io.close_stdin().await.map_err(stdio_err(id, &p.exec_id))?;
                 return Ok(0);
             }
             p.io.write_stdin(&req.data).await.map_err(stdio_err(id, &p.exec_id))
@@ -212,8 +212,11 @@ impl AgentService for AgentRpc {
 
     async fn close_stdin(&self, _ctx: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
         let (id, exec_id) = (&req.container_id, &req.exec_id);
-        let (_, p) = self.process(id, exec_id).map_err(|e| self.fail("CloseStdin", id, exec_id, e))?;
-        p.io.close_stdin().await;
+        let closed = async {
+            let (_, p) = self.process(id, exec_id)?;
+            p.io.close_stdin().await.map_err(stdio_err(id, &p.exec_id))
+        };
+        closed.await.map_err(|e| self.fail("CloseStdin", id, exec_id, e))?;
         Ok(Empty::new())
     }
 
