@@ -94,8 +94,9 @@ uninstall: ## Remove what `make install` put in $(PREFIX)
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
-bench bench-boot: deps all ## Boot-time and size benchmark (prints a table)
-	$(TARGET_DIR)/release/wisp-bench-boot
+# BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` or `BENCH_ARGS="--runs 10 --all"`.
+bench bench-boot: deps all ## Boot-time and size benchmark: table, target/bench/boot.{json,svg}
+	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -4,6 +4,8 @@
 //! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
 //! built) and says what to fix; it exits 1 when something blocks running a sandbox. With
 //! `[hypervisor.stratovirt]` configured it also reports StratoVirt's binary and images.
+//!
+//! `wisp bench boot [ARGS]` runs the boot benchmark (`wisp-bench-boot` next to this binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,6 +30,38 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Benchmarks (`make bench`).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Boot time and sizes: floor vs agent per configuration, phases, memory; table, JSON and
+    /// SVG (runs `wisp-bench-boot` from this binary's directory; `wisp bench boot --help`
+    /// lists its options, e.g. `--quick`, `--runs N`, `--all`).
+    #[command(disable_help_flag = true)]
+    Boot {
+        /// Passed on to wisp-bench-boot.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Replaces this process with `wisp-bench-boot` from the same directory (the bench lives in
+/// the test crate, beside the VM harness it drives).
+fn exec_bench_boot(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let sibling = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("wisp-bench-boot")));
+    let Some(program) = sibling.filter(|p| p.is_file()) else {
+        eprintln!("wisp bench boot: wisp-bench-boot not found next to this binary; run `make tools` (it is a build of the tests crate)");
+        return ExitCode::from(2);
+    };
+    let err = Command::new(&program).args(args).exec();
+    eprintln!("wisp bench boot: cannot run {}: {err}", program.display());
+    ExitCode::from(2)
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +216,7 @@ fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Bench { what: BenchCmd::Boot { args } } => exec_bench_boot(&args),
         Cmd::Check { config } => {
             if check(config.as_deref()) {
                 ExitCode::SUCCESS

@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use wisp_tests::{artifacts, Channel, Machine, VmConfig};
 
 use crate::cli::ConfigName;
+use crate::container::share_args;
 use crate::inputs::Packed;
 
 /// A configuration ready to boot: the agent VM and its floor twin.
@@ -17,12 +18,19 @@ pub struct BenchConfig {
     pub description: String,
     pub agent: VmConfig,
     pub floor: VmConfig,
+    /// Whether the agent run also runs a container (a 9p rootfs share is attached to both).
+    pub container: bool,
 }
 
 /// The configuration `name`: its agent VM, and the same VM booting `packed.floor_initrd`.
 pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
     let (agent, description) = match name {
         ConfigName::Q35 => (VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock), "our bzImage, hybrid vsock"),
+        ConfigName::Pc => (VmConfig::wisp(Machine::Pc)?.channel(Channel::HybridVsock), "pc, our bzImage, hybrid vsock"),
+        ConfigName::Q35Raw => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.raw_initrd).channel(Channel::HybridVsock),
+            "our bzImage, uncompressed initrd, hybrid vsock",
+        ),
         ConfigName::Microvm => {
             (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")
         }
@@ -45,8 +53,16 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
             (config, "Debian cloud kernel + modules, hybrid vsock, 512 MiB")
         }
     };
+    // Debian's cloud kernel has no 9p: its runs stop at agent ready.
+    let container = name != ConfigName::Cloud;
+    let (agent, description) = if container {
+        let share = share_args(agent.machine_type(), &packed.rootfs);
+        (agent.qemu_args_extra(share), format!("{description}, 9p container rootfs"))
+    } else {
+        (agent, format!("{description}, no container (no 9p in this kernel)"))
+    };
     let floor = agent.clone().initrd(&packed.floor_initrd);
-    Ok(BenchConfig { name: name.name(), description: description.to_owned(), agent, floor })
+    Ok(BenchConfig { name: name.name(), description, agent, floor, container })
 }
 
 fn cloud_kernel_release() -> Result<String> {
