@@ -13,6 +13,7 @@ use wisp_shim::agent_dial::{AgentConn, DialError};
 use wisp_tests::timeline::parse_prometheus_text;
 use wisp_tests::{Vm, VmError};
 
+use crate::container::Share;
 use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes};
 use crate::metrics::{key, Sample};
 use crate::runs::Measured;
@@ -31,7 +32,7 @@ fn ctx(remaining: Duration) -> context::Context {
 
 /// Talks to the agent of the booted `vm` (and, with `container`, runs a container in it) until
 /// QEMU exits after DestroySandbox, all within `timeout` of QEMU's spawn.
-pub fn agent_session(vm: &mut Vm, timeout: Duration, container: bool) -> Result<Measured> {
+pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -> Result<Measured> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building a runtime")?;
     let spawned = vm.spawned_at();
     let deadline = spawned + timeout;
@@ -92,8 +93,8 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: bool) -> Result<
         }
     }
 
-    if container {
-        runtime.block_on(crate::container::run(&agent, spawned, &mut values)).context("the container")?;
+    if let Some(share) = container {
+        runtime.block_on(crate::container::run(&agent, share, spawned, &mut values)).context("the container")?;
     }
 
     let destroy_sent = Instant::now();

@@ -21,8 +21,10 @@ mod sizes;
 mod stats;
 mod svg;
 mod table;
+mod virtiofsd;
 
 use std::fs;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,10 +35,12 @@ use wisp_tests::{accel, artifacts};
 
 use crate::cli::{selected, Args};
 use crate::configs::{bench_config, BenchConfig};
+use crate::container::Share;
 use crate::inputs::{Inputs, Packed};
 use crate::json::{write_json, ConfigReport, Failure, HostInfo, Report, RunRecord};
 use crate::progress::Progress;
 use crate::runs::{agent_run, floor_run, Kind};
+use crate::virtiofsd::Virtiofsd;
 
 /// Lines of console printed with a failed run.
 const FAILURE_TAIL: usize = 25;
@@ -74,7 +78,7 @@ fn run(args: Args) -> Result<usize> {
         host::check_host_tools()?;
         let configs =
             selected(&args).into_iter().map(|name| bench_config(name, &packed)).collect::<Result<Vec<_>>>()?;
-        run_boots(&configs, &args)?
+        run_boots(&configs, &args, &packed.rootfs)?
     };
     reports.iter_mut().for_each(ConfigReport::summarize);
 
@@ -110,8 +114,8 @@ fn run(args: Args) -> Result<usize> {
 }
 
 /// Boots every configuration [`Args::effective_runs`] times, floor and agent interleaved; returns the
-/// reports (not summarized yet) and how many runs failed.
-fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>, usize)> {
+/// reports (not summarized yet) and how many runs failed. `packed_rootfs` is what virtiofsd serves.
+fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Result<(Vec<ConfigReport>, usize)> {
     let timeout = Duration::from_secs(args.timeout);
     if let Some(dir) = &args.keep_consoles {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -126,10 +130,15 @@ fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>,
             for kind in [Kind::Floor, Kind::Agent] {
                 let label = format!("run {run_no}/{runs} {} {}", config.name, kind.name());
                 progress.start(&label);
+                // virtio-fs: a fresh virtiofsd per boot (it exits with QEMU's disconnect).
+                let virtiofsd = (config.container == Some(Share::VirtioFs))
+                    .then(|| Virtiofsd::start(&config.virtiofsd_socket, packed_rootfs))
+                    .transpose()?;
                 let outcome = match kind {
                     Kind::Floor => floor_run(config.floor.clone(), timeout),
                     Kind::Agent => agent_run(config.agent.clone(), timeout, config.container),
                 };
+                drop(virtiofsd);
                 if let (Some(dir), Some(console)) = (&args.keep_consoles, &outcome.console) {
                     let file = dir.join(format!("{}-{}-{run_no}.log", config.name, kind.name()));
                     fs::write(&file, console).with_context(|| format!("writing {}", file.display()))?;

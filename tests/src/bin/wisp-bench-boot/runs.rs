@@ -10,6 +10,7 @@ use wisp_tests::{Vm, VmConfig};
 
 use crate::agent_session::agent_session;
 use crate::console_watch::ConsoleWatcher;
+use crate::container::Share;
 use crate::metrics::{key, Sample};
 
 /// Which initrd a run boots: the busybox floor or the agent.
@@ -68,7 +69,7 @@ pub fn floor_run(config: VmConfig, timeout: Duration) -> Outcome {
 
 /// Boots the agent, talks to it (runs a container in it with `container`), destroys the sandbox
 /// and waits for QEMU to exit.
-pub fn agent_run(config: VmConfig, timeout: Duration, container: bool) -> Outcome {
+pub fn agent_run(config: VmConfig, timeout: Duration, container: Option<Share>) -> Outcome {
     let mut vm = match Vm::boot(config) {
         Ok(vm) => vm,
         Err(err) => return Outcome { result: Err(err.into()), console: None, command_line: None },
