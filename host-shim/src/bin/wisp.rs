@@ -209,7 +209,8 @@ fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
     r.fail(
         "stratovirt sandbox",
         "the shim cannot dial the agent over AF_VSOCK yet, so it cannot boot StratoVirt sandboxes; \
-         remove [hypervisor.stratovirt] (QEMU machine_type = \"microvm\" runs the same virtio-mmio guest)",
+         remove [hypervisor.stratovirt] (QEMU machine_type = \"microvm\" runs the same virtio-mmio guest); \
+         the \"sandbox VM\" line below is [hypervisor.qemu], unused while [hypervisor.stratovirt] is present",
     );
 }
 
