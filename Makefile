@@ -78,8 +78,8 @@ test-containerd: tools ## ctr tests against a private containerd (root; runc bun
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included, q35/pc and microvm (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr -- --test-threads=1
 
 PREFIX ?= /usr/local
 install: all ## Put containerd-shim-wisp-v2 and wisp in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
@@ -94,8 +94,9 @@ uninstall: ## Remove what `make install` put in $(PREFIX)
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
-bench bench-boot: deps all ## Boot-time, size and container benchmarks (prints tables)
-	$(TARGET_DIR)/release/wisp-bench-boot
+# BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` or `BENCH_ARGS="--runs 10 --all"`.
+bench bench-boot: deps all ## Boot-time, size and container benchmarks: tables, target/bench/boot.{json,svg}
+	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 	$(TARGET_DIR)/release/wisp-bench-containers
 
 fmt: ## Format the code

@@ -28,6 +28,15 @@
 //! tb_size = 64                         # MiB of TCG translation cache
 //! vhost_device_vsock = "vhost-device-vsock"
 //!
+//! # [hypervisor.stratovirt] instead of [hypervisor.qemu] selects StratoVirt (seed: iSulad's
+//! # Kata configuration); see hypervisor::stratovirt. Keys:
+//! # path, kernel, initrd, machine_type = "microvm" | "q35", default_vcpus, default_memory,
+//! # block_device_driver = "virtio-mmio" | "virtio-blk", use_vsock = true, kernel_params,
+//! # firmware (pflash code for q35), shared_fs = "none" | "virtio-fs", virtio_fs_daemon,
+//! # pcie_root_port, and Kata's accepted-but-unused network keys (enable_netmon,
+//! # internetworking_model, sandbox_cgroup_with_emulator, disable_new_netns,
+//! # disable_block_device_use, disable_vhost_net).
+//!
 //! [agent.wisp]
 //! dial_timeout = 60                    # seconds to wait for the agent after QEMU starts
 //! debug_console_enabled = false
@@ -234,10 +243,105 @@ impl AgentSection {
     }
 }
 
+/// StratoVirt's machine types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StratoVirtMachine {
+    /// `microvm`: virtio-mmio devices, no PCI, no firmware.
+    #[default]
+    Microvm,
+    /// `q35`, StratoVirt's "standard" machine: virtio-pci on `pcie.0`, boots through firmware.
+    Q35,
+}
+
+/// How the rootfs reaches a StratoVirt guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum StratoVirtSharedFs {
+    /// No shared directory: container rootfs are block devices (Kata's devicemapper setup).
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// virtio-fs through virtiofsd (`vhost-user-fs-pci`: standard machine only).
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+}
+
+/// `[hypervisor.stratovirt]`: Kata's keys for StratoVirt (see ../shared/seeds/003, iSulad).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StratoVirtSection {
+    /// The StratoVirt binary (or a wrapper script that sets `STRATOVIRT_LOG_LEVEL`).
+    pub path: PathBuf,
+    /// The guest kernel; `None`: the built-in lookup (PVH `vmlinux` on microvm).
+    pub kernel: Option<PathBuf>,
+    /// The initrd; `None`: the built-in lookup.
+    pub initrd: Option<PathBuf>,
+    /// The machine type.
+    pub machine_type: StratoVirtMachine,
+    /// vCPUs.
+    pub default_vcpus: u32,
+    /// Guest RAM in MiB (StratoVirt accepts 128 MiB .. 512 GiB).
+    pub default_memory: u32,
+    /// `virtio-mmio` (microvm: `virtio-blk-device`, Kata storage driver `mmioblk`) or
+    /// `virtio-blk` (q35: `virtio-blk-pci`, driver `blk`).
+    pub block_device_driver: String,
+    /// The agent channel is vsock (`vhost-vsock-device`/`-pci`); StratoVirt has no other.
+    pub use_vsock: bool,
+    /// Extra kernel parameters, space separated.
+    pub kernel_params: String,
+    /// The pflash firmware (EDK2 code) the standard machine boots through.
+    pub firmware: Option<PathBuf>,
+    /// How the bundle rootfs reaches the guest.
+    pub shared_fs: StratoVirtSharedFs,
+    /// The virtiofsd binary.
+    pub virtio_fs_daemon: PathBuf,
+    /// Free pcie-root-ports on q35, for hot-plug.
+    pub pcie_root_port: u32,
+    /// Kata key, accepted for iSulad configurations; wisp has no network monitor.
+    pub enable_netmon: bool,
+    /// Kata key, accepted; wisp's networking is the agent's UpdateInterface/Routes.
+    pub internetworking_model: String,
+    /// Kata key, accepted; must be false (the shim does not move the VMM into a cgroup).
+    pub sandbox_cgroup_with_emulator: bool,
+    /// Kata key, accepted.
+    pub disable_new_netns: bool,
+    /// Kata key: no block devices for container rootfs.
+    pub disable_block_device_use: bool,
+    /// Kata key, accepted.
+    pub disable_vhost_net: bool,
+}
+
+impl Default for StratoVirtSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("stratovirt"),
+            kernel: None,
+            initrd: None,
+            machine_type: StratoVirtMachine::Microvm,
+            default_vcpus: 1,
+            default_memory: 256,
+            block_device_driver: "virtio-mmio".to_owned(),
+            use_vsock: true,
+            kernel_params: String::new(),
+            firmware: None,
+            shared_fs: StratoVirtSharedFs::None,
+            virtio_fs_daemon: PathBuf::from("virtiofsd"),
+            pcie_root_port: 2,
+            enable_netmon: false,
+            internetworking_model: "tcfilter".to_owned(),
+            sandbox_cgroup_with_emulator: false,
+            disable_new_netns: false,
+            disable_block_device_use: false,
+            disable_vhost_net: true,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct HypervisorTable {
     qemu: QemuSection,
+    stratovirt: Option<StratoVirtSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +364,8 @@ pub struct Config {
     pub qemu: QemuSection,
     /// `[agent.wisp]`.
     pub agent: AgentSection,
+    /// `[hypervisor.stratovirt]`: when present, the sandbox VM is StratoVirt, not QEMU.
+    pub stratovirt: Option<StratoVirtSection>,
     /// The file it was read from; `None` for the built-in default.
     pub source: Option<PathBuf>,
 }
@@ -292,7 +398,12 @@ impl Config {
     /// Parses TOML text read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: File = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
-        let config = Self { qemu: file.hypervisor.qemu, agent: file.agent.wisp, source: Some(path.to_owned()) };
+        let config = Self {
+            qemu: file.hypervisor.qemu,
+            agent: file.agent.wisp,
+            stratovirt: file.hypervisor.stratovirt,
+            source: Some(path.to_owned()),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -324,6 +435,9 @@ impl Config {
         if q.pcie_root_port > 32 {
             return Err(invalid(format!("hypervisor.qemu.pcie_root_port = {}: at most 32", q.pcie_root_port)));
         }
+        if let Some(sv) = &self.stratovirt {
+            sv.validate().map_err(invalid)?;
+        }
         if self.agent.dial_timeout == 0 {
             return Err(invalid("agent.wisp.dial_timeout = 0: use seconds, e.g. 60".to_owned()));
         }
@@ -347,6 +461,63 @@ impl Config {
     /// The initrd: the configured one, else the built-in lookup.
     pub fn initrd(&self) -> PathBuf {
         self.qemu.initrd.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
+    }
+}
+
+impl StratoVirtSection {
+    /// The kernel: the configured one, else the built-in lookup (PVH `vmlinux` on microvm,
+    /// `bzImage` on q35).
+    pub fn kernel(&self) -> PathBuf {
+        let name = match self.machine_type {
+            StratoVirtMachine::Microvm => "vmlinux",
+            StratoVirtMachine::Q35 => "bzImage",
+        };
+        self.kernel.clone().unwrap_or_else(|| find_artifact(&[Path::new("kernel")], name))
+    }
+
+    /// The initrd: the configured one, else the built-in lookup.
+    pub fn initrd(&self) -> PathBuf {
+        self.initrd.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
+    }
+
+    /// Ranges StratoVirt documents, and the combinations it cannot run.
+    fn validate(&self) -> Result<(), String> {
+        if self.default_vcpus == 0 || self.default_vcpus > 254 {
+            return Err(format!("hypervisor.stratovirt.default_vcpus = {}: use 1..=254", self.default_vcpus));
+        }
+        if self.default_memory < 128 {
+            return Err(format!(
+                "hypervisor.stratovirt.default_memory = {} MiB: StratoVirt needs at least 128",
+                self.default_memory
+            ));
+        }
+        if !["virtio-mmio", "virtio-blk"].contains(&self.block_device_driver.as_str()) {
+            return Err(format!(
+                "hypervisor.stratovirt.block_device_driver = {:?}: use virtio-mmio (microvm) or virtio-blk (q35)",
+                self.block_device_driver
+            ));
+        }
+        if !self.use_vsock {
+            return Err(
+                "hypervisor.stratovirt.use_vsock = false: StratoVirt reaches the agent only over vsock".to_owned()
+            );
+        }
+        if self.sandbox_cgroup_with_emulator {
+            return Err(
+                "hypervisor.stratovirt.sandbox_cgroup_with_emulator = true: not supported; set it to false (as \
+                        iSulad's guide does)"
+                    .to_owned(),
+            );
+        }
+        if self.machine_type == StratoVirtMachine::Microvm && self.shared_fs == StratoVirtSharedFs::VirtioFs {
+            return Err("hypervisor.stratovirt.shared_fs = \"virtio-fs\" needs machine_type = \"q35\": StratoVirt's \
+                        microvm has no virtio-fs device"
+                .to_owned());
+        }
+        if self.pcie_root_port > 32 {
+            return Err(format!("hypervisor.stratovirt.pcie_root_port = {}: at most 32", self.pcie_root_port));
+        }
+        Ok(())
     }
 }
 

@@ -24,7 +24,20 @@ use tokio::sync::{watch, Mutex};
 use crate::agent_dial::{self, AgentAddr, AgentConn, DialError};
 use crate::config::Config;
 use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
+use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
 use crate::hypervisor::{Hypervisor, HypervisorError, SharedFs, VmPaths, SHARED_FS_TAG};
+
+/// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
+/// `start` needs `/dev/vhost-vsock`), else QEMU as `spec` resolved it.
+fn new_vm(config: &Config, spec: QemuSpec, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
+    match &config.stratovirt {
+        Some(section) => {
+            let spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
+            Box::new(StratoVirt::new(spec, paths.clone(), Vec::new(), log.clone()))
+        }
+        None => Box::new(Qemu::new(spec, paths.clone(), log.clone())),
+    }
+}
 
 /// The environment variable naming the state root.
 pub const STATE_DIR_ENV: &str = "WISP_STATE_DIR";
@@ -160,7 +173,7 @@ impl Sandbox {
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
         let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
-        let mut vm: Box<dyn Hypervisor> = Box::new(Qemu::new(spec, paths.clone(), log.clone()));
+        let mut vm = new_vm(config, spec, &paths, &log);
         let started = Instant::now();
         let addr = match vm.start().await {
             Ok(addr) => addr,

@@ -30,6 +30,8 @@
 //! - [`rootfs_builder`]: packs initrds with the workspace's `rootfs-builder`.
 //! - [`containerd`]: [`Containerd`], a private containerd (own root, state, socket) with a
 //!   `ctr` wrapper, for the tests of feature `containerd-tests` (`make test-containerd`, root).
+//! - [`shim_setup`]: a private containerd running our shim with its own configuration, for the
+//!   `ctr` tests of the shim on every machine type.
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
 //!
@@ -59,6 +61,7 @@ pub mod floor;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod sandbox_vm;
+pub mod shim_setup;
 pub mod timeline;
 pub mod vm;
 

@@ -2,13 +2,16 @@
 //!
 //! `wisp check [--config FILE]` validates the configuration and the host (QEMU present, KVM
 //! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
-//! built) and says what to fix; it exits 1 when something blocks running a sandbox.
+//! built) and says what to fix; it exits 1 when something blocks running a sandbox. With
+//! `[hypervisor.stratovirt]` configured it also reports StratoVirt's binary and images.
+//!
+//! `wisp bench boot [ARGS]` runs the boot benchmark (`wisp-bench-boot` next to this binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use wisp_shim::config::{find_program, Config};
+use wisp_shim::config::{find_program, Config, StratoVirtSection};
 use wisp_shim::hypervisor::qemu::config::QemuSpec;
 use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use wisp_shim::sandbox::state_root;
@@ -28,6 +31,38 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Benchmarks (`make bench`).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Boot time and sizes: floor vs agent per configuration, phases, memory; table, JSON and
+    /// SVG (runs `wisp-bench-boot` from this binary's directory; `wisp bench boot --help`
+    /// lists its options, e.g. `--quick`, `--runs N`, `--all`).
+    #[command(disable_help_flag = true)]
+    Boot {
+        /// Passed on to wisp-bench-boot.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Replaces this process with `wisp-bench-boot` from the same directory (the bench lives in
+/// the test crate, beside the VM harness it drives).
+fn exec_bench_boot(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let sibling = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("wisp-bench-boot")));
+    let Some(program) = sibling.filter(|p| p.is_file()) else {
+        eprintln!("wisp bench boot: wisp-bench-boot not found next to this binary; run `make tools` (it is a build of the tests crate)");
+        return ExitCode::from(2);
+    };
+    let err = Command::new(&program).args(args).exec();
+    eprintln!("wisp bench boot: cannot run {}: {err}", program.display());
+    ExitCode::from(2)
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +150,9 @@ fn check(config_path: Option<&Path>) -> bool {
             "not found — the rootfs is shared by virtio-9p; `cargo install virtiofsd` (or `make deps`) for virtio-fs",
         ),
     }
+    if let Some(section) = &config.stratovirt {
+        check_stratovirt(&mut r, section);
+    }
     let root = state_root();
     match std::fs::create_dir_all(&root) {
         Ok(()) => r.ok("state dir", root.display().to_string()),
@@ -143,9 +181,58 @@ fn check(config_path: Option<&Path>) -> bool {
     !r.failed
 }
 
+/// `[hypervisor.stratovirt]` is configured: StratoVirt's binary, its images, and what it needs
+/// from the host (KVM, `/dev/vhost-vsock`).
+fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
+    match find_program(&section.path) {
+        Some(path) => {
+            let version = Command::new(&path)
+                .arg("-version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            r.ok("stratovirt", format!("{} ({version})", path.display()));
+        }
+        None => r.fail(
+            "stratovirt",
+            format!(
+                "{} not found — install StratoVirt (openEuler: yum install stratovirt) or set hypervisor.stratovirt.path",
+                section.path.display()
+            ),
+        ),
+    }
+    for (what, path) in [("stratovirt kernel", section.kernel()), ("stratovirt initrd", section.initrd())] {
+        if path.is_file() {
+            r.ok(what, path.display().to_string());
+        } else {
+            r.fail(what, format!("{} missing — set hypervisor.stratovirt.kernel/initrd", path.display()));
+        }
+    }
+    if Path::new(VHOST_VSOCK_DEVICE).exists() {
+        r.ok("stratovirt vsock", format!("{VHOST_VSOCK_DEVICE} present (the agent channel)"));
+    } else {
+        r.fail(
+            "stratovirt vsock",
+            format!(
+                "{VHOST_VSOCK_DEVICE} missing — StratoVirt's agent channel needs `modprobe vhost_vsock` \
+                 (or remove [hypervisor.stratovirt]: QEMU machine_type = \"microvm\" runs the same virtio-mmio guest)"
+            ),
+        );
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => r.ok("stratovirt kvm", "/dev/kvm opens (StratoVirt has no TCG)"),
+        Err(err) => r.fail("stratovirt kvm", format!("/dev/kvm: {err} — StratoVirt runs only under KVM")),
+    }
+    r.ok(
+        "stratovirt sandbox",
+        "the \"sandbox VM\" line below is [hypervisor.qemu], unused while [hypervisor.stratovirt] is present",
+    );
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Bench { what: BenchCmd::Boot { args } } => exec_bench_boot(&args),
         Cmd::Check { config } => {
             if check(config.as_deref()) {
                 ExitCode::SUCCESS

@@ -6,12 +6,14 @@
 //! [`Hypervisor::stop`] ends them all. The shim talks to the agent, never to the VMM, for
 //! everything else.
 //!
-//! Today there is [`qemu`] (`qemu/{config,cmdline,qmp,lifecycle}.rs`). A StratoVirt backend
-//! fits the same seam: its own `config.rs` (from `[hypervisor.stratovirt]`), `cmdline.rs`
-//! (its microvm/standard machine syntax), its QMP, and a lifecycle that hands back an
+//! Backends: [`qemu`] (`qemu/{config,cmdline,qmp,lifecycle}.rs`) and [`stratovirt`] (its
+//! microvm/standard argv, QMP through the QEMU client, a lifecycle). A backend
+//! fits the seam with its own `config.rs` (from `[hypervisor.<name>]`), `cmdline.rs`
+//! (its machine syntax), its QMP, and a lifecycle that hands back an
 //! [`AgentAddr`].
 
 pub mod qemu;
+pub mod stratovirt;
 pub mod vhost_vsock;
 
 use std::fmt;

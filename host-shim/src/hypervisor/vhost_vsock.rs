@@ -48,7 +48,7 @@ pub enum CidError {
         source: Errno,
     },
     /// Every CID tried was in use.
-    #[error("no free vsock context id in {first}..{} on {}", first + MAX_TRIES, path.display())]
+    #[error("no free vsock context id in {first}..{} on {}", first.saturating_add(MAX_TRIES), path.display())]
     Exhausted {
         /// The vhost-vsock device.
         path: PathBuf,
@@ -76,7 +76,8 @@ impl GuestCid {
     }
 
     fn claim_on(device: File, path: &Path, first: u32) -> Result<Self, CidError> {
-        for cid in (first..).take(MAX_TRIES as usize) {
+        // u32::MAX is VMADDR_CID_ANY, never a guest's.
+        for cid in (first.max(FIRST_GUEST_CID)..u32::MAX).take(MAX_TRIES as usize) {
             let value = u64::from(cid);
             // SAFETY: the descriptor is open for the whole call and the ioctl only reads the u64
             // the pointer refers to, which lives on this stack frame.

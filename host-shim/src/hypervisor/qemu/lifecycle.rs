@@ -31,7 +31,8 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
 const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The names of the processes a VM runs, in start order (their `.pid` files).
-pub const PROCESS_NAMES: [&str; 3] = ["vhost-device-vsock", "virtiofsd", "qemu"];
+/// (`stratovirt` when the sandbox VMM is StratoVirt.)
+pub const PROCESS_NAMES: [&str; 4] = ["vhost-device-vsock", "virtiofsd", "qemu", "stratovirt"];
 
 /// A QEMU VM and its helpers.
 #[derive(Debug)]

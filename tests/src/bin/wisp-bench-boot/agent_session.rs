@@ -13,7 +13,8 @@ use wisp_shim::agent_dial::{AgentConn, DialError};
 use wisp_tests::timeline::parse_prometheus_text;
 use wisp_tests::{Vm, VmError};
 
-use crate::host::{proc_comm, proc_status_bytes};
+use crate::container::Share;
+use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes};
 use crate::metrics::{key, Sample};
 use crate::runs::Measured;
 
@@ -29,9 +30,9 @@ fn ctx(remaining: Duration) -> context::Context {
     context::with_timeout(i64::try_from(remaining.as_nanos()).unwrap_or(i64::MAX).max(1))
 }
 
-/// Talks to the agent of the booted `vm` until QEMU exits after DestroySandbox, all within
-/// `timeout` of QEMU's spawn.
-pub fn agent_session(vm: &mut Vm, timeout: Duration) -> Result<Measured> {
+/// Talks to the agent of the booted `vm` (and, with `container`, runs a container in it) until
+/// QEMU exits after DestroySandbox, all within `timeout` of QEMU's spawn.
+pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -> Result<Measured> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building a runtime")?;
     let spawned = vm.spawned_at();
     let deadline = spawned + timeout;
@@ -77,15 +78,23 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration) -> Result<Measured> {
         }
         Err(err) => return Err(err).context("GetMetrics"),
     }
+    if let (Some(total), Some(available)) = (values.get(key::GUEST_MEM_TOTAL), values.get(key::GUEST_MEM_AVAILABLE)) {
+        values.insert(key::GUEST_MEM_USED, total - available);
+    }
     for (pid, name) in vm.pids().into_iter().filter_map(|pid| Some((pid, proc_comm(pid)?))) {
         if name.starts_with("qemu") {
             values.extend(proc_status_bytes(pid, "VmRSS").map(|v| (key::QEMU_RSS, v)));
             // Guest RAM is a shared memfd only with vhost-user (hybrid vsock); else it is anonymous.
             let shmem = proc_status_bytes(pid, "RssShmem").filter(|&v| v > 0.0);
             values.extend(shmem.map(|v| (key::QEMU_RSS_SHMEM, v)));
+            values.extend(proc_rollup_bytes(pid, "Pss").map(|v| (key::QEMU_PSS, v)));
         } else if name.starts_with("vhost-device") {
             values.extend(proc_status_bytes(pid, "VmRSS").map(|v| (key::HELPER_RSS, v)));
         }
+    }
+
+    if let Some(share) = container {
+        runtime.block_on(crate::container::run(&agent, share, spawned, &mut values)).context("the container")?;
     }
 
     let destroy_sent = Instant::now();

@@ -17,8 +17,13 @@ WHAT IS MEASURED
          /init is a busybox script that mounts /proc, prints /proc/uptime and powers off:
          the cost of the kernel and QEMU alone, the best any /init could do.
   AGENT  the wisp initrd. The host dials the agent (a new attempt every <= 100 ms, as a
-         runtime polls), sends Health.Check, GetMetrics, then DestroySandbox and waits for
-         QEMU to exit.
+         runtime polls), sends Health.Check, GetMetrics, then (every configuration but cloud)
+         runs a container as the shim would: CreateSandbox with a busybox rootfs shared by
+         virtio-9p, CreateContainer + StartContainer of `echo`, the first ReadStdout, the
+         output drained + WaitProcess, RemoveContainer; then DestroySandbox and waits for
+         QEMU to exit. Phases (host clock): QEMU spawn -> kernel start (before printk 0) ->
+         /init entered (console: Run /init) -> agent ready (first Check) -> container started
+         -> first output -> container exit -> VM gone (qemu exit).
 
 CLOCKS (the table's clock column)
   printk  guest kernel stamps, e.g. `[    1.781430] Run /init as init process`
@@ -42,16 +47,24 @@ MEMORY
   Agent RSS, threads and guest memory come from the agent's GetMetrics (Prometheus text),
   read after the first Check; `n/a` when the agent does not implement it. QEMU's VmRSS (and
   the part that is guest RAM in the shared memfd, RssShmem) and vhost-device-vsock's VmRSS
-  are read from /proc at the same moment.
+  are read from /proc at the same moment, QEMU's PSS from /proc/PID/smaps_rollup. Shim RSS
+  is not measured here: the bench drives the agent directly, as the shim does, without it
+  (docs/shim.md has the shim's RSS/PSS).
 
 OUTPUT
   A table on stdout (median [min..max] per phase, the agent/floor ratio of medians, the
-  goals), progress on stderr, JSON in target/bench/boot.json (see --json). Exit status 1
+  goals), progress on stderr (a bar on a terminal), JSON in target/bench/boot.json (see
+  --json) and an SVG chart in target/bench/boot.svg (stacked bars of the host-clock phase
+  medians, floor and agent per configuration; see --svg). Exit status 1
   if any run failed (its console tail is printed, the other runs go on); 2 on bad usage or
   missing artifacts (run `make`).
 
 CONFIGURATIONS
   q35             q35 + qboot, our bzImage, hybrid vsock (vhost-device-vsock), 256 MiB
+  pc              as q35 on the pc (i440fx) machine
+  q35-raw         as q35 with the agent-only initrd uncompressed
+  q35-virtio-fs   as q35 with the container rootfs on virtio-fs (a virtiofsd per boot)
+  microvm-virtio-fs as microvm with virtio-fs (vhost-user-fs-device)
   microvm         microvm, our PVH vmlinux, hybrid vsock, 256 MiB
   q35-serial      as q35 but the agent channel is virtio-serial
   microvm-serial  as microvm but over virtio-serial
@@ -59,9 +72,13 @@ CONFIGURATIONS
   cloud           q35, Debian's cloud kernel (/boot/vmlinuz-*-cloud-amd64) with
                   target/initrd/wisp-cloud.initrd (virtio modules loaded by the agent), 512 MiB
 
-  The default (q35, microvm, cloud; 5 runs) boots 30 VMs in about 2 minutes under TCG on
-  2 cores; --all boots 60 in about 3. Run it on an otherwise idle host: other VMs and
-  builds slow a TCG guest down by tens of percent.";
+  Every configuration but cloud and the -virtio-fs ones shares the container rootfs by
+  virtio-9p; the floor VM gets the same share device (unused).
+
+  The default (q35, microvm, cloud; 5 runs) boots 30 VMs in about 3 minutes under TCG on
+  2 cores; --all boots 100 in about 6; --quick (q35 and microvm, 2 runs) 8 in under a minute.
+  Run it on an otherwise idle host: other VMs and builds slow a TCG guest down by tens of
+  percent.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,6 +100,14 @@ pub struct Args {
     #[arg(long, conflicts_with = "configs")]
     pub all: bool,
 
+    /// A small run: q35 and microvm, 2 runs each (overrides --runs and --config)
+    #[arg(long, conflicts_with = "all")]
+    pub quick: bool,
+
+    /// Where to write the SVG chart [default: target/bench/boot.svg in the workspace]
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
     /// Only report the sizes; boot nothing
     #[arg(long)]
     pub sizes_only: bool,
@@ -103,10 +128,14 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum ConfigName {
     Q35,
+    Pc,
     Microvm,
     Q35Serial,
     MicrovmSerial,
     Q35Zstd,
+    Q35Raw,
+    Q35VirtioFs,
+    MicrovmVirtioFs,
     Cloud,
 }
 
@@ -114,17 +143,35 @@ impl ConfigName {
     pub fn name(self) -> &'static str {
         match self {
             Self::Q35 => "q35",
+            Self::Pc => "pc",
             Self::Microvm => "microvm",
             Self::Q35Serial => "q35-serial",
             Self::MicrovmSerial => "microvm-serial",
             Self::Q35Zstd => "q35-zstd",
+            Self::Q35Raw => "q35-raw",
+            Self::Q35VirtioFs => "q35-virtio-fs",
+            Self::MicrovmVirtioFs => "microvm-virtio-fs",
             Self::Cloud => "cloud",
+        }
+    }
+}
+
+impl Args {
+    /// Boots per configuration and kind: 2 with `--quick`, else `--runs`.
+    pub fn effective_runs(&self) -> u32 {
+        if self.quick {
+            2
+        } else {
+            self.runs
         }
     }
 }
 
 /// The configurations asked for, each once, in the order given.
 pub fn selected(args: &Args) -> Vec<ConfigName> {
+    if args.quick {
+        return vec![ConfigName::Q35, ConfigName::Microvm];
+    }
     if args.all {
         return ConfigName::value_variants().to_vec();
     }
@@ -146,7 +193,10 @@ mod tests {
         let args = Args::try_parse_from(["x", "--config", "cloud,q35", "--config", "cloud"]).unwrap();
         assert_eq!(selected(&args), [ConfigName::Cloud, ConfigName::Q35]);
         let args = Args::try_parse_from(["x", "--all"]).unwrap();
-        assert_eq!(selected(&args).len(), 6);
+        assert_eq!(selected(&args).len(), 10);
+        let args = Args::try_parse_from(["x", "--quick"]).unwrap();
+        assert_eq!(selected(&args), [ConfigName::Q35, ConfigName::Microvm]);
+        assert_eq!(args.effective_runs(), 2);
     }
 
     #[test]

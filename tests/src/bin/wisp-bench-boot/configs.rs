@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use wisp_tests::{artifacts, Channel, Machine, VmConfig};
 
 use crate::cli::ConfigName;
+use crate::container::{share_args, Share};
 use crate::inputs::Packed;
 
 /// A configuration ready to boot: the agent VM and its floor twin.
@@ -17,12 +18,27 @@ pub struct BenchConfig {
     pub description: String,
     pub agent: VmConfig,
     pub floor: VmConfig,
+    /// The share the agent run's container uses (attached to both VMs); `None`: no container.
+    pub container: Option<Share>,
+    /// virtiofsd's socket, for [`Share::VirtioFs`] (a virtiofsd must serve it during each boot).
+    pub virtiofsd_socket: PathBuf,
 }
 
 /// The configuration `name`: its agent VM, and the same VM booting `packed.floor_initrd`.
 pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
     let (agent, description) = match name {
         ConfigName::Q35 => (VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock), "our bzImage, hybrid vsock"),
+        ConfigName::Pc => (VmConfig::wisp(Machine::Pc)?.channel(Channel::HybridVsock), "pc, our bzImage, hybrid vsock"),
+        ConfigName::Q35VirtioFs => {
+            (VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock), "our bzImage, hybrid vsock")
+        }
+        ConfigName::MicrovmVirtioFs => {
+            (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")
+        }
+        ConfigName::Q35Raw => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.raw_initrd).channel(Channel::HybridVsock),
+            "our bzImage, uncompressed initrd, hybrid vsock",
+        ),
         ConfigName::Microvm => {
             (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")
         }
@@ -45,8 +61,22 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
             (config, "Debian cloud kernel + modules, hybrid vsock, 512 MiB")
         }
     };
+    // Debian's cloud kernel has no 9p (and its virtiofs is a module): its runs stop at agent ready.
+    let container = match name {
+        ConfigName::Cloud => None,
+        ConfigName::Q35VirtioFs | ConfigName::MicrovmVirtioFs => Some(Share::VirtioFs),
+        _ => Some(Share::NineP),
+    };
+    let virtiofsd_socket = artifacts::target_dir().join(format!("bench/virtiofsd-{}.sock", name.name()));
+    let (agent, description) = match container {
+        Some(share) => {
+            let args = share_args(share, agent.machine_type(), &packed.rootfs, &virtiofsd_socket);
+            (agent.qemu_args_extra(args), format!("{description}, {} container rootfs", share.name()))
+        }
+        None => (agent, format!("{description}, no container (no 9p in this kernel)")),
+    };
     let floor = agent.clone().initrd(&packed.floor_initrd);
-    Ok(BenchConfig { name: name.name(), description: description.to_owned(), agent, floor })
+    Ok(BenchConfig { name: name.name(), description, agent, floor, container, virtiofsd_socket })
 }
 
 fn cloud_kernel_release() -> Result<String> {

@@ -48,6 +48,12 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> Option<f64> {
     parse_status_kib(&status, field).map(|kib| kib as f64 * 1024.0)
 }
 
+/// A `kB` field of `/proc/PID/smaps_rollup` (e.g. `Pss`), in bytes.
+pub fn proc_rollup_bytes(pid: u32, field: &str) -> Option<f64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    parse_status_kib(&rollup, field).map(|kib| kib as f64 * 1024.0)
+}
+
 fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let value = line.strip_prefix(field)?.strip_prefix(':')?;

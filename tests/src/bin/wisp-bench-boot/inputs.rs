@@ -5,8 +5,8 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Result};
-use wisp_tests::{artifacts, floor, rootfs_builder};
+use anyhow::{ensure, Context, Result};
+use wisp_tests::{agent_client, artifacts, floor, rootfs_builder};
 
 /// What `make` built.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ pub struct Packed {
     pub zstd_initrd: PathBuf,
     /// The agent-only initrd uncompressed.
     pub raw_initrd: PathBuf,
+    /// A busybox rootfs, shared by 9p with the agent VMs for the container phases.
+    pub rootfs: PathBuf,
 }
 
 impl Packed {
@@ -61,7 +63,12 @@ impl Packed {
             floor_initrd: dir.join("floor.initrd"),
             zstd_initrd: dir.join("wisp-zstd.initrd"),
             raw_initrd: dir.join("wisp.cpio"),
+            rootfs: dir.join("busybox-rootfs"),
         };
+        if !packed.rootfs.join("bin/busybox").is_file() {
+            agent_client::busybox_rootfs(&packed.rootfs)
+                .with_context(|| format!("building a busybox rootfs in {}", packed.rootfs.display()))?;
+        }
         floor::initrd(&packed.floor_initrd)?;
         let agent_initrd = |compression: &str, out: &Path| {
             let args =

@@ -10,16 +10,21 @@ mod agent_session;
 mod cli;
 mod configs;
 mod console_watch;
+mod container;
 mod host;
 mod inputs;
 mod json;
 mod metrics;
+mod progress;
 mod runs;
 mod sizes;
 mod stats;
+mod svg;
 mod table;
+mod virtiofsd;
 
 use std::fs;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,9 +35,12 @@ use wisp_tests::{accel, artifacts};
 
 use crate::cli::{selected, Args};
 use crate::configs::{bench_config, BenchConfig};
+use crate::container::Share;
 use crate::inputs::{Inputs, Packed};
 use crate::json::{write_json, ConfigReport, Failure, HostInfo, Report, RunRecord};
+use crate::progress::Progress;
 use crate::runs::{agent_run, floor_run, Kind};
+use crate::virtiofsd::Virtiofsd;
 
 /// Lines of console printed with a failed run.
 const FAILURE_TAIL: usize = 25;
@@ -70,7 +78,7 @@ fn run(args: Args) -> Result<usize> {
         host::check_host_tools()?;
         let configs =
             selected(&args).into_iter().map(|name| bench_config(name, &packed)).collect::<Result<Vec<_>>>()?;
-        run_boots(&configs, &args)?
+        run_boots(&configs, &args, &packed.rootfs)?
     };
     reports.iter_mut().for_each(ConfigReport::summarize);
 
@@ -83,13 +91,13 @@ fn run(args: Args) -> Result<usize> {
     };
     table::print_sizes(&sizes);
     if !args.sizes_only {
-        table::print_boots(&host, args.runs, &reports);
+        table::print_boots(&host, args.effective_runs(), &reports);
     }
     let report = Report {
         schema: 1,
         generated_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         host,
-        runs_per_config: if args.sizes_only { 0 } else { args.runs },
+        runs_per_config: if args.sizes_only { 0 } else { args.effective_runs() },
         sizes,
         configs: reports,
         failed_runs: failed,
@@ -97,12 +105,17 @@ fn run(args: Args) -> Result<usize> {
     let json_path = args.json.clone().unwrap_or_else(|| artifacts::target_dir().join("bench/boot.json"));
     write_json(&json_path, &report)?;
     println!("\nJSON: {}", json_path.display());
+    if !args.sizes_only {
+        let svg_path = args.svg.clone().unwrap_or_else(|| artifacts::target_dir().join("bench/boot.svg"));
+        svg::write_svg(&svg_path, &report.configs, report.runs_per_config)?;
+        println!("SVG:  {}", svg_path.display());
+    }
     Ok(failed)
 }
 
-/// Boots every configuration `args.runs` times, floor and agent interleaved; returns the
-/// reports (not summarized yet) and how many runs failed.
-fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>, usize)> {
+/// Boots every configuration [`Args::effective_runs`] times, floor and agent interleaved; returns the
+/// reports (not summarized yet) and how many runs failed. `packed_rootfs` is what virtiofsd serves.
+fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Result<(Vec<ConfigReport>, usize)> {
     let timeout = Duration::from_secs(args.timeout);
     if let Some(dir) = &args.keep_consoles {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -110,15 +123,22 @@ fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>,
     let mut reports: Vec<ConfigReport> = configs.iter().map(ConfigReport::new).collect();
     let started = Instant::now();
     let mut failed = 0;
-    for run_no in 1..=args.runs {
+    let runs = args.effective_runs();
+    let mut progress = Progress::new(configs.len() * 2 * runs as usize);
+    for run_no in 1..=runs {
         for (config, report) in configs.iter().zip(reports.iter_mut()) {
             for kind in [Kind::Floor, Kind::Agent] {
-                let label = format!("run {run_no}/{} {} {}", args.runs, config.name, kind.name());
-                eprint!("{label} ... ");
+                let label = format!("run {run_no}/{runs} {} {}", config.name, kind.name());
+                progress.start(&label);
+                // virtio-fs: a fresh virtiofsd per boot (it exits with QEMU's disconnect).
+                let virtiofsd = (config.container == Some(Share::VirtioFs))
+                    .then(|| Virtiofsd::start(&config.virtiofsd_socket, packed_rootfs))
+                    .transpose()?;
                 let outcome = match kind {
                     Kind::Floor => floor_run(config.floor.clone(), timeout),
-                    Kind::Agent => agent_run(config.agent.clone(), timeout),
+                    Kind::Agent => agent_run(config.agent.clone(), timeout, config.container),
                 };
+                drop(virtiofsd);
                 if let (Some(dir), Some(console)) = (&args.keep_consoles, &outcome.console) {
                     let file = dir.join(format!("{}-{}-{run_no}.log", config.name, kind.name()));
                     fs::write(&file, console).with_context(|| format!("writing {}", file.display()))?;
@@ -132,14 +152,14 @@ fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>,
                 };
                 match outcome.result {
                     Ok((values, metrics, notes)) => {
-                        eprintln!("{}", table::progress_summary(kind, &values));
-                        notes.iter().for_each(|note| eprintln!("  note: {note}"));
+                        progress.done(&table::progress_summary(kind, &values));
+                        notes.iter().for_each(|note| progress.note(note));
                         target.runs.push(RunRecord { run: run_no, values, metrics, notes });
                     }
                     Err(err) => {
                         failed += 1;
                         let error = format!("{err:#}");
-                        eprintln!("FAILED\n{label}: {error}");
+                        progress.failed(&format!("{label}: {error}"));
                         // VM errors carry the console tail already.
                         if let Some(console) = outcome.console.filter(|_| !error.contains("console")) {
                             eprintln!("last console lines:\n{}", tail(&console, FAILURE_TAIL));
@@ -150,6 +170,7 @@ fn run_boots(configs: &[BenchConfig], args: &Args) -> Result<(Vec<ConfigReport>,
             }
         }
     }
-    eprintln!("{} boots in {:.0} s", configs.len() * 2 * args.runs as usize, started.elapsed().as_secs_f64());
+    progress.finish();
+    eprintln!("{} boots in {:.0} s", configs.len() * 2 * runs as usize, started.elapsed().as_secs_f64());
     Ok((reports, failed))
 }

@@ -32,6 +32,12 @@ pub mod key {
     pub const HOST_SERVING: &str = "host_serving_s";
     pub const HOST_BEFORE_GUEST_CLOCK: &str = "host_before_guest_clock_s";
     pub const HOST_METRICS_RPC: &str = "host_get_metrics_rpc_s";
+    /// CreateSandbox + CreateContainer + StartContainer of a busybox echo (9p rootfs) answered.
+    pub const HOST_CONTAINER_STARTED: &str = "host_container_started_s";
+    /// Its first ReadStdout answered with data.
+    pub const HOST_FIRST_OUTPUT: &str = "host_container_first_output_s";
+    /// Its WaitProcess answered (output drained), then RemoveContainer.
+    pub const HOST_CONTAINER_EXIT: &str = "host_container_exit_s";
     pub const HOST_DESTROY_TO_EXIT: &str = "host_destroy_to_exit_s";
     pub const HOST_EXIT: &str = "host_qemu_exit_s";
     // Memory.
@@ -39,8 +45,12 @@ pub mod key {
     pub const AGENT_THREADS: &str = "agent_threads";
     pub const GUEST_MEM_TOTAL: &str = "guest_mem_total_bytes";
     pub const GUEST_MEM_AVAILABLE: &str = "guest_mem_available_bytes";
+    /// MemTotal - MemAvailable.
+    pub const GUEST_MEM_USED: &str = "guest_mem_used_bytes";
     pub const QEMU_RSS: &str = "qemu_rss_bytes";
     pub const QEMU_RSS_SHMEM: &str = "qemu_rss_shmem_bytes";
+    /// QEMU's proportional set size (`/proc/PID/smaps_rollup` Pss).
+    pub const QEMU_PSS: &str = "qemu_pss_bytes";
     pub const HELPER_RSS: &str = "vsock_helper_rss_bytes";
 }
 
@@ -94,14 +104,19 @@ pub const ROWS: &[Row] = &[
     row("agent socket connected (serial: at once)", Clock::Host, Unit::Seconds, false, key::HOST_CONNECTED),
     row("SERVING: WISP-FLOOR | first Check", Clock::Host, Unit::Seconds, true, key::HOST_SERVING),
     row("GetMetrics round trip", Clock::Host, Unit::Seconds, false, key::HOST_METRICS_RPC),
+    row("container started (sandbox+create+start)", Clock::Host, Unit::Seconds, false, key::HOST_CONTAINER_STARTED),
+    row("container first output", Clock::Host, Unit::Seconds, false, key::HOST_FIRST_OUTPUT),
+    row("container exit (WaitProcess)", Clock::Host, Unit::Seconds, false, key::HOST_CONTAINER_EXIT),
     row("DestroySandbox sent -> qemu exit", Clock::Host, Unit::Seconds, false, key::HOST_DESTROY_TO_EXIT),
     row("qemu exit", Clock::Host, Unit::Seconds, true, key::HOST_EXIT),
     row("agent RSS (GetMetrics)", Clock::None, Unit::Bytes, false, key::AGENT_RSS),
     row("agent threads", Clock::None, Unit::Count, false, key::AGENT_THREADS),
     row("guest MemTotal", Clock::None, Unit::Bytes, false, key::GUEST_MEM_TOTAL),
     row("guest MemAvailable", Clock::None, Unit::Bytes, false, key::GUEST_MEM_AVAILABLE),
+    row("guest memory used (Total - Available)", Clock::None, Unit::Bytes, false, key::GUEST_MEM_USED),
     row("qemu VmRSS", Clock::None, Unit::Bytes, false, key::QEMU_RSS),
     row("  of which guest RAM (RssShmem)", Clock::None, Unit::Bytes, false, key::QEMU_RSS_SHMEM),
+    row("qemu PSS (smaps_rollup)", Clock::None, Unit::Bytes, false, key::QEMU_PSS),
     row("vhost-device-vsock VmRSS", Clock::None, Unit::Bytes, false, key::HELPER_RSS),
 ];
 

@@ -10,6 +10,7 @@ use wisp_tests::{Vm, VmConfig};
 
 use crate::agent_session::agent_session;
 use crate::console_watch::ConsoleWatcher;
+use crate::container::Share;
 use crate::metrics::{key, Sample};
 
 /// Which initrd a run boots: the busybox floor or the agent.
@@ -66,14 +67,15 @@ pub fn floor_run(config: VmConfig, timeout: Duration) -> Outcome {
     Outcome { result, console: Some(console), command_line: Some(vm.qemu_command_line()) }
 }
 
-/// Boots the agent, talks to it, destroys the sandbox and waits for QEMU to exit.
-pub fn agent_run(config: VmConfig, timeout: Duration) -> Outcome {
+/// Boots the agent, talks to it (runs a container in it with `container`), destroys the sandbox
+/// and waits for QEMU to exit.
+pub fn agent_run(config: VmConfig, timeout: Duration, container: Option<Share>) -> Outcome {
     let mut vm = match Vm::boot(config) {
         Ok(vm) => vm,
         Err(err) => return Outcome { result: Err(err.into()), console: None, command_line: None },
     };
     let watcher = ConsoleWatcher::start(&vm, &[KERNEL_RUN_INIT, "msg=\"agent ready\""]);
-    let result = agent_session(&mut vm, timeout);
+    let result = agent_session(&mut vm, timeout, container);
     let seen = watcher.finish();
     let console = vm.console();
     let result = result.map(|(mut values, metrics, notes)| {

@@ -1,0 +1,190 @@
+//! [`Setup`]: a private containerd that runs our shim, with the shim's own state directory and
+//! configuration, for the tests that drive `containerd-shim-wisp-v2` through `ctr`
+//! (`tests/shim_ctr.rs` on q35/pc, `tests/microvm_ctr.rs` on QEMU microvm).
+//!
+//! Shared so every machine type is tested through the same harness: the configuration file,
+//! the bundle builder and the leftover scan (processes, mounts, state) are one code path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use tempfile::TempDir;
+
+use crate::containerd::ContainerdOptions;
+use crate::{artifacts, Containerd};
+
+/// The runtime name containerd resolves to `containerd-shim-wisp-v2`.
+pub const RUNTIME: &str = "io.containerd.wisp.v2";
+
+/// Bytes as lossy UTF-8.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// A path as `&str` for argv lists.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
+pub fn shim_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WISP_SHIM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let target = artifacts::target_dir();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("containerd-shim-wisp-v2"))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "containerd-shim-wisp-v2 not found in {}/{{release,debug}}: run `make tools` (or set WISP_SHIM)",
+                target.display()
+            )
+        })
+}
+
+/// A private containerd that finds our shim, with the shim's state and config in `dir`.
+#[derive(Debug)]
+pub struct Setup {
+    /// The test's directory (state, configuration, bundles).
+    pub dir: TempDir,
+    /// The private containerd.
+    pub ctd: Containerd,
+}
+
+impl Setup {
+    /// The default configuration (q35, our bzImage and initrd).
+    pub fn new() -> anyhow::Result<Self> {
+        Self::with_config("", "")
+    }
+
+    /// Extra lines for `[hypervisor.qemu]` and `[agent.wisp]`, booting our bzImage.
+    pub fn with_config(qemu: &str, agent: &str) -> anyhow::Result<Self> {
+        Self::with_kernel(&artifacts::kernel()?, qemu, agent)
+    }
+
+    /// Like [`Setup::with_config`] with another guest kernel (the PVH `vmlinux` for microvm).
+    pub fn with_kernel(kernel: &Path, qemu: &str, agent: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
+        let shim = shim_binary()?;
+        let state = dir.path().join("state");
+        let config = dir.path().join("configuration.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n{agent}\n",
+                kernel.display(),
+                artifacts::initrd()?.display()
+            ),
+        )?;
+        // containerd passes its environment on to the shims it starts.
+        std::env::set_var("WISP_STATE_DIR", &state);
+        std::env::set_var("WISP_CONFIG", &config);
+        let shim_dir = shim.parent().context("shim path has no directory")?.to_owned();
+        let ctd = Containerd::start_with(ContainerdOptions { shim_dirs: vec![shim_dir], ..Default::default() })?;
+        Ok(Self { dir, ctd })
+    }
+
+    /// The shim's state root (`WISP_STATE_DIR`).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A busybox bundle running `args`.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+        let bundle = self.dir.path().join(name);
+        let builder = artifacts::rootfs_builder()?;
+        let mut cmd = Command::new(&builder);
+        cmd.args(["bundle", "--from", "busybox", "-o", s(&bundle), "--args"]).args(args);
+        let out = cmd.output()?;
+        ensure!(out.status.success(), "{} bundle failed (run `make tools`?):\n{}", builder.display(), describe(&out));
+        Ok(bundle.join("config.json"))
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.ctd.ctr(args)?)
+    }
+
+    /// Everything of sandbox `id` still on the host: processes naming its state dir, mounts
+    /// under it, the directory itself.
+    pub fn leftovers(&self) -> Vec<String> {
+        let state = self.state();
+        let needle = state.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = text(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines().filter(|l| l.contains(&needle)) {
+            found.push(format!("mount: {line}"));
+        }
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for entry in entries.flatten() {
+                if entry.file_name() != "accel" {
+                    found.push(format!("state: {}", entry.path().display()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Polls [`Setup::leftovers`] until nothing is left or `within` passed; what is left.
+    pub fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || start.elapsed() >= within {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `ctr t ls` STATUS of task `id`.
+    pub fn task_status(&self, id: &str) -> anyhow::Result<String> {
+        let out = self.ctr(&["tasks", "ls"])?;
+        Ok(text(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// The wisp shim daemons serving this containerd (not their QEMU and helpers).
+    pub fn shims(&self) -> Vec<u32> {
+        self.ctd
+            .shim_processes()
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                text(&cmdline).contains("containerd-shim-wisp-v2")
+            })
+            .collect()
+    }
+
+    /// The pid of the QEMU serving this test's sandbox.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let needle = self.state().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")).then_some(())?;
+            cmdline.contains(&needle).then_some(pid)
+        })
+    }
+}
