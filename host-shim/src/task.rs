@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::io::{self, Output};
+use crate::pod::PodSpec;
 use crate::sandbox::Sandbox;
 
 type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
@@ -227,8 +228,8 @@ impl Inner {
         }
     }
 
-    /// The running sandbox, booting it on first use.
-    async fn sandbox(self: &Arc<Self>) -> TtrpcResult<Arc<Sandbox>> {
+    /// The running sandbox, booting it on first use (sized as `pod` asks).
+    async fn sandbox(self: &Arc<Self>, pod: &PodSpec) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.exited().borrow().is_some() {
@@ -239,7 +240,7 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log)
+        let sandbox = Sandbox::boot(&pod.vm_config(&self.config), &self.sandbox_id, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
@@ -584,7 +585,8 @@ impl Task for TaskService {
                 let _ = umount2(target, MntFlags::MNT_DETACH);
             }
         };
-        let sandbox = match inner.sandbox().await {
+        let pod = PodSpec::of(&spec);
+        let sandbox = match inner.sandbox(&pod).await {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 undo_rootfs(&mounted_rootfs);
@@ -605,6 +607,7 @@ impl Task for TaskService {
                 container_id: cid.clone(),
                 exec_id: cid.clone(),
                 OCI: Some(pb_spec).into(),
+                sandbox_pidns: pod.sandbox_pidns(),
                 ..Default::default()
             };
             sandbox
