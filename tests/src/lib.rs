@@ -30,6 +30,9 @@
 //! - [`rootfs_builder`]: packs initrds with the workspace's `rootfs-builder`.
 //! - [`containerd`]: [`Containerd`], a private containerd (own root, state, socket) with a
 //!   `ctr` wrapper, for the tests of feature `containerd-tests` (`make test-containerd`, root).
+//! - `cri` (feature `containerd-tests`): a CRI client (kubelet's side) for containerd's CRI
+//!   plugin, used by the pod tests.
+//! - [`leftovers`]: what a sandbox left under the shim's state root (processes, mounts, files).
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
 //!
@@ -55,7 +58,10 @@ pub mod accel;
 pub mod agent_client;
 pub mod artifacts;
 pub mod containerd;
+#[cfg(feature = "containerd-tests")]
+pub mod cri;
 pub mod floor;
+pub mod leftovers;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod timeline;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use tempfile::TempDir;
 use wisp_tests::containerd::ContainerdOptions;
-use wisp_tests::{artifacts, Containerd};
+use wisp_tests::{artifacts, leftovers, Containerd};
 
 const RUNTIME: &str = "io.containerd.wisp.v2";
 
@@ -101,43 +101,13 @@ impl Setup {
         Ok(self.ctd.ctr(args)?)
     }
 
-    /// Everything of sandbox `id` still on the host: processes naming its state dir, mounts
-    /// under it, the directory itself.
+    /// Everything of the sandboxes still on the host (see [`leftovers::under_state_root`]).
     fn leftovers(&self) -> Vec<String> {
-        let state = self.state();
-        let needle = state.to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = text(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) {
-                found.push(format!("process {pid}: {cmdline}"));
-            }
-        }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mountinfo.lines().filter(|l| l.contains(&needle)) {
-            found.push(format!("mount: {line}"));
-        }
-        if let Ok(entries) = std::fs::read_dir(&state) {
-            for entry in entries.flatten() {
-                if entry.file_name() != "accel" {
-                    found.push(format!("state: {}", entry.path().display()));
-                }
-            }
-        }
-        found
+        leftovers::under_state_root(&self.state())
     }
 
     fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let left = self.leftovers();
-            if left.is_empty() || start.elapsed() >= within {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        leftovers::wait_until_empty(within, || self.leftovers())
     }
 
     /// The `ctr t ls` STATUS of task `id`.
