@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use tempfile::TempDir;
 use wisp_tests::containerd::{ContainerdOptions, CriOptions};
-use wisp_tests::cri::{api, Cri};
+use wisp_tests::cri::{api, stream_exec, Cri};
 use wisp_tests::{artifacts, leftovers, Containerd};
 
 const PAUSE_IMAGE: &str = "docker.io/library/wisp-pause:1";
@@ -320,6 +320,19 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
     assert_eq!(text(&answer.stdout), "exec-out\n");
     assert_eq!(text(&answer.stderr), "exec-err\n");
     assert_eq!(answer.exit_code, 5);
+    // Streaming Exec (kubectl exec): through containerd's streaming server.
+    let request = api::ExecRequest {
+        container_id: sleeper.clone(),
+        cmd: ["sh", "-c", "echo stream-out; echo stream-err >&2; exit 9"].map(String::from).to_vec(),
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let url = t.cri.block_on(t.cri.runtime().exec(request)).map_err(|s| anyhow::anyhow!("Exec: {s}"))?.into_inner().url;
+    let streamed = stream_exec(&url, Duration::from_secs(60))?;
+    assert_eq!(text(&streamed.stdout), "stream-out\n");
+    assert_eq!(text(&streamed.stderr), "stream-err\n");
+    assert_eq!(streamed.exit_code, 9);
     let ps = t.exec_sync(&sleeper, &["ps", "-o", "pid,args"])?;
     let ps = text(&ps.stdout);
     let pids: HashMap<&str, &str> =
