@@ -475,6 +475,10 @@ fn guest_spec(
     // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
     pb_spec.Hooks = None.into();
     if let Some(linux) = pb_spec.Linux.as_mut() {
+        // A network namespace given by path is the pod's (CRI) or one the host prepared: in
+        // the guest that is the VM's own network, where every container of the sandbox meets
+        // (one localhost per pod, as Kata does). Only a new one stays a new one.
+        linux.Namespaces.retain(|ns| ns.Type != "network" || ns.Path.is_empty());
         for ns in &mut linux.Namespaces {
             // A path names a host namespace, which does not exist in the guest.
             ns.Path.clear();
@@ -1004,6 +1008,10 @@ mod tests {
         assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
         assert_eq!(shared, [("mounts/1-data".to_owned(), data)]);
         assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
+        assert!(
+            pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),
+            "a network namespace by path is the sandbox's: the VM's own"
+        );
         assert_eq!(pb.Process.Args, ["sh"]);
     }
 
