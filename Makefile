@@ -25,7 +25,7 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc e2fsprogs erofs-utils xz-utils zstd
+  cpio containerd runc e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
 
 .PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim install uninstall bench bench-boot fmt clippy lint clean
 
@@ -78,8 +78,8 @@ test-containerd: tools ## ctr tests against a private containerd (root; runc bun
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included, q35/pc and microvm (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods -- --test-threads=1
 
 PREFIX ?= /usr/local
 install: all ## Put containerd-shim-wisp-v2 and wisp in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp

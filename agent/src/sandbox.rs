@@ -93,6 +93,9 @@ struct GuestConfig {
     hostname: String,
     hooks: Option<GuestHooks>,
     pidns: SharedPidNs,
+    /// CreateSandbox asked for one pid namespace for every container (else only the
+    /// containers whose CreateContainer asks join it: a CRI pod's choice per container).
+    pidns_for_all: bool,
     /// CreateSandbox's storages, released by DestroySandbox.
     storages: Vec<Mounted>,
 }
@@ -395,6 +398,7 @@ impl Sandbox {
         guest.storages = std::mem::take(mounted);
         if req.sandbox_pidns {
             guest.pidns = SharedPidNs::Wanted;
+            guest.pidns_for_all = true;
         }
         slog::info!(self.log, "sandbox created"; "sandbox_id" => &req.sandbox_id, "hostname" => &req.hostname,
             "sandbox_pidns" => req.sandbox_pidns, "guest_hooks" => guest.hooks.is_some());
@@ -408,10 +412,11 @@ impl Sandbox {
     /// The pid namespace a new container gets, and whether it will hold the shared one.
     fn pid_namespace(&self, wants_shared: bool) -> (PidNs, bool) {
         let guest = self.guest();
+        let wants_shared = wants_shared || guest.pidns_for_all;
         match (&guest.pidns, wants_shared) {
-            (SharedPidNs::Held { pid, .. }, _) => (PidNs::Join(PathBuf::from(format!("/proc/{pid}/ns/pid"))), false),
-            (SharedPidNs::Wanted, _) | (SharedPidNs::Off, true) => (PidNs::New, true),
-            (SharedPidNs::Off, false) => (PidNs::New, false),
+            (SharedPidNs::Held { pid, .. }, true) => (PidNs::Join(PathBuf::from(format!("/proc/{pid}/ns/pid"))), false),
+            (SharedPidNs::Wanted | SharedPidNs::Off, true) => (PidNs::New, true),
+            (_, false) => (PidNs::New, false),
         }
     }
 

@@ -321,6 +321,43 @@ async fn containers_share_the_sandbox_pid_namespace_when_asked() {
     pause.remove().await.unwrap();
 }
 
+/// CreateContainer with its own `sandbox_pidns` choice (a CRI pod's per-container one), then start.
+async fn run_asking<'a>(
+    client: &'a protocols::agent_ttrpc::AgentServiceClient,
+    id: &str,
+    spec: protocols::oci::Spec,
+    sandbox_pidns: bool,
+) -> Container<'a> {
+    let mut req = protocols::agent::CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.exec_id = id.into();
+    req.OCI = Some(spec).into();
+    req.sandbox_pidns = sandbox_pidns;
+    client.create_container(ctx(), &req).await.expect("CreateContainer");
+    let c = Container::named(client, id);
+    c.start().await.expect("StartContainer");
+    c
+}
+
+#[tokio::test]
+async fn only_containers_that_ask_join_the_held_pid_namespace() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    // A CRI pod: no sandbox-wide pid namespace; the pause container asks to hold one.
+    client.create_sandbox(ctx(), &CreateSandboxRequest::new()).await.unwrap();
+    let pause = run_asking(&client, "pause", spec(path_of(&root), &["/bin/sleep", "100"], false), true).await;
+    let cat = &["/bin/cat", "/proc/1/cmdline"];
+    let joined = run_asking(&client, "joined", spec(path_of(&root), cat, false), true).await;
+    assert_eq!(joined.read_to_eof("joined", false).await.unwrap(), b"/bin/sleep\x00100\x00", "joined the pause's");
+    assert_eq!(joined.wait("joined").await.unwrap(), 0);
+    let own = run_asking(&client, "own", spec(path_of(&root), cat, false), false).await;
+    assert_eq!(own.read_to_eof("own", false).await.unwrap(), b"/bin/cat\x00/proc/1/cmdline\x00", "its own");
+    assert_eq!(own.wait("own").await.unwrap(), 0);
+    for c in [joined, own, pause] {
+        c.remove().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn guest_hooks_run_for_every_container() {
     let (agent, root) = (Agent::start(), rootfs());

@@ -13,6 +13,7 @@ pub mod agent_dial;
 pub mod config;
 pub mod hypervisor;
 pub mod io;
+pub mod pod;
 pub mod sandbox;
 pub mod shim;
 pub mod task;

@@ -41,6 +41,8 @@ use crate::task::TaskService;
 pub const RUNTIME_ID: &str = "io.containerd.wisp.v2";
 /// The CRI annotation grouping a pod's containers into one sandbox.
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// How long the exiting daemon waits for containerd to close its connections.
+const SERVER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The task service names served: containerd 1.x calls v2, 2.x v3.
 const TASK_SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 
@@ -179,7 +181,11 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
         .map_err(|err| ShimError::Other(format!("cannot detach stdout: {err}")))?;
     exit.wait().await;
     info!(log, "shim exiting");
-    let _ = server.shutdown().await;
+    // Connections containerd still holds (a pod's shim has one per container) are told to close;
+    // the shim does not wait on them for long: its work is done.
+    if tokio::time::timeout(SERVER_CLOSE_TIMEOUT, server.shutdown()).await.is_err() {
+        warn!(log, "connections still open at exit"; "waited_ms" => SERVER_CLOSE_TIMEOUT.as_millis());
+    }
     let _ = std::fs::remove_file(path);
     Ok(())
 }

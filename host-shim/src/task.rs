@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::io::{self, Output};
+use crate::pod::PodSpec;
 use crate::sandbox::Sandbox;
 
 type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
@@ -227,8 +228,8 @@ impl Inner {
         }
     }
 
-    /// The running sandbox, booting it on first use.
-    async fn sandbox(self: &Arc<Self>) -> TtrpcResult<Arc<Sandbox>> {
+    /// The running sandbox, booting it on first use (sized as `pod` asks).
+    async fn sandbox(self: &Arc<Self>, pod: &PodSpec) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.exited().borrow().is_some() {
@@ -239,7 +240,7 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log)
+        let sandbox = Sandbox::boot(&pod.vm_config(&self.config), &self.sandbox_id, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
@@ -474,6 +475,10 @@ fn guest_spec(
     // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
     pb_spec.Hooks = None.into();
     if let Some(linux) = pb_spec.Linux.as_mut() {
+        // A network namespace given by path is the pod's (CRI) or one the host prepared: in
+        // the guest that is the VM's own network, where every container of the sandbox meets
+        // (one localhost per pod, as Kata does). Only a new one stays a new one.
+        linux.Namespaces.retain(|ns| ns.Type != "network" || ns.Path.is_empty());
         for ns in &mut linux.Namespaces {
             // A path names a host namespace, which does not exist in the guest.
             ns.Path.clear();
@@ -584,7 +589,8 @@ impl Task for TaskService {
                 let _ = umount2(target, MntFlags::MNT_DETACH);
             }
         };
-        let sandbox = match inner.sandbox().await {
+        let pod = PodSpec::of(&spec);
+        let sandbox = match inner.sandbox(&pod).await {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 undo_rootfs(&mounted_rootfs);
@@ -605,6 +611,7 @@ impl Task for TaskService {
                 container_id: cid.clone(),
                 exec_id: cid.clone(),
                 OCI: Some(pb_spec).into(),
+                sandbox_pidns: pod.sandbox_pidns(),
                 ..Default::default()
             };
             sandbox
@@ -1001,6 +1008,10 @@ mod tests {
         assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
         assert_eq!(shared, [("mounts/1-data".to_owned(), data)]);
         assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
+        assert!(
+            pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),
+            "a network namespace by path is the sandbox's: the VM's own"
+        );
         assert_eq!(pb.Process.Args, ["sh"]);
     }
 

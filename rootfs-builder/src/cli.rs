@@ -186,7 +186,8 @@ const OCI_IMAGE_AFTER: &str = "\
 Examples:
   rootfs-builder oci-image --from busybox --name wisp-busybox:1 -o bb.tar
   ctr images import bb.tar && ctr run --rm docker.io/library/wisp-busybox:1 demo echo hi
-  rootfs-builder oci-image --from busybox --name example.com/tools/bb:v2 -o bb.tar --args sh -c 'uname -a'";
+  rootfs-builder oci-image --from busybox --name example.com/tools/bb:v2 -o bb.tar --args sh -c 'uname -a'
+  rootfs-builder oci-image --from busybox --name wisp-pause:1 --add-file ./pause:/pause -o pause.tar --args /pause";
 
 #[derive(Debug, Args)]
 pub struct OciImageArgs {
@@ -204,6 +205,11 @@ pub struct OciImageArgs {
     #[arg(long, value_name = "NAME:TAG")]
     pub name: String,
 
+    /// Also put host file HOST at PATH in the image (mode 0755; repeatable). Example:
+    /// --add-file target/pause:/pause (with --args /pause: a CRI sandbox image)
+    #[arg(long, value_name = "HOST:PATH")]
+    pub add_file: Vec<String>,
+
     /// The image's default command (Cmd); takes every word after it, so put it last
     /// [default: sh]. Example: --args echo hello
     #[arg(long, value_name = "ARG", num_args = 1.., allow_hyphen_values = true)]
@@ -218,6 +224,19 @@ impl OciImageArgs {
     /// The busybox binary to use.
     pub fn busybox(&self) -> PathBuf {
         self.busybox_bin.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BUSYBOX))
+    }
+
+    /// The `--add-file` pairs as (host path, image path); `None` names the malformed one.
+    pub fn added_files(&self) -> Result<Vec<(PathBuf, String)>, String> {
+        self.add_file
+            .iter()
+            .map(|pair| match pair.split_once(':') {
+                Some((host, path)) if !host.is_empty() && path.starts_with('/') => {
+                    Ok((PathBuf::from(host), path.to_owned()))
+                }
+                _ => Err(pair.clone()),
+            })
+            .collect()
     }
 }
 

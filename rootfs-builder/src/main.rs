@@ -100,7 +100,14 @@ fn run_oci_image(args: &OciImageArgs) -> anyhow::Result<()> {
     let mtime = initrd::source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())
         .context("cannot choose the timestamp for image entries")?;
     let reference = oci_image::Reference::parse(&args.name)?;
-    let tree = bundle::busybox_tree(&args.busybox())?;
+    let mut tree = bundle::busybox_tree(&args.busybox())?;
+    let added = args
+        .added_files()
+        .map_err(|pair| anyhow::anyhow!("--add-file {pair:?}: expected HOST:PATH with an absolute PATH"))?;
+    for (host, path) in added {
+        let data = std::fs::read(&host).with_context(|| format!("cannot read --add-file {}", host.display()))?;
+        tree.add_file(&path, 0o755, data).with_context(|| format!("cannot add {path} to the image"))?;
+    }
     let spec = oci_image::ImageSpec {
         reference: reference.clone(),
         cmd: if args.args.is_empty() { vec!["sh".to_owned()] } else { args.args.clone() },

@@ -459,3 +459,31 @@ fn bad_image_name_is_refused() {
     assert!(err.contains("NAME[:TAG]"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn oci_image_add_file_puts_host_files_in_the_image() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("pause");
+    fs::write(&host, b"\x7fELF not really").unwrap();
+    let img = dir.path().join("p.tar");
+    let add = format!("{}:/pause", host.display());
+    ok(
+        &["oci-image", "--from", "busybox", "--name", "p:1", "--add-file", &add, "-o", s(&img), "--args", "/pause"],
+        &[],
+    );
+    let out = dir.path().join("bundle");
+    ok(&["bundle", "--from-archive", s(&img), "-o", s(&out)], &[]);
+    assert_eq!(fs::read(out.join("rootfs/pause")).unwrap(), b"\x7fELF not really");
+    assert_eq!(fs::metadata(out.join("rootfs/pause")).unwrap().permissions().mode() & 0o777, 0o755);
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"], serde_json::json!(["/pause"]));
+
+    for bad in ["no-colon", "host:relative", ":/empty-host"] {
+        let err = fails(&["oci-image", "--from", "busybox", "--name", "p:1", "--add-file", bad, "-o", s(&img)]);
+        assert!(err.contains("HOST:PATH"), "{bad}: {err}");
+    }
+    let err =
+        fails(&["oci-image", "--from", "busybox", "--name", "p:1", "--add-file", "/nonexistent:/x", "-o", s(&img)]);
+    assert!(err.contains("/nonexistent"), "{err}");
+}

@@ -11,9 +11,12 @@
 //! itself (SIGTERM, then SIGKILL after [`STOP_GRACE`]); then it detaches every mount still under
 //! its root or state (overlay snapshots, rootfs binds) and removes the directory.
 //!
-//! The CRI plugin is disabled: it would open a streaming port and look for CNI, and no test
-//! here speaks CRI. The `opt` plugin is pointed inside the directory so nothing lands in
-//! `/opt/containerd`.
+//! The CRI plugin is disabled unless [`ContainerdOptions::cri`] asks for it: it opens a
+//! streaming port and looks for CNI. When on, it listens on the same socket, its streaming
+//! server on a free loopback port, its CNI directories inside the temp dir (empty: host-network
+//! pods only), with `runc` and any runtime handlers given registered, and
+//! `restrict_oom_score_adj` (the build machine has no CAP_SYS_RESOURCE to spare). The `opt`
+//! plugin is pointed inside the directory so nothing lands in `/opt/containerd`.
 //!
 //! Needs root (containerd mounts snapshots and runc creates namespaces): the tests using it say
 //! so and run under `make test-containerd`.
@@ -101,6 +104,18 @@ pub struct ContainerdOptions {
     pub shim_dirs: Vec<PathBuf>,
     /// The namespace [`Containerd::ctr`] passes; [`DEFAULT_NAMESPACE`] when `None`.
     pub namespace: Option<String>,
+    /// Turns containerd's CRI plugin on.
+    pub cri: Option<CriOptions>,
+}
+
+/// The CRI plugin's settings (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct CriOptions {
+    /// The pause image reference (`sandbox_image`), imported beforehand into `k8s.io`.
+    pub sandbox_image: String,
+    /// Runtime handlers besides `runc`: (handler name, `runtime_type`: a shim name such as
+    /// `io.containerd.wisp.v2` or the absolute path of its binary).
+    pub runtimes: Vec<(String, String)>,
 }
 
 /// A containerd of the test's own; see the module docs.
@@ -138,7 +153,7 @@ impl Containerd {
         let address = base.join("containerd.sock");
         let log = base.join("containerd.log");
         let config = base.join("config.toml");
-        fs::write(&config, config_toml(&base, &root, &state, &address))
+        fs::write(&config, config_toml(&base, &root, &state, &address, options.cri.as_ref()))
             .map_err(|source| ContainerdError::Create { path: config.clone(), source })?;
         let log_file = File::create(&log).map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
         let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
@@ -307,20 +322,39 @@ impl Drop for Containerd {
     }
 }
 
-/// containerd's config: everything inside `base`, CRI off, overlayfs snapshots.
-fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path) -> String {
+/// containerd's config: everything inside `base`, CRI off unless `cri`, overlayfs snapshots.
+fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Option<&CriOptions>) -> String {
     let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let cri_section = cri.map_or_else(String::new, |cri| {
+        let plugin = "[plugins.\"io.containerd.grpc.v1.cri\"";
+        let mut text = format!(
+            "{plugin}]\n  sandbox_image = {image:?}\n  restrict_oom_score_adj = true\n  \
+             disable_tcp_service = true\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
+             {plugin}.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\
+             {plugin}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             {plugin}.cni]\n  bin_dir = {cni_bin}\n  conf_dir = {cni_conf}\n",
+            image = cri.sandbox_image,
+            cni_bin = q(&base.join("cni/bin")),
+            cni_conf = q(&base.join("cni/conf")),
+        );
+        for (name, runtime_type) in &cri.runtimes {
+            text.push_str(&format!("{plugin}.containerd.runtimes.{name}]\n  runtime_type = {runtime_type:?}\n"));
+        }
+        text
+    });
+    let disabled = if cri.is_some() { "" } else { "\"io.containerd.grpc.v1.cri\"" };
     format!(
         "version = 2\n\
          root = {root}\n\
          state = {state}\n\
-         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+         disabled_plugins = [{disabled}]\n\
          [grpc]\n  address = {address}\n\
          [ttrpc]\n  address = {ttrpc}\n\
          [debug]\n  address = {debug}\n\
          [metrics]\n  address = \"\"\n\
          [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n\
-         [plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\n  root_path = {overlay}\n",
+         [plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\n  root_path = {overlay}\n\
+         {cri_section}",
         root = q(root),
         state = q(state),
         address = q(address),
@@ -454,9 +488,31 @@ mod tests {
     #[test]
     fn config_keeps_everything_inside_the_directory() {
         let base = Path::new("/tmp/wisp-ctd-x");
-        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"));
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), None);
         assert!(text.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));
         for line in text.lines().filter(|l| l.contains("= \"/")) {
+            assert!(line.contains("\"/tmp/wisp-ctd-x/"), "{line}");
+        }
+    }
+
+    #[test]
+    fn cri_config_registers_the_handlers_and_keeps_cni_inside() {
+        let base = Path::new("/tmp/wisp-ctd-x");
+        let cri = CriOptions {
+            sandbox_image: "docker.io/library/wisp-pause:1".into(),
+            runtimes: vec![("wisp".into(), "/opt/bin/containerd-shim-wisp-v2".into())],
+        };
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&cri));
+        assert!(text.contains("disabled_plugins = []"), "{text}");
+        assert!(text.contains("sandbox_image = \"docker.io/library/wisp-pause:1\""), "{text}");
+        assert!(text.contains("restrict_oom_score_adj = true"), "{text}");
+        assert!(
+            text.contains(
+                "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wisp]\n  runtime_type = \"/opt/bin/containerd-shim-wisp-v2\""
+            ),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.contains("_dir = \"/")) {
             assert!(line.contains("\"/tmp/wisp-ctd-x/"), "{line}");
         }
     }

@@ -32,6 +32,9 @@
 //!   `ctr` wrapper, for the tests of feature `containerd-tests` (`make test-containerd`, root).
 //! - [`shim_setup`]: a private containerd running our shim with its own configuration, for the
 //!   `ctr` tests of the shim on every machine type.
+//! - `cri` (feature `containerd-tests`): a CRI client (kubelet's side) for containerd's CRI
+//!   plugin, used by the pod tests.
+//! - [`leftovers`]: what a sandbox left under the shim's state root (processes, mounts, files).
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
 //!
@@ -57,7 +60,10 @@ pub mod accel;
 pub mod agent_client;
 pub mod artifacts;
 pub mod containerd;
+#[cfg(feature = "containerd-tests")]
+pub mod cri;
 pub mod floor;
+pub mod leftovers;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod sandbox_vm;

@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use tempfile::TempDir;
 
 use crate::containerd::ContainerdOptions;
-use crate::{artifacts, Containerd};
+use crate::{artifacts, leftovers, Containerd};
 
 /// The runtime name containerd resolves to `containerd-shim-wisp-v2`.
 pub const RUNTIME: &str = "io.containerd.wisp.v2";
@@ -114,44 +114,14 @@ impl Setup {
         Ok(self.ctd.ctr(args)?)
     }
 
-    /// Everything of sandbox `id` still on the host: processes naming its state dir, mounts
-    /// under it, the directory itself.
+    /// Everything of the sandboxes still on the host (see [`leftovers::under_state_root`]).
     pub fn leftovers(&self) -> Vec<String> {
-        let state = self.state();
-        let needle = state.to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = text(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) {
-                found.push(format!("process {pid}: {cmdline}"));
-            }
-        }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mountinfo.lines().filter(|l| l.contains(&needle)) {
-            found.push(format!("mount: {line}"));
-        }
-        if let Ok(entries) = std::fs::read_dir(&state) {
-            for entry in entries.flatten() {
-                if entry.file_name() != "accel" {
-                    found.push(format!("state: {}", entry.path().display()));
-                }
-            }
-        }
-        found
+        leftovers::under_state_root(&self.state())
     }
 
     /// Polls [`Setup::leftovers`] until nothing is left or `within` passed; what is left.
     pub fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let left = self.leftovers();
-            if left.is_empty() || start.elapsed() >= within {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        leftovers::wait_until_empty(within, || self.leftovers())
     }
 
     /// The `ctr t ls` STATUS of task `id`.

@@ -47,6 +47,7 @@ fn shim_dirs_come_first_on_containerds_path() -> anyhow::Result<()> {
     let ctd = Containerd::start_with(ContainerdOptions {
         shim_dirs: vec![shims.path().to_owned()],
         namespace: Some("wisp-ns".into()),
+        ..Default::default()
     })?;
     assert_eq!(ctd.namespace(), "wisp-ns");
     let pid = ctd.pid().expect("containerd runs");

@@ -91,6 +91,17 @@ pub fn set_pid_namespace(spec: &mut Spec, pidns: &PidNs) {
     ns.set_typ(LinuxNamespaceType::Pid);
     if let PidNs::Join(path) = pidns {
         ns.set_path(Some(path.clone()));
+        // A pod shares ipc and uts with the process holding its pid namespace (Kubernetes
+        // pods always do; Kata's agent shares them sandbox-wide): the spec's own entries of
+        // those kinds join the holder's.
+        for other in namespaces.iter_mut() {
+            let name = match other.typ() {
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                _ => continue,
+            };
+            other.set_path(Some(path.with_file_name(name)));
+        }
     }
     namespaces.push(ns);
     linux.set_namespaces(Some(namespaces));
@@ -380,6 +391,31 @@ mod tests {
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let pid: Vec<_> = ns.iter().filter(|n| n.typ() == LinuxNamespaceType::Pid).collect();
         assert_eq!(pid[0].path().as_deref(), Some(Path::new("/proc/7/ns/pid")));
+    }
+
+    #[test]
+    fn joining_the_pods_pid_namespace_joins_its_ipc_and_uts() {
+        let mut s = spec("/", &["sh"]);
+        let mut linux = oci_spec::runtime::Linux::default();
+        let entries = [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
+        linux.set_namespaces(Some(
+            entries
+                .iter()
+                .map(|t| {
+                    let mut n = LinuxNamespace::default();
+                    n.set_typ(*t);
+                    n
+                })
+                .collect(),
+        ));
+        s.set_linux(Some(linux));
+        set_pid_namespace(&mut s, &PidNs::Join("/proc/7/ns/pid".into()));
+        let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let path = |t| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
+        assert_eq!(path(LinuxNamespaceType::Ipc).as_deref(), Some(Path::new("/proc/7/ns/ipc")));
+        assert_eq!(path(LinuxNamespaceType::Uts).as_deref(), Some(Path::new("/proc/7/ns/uts")));
+        assert_eq!(path(LinuxNamespaceType::Mount), None, "the mount namespace stays the container's own");
+        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network), "absent kinds are not added");
     }
 
     #[test]

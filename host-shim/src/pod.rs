@@ -1,0 +1,165 @@
+//! Kubernetes pods (containerd's CRI plugin): what the CRI annotations of a container's spec
+//! ask of the shim.
+//!
+//! containerd's CRI plugin runs a pod as a sandbox container (the pause image) plus the pod's
+//! containers, and tells the runtime which is which through annotations:
+//! `io.kubernetes.cri.container-type` (`sandbox` or `container`) and
+//! `io.kubernetes.cri.sandbox-id` (the pod; [`crate::shim`] groups the pod's containers into one
+//! shim and VM by it). With wisp a pod is one VM:
+//!
+//! - the sandbox container boots it, sized by the pod's resources when containerd passes them
+//!   (`io.kubernetes.cri.sandbox-memory`, `-cpu-quota`, `-cpu-period`): as Kata does, they are
+//!   added to the configured defaults, which stay the guest's own share;
+//! - its pause process runs in the guest and holds the pod's pid namespace (CreateContainer's
+//!   `sandbox_pidns`); a container whose spec joins the sandbox's pid namespace (the pod's
+//!   `shareProcessNamespace`) gets the same flag, and the agent joins it to the pause process's
+//!   pid, ipc and uts namespaces. The namespace paths in the spec name host processes (QEMU,
+//!   as far as containerd knows) and are dropped.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+
+/// The annotation saying what a container is to its pod.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod's memory limit in bytes (sum of its containers' limits).
+pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+/// The pod's CFS quota (µs per period).
+pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+/// The pod's CFS period (µs).
+pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+
+/// The largest guest the sizing grows to (QEMU's and the shim's sanity bound).
+const MAX_MEMORY_MIB: u64 = 64 * 1024;
+const MAX_VCPUS: u64 = 255;
+
+/// What a container is to its CRI pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not run by the CRI plugin (`ctr`, another client).
+    Plain,
+    /// The pod's sandbox (pause) container.
+    Sandbox,
+    /// One of the pod's containers.
+    Container,
+}
+
+/// The CRI facts of one container spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// Sandbox, container, or neither.
+    pub role: Role,
+    /// Extra guest memory for the pod, MiB (0: none asked).
+    pub memory_mib: u64,
+    /// Extra vCPUs for the pod (0: none asked).
+    pub vcpus: u64,
+    /// The container joins its sandbox's pid namespace (the spec names a path for it).
+    pub joins_sandbox_pidns: bool,
+}
+
+impl PodSpec {
+    /// Reads the CRI annotations and namespaces of `spec`.
+    pub fn of(spec: &oci_spec::runtime::Spec) -> Self {
+        let empty = HashMap::new();
+        let annotations = spec.annotations().as_ref().unwrap_or(&empty);
+        let role = match annotations.get(CONTAINER_TYPE).map(String::as_str) {
+            Some("sandbox") => Role::Sandbox,
+            Some("container") => Role::Container,
+            _ => Role::Plain,
+        };
+        let number = |key: &str| annotations.get(key).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0);
+        let memory = u64::try_from(number(SANDBOX_MEMORY)).unwrap_or(0);
+        let quota = number(SANDBOX_CPU_QUOTA);
+        let period = number(SANDBOX_CPU_PERIOD);
+        let vcpus = match (u64::try_from(quota), u64::try_from(period)) {
+            (Ok(quota), Ok(period)) if quota > 0 && period > 0 => quota.div_ceil(period),
+            _ => 0,
+        };
+        let joins_sandbox_pidns = role == Role::Container
+            && spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|namespaces| {
+                namespaces.iter().any(|ns| {
+                    ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid
+                        && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty())
+                })
+            });
+        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns }
+    }
+
+    /// The configuration the pod's VM boots with: `base` grown by the pod's resources.
+    pub fn vm_config(&self, base: &Config) -> Config {
+        let mut config = base.clone();
+        let q = &mut config.qemu;
+        let memory = u64::from(q.default_memory).saturating_add(self.memory_mib).min(MAX_MEMORY_MIB);
+        let vcpus = u64::from(q.default_vcpus).saturating_add(self.vcpus).min(MAX_VCPUS);
+        q.default_memory = u32::try_from(memory).unwrap_or(q.default_memory);
+        q.default_vcpus = u32::try_from(vcpus).unwrap_or(q.default_vcpus);
+        config
+    }
+
+    /// CreateContainer's `sandbox_pidns`: the sandbox container creates the pod's pid
+    /// namespace, containers that share it join.
+    pub fn sandbox_pidns(&self) -> bool {
+        match self.role {
+            Role::Sandbox => true,
+            Role::Container => self.joins_sandbox_pidns,
+            Role::Plain => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> oci_spec::runtime::Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_sandbox_sizes_the_vm_from_the_pod_resources() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {
+                "io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-memory": "134217728",
+                "io.kubernetes.cri.sandbox-cpu-quota": "150000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000"}}"#,
+        );
+        let pod = PodSpec::of(&s);
+        assert_eq!(pod, PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, joins_sandbox_pidns: false });
+        let config = pod.vm_config(&Config::default());
+        assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));
+        assert!(pod.sandbox_pidns(), "the pause process holds the pod's pid namespace");
+    }
+
+    #[test]
+    fn no_or_bad_resources_keep_the_defaults() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {
+                "io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-memory": "-1",
+                "io.kubernetes.cri.sandbox-cpu-quota": "-1",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000"}}"#,
+        );
+        let pod = PodSpec::of(&s);
+        assert_eq!((pod.memory_mib, pod.vcpus), (0, 0));
+        let config = pod.vm_config(&Config::default());
+        assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256, 1));
+    }
+
+    #[test]
+    fn containers_join_the_pid_namespace_only_when_their_spec_does() {
+        let shared = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "container"},
+                "linux": {"namespaces": [{"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "mount"}]}}"#,
+        );
+        assert!(PodSpec::of(&shared).sandbox_pidns());
+        let own = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "container"},
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"}]}}"#,
+        );
+        assert!(!PodSpec::of(&own).sandbox_pidns());
+        let plain = spec(r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid", "path": "/x"}]}}"#);
+        assert_eq!(PodSpec::of(&plain).role, Role::Plain);
+        assert!(!PodSpec::of(&plain).sandbox_pidns());
+    }
+}

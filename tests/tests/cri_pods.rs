@@ -1,0 +1,434 @@
+//! Kubernetes pods through containerd 1.6's CRI plugin with the `wisp` runtime handler: one
+//! VM per pod, driven the way kubelet drives it, by the test's own CRI client
+//! ([`wisp_tests::cri`]).
+//!
+//! Each test runs a private containerd with CRI on, a locally built pause image (a static
+//! binary calling pause(), `tests/pause/pause.c`) as `sandbox_image` and a busybox image,
+//! both imported into `k8s.io`, and `wisp` registered with the shim's absolute path. Pods use
+//! the host network (no CNI here), so their hostname is empty.
+//!
+//! Needs root, `make deps` (containerd, runc, QEMU, gcc, vhost-device-vsock, virtiofsd) and
+//! `make all`. Compiled with features `containerd-tests` + `vm-tests` (`make test-shim`).
+#![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use tempfile::TempDir;
+use wisp_tests::containerd::{ContainerdOptions, CriOptions};
+use wisp_tests::cri::{api, stream_exec, Cri};
+use wisp_tests::{artifacts, leftovers, Containerd};
+
+const PAUSE_IMAGE: &str = "docker.io/library/wisp-pause:1";
+const BUSYBOX_IMAGE: &str = "docker.io/library/wisp-busybox:1";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a command, failing with its output unless it succeeds.
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?}: {}\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
+    Ok(text(&out.stdout))
+}
+
+/// The shim binary: `WISP_SHIM`, else the release build.
+fn shim_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("WISP_SHIM")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| artifacts::target_dir().join("release/containerd-shim-wisp-v2"), PathBuf::from);
+    ensure!(path.is_file(), "{} not found: run `make tools` (or set WISP_SHIM)", path.display());
+    Ok(path)
+}
+
+/// containerd with CRI, the images imported, and a CRI client.
+struct Pods {
+    dir: TempDir,
+    ctd: Containerd,
+    cri: Cri,
+}
+
+impl Pods {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wisp-cri-").tempdir()?;
+        let shim = shim_binary()?;
+        let config = dir.path().join("configuration.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[agent.wisp]\ndial_timeout = 90\n",
+                artifacts::kernel()?.display(),
+                artifacts::initrd()?.display()
+            ),
+        )?;
+        // containerd passes its environment on to the shims it starts.
+        std::env::set_var("WISP_STATE_DIR", dir.path().join("state"));
+        std::env::set_var("WISP_CONFIG", &config);
+
+        let pause = dir.path().join("pause");
+        let source = artifacts::workspace_root().join("tests/pause/pause.c");
+        run(Command::new("cc").args(["-static", "-Os", "-s", "-o"]).arg(&pause).arg(&source))
+            .context("building the pause binary (gcc and libc6-dev: make deps)")?;
+        let builder = artifacts::rootfs_builder()?;
+        let (pause_tar, busybox_tar) = (dir.path().join("pause.tar"), dir.path().join("busybox.tar"));
+        let add = format!("{}:/pause", pause.display());
+        run(Command::new(&builder)
+            .args(["oci-image", "--from", "busybox", "--name", PAUSE_IMAGE, "--add-file", &add, "-o"])
+            .arg(&pause_tar)
+            .args(["--args", "/pause"]))?;
+        run(Command::new(&builder)
+            .args(["oci-image", "--from", "busybox", "--name", BUSYBOX_IMAGE, "-o"])
+            .arg(&busybox_tar))?;
+
+        let ctd = Containerd::start_with(ContainerdOptions {
+            namespace: Some("k8s.io".into()),
+            cri: Some(CriOptions {
+                sandbox_image: PAUSE_IMAGE.into(),
+                runtimes: vec![("wisp".into(), shim.display().to_string())],
+            }),
+            ..Default::default()
+        })?;
+        for tar in [&pause_tar, &busybox_tar] {
+            let out = ctd.ctr([Path::new("images"), Path::new("import"), tar])?;
+            ensure!(out.status.success(), "ctr images import {}: {}", tar.display(), text(&out.stderr));
+        }
+        let cri = Cri::connect(ctd.address())?;
+        Ok(Self { dir, ctd, cri })
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A host-network pod's config; its log directory is created (kubelet's job).
+    fn pod_config(
+        &self,
+        name: &str,
+        resources: Option<api::LinuxContainerResources>,
+    ) -> anyhow::Result<api::PodSandboxConfig> {
+        let logs = self.dir.path().join("logs").join(name);
+        std::fs::create_dir_all(&logs)?;
+        Ok(api::PodSandboxConfig {
+            metadata: Some(api::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            // A host-network pod must not set one: containerd 1.6 refuses it.
+            hostname: String::new(),
+            log_directory: logs.display().to_string(),
+            linux: Some(api::LinuxPodSandboxConfig {
+                security_context: Some(api::LinuxSandboxSecurityContext {
+                    namespace_options: Some(api::NamespaceOption {
+                        network: api::NamespaceMode::Node as i32,
+                        pid: api::NamespaceMode::Pod as i32,
+                        ipc: api::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                resources,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn run_pod(&self, config: &api::PodSandboxConfig, handler: &str) -> anyhow::Result<String> {
+        let request = api::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        let answer = self.cri.block_on(self.cri.runtime().run_pod_sandbox(request));
+        let answer = answer.map_err(|status| anyhow::anyhow!("RunPodSandbox: {status}\n{}", self.ctd.log()))?;
+        Ok(answer.into_inner().pod_sandbox_id)
+    }
+
+    /// CreateContainer + StartContainer of a busybox container running `command`.
+    fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &api::PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+    ) -> anyhow::Result<String> {
+        let config = api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(api::ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(api::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let request = api::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self
+            .cri
+            .block_on(self.cri.runtime().create_container(request))
+            .map_err(|status| anyhow::anyhow!("CreateContainer {name}: {status}"))?
+            .into_inner()
+            .container_id;
+        self.cri
+            .block_on(self.cri.runtime().start_container(api::StartContainerRequest { container_id: id.clone() }))
+            .map_err(|status| anyhow::anyhow!("StartContainer {name}: {status}"))?;
+        Ok(id)
+    }
+
+    /// ContainerStatus until the container exited; its exit code.
+    fn wait_exit(&self, id: &str, within: Duration) -> anyhow::Result<i32> {
+        let start = Instant::now();
+        loop {
+            let request = api::ContainerStatusRequest { container_id: id.into(), verbose: false };
+            let status = self.cri.block_on(self.cri.runtime().container_status(request))?.into_inner();
+            let status = status.status.context("ContainerStatus without a status")?;
+            if status.state == api::ContainerState::ContainerExited as i32 {
+                return Ok(status.exit_code);
+            }
+            ensure!(start.elapsed() < within, "container {id} still {:?} after {within:?}", status.state);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exec_sync(&self, id: &str, cmd: &[&str]) -> anyhow::Result<api::ExecSyncResponse> {
+        let request = api::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 60,
+        };
+        Ok(self
+            .cri
+            .block_on(self.cri.runtime().exec_sync(request))
+            .map_err(|s| anyhow::anyhow!("ExecSync: {s}"))?
+            .into_inner())
+    }
+
+    fn stop_and_remove(&self, pod: &str) -> anyhow::Result<()> {
+        let id = pod.to_owned();
+        self.cri
+            .block_on(self.cri.runtime().stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: id.clone() }))
+            .map_err(|s| anyhow::anyhow!("StopPodSandbox: {s}"))?;
+        self.cri
+            .block_on(self.cri.runtime().remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id }))
+            .map_err(|s| anyhow::anyhow!("RemovePodSandbox: {s}"))?;
+        Ok(())
+    }
+
+    /// Processes serving this containerd's pods, by their command line.
+    fn shim_cmdlines(&self) -> Vec<(u32, String)> {
+        self.ctd
+            .shim_processes()
+            .into_iter()
+            .map(|pid| {
+                (pid, text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " "))
+            })
+            .collect()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.shim_cmdlines().iter().filter(|(_, c)| c.contains(needle)).count()
+    }
+
+    /// Everything of the wisp pods still on the host: shims, and what
+    /// [`leftovers::under_state_root`] finds (QEMU and helpers, mounts, state).
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = leftovers::under_state_root(&self.state());
+        let shims = self.shim_cmdlines().into_iter().filter(|(_, c)| c.contains("containerd-shim-wisp-v2"));
+        found.extend(shims.map(|(pid, c)| format!("process {pid}: {c}")));
+        found
+    }
+
+    fn wait_no_leftovers(&self, within: Duration) -> Vec<String> {
+        leftovers::wait_until_empty(within, || self.leftovers())
+    }
+}
+
+/// The CRI log file's lines as (stream, text), full lines only.
+fn cri_log(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    content
+        .lines()
+        .map(|line| {
+            // TIMESTAMP STREAM TAG MESSAGE (CRI log format).
+            let mut parts = line.splitn(4, ' ');
+            let (Some(_), Some(stream), Some(tag), Some(message)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                bail!("not a CRI log line: {line:?}");
+            };
+            ensure!(tag == "F", "partial line in {}: {line:?}", path.display());
+            Ok((stream.to_owned(), message.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
+    let t = Pods::new()?;
+    let version = t.cri.block_on(t.cri.runtime().version(api::VersionRequest { version: "v1".into() }))?.into_inner();
+    assert_eq!(version.runtime_name, "containerd", "{version:?}");
+    assert_eq!(version.runtime_api_version, "v1", "{version:?}");
+
+    let resources = api::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        ..Default::default()
+    };
+    let config = t.pod_config("pod1", Some(resources))?;
+    let pod = t.run_pod(&config, "wisp")?;
+    assert_eq!(t.count("containerd-shim-wisp-v2"), 1, "one shim for the pod: {:#?}", t.shim_cmdlines());
+    assert_eq!(t.count("qemu-system"), 1, "one VM for the pod: {:#?}", t.shim_cmdlines());
+    let qemu =
+        t.shim_cmdlines().into_iter().find(|(_, c)| c.contains("qemu-system")).map(|(_, c)| c).unwrap_or_default();
+    assert!(qemu.contains("-m 320"), "256 MiB + the pod's 64 MiB: {qemu}");
+    assert!(qemu.contains("-smp 2"), "1 vCPU + the pod's 0.5 (rounded up): {qemu}");
+    assert!(
+        t.shim_cmdlines().iter().all(|(_, c)| !c.contains("/pause")),
+        "the pause process runs in the guest, not on the host: {:#?}",
+        t.shim_cmdlines()
+    );
+
+    let sleeper = t.start_container(&pod, &config, "sleeper", &["sh", "-c", "echo sleeper-up; exec sleep 3600"])?;
+    let worker = t.start_container(
+        &pod,
+        &config,
+        "worker",
+        &[
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; ps -o args | grep -q '^sleep 3600' && echo sees-sleeper; exit 7",
+        ],
+    )?;
+    assert_eq!(t.wait_exit(&worker, Duration::from_secs(60))?, 7, "the worker's exact exit code");
+    assert_eq!(t.count("containerd-shim-wisp-v2"), 1, "the containers share the pod's shim");
+    assert_eq!(t.count("qemu-system"), 1, "the containers run in the pod's VM");
+
+    let log = cri_log(&t.dir.path().join("logs/pod1/worker.log"))?;
+    let has = |stream: &str, message: &str| log.iter().any(|(s, m)| s == stream && m == message);
+    assert!(has("stdout", "to-stdout"), "{log:?}");
+    assert!(has("stderr", "to-stderr"), "{log:?}");
+    assert!(has("stdout", "sees-sleeper"), "the pod shares one pid namespace: {log:?}");
+    let log = cri_log(&t.dir.path().join("logs/pod1/sleeper.log"))?;
+    assert_eq!(log, [("stdout".to_owned(), "sleeper-up".to_owned())]);
+
+    let answer = t.exec_sync(&sleeper, &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 5"])?;
+    assert_eq!(text(&answer.stdout), "exec-out\n");
+    assert_eq!(text(&answer.stderr), "exec-err\n");
+    assert_eq!(answer.exit_code, 5);
+    // Streaming Exec (kubectl exec): through containerd's streaming server.
+    let request = api::ExecRequest {
+        container_id: sleeper.clone(),
+        cmd: ["sh", "-c", "echo stream-out; echo stream-err >&2; exit 9"].map(String::from).to_vec(),
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let url = t.cri.block_on(t.cri.runtime().exec(request)).map_err(|s| anyhow::anyhow!("Exec: {s}"))?.into_inner().url;
+    let streamed = stream_exec(&url, Duration::from_secs(60))?;
+    assert_eq!(text(&streamed.stdout), "stream-out\n");
+    assert_eq!(text(&streamed.stderr), "stream-err\n");
+    assert_eq!(streamed.exit_code, 9);
+    let ps = t.exec_sync(&sleeper, &["ps", "-o", "pid,args"])?;
+    let ps = text(&ps.stdout);
+    let pids: HashMap<&str, &str> =
+        ps.lines().skip(1).filter_map(|l| l.trim().split_once(' ')).map(|(pid, args)| (args.trim(), pid)).collect();
+    assert_eq!(pids.get("/pause"), Some(&"1"), "the pause process is PID 1 of the pod, in the guest:\n{ps}");
+    assert!(pids.contains_key("sleep 3600"), "{ps}");
+
+    t.stop_and_remove(&pod)?;
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "after RemovePodSandbox nothing of the pod remains: {left:#?}\n{}", t.ctd.log());
+    Ok(())
+}
+
+/// PSS of process `pid` in KiB (smaps_rollup).
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// One-container pod: RunPodSandbox → the container exited, on `handler`.
+fn one_pod(t: &Pods, name: &str, handler: &str) -> anyhow::Result<(Duration, String)> {
+    let config = t.pod_config(name, None)?;
+    let start = Instant::now();
+    let pod = t.run_pod(&config, handler)?;
+    let c = t.start_container(&pod, &config, "main", &["true"])?;
+    let code = t.wait_exit(&c, Duration::from_secs(120))?;
+    let took = start.elapsed();
+    ensure!(code == 0, "pod {name}: exit {code}");
+    Ok((took, pod))
+}
+
+#[test]
+fn pod_start_wisp_vs_runc_and_five_pods_at_once() -> anyhow::Result<()> {
+    let t = Pods::new()?;
+    let mut wisp = Vec::new();
+    let mut runc = Vec::new();
+    for round in 0..3 {
+        let (took, pod) = one_pod(&t, &format!("runc-{round}"), "runc")?;
+        runc.push(took);
+        t.stop_and_remove(&pod)?;
+        let (took, pod) = one_pod(&t, &format!("wisp-{round}"), "wisp")?;
+        wisp.push(took);
+        t.stop_and_remove(&pod)?;
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (w, r) = (median(&mut wisp), median(&mut runc));
+    println!(
+        "one-container pod, RunPodSandbox → container exited (median of 3): wisp {:.2} s, runc {:.2} s, ratio {:.1}",
+        w.as_secs_f64(),
+        r.as_secs_f64(),
+        w.as_secs_f64() / r.as_secs_f64()
+    );
+
+    // Five pods at once (the sandbox: VM + pause), each from its own CRI connection.
+    let configs = (0..5).map(|i| t.pod_config(&format!("many-{i}"), None)).collect::<anyhow::Result<Vec<_>>>()?;
+    let address = t.ctd.address().to_owned();
+    let start = Instant::now();
+    let pods: Vec<anyhow::Result<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = configs
+            .iter()
+            .map(|config| {
+                let address = &address;
+                scope.spawn(move || -> anyhow::Result<String> {
+                    let cri = Cri::connect(address)?;
+                    let request =
+                        api::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "wisp".into() };
+                    Ok(cri.block_on(cri.runtime().run_pod_sandbox(request))?.into_inner().pod_sandbox_id)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))).collect()
+    });
+    let wall = start.elapsed();
+    let pods = pods.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let pss: u64 = t
+        .shim_cmdlines()
+        .into_iter()
+        .filter(|(_, cmdline)| !cmdline.contains("containerd-shim-runc"))
+        .map(|(pid, _)| pss_kib(pid))
+        .sum();
+    println!(
+        "5 pods started in parallel (RunPodSandbox, pause in the guest): wall {:.2} s; host PSS {:.1} MiB per pod (shim + QEMU + helpers)",
+        wall.as_secs_f64(),
+        pss as f64 / 1024.0 / 5.0
+    );
+    assert_eq!(t.count("qemu-system"), 5, "one VM per pod");
+    for pod in &pods {
+        t.stop_and_remove(pod)?;
+    }
+    let left = t.wait_no_leftovers(Duration::from_secs(20));
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
