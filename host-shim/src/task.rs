@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
@@ -43,8 +44,10 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
 use crate::sandbox::Sandbox;
+use crate::volumes;
 
 type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
 
@@ -138,6 +141,10 @@ struct Container {
     mounted_rootfs: Option<PathBuf>,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
+    /// Disks plugged for it (QEMU device ids), unplugged when it is deleted.
+    plugged: Vec<String>,
+    /// Direct volumes it uses: (volume path, guest mount point, device id).
+    volumes: Vec<(String, String, String)>,
 }
 
 impl Container {
@@ -172,6 +179,8 @@ struct Inner {
     log: Logger,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// Numbers the devices plugged into the VM (`wisp-blkN`).
+    next_device: AtomicU32,
 }
 
 fn error(code: Code, message: impl Into<String>) -> shim_ttrpc::Error {
@@ -215,6 +224,7 @@ impl TaskService {
                 log,
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
+                next_device: AtomicU32::new(0),
             }),
         }
     }
@@ -227,8 +237,9 @@ impl Inner {
         }
     }
 
-    /// The running sandbox, booting it on first use.
-    async fn sandbox(self: &Arc<Self>) -> TtrpcResult<Arc<Sandbox>> {
+    /// The running sandbox, booting it on first use (with shared guest memory if
+    /// `shared_memory`: a vhost-user disk will be plugged).
+    async fn sandbox(self: &Arc<Self>, shared_memory: bool) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.exited().borrow().is_some() {
@@ -239,7 +250,9 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&self.config, &self.sandbox_id, &self.log)
+        let mut config = self.config.clone();
+        config.qemu.enable_vhost_user_store |= shared_memory;
+        let sandbox = Sandbox::boot(&config, &self.sandbox_id, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
@@ -480,6 +493,10 @@ fn guest_spec(
         }
     }
     for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
+        if volumes::direct::VOLUME_TYPES.contains(&m.type_.as_str()) {
+            // A direct volume: plugged as a disk, not shared.
+            continue;
+        }
         let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
         let source = PathBuf::from(&m.source);
         let source = if source.is_absolute() { source } else { bundle.join(source) };
@@ -561,6 +578,14 @@ impl Task for TaskService {
         let config_json = bundle.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&config_json)
             .map_err(|err| error(Code::INVALID_ARGUMENT, format!("cannot read {}: {err}", config_json.display())))?;
+        let undo_rootfs = |mounted: &Option<PathBuf>| {
+            if let Some(target) = mounted {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+        };
+        // Block storage is resolved before anything is mounted or booted: bad input leaves nothing.
+        let attaches = volumes::plan(&spec, &inner.config)
+            .map_err(|err| error(Code::INVALID_ARGUMENT, format!("container {cid:?}: {}", crate::error_chain(&err))))?;
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -579,18 +604,15 @@ impl Task for TaskService {
                 ))
             }
         };
-        let undo_rootfs = |mounted: &Option<PathBuf>| {
-            if let Some(target) = mounted {
-                let _ = umount2(target, MntFlags::MNT_DETACH);
-            }
-        };
-        let sandbox = match inner.sandbox().await {
+        let sandbox = match inner.sandbox(volumes::need_shared_memory(&attaches)).await {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 undo_rootfs(&mounted_rootfs);
                 return Err(err);
             }
         };
+        let mut plugged: Vec<String> = Vec::new();
+        let mut used_volumes: Vec<(String, String, String)> = Vec::new();
         let result = async {
             let rootfs_guest = sandbox.share(&cid, "rootfs", &host_rootfs).map_err(|err| {
                 error(
@@ -598,13 +620,55 @@ impl Task for TaskService {
                     format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()),
                 )
             })?;
-            let pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
+            let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
                 sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
             })?;
+            let mut devices = Vec::new();
+            let mut storages = Vec::new();
+            for attach in &attaches {
+                let id = format!("wisp-blk{}", inner.next_device.fetch_add(1, Ordering::Relaxed));
+                let done = sandbox.hot_plug(&id, &attach.source).await.map_err(|err| {
+                    error(Code::FAILED_PRECONDITION, format!("container {cid:?}: {}", crate::error_chain(&err)))
+                })?;
+                plugged.push(id.clone());
+                match &attach.usage {
+                    volumes::Use::Device { container_path } => devices.push(pb::Device {
+                        id: done.pci_path,
+                        type_: "blk".to_owned(),
+                        container_path: container_path.clone(),
+                        ..Default::default()
+                    }),
+                    volumes::Use::Volume { mount_index, volume, info } => {
+                        let mount_point = volumes::guest_mount_point(&cid, *mount_index);
+                        let driver = match attach.source {
+                            BlockSource::Vfio { .. } => "vfio-pci",
+                            _ => "blk",
+                        };
+                        storages.push(pb::Storage {
+                            driver: driver.to_owned(),
+                            source: done.pci_path,
+                            fstype: info.fstype.clone(),
+                            options: info.options.clone(),
+                            mount_point: mount_point.clone(),
+                            ..Default::default()
+                        });
+                        if let Some(m) = pb_spec.Mounts.get_mut(*mount_index) {
+                            m.type_ = "bind".to_owned();
+                            m.source = mount_point.clone();
+                            if !m.options.iter().any(|o| o == "bind" || o == "rbind") {
+                                m.options.push("rbind".to_owned());
+                            }
+                        }
+                        used_volumes.push((volume.clone(), mount_point, id));
+                    }
+                }
+            }
             let request = pb::CreateContainerRequest {
                 container_id: cid.clone(),
                 exec_id: cid.clone(),
                 OCI: Some(pb_spec).into(),
+                devices,
+                storages,
                 ..Default::default()
             };
             sandbox
@@ -616,9 +680,20 @@ impl Task for TaskService {
         }
         .await;
         if let Err(err) = result {
+            for id in plugged.iter().rev() {
+                if let Err(e) = sandbox.hot_unplug(id).await {
+                    warn!(inner.log, "cannot unplug after a failed create"; "container" => &cid, "device" => id, "error" => %e);
+                }
+            }
             sandbox.unshare(&cid);
             undo_rootfs(&mounted_rootfs);
             return Err(err);
+        }
+        let volume_root = volumes::direct::root(&inner.config);
+        for (volume, _, _) in &used_volumes {
+            if let Err(err) = volumes::direct::record_sandbox(&volume_root, volume, &inner.sandbox_id) {
+                warn!(inner.log, "cannot record the volume's sandbox"; "volume" => volume, "error" => %err);
+            }
         }
         let stdio = Stdio {
             stdin: req.stdin.clone(),
@@ -627,11 +702,17 @@ impl Task for TaskService {
             terminal: req.terminal,
         };
         let init = Proc::new(&cid, "", stdio.clone(), None);
-        inner
-            .containers
-            .lock()
-            .await
-            .insert(cid.clone(), Container { bundle: req.bundle.clone(), mounted_rootfs, init, execs: HashMap::new() });
+        inner.containers.lock().await.insert(
+            cid.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                mounted_rootfs,
+                init,
+                execs: HashMap::new(),
+                plugged,
+                volumes: used_volumes,
+            },
+        );
         info!(inner.log, "container created"; "container" => &cid);
         let pid = sandbox.vm_pid();
         let event = events::TaskCreate {
@@ -830,6 +911,18 @@ impl Task for TaskService {
         let container = inner.containers.lock().await.remove(&req.id);
         if let Some(sandbox) = inner.current_sandbox().await {
             sandbox.unshare(&req.id);
+            let plugged = container.as_ref().map(|c| c.plugged.clone()).unwrap_or_default();
+            if sandbox.exited().borrow().is_none() {
+                for id in plugged.iter().rev() {
+                    if let Err(err) = sandbox.hot_unplug(id).await {
+                        warn!(inner.log, "cannot unplug"; "container" => &req.id, "device" => id, "error" => %err);
+                    }
+                }
+            }
+        }
+        let volume_root = volumes::direct::root(&inner.config);
+        for (volume, _, _) in container.iter().flat_map(|c| c.volumes.iter()) {
+            volumes::direct::forget_sandbox(&volume_root, volume, &inner.sandbox_id);
         }
         if let Some(target) = container.and_then(|c| c.mounted_rootfs) {
             if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {

@@ -8,28 +8,16 @@
 #![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use tempfile::TempDir;
-use wisp_tests::containerd::ContainerdOptions;
+use wisp_tests::containerd::{describe, s, text, ContainerdOptions};
 use wisp_tests::{artifacts, Containerd};
 
 const RUNTIME: &str = "io.containerd.wisp.v2";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
 
 /// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
 fn shim_binary() -> anyhow::Result<PathBuf> {
