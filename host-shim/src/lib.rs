@@ -3,6 +3,7 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`api`] | the shim's side API (volume stats/resize, hot-plug) for the `wisp` CLI |
 //! | [`agent_dial`] | dialing the guest agent (hybrid vsock, virtio-serial, unix) with retries |
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
@@ -11,6 +12,7 @@
 
 pub mod accel;
 pub mod agent_dial;
+pub mod api;
 pub mod config;
 pub mod hypervisor;
 pub mod io;

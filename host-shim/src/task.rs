@@ -43,6 +43,7 @@ use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
+use crate::api as side;
 use crate::config::Config;
 use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
@@ -263,7 +264,67 @@ impl Inner {
         let me = self.clone();
         let watched = sandbox.clone();
         tokio::spawn(async move { me.relay_oom_events(watched).await });
+        let socket = side::socket_path(sandbox.dir());
+        match tokio::net::UnixListener::bind(&socket) {
+            Ok(listener) => {
+                let me = self.clone();
+                let handler = Arc::new(move |request| {
+                    let me = me.clone();
+                    async move { me.handle_api(request).await }
+                });
+                tokio::spawn(side::serve(listener, handler));
+            }
+            Err(err) => warn!(self.log, "side API not served"; "socket" => %socket.display(), "error" => %err),
+        }
         Ok(sandbox)
+    }
+
+    /// One request of the side API ([`crate::api`]).
+    async fn handle_api(self: Arc<Self>, request: side::Request) -> side::Response {
+        let volume = match &request {
+            side::Request::VolumeStats { volume } | side::Request::VolumeResize { volume, .. } => volume.clone(),
+        };
+        let found = self.containers.lock().await.values().find_map(|c| {
+            c.volumes.iter().find(|(v, _, _)| *v == volume).map(|(_, guest, id)| (guest.clone(), id.clone()))
+        });
+        let Some((guest, id)) = found else {
+            return side::Response::fail(format!(
+                "volume {volume} is not used by a container of sandbox {:?}",
+                self.sandbox_id
+            ));
+        };
+        let Some(sandbox) = self.live_sandbox().await else {
+            return side::Response::fail(format!("the VM of sandbox {:?} is not running", self.sandbox_id));
+        };
+        let agent = sandbox.agent().agent();
+        match request {
+            side::Request::VolumeStats { .. } => {
+                let request = pb::VolumeStatsRequest { volume_guest_path: guest, ..Default::default() };
+                match agent.get_volume_stats(context::with_duration(CALL_TIMEOUT), &request).await {
+                    Ok(stats) => side::Response::ok(volume_stats_json(&stats)),
+                    Err(err) => side::Response::fail(format!(
+                        "agent GetVolumeStats of {volume}: {}",
+                        crate::sandbox::describe_ttrpc(&err)
+                    )),
+                }
+            }
+            side::Request::VolumeResize { size, .. } => {
+                if let Err(err) = sandbox.resize_block(&id, size).await {
+                    return side::Response::fail(format!(
+                        "resizing the disk of {volume}: {}",
+                        crate::error_chain(&err)
+                    ));
+                }
+                let request = pb::ResizeVolumeRequest { volume_guest_path: guest, size, ..Default::default() };
+                match agent.resize_volume(context::with_duration(CALL_TIMEOUT), &request).await {
+                    Ok(_) => side::Response::ok(serde_json::json!({ "volume": volume, "size": size })),
+                    Err(err) => side::Response::fail(format!(
+                        "agent ResizeVolume of {volume}: {}",
+                        crate::sandbox::describe_ttrpc(&err)
+                    )),
+                }
+            }
+        }
     }
 
     /// The running sandbox, if any (no boot).
@@ -507,6 +568,30 @@ fn guest_spec(
         }
     }
     Ok(pb_spec)
+}
+
+/// The agent's volume stats as JSON (kata-ctl prints the same fields).
+fn volume_stats_json(stats: &protocols::csi::VolumeStatsResponse) -> serde_json::Value {
+    let usage: Vec<_> = stats
+        .usage
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "available": u.available,
+                "total": u.total,
+                "used": u.used,
+                "unit": format!("{:?}", u.unit.enum_value_or_default()),
+            })
+        })
+        .collect();
+    let condition = stats.volume_condition.as_ref();
+    serde_json::json!({
+        "usage": usage,
+        "volume_condition": {
+            "abnormal": condition.is_some_and(|c| c.abnormal),
+            "message": condition.map(|c| c.message.clone()).unwrap_or_default(),
+        },
+    })
 }
 
 /// CgroupStats from the agent as containerd's cgroup v1 metrics.

@@ -126,7 +126,6 @@ impl Setup {
     }
 
     /// `wisp ARGS` with this test's environment.
-    #[allow(dead_code)]
     fn wisp(&self, args: &[&str]) -> anyhow::Result<Output> {
         Ok(Command::new(binary("wisp")?).args(args).output()?)
     }
@@ -274,5 +273,158 @@ fn vhost_user_store_errors_name_the_path_and_boot_nothing() -> anyhow::Result<()
     assert!(text(&out.stderr).contains("vhost-user-scsi (major 242)"), "{}", describe(&out));
     let _ = t.ctr(&["containers", "delete", "scsi"]);
     assert!(t.processes().is_empty(), "no VM was booted for bad input: {:#?}", t.processes());
+    Ok(())
+}
+
+/// An ext4 image of `size` holding `files` (name, content), built without loop mounts.
+fn ext4_image(t: &Setup, name: &str, size: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    let content = t.path(&format!("{name}.d"));
+    std::fs::create_dir_all(&content)?;
+    for (file, text) in files {
+        std::fs::write(content.join(file), text)?;
+    }
+    let img = t.path(name);
+    let out = Command::new("mkfs.ext4").args(["-q", "-F", "-d", s(&content), s(&img), size]).output()?;
+    ensure!(out.status.success(), "mkfs.ext4: {}", describe(&out));
+    Ok(img)
+}
+
+/// A file of an ext4 image, read on the host with debugfs.
+fn ext4_cat(img: &Path, file: &str) -> anyhow::Result<String> {
+    let out = Command::new("debugfs").args(["-R", &format!("cat /{file}"), s(img)]).output()?;
+    ensure!(out.status.success(), "debugfs: {}", describe(&out));
+    Ok(text(&out.stdout))
+}
+
+/// A busybox OCI image imported into the test's containerd; its name.
+fn import_busybox(t: &Setup) -> anyhow::Result<&'static str> {
+    let image = t.path("image.tar");
+    let out = Command::new(binary("rootfs-builder")?)
+        .args(["oci-image", "--from", "busybox", "--name", "wisp-bb:vol", "-o", s(&image)])
+        .output()?;
+    ensure!(out.status.success(), "rootfs-builder oci-image: {}", describe(&out));
+    let out = t.ctr(&["images", "import", s(&image)])?;
+    ensure!(out.status.success(), "ctr images import: {}", describe(&out));
+    Ok("docker.io/library/wisp-bb:vol")
+}
+
+/// `wisp direct-volume stats`: the byte usage's total.
+fn volume_total(t: &Setup, volume: &str) -> anyhow::Result<u64> {
+    let out = t.wisp(&["direct-volume", "stats", "--volume-path", volume])?;
+    ensure!(out.status.success(), "wisp direct-volume stats: {}", describe(&out));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    stats["usage"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["unit"] == "BYTES"))
+        .and_then(|u| u["total"].as_u64())
+        .with_context(|| format!("no byte usage in {stats}"))
+}
+
+#[test]
+fn directvol_mounted_written_stats_and_resize() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let img = ext4_image(&t, "vol.img", "16M", &[("hello.txt", "hello from the host\n")])?;
+    let volume = "/kubelet/kata-test-vol-001/volume001";
+    let info = serde_json::json!({"volume_type": "directvol", "device": s(&img), "fs_type": "ext4",
+                                  "metadata": {}, "options": []});
+    let out = t.wisp(&["direct-volume", "add", "--volume-path", volume, "--mount-info", &info.to_string()])?;
+    ensure!(out.status.success(), "wisp direct-volume add: {}", describe(&out));
+    let image = import_busybox(&t)?;
+    let mount = format!("type=directvol,src={volume},dst=/disk,options=rbind:rw");
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--mount", &mount, image, "dv", "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run --mount type=directvol: {}", describe(&out));
+
+    assert_eq!(t.exec("dv", "1", "cat /disk/hello.txt")?, "hello from the host\n");
+    assert!(t.exec("dv", "2", "grep ' /disk ' /proc/mounts")?.contains("ext4"), "/disk is the ext4 volume");
+    t.exec("dv", "3", "echo written in the guest > /disk/new.txt && sync")?;
+    let out = t.wisp(&["direct-volume", "list"])?;
+    let listed = text(&out.stdout);
+    assert!(listed.contains(&format!("{volume}\tdirectvol\t{}\text4\tdv", img.display())), "{listed}");
+
+    let before = volume_total(&t, volume)?;
+    let out = t.wisp(&["direct-volume", "resize", "--volume-path", volume, "--size", &(32u64 << 20).to_string()])?;
+    ensure!(out.status.success(), "wisp direct-volume resize: {}", describe(&out));
+    let after = volume_total(&t, volume)?;
+    assert!(after > before + (12 << 20), "the guest file system grew: {before} -> {after}");
+    assert_eq!(std::fs::metadata(&img)?.len(), 32 << 20, "the disk grew on the host too");
+
+    t.remove("dv")?;
+    assert_eq!(ext4_cat(&img, "new.txt")?, "written in the guest\n", "the guest's write is in the image");
+    let out = t.wisp(&["direct-volume", "stats", "--volume-path", volume])?;
+    assert!(text(&out.stderr).contains("not used by a running sandbox"), "{}", describe(&out));
+    let out = t.wisp(&["direct-volume", "remove", "--volume-path", volume])?;
+    ensure!(out.status.success(), "wisp direct-volume remove: {}", describe(&out));
+    assert_eq!(std::fs::read_dir(t.path("direct-volumes"))?.count(), 0, "the volume's directory is gone");
+    Ok(())
+}
+
+#[test]
+fn spdkvol_from_a_vhost_user_socket() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let img = ext4_image(&t, "spdk.img", "16M", &[("id.txt", "spdk volume\n")])?;
+    let socket = t.path("spdk.sock");
+    let _daemon = StorageDaemon::start(&img, &socket)?;
+    let volume = "/kubelet/kata-test-vol-001/volume002";
+    let info = serde_json::json!({"volume-type": "spdkvol", "device": format!("spdk://{}", socket.display()),
+                                  "fstype": "ext4", "metadata": {}, "options": []});
+    let out = t.wisp(&["direct-volume", "add", "--volume-path", volume, "--mount-info", &info.to_string()])?;
+    ensure!(out.status.success(), "wisp direct-volume add: {}", describe(&out));
+    let image = import_busybox(&t)?;
+    let mount = format!("type=spdkvol,src={volume},dst=/disk001,options=rbind:rw");
+    let out = t.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &mount,
+        image,
+        "sv",
+        "sh",
+        "-c",
+        "cat /disk001/id.txt && echo via vhost-user > /disk001/w.txt && sync",
+    ])?;
+    ensure!(out.status.success(), "ctr run --mount type=spdkvol: {}", describe(&out));
+    assert_eq!(text(&out.stdout), "spdk volume\n");
+    drop(_daemon);
+    assert_eq!(ext4_cat(&img, "w.txt")?, "via vhost-user\n");
+    Ok(())
+}
+
+#[test]
+fn bad_direct_volumes_fail_create_and_leave_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let image = import_busybox(&t)?;
+    let root = t.path("direct-volumes");
+    let add = |volume: &str, info: &str| -> anyhow::Result<()> {
+        // Written by hand, as a CSI driver would: `wisp direct-volume add` checks what it writes.
+        let dir = root.join(wisp_shim::volumes::direct::encode(volume.as_bytes()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("mountInfo.json"), info)?;
+        Ok(())
+    };
+    add("/v/unknown", r#"{"volume-type":"nfsvol","device":"/x","fstype":"ext4"}"#)?;
+    add("/v/nodevice", r#"{"volume-type":"directvol","device":"/nonexistent/disk.img","fstype":"ext4"}"#)?;
+    add("/v/notjson", "volume-type: directvol")?;
+    let cases = [
+        ("directvol", "/v/unknown", "unknown volume-type \"nfsvol\""),
+        ("directvol", "/v/nodevice", "device /nonexistent/disk.img"),
+        ("directvol", "/v/notjson", "is not a valid mountInfo"),
+        ("directvol", "/v/../etc", "must be absolute and must not contain `..`"),
+        ("spdkvol", "/v/missing", "mountInfo.json (add it with `wisp direct-volume add`)"),
+    ];
+    for (index, (kind, volume, expected)) in cases.iter().enumerate() {
+        let id = format!("bad{index}");
+        let mount = format!("type={kind},src={volume},dst=/disk,options=rbind:rw");
+        let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--mount", &mount, image, &id, "true"])?;
+        ensure!(!out.status.success(), "{volume} must fail: {}", describe(&out));
+        assert!(text(&out.stderr).contains(expected), "{volume}: expected {expected:?} in {}", describe(&out));
+        let _ = t.ctr(&["containers", "delete", &id]);
+    }
+    assert!(t.processes().is_empty(), "no VM for bad volumes: {:#?}", t.processes());
+    let state = std::fs::read_dir(t.path("state")).map(|d| d.flatten().filter(|e| e.file_name() != "accel").count());
+    assert_eq!(state.unwrap_or(0), 0, "no sandbox state left");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(!mountinfo.contains(s(t.dir.path())), "nothing mounted under the test dir");
     Ok(())
 }

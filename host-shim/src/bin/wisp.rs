@@ -3,6 +3,12 @@
 //! `wisp check [--config FILE]` validates the configuration and the host (QEMU present, KVM
 //! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
 //! built) and says what to fix; it exits 1 when something blocks running a sandbox.
+//!
+//! `wisp direct-volume add|remove|stats|resize|list` manages Kata direct volumes
+//! ([`direct_volume`]).
+
+#[path = "wisp/direct_volume.rs"]
+mod direct_volume;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,6 +32,14 @@ enum Cmd {
         /// The configuration file (default: the shim's lookup order).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Kata direct volumes (kata-ctl's layout): add, remove, stats, resize, list.
+    DirectVolume {
+        /// The configuration file (default: the shim's lookup order).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: direct_volume::Cmd,
     },
 }
 
@@ -135,9 +149,28 @@ fn check(config_path: Option<&Path>) -> bool {
     !r.failed
 }
 
+/// The configuration at `path`, else the shim's lookup order.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(path.map_or_else(Config::load, Config::from_file)?)
+}
+
+/// Prints `err` with its causes and fails.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wisp: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::DirectVolume { config, command } => {
+            report(load_config(config.as_deref()).and_then(|config| direct_volume::run(command, &config)))
+        }
         Cmd::Check { config } => {
             if check(config.as_deref()) {
                 ExitCode::SUCCESS
