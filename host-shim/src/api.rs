@@ -37,6 +37,32 @@ pub enum Request {
         /// The new size in bytes.
         size: u64,
     },
+    /// Plug a disk into running container `container` as `device_path`, mounted at `mount`
+    /// (if not empty) with `fstype` and `options`.
+    BlockHotPlug {
+        /// The container.
+        container: String,
+        /// A raw image, a host block device, or a vhost-user-blk socket (absolute).
+        block_volume: String,
+        /// The node in the container (`/dev/xvdb`).
+        device_path: String,
+        /// Where to mount it in the container; empty: no mount.
+        #[serde(default)]
+        mount: String,
+        /// The file system type for `mount`.
+        #[serde(default)]
+        fstype: String,
+        /// Mount options.
+        #[serde(default)]
+        options: Vec<String>,
+    },
+    /// Reverse a [`Request::BlockHotPlug`].
+    BlockHotUnplug {
+        /// The container.
+        container: String,
+        /// The node given at hot-plug.
+        device_path: String,
+    },
 }
 
 /// The answer: `error` empty when it worked.
@@ -149,7 +175,7 @@ mod tests {
         let handler = Arc::new(|request: Request| async move {
             match request {
                 Request::VolumeStats { volume } => Response::ok(serde_json::json!({ "volume": volume })),
-                Request::VolumeResize { .. } => Response::fail("no such volume"),
+                _ => Response::fail("no such volume"),
             }
         });
         tokio::spawn(serve(listener, handler));

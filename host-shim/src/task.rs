@@ -146,6 +146,8 @@ struct Container {
     plugged: Vec<String>,
     /// Direct volumes it uses: (volume path, guest mount point, device id).
     volumes: Vec<(String, String, String)>,
+    /// Disks hot-plugged while it runs: (device path in the container, mount point, device id).
+    hot: Vec<(String, String, String)>,
 }
 
 impl Container {
@@ -283,6 +285,12 @@ impl Inner {
     async fn handle_api(self: Arc<Self>, request: side::Request) -> side::Response {
         let volume = match &request {
             side::Request::VolumeStats { volume } | side::Request::VolumeResize { volume, .. } => volume.clone(),
+            side::Request::BlockHotPlug { .. } | side::Request::BlockHotUnplug { .. } => {
+                return match self.hot_block(request).await {
+                    Ok(data) => side::Response::ok(data),
+                    Err(err) => side::Response::fail(err),
+                };
+            }
         };
         let found = self.containers.lock().await.values().find_map(|c| {
             c.volumes.iter().find(|(v, _, _)| *v == volume).map(|(_, guest, id)| (guest.clone(), id.clone()))
@@ -307,6 +315,9 @@ impl Inner {
                         crate::sandbox::describe_ttrpc(&err)
                     )),
                 }
+            }
+            side::Request::BlockHotPlug { .. } | side::Request::BlockHotUnplug { .. } => {
+                side::Response::fail("not a volume request")
             }
             side::Request::VolumeResize { size, .. } => {
                 if let Err(err) = sandbox.resize_block(&id, size).await {
@@ -351,6 +362,81 @@ impl Inner {
             self.finish(&proc, VM_DIED_STATUS, sandbox.vm_pid()).await;
         }
         sandbox.shutdown().await;
+    }
+
+    /// Hot-plugs a disk into a running container, or unplugs it (seed 004).
+    async fn hot_block(&self, request: side::Request) -> Result<serde_json::Value, String> {
+        let sandbox = self
+            .live_sandbox()
+            .await
+            .ok_or_else(|| format!("the VM of sandbox {:?} is not running", self.sandbox_id))?;
+        let client = sandbox.agent().block_volume();
+        match request {
+            side::Request::BlockHotPlug { container, block_volume, device_path, mount, fstype, options } => {
+                {
+                    let containers = self.containers.lock().await;
+                    let c = containers.get(&container).ok_or_else(|| format!("container {container:?} not found"))?;
+                    if c.hot.iter().any(|(d, _, _)| *d == device_path) {
+                        return Err(format!("{device_path} is already hot-plugged into {container:?}"));
+                    }
+                }
+                let source = volumes::hot_plug_source(&block_volume)?;
+                let id = format!("wisp-blk{}", self.next_device.fetch_add(1, Ordering::Relaxed));
+                let plugged = sandbox.hot_plug(&id, &source).await.map_err(|e| crate::error_chain(&e))?;
+                let request = protocols::wisp::HotPlugRequest {
+                    container_id: container.clone(),
+                    pci_path: plugged.pci_path.clone(),
+                    device_path: device_path.clone(),
+                    mount_point: mount.clone(),
+                    fstype,
+                    options,
+                    ..Default::default()
+                };
+                if let Err(err) = client.hot_plug(context::with_duration(CALL_TIMEOUT), &request).await {
+                    let _ = sandbox.hot_unplug(&id).await;
+                    return Err(format!("agent HotPlug: {}", crate::sandbox::describe_ttrpc(&err)));
+                }
+                let mut containers = self.containers.lock().await;
+                match containers.get_mut(&container) {
+                    Some(c) => {
+                        c.hot.push((device_path.clone(), mount, id.clone()));
+                        c.plugged.push(id.clone());
+                    }
+                    None => return Err(format!("container {container:?} went away during the hot-plug")),
+                }
+                info!(self.log, "disk hot-plugged"; "container" => &container, "device" => &device_path, "id" => &id);
+                Ok(serde_json::json!({ "id": id, "pci_path": plugged.pci_path, "device_path": device_path }))
+            }
+            side::Request::BlockHotUnplug { container, device_path } => {
+                let (mount, id) = {
+                    let containers = self.containers.lock().await;
+                    let c = containers.get(&container).ok_or_else(|| format!("container {container:?} not found"))?;
+                    c.hot
+                        .iter()
+                        .find(|(d, _, _)| *d == device_path)
+                        .map(|(_, m, id)| (m.clone(), id.clone()))
+                        .ok_or_else(|| format!("{device_path} was not hot-plugged into {container:?}"))?
+                };
+                let request = protocols::wisp::HotUnplugRequest {
+                    container_id: container.clone(),
+                    device_path: device_path.clone(),
+                    mount_point: mount,
+                    ..Default::default()
+                };
+                client
+                    .hot_unplug(context::with_duration(CALL_TIMEOUT), &request)
+                    .await
+                    .map_err(|err| format!("agent HotUnplug: {}", crate::sandbox::describe_ttrpc(&err)))?;
+                sandbox.hot_unplug(&id).await.map_err(|e| crate::error_chain(&e))?;
+                if let Some(c) = self.containers.lock().await.get_mut(&container) {
+                    c.hot.retain(|(d, _, _)| *d != device_path);
+                    c.plugged.retain(|p| *p != id);
+                }
+                info!(self.log, "disk hot-unplugged"; "container" => &container, "device" => &device_path, "id" => &id);
+                Ok(serde_json::json!({ "id": id }))
+            }
+            _ => Err("not a block-volume request".to_owned()),
+        }
     }
 
     /// Relays the agent's OOM events (GetOOMEvent blocks until one happens) as TaskOOM, until
@@ -796,6 +882,7 @@ impl Task for TaskService {
                 execs: HashMap::new(),
                 plugged,
                 volumes: used_volumes,
+                hot: Vec::new(),
             },
         );
         info!(inner.log, "container created"; "container" => &cid);

@@ -428,3 +428,34 @@ fn bad_direct_volumes_fail_create_and_leave_nothing() -> anyhow::Result<()> {
     assert!(!mountinfo.contains(s(t.dir.path())), "nothing mounted under the test dir");
     Ok(())
 }
+
+#[test]
+fn hot_plug_into_a_running_container_then_unplug() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let img = ext4_image(&t, "hot.img", "16M", &[("hot.txt", "plugged while running\n")])?;
+    let image = import_busybox(&t)?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, image, "hp", "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    assert_eq!(t.exec("hp", "1", "test -e /dev/xvdb || echo none")?, "none\n");
+
+    let plug = ["block-volume", "hot-plug", "--sandbox", "hp", "--container", "hp", "--block-volume", s(&img)];
+    let started = Instant::now();
+    let out = t.wisp(&[&plug[..], &["--device-path", "/dev/xvdb", "--mount", "/data", "--fstype", "ext4"]].concat())?;
+    ensure!(out.status.success(), "wisp block-volume hot-plug: {}", describe(&out));
+    eprintln!("hot-plug into the running container: {:?}", started.elapsed());
+    assert!(t.exec("hp", "2", "ls -l /dev/xvdb")?.starts_with('b'), "/dev/xvdb is a block device");
+    assert_eq!(t.exec("hp", "3", "cat /data/hot.txt")?, "plugged while running\n");
+    t.exec("hp", "4", "echo from the container > /data/c.txt && dd if=/dev/xvdb of=/dev/null bs=4k count=4 && sync")?;
+    let out = t.wisp(&[&plug[..], &["--device-path", "/dev/xvdb"]].concat())?;
+    assert!(!out.status.success() && text(&out.stderr).contains("already hot-plugged"), "{}", describe(&out));
+
+    let started = Instant::now();
+    let out =
+        t.wisp(&["block-volume", "hot-unplug", "--sandbox", "hp", "--container", "hp", "--device-path", "/dev/xvdb"])?;
+    ensure!(out.status.success(), "wisp block-volume hot-unplug: {}", describe(&out));
+    eprintln!("hot-unplug: {:?}", started.elapsed());
+    assert_eq!(t.exec("hp", "5", "test -e /dev/xvdb || grep -q ' /data ' /proc/mounts || echo gone")?, "gone\n");
+    assert_eq!(ext4_cat(&img, "c.txt")?, "from the container\n", "the write reached the image before unplug");
+    t.remove("hp")?;
+    Ok(())
+}

@@ -5,8 +5,11 @@
 //! built) and says what to fix; it exits 1 when something blocks running a sandbox.
 //!
 //! `wisp direct-volume add|remove|stats|resize|list` manages Kata direct volumes
-//! ([`direct_volume`]).
+//! ([`direct_volume`]); `wisp block-volume hot-plug|hot-unplug` plugs a disk into a running
+//! container ([`block_volume`]).
 
+#[path = "wisp/block_volume.rs"]
+mod block_volume;
 #[path = "wisp/direct_volume.rs"]
 mod direct_volume;
 
@@ -40,6 +43,11 @@ enum Cmd {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: direct_volume::Cmd,
+    },
+    /// Hot-plug a disk into a running container, or unplug it.
+    BlockVolume {
+        #[command(subcommand)]
+        command: block_volume::Cmd,
     },
 }
 
@@ -168,6 +176,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::BlockVolume { command } => report(block_volume::run(command)),
         Cmd::DirectVolume { config, command } => {
             report(load_config(config.as_deref()).and_then(|config| direct_volume::run(command, &config)))
         }

@@ -101,3 +101,22 @@ pub fn guest_mount_point(cid: &str, index: usize) -> String {
 pub fn need_shared_memory(attaches: &[Attach]) -> bool {
     attaches.iter().any(|a| matches!(a.source, BlockSource::VhostUser { .. }))
 }
+
+/// What backs a disk hot-plugged by path: a vhost-user-blk socket, else a raw image or host
+/// block device (seed 004's `--block-volume`).
+pub fn hot_plug_source(path: &str) -> Result<BlockSource, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("block volume {path:?} must be an absolute path"));
+    }
+    let meta = std::fs::metadata(p).map_err(|e| format!("block volume {path}: {e}"))?;
+    let ft = meta.file_type();
+    if ft.is_socket() {
+        Ok(BlockSource::VhostUser { socket: p.to_owned() })
+    } else if ft.is_file() || ft.is_block_device() {
+        Ok(BlockSource::File { path: p.to_owned(), read_only: false })
+    } else {
+        Err(format!("block volume {path} is neither a file, a block device nor a vhost-user socket"))
+    }
+}
