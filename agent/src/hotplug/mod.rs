@@ -99,10 +99,14 @@ fn cgroup_rule(c: &crate::container::Container, allow: bool, maj: i64, min: i64)
 async fn run_child(args: &[String]) -> Result<Option<(i64, i64)>, AgentError> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(CHILD_ARG).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .map_err(|e| AgentError::FailedPrecondition(format!("hot-plug helper task: {e}")))?
-        .map_err(|e| AgentError::FailedPrecondition(format!("cannot start /proc/self/exe {CHILD_ARG}: {e}")))?;
+    let out = tokio::task::spawn_blocking(move || {
+        // The reaper would collect the helper before `output` waits for it (ECHILD).
+        let _own = crate::process::reaper::own_children();
+        cmd.output()
+    })
+    .await
+    .map_err(|e| AgentError::FailedPrecondition(format!("hot-plug helper task: {e}")))?
+    .map_err(|e| AgentError::FailedPrecondition(format!("cannot start /proc/self/exe {CHILD_ARG}: {e}")))?;
     if !out.status.success() {
         return Err(AgentError::FailedPrecondition(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }

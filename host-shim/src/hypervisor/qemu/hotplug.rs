@@ -195,8 +195,18 @@ pub async fn unplug(qmp: &mut Qmp, id: &str, record: &PlugRecord) -> Result<(), 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The device leaves query-pci a moment before QEMU lets go of its backend.
     if let Some((command, args)) = &record.backend {
-        qmp.execute(command, Some(args.clone())).await?;
+        loop {
+            match qmp.execute(command, Some(args.clone())).await {
+                Ok(_) => break,
+                Err(err @ super::qmp::QmpError::Command { .. }) if start.elapsed() >= UNPLUG_TIMEOUT => {
+                    return Err(err.into())
+                }
+                Err(super::qmp::QmpError::Command { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
     Ok(())
 }
