@@ -49,11 +49,16 @@ impl Setup {
         let dir = tempfile::Builder::new().prefix("wisp-vol-").tempdir()?;
         let shim = binary("containerd-shim-wisp-v2")?;
         let config = dir.path().join("configuration.toml");
+        // `qemu` may name its own kernel (microvm boots the PVH vmlinux).
+        let kernel = if qemu.contains("kernel =") {
+            String::new()
+        } else {
+            format!("kernel = \"{}\"\n", artifacts::kernel()?.display())
+        };
         std::fs::write(
             &config,
             format!(
-                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{HOTPLUG_TIMEOUT}\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n",
-                artifacts::kernel()?.display(),
+                "[hypervisor.qemu]\n{kernel}initrd = \"{}\"\n{HOTPLUG_TIMEOUT}\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n",
                 artifacts::initrd()?.display()
             ),
         )?;
@@ -504,5 +509,32 @@ fn hot_plug_of_a_vhost_user_disk_on_a_pc_machine() -> anyhow::Result<()> {
     assert_eq!(t.exec("pc", "2", "test -e /dev/vdx || echo gone")?, "gone\n");
     t.remove("pc")?;
     drop(daemon);
+    Ok(())
+}
+
+#[test]
+fn microvm_refuses_hot_plug_plainly() -> anyhow::Result<()> {
+    let qemu = format!("machine_type = \"microvm\"\nkernel = \"{}\"", artifacts::vmlinux()?.display());
+    let t = Setup::with_qemu(&qemu)?;
+    let img = ext4_image(&t, "mv.img", "8M", &[])?;
+    let image = import_busybox(&t)?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, image, "mv", "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run -d on microvm: {}", describe(&out));
+    let out = t.wisp(&[
+        "block-volume",
+        "hot-plug",
+        "--sandbox",
+        "mv",
+        "--container",
+        "mv",
+        "--block-volume",
+        s(&img),
+        "--device-path",
+        "/dev/vdb",
+    ])?;
+    assert!(!out.status.success(), "microvm cannot hot-plug: {}", describe(&out));
+    assert!(text(&out.stderr).contains("microvm machines cannot hot-plug devices"), "{}", describe(&out));
+    assert_eq!(t.exec("mv", "1", "test -e /dev/vdb || echo none")?, "none\n", "the container is unharmed");
+    t.remove("mv")?;
     Ok(())
 }
