@@ -297,7 +297,13 @@ mod tests {
     fn kill_recorded_kills_only_processes_that_name_the_dir() {
         let dir = tempfile::tempdir().unwrap();
         // "qemu" names the dir in its command line; "virtiofsd" is a recycled pid that does not.
-        let mut ours = Command::new("sh").args(["-c", "sleep 60", &dir.path().display().to_string()]).spawn().unwrap();
+        // `read` is a builtin: sh stays sh (a lone `sleep 60` would be exec'd in its place, and
+        // the dir would vanish from the command line before kill_recorded looks).
+        let mut ours = Command::new("sh")
+            .args(["-c", "read line", &dir.path().display().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
         fs::write(dir.path().join("qemu.pid"), ours.id().to_string()).unwrap();
         fs::write(dir.path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();
