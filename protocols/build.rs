@@ -22,12 +22,27 @@ use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 /// Every .proto we compile; `google/protobuf/empty.proto` is resolved by the
 /// pure-Rust parser itself and maps onto `protobuf::well_known_types`.
-const PROTOS: &[&str] =
-    &["protos/agent.proto", "protos/health.proto", "protos/types.proto", "protos/oci.proto", "protos/csi.proto"];
+const PROTOS: &[&str] = &[
+    "protos/agent.proto",
+    "protos/health.proto",
+    "protos/types.proto",
+    "protos/oci.proto",
+    "protos/csi.proto",
+    "protos/wisp.proto",
+];
 
 /// Files the generators must produce, all included by `src/lib.rs`.
-const GENERATED: &[&str] =
-    &["agent.rs", "agent_ttrpc.rs", "health.rs", "health_ttrpc.rs", "types.rs", "oci.rs", "csi.rs"];
+const GENERATED: &[&str] = &[
+    "agent.rs",
+    "agent_ttrpc.rs",
+    "health.rs",
+    "health_ttrpc.rs",
+    "types.rs",
+    "oci.rs",
+    "csi.rs",
+    "wisp.rs",
+    "wisp_ttrpc.rs",
+];
 
 const DEFAULT_STATUS_FROM: &str = "::ttrpc::get_status(::ttrpc::Code::NOT_FOUND,";
 const DEFAULT_STATUS_TO: &str = "::ttrpc::get_status(::ttrpc::Code::UNIMPLEMENTED,";

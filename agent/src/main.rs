@@ -8,6 +8,7 @@ mod channel;
 mod container;
 mod device;
 mod error;
+mod hotplug;
 mod launch;
 mod logging;
 mod metrics;
@@ -185,6 +186,9 @@ fn main() -> ExitCode {
     // launcher child must be recognised before the PID-1 check below.
     if std::env::args_os().nth(1).is_some_and(|a| a == "__launch") {
         launch::child_main();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == hotplug::CHILD_ARG) {
+        hotplug::child::main();
     }
     if std::process::id() == 1 {
         run_as_init();

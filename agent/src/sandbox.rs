@@ -164,6 +164,16 @@ impl Sandbox {
         self
     }
 
+    /// The uevent table (started on first use).
+    pub(crate) fn device_table(&self) -> Arc<Devices> {
+        self.devices()
+    }
+
+    /// How long a hot-plugged disk is waited for.
+    pub(crate) fn hotplug_timeout(&self) -> Duration {
+        self.hotplug_timeout
+    }
+
     fn devices(&self) -> Arc<Devices> {
         self.devices.get_or_init(|| Devices::start(&self.log)).clone()
     }

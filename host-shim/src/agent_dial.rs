@@ -402,6 +402,11 @@ impl AgentConn {
     pub fn agent(&self) -> AgentServiceClient {
         AgentServiceClient::new(self.client.clone())
     }
+
+    /// A client of the agent's `wisp.v1.BlockVolume` (ours, not Kata's).
+    pub fn block_volume(&self) -> protocols::wisp_ttrpc::BlockVolumeClient {
+        protocols::wisp_ttrpc::BlockVolumeClient::new(self.client.clone())
+    }
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `timeout` has passed.

@@ -41,6 +41,9 @@
 //! dial_timeout = 60                    # seconds to wait for the agent after QEMU starts
 //! debug_console_enabled = false
 //! channel = "auto"                     # auto | vhost-vsock | hybrid-vsock | serial
+//!
+//! [runtime]
+//! direct_volumes_dir = "/run/kata-containers/shared/direct-volumes"  # WISP_DIRECT_VOLUMES_DIR wins
 //! ```
 //!
 //! # The built-in kernel and initrd
@@ -64,6 +67,8 @@ pub const CONFIG_ENV: &str = "WISP_CONFIG";
 pub const ETC_CONFIG: &str = "/etc/wisp/configuration.toml";
 /// The distribution's configuration file.
 pub const DEFAULTS_CONFIG: &str = "/usr/share/defaults/wisp/configuration.toml";
+/// Kata's direct-volume root.
+pub const DEFAULT_DIRECT_VOLUMES_DIR: &str = "/run/kata-containers/shared/direct-volumes";
 /// Kata's default vhost-user store.
 pub const DEFAULT_VHOST_USER_STORE: &str = "/var/run/kata-containers/vhost-user";
 
@@ -337,6 +342,20 @@ impl Default for StratoVirtSection {
     }
 }
 
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Where `wisp direct-volume` and the shim keep direct volumes' `mountInfo.json`.
+    pub direct_volumes_dir: PathBuf,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self { direct_volumes_dir: PathBuf::from(DEFAULT_DIRECT_VOLUMES_DIR) }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct HypervisorTable {
@@ -355,6 +374,7 @@ struct AgentTable {
 struct File {
     hypervisor: HypervisorTable,
     agent: AgentTable,
+    runtime: RuntimeSection,
 }
 
 /// The whole configuration and where it came from; the default is the built-in one.
@@ -366,6 +386,8 @@ pub struct Config {
     pub agent: AgentSection,
     /// `[hypervisor.stratovirt]`: when present, the sandbox VM is StratoVirt, not QEMU.
     pub stratovirt: Option<StratoVirtSection>,
+    /// `[runtime]`.
+    pub runtime: RuntimeSection,
     /// The file it was read from; `None` for the built-in default.
     pub source: Option<PathBuf>,
 }
@@ -402,6 +424,7 @@ impl Config {
             qemu: file.hypervisor.qemu,
             agent: file.agent.wisp,
             stratovirt: file.hypervisor.stratovirt,
+            runtime: file.runtime,
             source: Some(path.to_owned()),
         };
         config.validate()?;

@@ -3,13 +3,16 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`api`] | the shim's side API (volume stats/resize, hot-plug) for the `wisp` CLI |
 //! | [`agent_dial`] | dialing the guest agent (hybrid vsock, virtio-serial, unix) with retries |
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
-//! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, process lifecycle) |
+//! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
+//! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
 
 pub mod accel;
 pub mod agent_dial;
+pub mod api;
 pub mod config;
 pub mod hypervisor;
 pub mod io;
@@ -17,6 +20,7 @@ pub mod pod;
 pub mod sandbox;
 pub mod shim;
 pub mod task;
+pub mod volumes;
 
 /// An error and its causes on one line, for messages that cross a process boundary.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -25,7 +25,7 @@ use crate::agent_dial::{self, AgentAddr, AgentConn, DialError};
 use crate::config::Config;
 use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
 use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
-use crate::hypervisor::{Hypervisor, HypervisorError, SharedFs, VmPaths, SHARED_FS_TAG};
+use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
 
 /// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
 /// `start` needs `/dev/vhost-vsock`), else QEMU as `spec` resolved it.
@@ -243,6 +243,26 @@ impl Sandbox {
     /// The last lines of the guest console.
     pub fn console_tail(&self) -> String {
         crate::hypervisor::tail(&self.paths.console(), CONSOLE_TAIL_LINES)
+    }
+
+    /// Plugs `source` into the running VM as device `id`.
+    pub async fn hot_plug(&self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
+        self.vm.lock().await.hot_plug(id, source).await
+    }
+
+    /// Unplugs device `id`.
+    pub async fn hot_unplug(&self, id: &str) -> Result<(), HypervisorError> {
+        self.vm.lock().await.hot_unplug(id).await
+    }
+
+    /// Resizes the virtio-blk disk `id` to `size` bytes.
+    pub async fn resize_block(&self, id: &str, size: u64) -> Result<(), HypervisorError> {
+        self.vm.lock().await.resize_block(id, size).await
+    }
+
+    /// The sandbox's state directory.
+    pub fn dir(&self) -> &Path {
+        self.paths.dir()
     }
 
     /// The storage the guest mounts the shared directory with.

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
@@ -42,10 +43,13 @@ use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
+use crate::api as side;
 use crate::config::Config;
+use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
 use crate::pod::PodSpec;
 use crate::sandbox::Sandbox;
+use crate::volumes;
 
 type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
 
@@ -139,6 +143,12 @@ struct Container {
     mounted_rootfs: Option<PathBuf>,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
+    /// Disks plugged for it (QEMU device ids), unplugged when it is deleted.
+    plugged: Vec<String>,
+    /// Direct volumes it uses: (volume path, guest mount point, device id).
+    volumes: Vec<(String, String, String)>,
+    /// Disks hot-plugged while it runs: (device path in the container, mount point, device id).
+    hot: Vec<(String, String, String)>,
 }
 
 impl Container {
@@ -173,6 +183,8 @@ struct Inner {
     log: Logger,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// Numbers the devices plugged into the VM (`wisp-blkN`).
+    next_device: AtomicU32,
 }
 
 fn error(code: Code, message: impl Into<String>) -> shim_ttrpc::Error {
@@ -216,6 +228,7 @@ impl TaskService {
                 log,
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
+                next_device: AtomicU32::new(0),
             }),
         }
     }
@@ -228,8 +241,9 @@ impl Inner {
         }
     }
 
-    /// The running sandbox, booting it on first use (sized as `pod` asks).
-    async fn sandbox(self: &Arc<Self>, pod: &PodSpec) -> TtrpcResult<Arc<Sandbox>> {
+    /// The running sandbox, booting it on first use: sized as `pod` asks, with shared guest
+    /// memory if `shared_memory` (a vhost-user disk will be plugged).
+    async fn sandbox(self: &Arc<Self>, pod: &PodSpec, shared_memory: bool) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.exited().borrow().is_some() {
@@ -240,7 +254,9 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&pod.vm_config(&self.config), &self.sandbox_id, &self.log)
+        let mut config = pod.vm_config(&self.config);
+        config.qemu.enable_vhost_user_store |= shared_memory;
+        let sandbox = Sandbox::boot(&config, &self.sandbox_id, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
@@ -251,7 +267,76 @@ impl Inner {
         let me = self.clone();
         let watched = sandbox.clone();
         tokio::spawn(async move { me.relay_oom_events(watched).await });
+        let socket = side::socket_path(sandbox.dir());
+        match tokio::net::UnixListener::bind(&socket) {
+            Ok(listener) => {
+                let me = self.clone();
+                let handler = Arc::new(move |request| {
+                    let me = me.clone();
+                    async move { me.handle_api(request).await }
+                });
+                tokio::spawn(side::serve(listener, handler));
+            }
+            Err(err) => warn!(self.log, "side API not served"; "socket" => %socket.display(), "error" => %err),
+        }
         Ok(sandbox)
+    }
+
+    /// One request of the side API ([`crate::api`]).
+    async fn handle_api(self: Arc<Self>, request: side::Request) -> side::Response {
+        let volume = match &request {
+            side::Request::VolumeStats { volume } | side::Request::VolumeResize { volume, .. } => volume.clone(),
+            side::Request::BlockHotPlug { .. } | side::Request::BlockHotUnplug { .. } => {
+                return match self.hot_block(request).await {
+                    Ok(data) => side::Response::ok(data),
+                    Err(err) => side::Response::fail(err),
+                };
+            }
+        };
+        let found = self.containers.lock().await.values().find_map(|c| {
+            c.volumes.iter().find(|(v, _, _)| *v == volume).map(|(_, guest, id)| (guest.clone(), id.clone()))
+        });
+        let Some((guest, id)) = found else {
+            return side::Response::fail(format!(
+                "volume {volume} is not used by a container of sandbox {:?}",
+                self.sandbox_id
+            ));
+        };
+        let Some(sandbox) = self.live_sandbox().await else {
+            return side::Response::fail(format!("the VM of sandbox {:?} is not running", self.sandbox_id));
+        };
+        let agent = sandbox.agent().agent();
+        match request {
+            side::Request::VolumeStats { .. } => {
+                let request = pb::VolumeStatsRequest { volume_guest_path: guest, ..Default::default() };
+                match agent.get_volume_stats(context::with_duration(CALL_TIMEOUT), &request).await {
+                    Ok(stats) => side::Response::ok(volume_stats_json(&stats)),
+                    Err(err) => side::Response::fail(format!(
+                        "agent GetVolumeStats of {volume}: {}",
+                        crate::sandbox::describe_ttrpc(&err)
+                    )),
+                }
+            }
+            side::Request::BlockHotPlug { .. } | side::Request::BlockHotUnplug { .. } => {
+                side::Response::fail("not a volume request")
+            }
+            side::Request::VolumeResize { size, .. } => {
+                if let Err(err) = sandbox.resize_block(&id, size).await {
+                    return side::Response::fail(format!(
+                        "resizing the disk of {volume}: {}",
+                        crate::error_chain(&err)
+                    ));
+                }
+                let request = pb::ResizeVolumeRequest { volume_guest_path: guest, size, ..Default::default() };
+                match agent.resize_volume(context::with_duration(CALL_TIMEOUT), &request).await {
+                    Ok(_) => side::Response::ok(serde_json::json!({ "volume": volume, "size": size })),
+                    Err(err) => side::Response::fail(format!(
+                        "agent ResizeVolume of {volume}: {}",
+                        crate::sandbox::describe_ttrpc(&err)
+                    )),
+                }
+            }
+        }
     }
 
     /// The running sandbox, if any (no boot).
@@ -278,6 +363,81 @@ impl Inner {
             self.finish(&proc, VM_DIED_STATUS, sandbox.vm_pid()).await;
         }
         sandbox.shutdown().await;
+    }
+
+    /// Hot-plugs a disk into a running container, or unplugs it (seed 004).
+    async fn hot_block(&self, request: side::Request) -> Result<serde_json::Value, String> {
+        let sandbox = self
+            .live_sandbox()
+            .await
+            .ok_or_else(|| format!("the VM of sandbox {:?} is not running", self.sandbox_id))?;
+        let client = sandbox.agent().block_volume();
+        match request {
+            side::Request::BlockHotPlug { container, block_volume, device_path, mount, fstype, options } => {
+                {
+                    let containers = self.containers.lock().await;
+                    let c = containers.get(&container).ok_or_else(|| format!("container {container:?} not found"))?;
+                    if c.hot.iter().any(|(d, _, _)| *d == device_path) {
+                        return Err(format!("{device_path} is already hot-plugged into {container:?}"));
+                    }
+                }
+                let source = volumes::hot_plug_source(&block_volume)?;
+                let id = format!("wisp-blk{}", self.next_device.fetch_add(1, Ordering::Relaxed));
+                let plugged = sandbox.hot_plug(&id, &source).await.map_err(|e| crate::error_chain(&e))?;
+                let request = protocols::wisp::HotPlugRequest {
+                    container_id: container.clone(),
+                    pci_path: plugged.pci_path.clone(),
+                    device_path: device_path.clone(),
+                    mount_point: mount.clone(),
+                    fstype,
+                    options,
+                    ..Default::default()
+                };
+                if let Err(err) = client.hot_plug(context::with_duration(CALL_TIMEOUT), &request).await {
+                    let _ = sandbox.hot_unplug(&id).await;
+                    return Err(format!("agent HotPlug: {}", crate::sandbox::describe_ttrpc(&err)));
+                }
+                let mut containers = self.containers.lock().await;
+                match containers.get_mut(&container) {
+                    Some(c) => {
+                        c.hot.push((device_path.clone(), mount, id.clone()));
+                        c.plugged.push(id.clone());
+                    }
+                    None => return Err(format!("container {container:?} went away during the hot-plug")),
+                }
+                info!(self.log, "disk hot-plugged"; "container" => &container, "device" => &device_path, "id" => &id);
+                Ok(serde_json::json!({ "id": id, "pci_path": plugged.pci_path, "device_path": device_path }))
+            }
+            side::Request::BlockHotUnplug { container, device_path } => {
+                let (mount, id) = {
+                    let containers = self.containers.lock().await;
+                    let c = containers.get(&container).ok_or_else(|| format!("container {container:?} not found"))?;
+                    c.hot
+                        .iter()
+                        .find(|(d, _, _)| *d == device_path)
+                        .map(|(_, m, id)| (m.clone(), id.clone()))
+                        .ok_or_else(|| format!("{device_path} was not hot-plugged into {container:?}"))?
+                };
+                let request = protocols::wisp::HotUnplugRequest {
+                    container_id: container.clone(),
+                    device_path: device_path.clone(),
+                    mount_point: mount,
+                    ..Default::default()
+                };
+                client
+                    .hot_unplug(context::with_duration(CALL_TIMEOUT), &request)
+                    .await
+                    .map_err(|err| format!("agent HotUnplug: {}", crate::sandbox::describe_ttrpc(&err)))?;
+                sandbox.hot_unplug(&id).await.map_err(|e| crate::error_chain(&e))?;
+                if let Some(c) = self.containers.lock().await.get_mut(&container) {
+                    c.hot.retain(|(d, _, _)| *d != device_path);
+                    c.plugged.retain(|p| *p != id);
+                }
+                info!(self.log, "disk hot-unplugged"; "container" => &container, "device" => &device_path, "id" => &id);
+                Ok(serde_json::json!({ "id": id }))
+            }
+            _ => Err("not a block-volume request".to_owned()),
+        }
     }
 
     /// Relays the agent's OOM events (GetOOMEvent blocks until one happens) as TaskOOM, until
@@ -485,6 +645,10 @@ fn guest_spec(
         }
     }
     for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
+        if volumes::direct::VOLUME_TYPES.contains(&m.type_.as_str()) {
+            // A direct volume: plugged as a disk, not shared.
+            continue;
+        }
         let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
         let source = PathBuf::from(&m.source);
         let source = if source.is_absolute() { source } else { bundle.join(source) };
@@ -495,6 +659,30 @@ fn guest_spec(
         }
     }
     Ok(pb_spec)
+}
+
+/// The agent's volume stats as JSON (kata-ctl prints the same fields).
+fn volume_stats_json(stats: &protocols::csi::VolumeStatsResponse) -> serde_json::Value {
+    let usage: Vec<_> = stats
+        .usage
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "available": u.available,
+                "total": u.total,
+                "used": u.used,
+                "unit": format!("{:?}", u.unit.enum_value_or_default()),
+            })
+        })
+        .collect();
+    let condition = stats.volume_condition.as_ref();
+    serde_json::json!({
+        "usage": usage,
+        "volume_condition": {
+            "abnormal": condition.is_some_and(|c| c.abnormal),
+            "message": condition.map(|c| c.message.clone()).unwrap_or_default(),
+        },
+    })
 }
 
 /// CgroupStats from the agent as containerd's cgroup v1 metrics.
@@ -566,6 +754,14 @@ impl Task for TaskService {
         let config_json = bundle.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&config_json)
             .map_err(|err| error(Code::INVALID_ARGUMENT, format!("cannot read {}: {err}", config_json.display())))?;
+        let undo_rootfs = |mounted: &Option<PathBuf>| {
+            if let Some(target) = mounted {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+        };
+        // Block storage is resolved before anything is mounted or booted: bad input leaves nothing.
+        let attaches = volumes::plan(&spec, &inner.config)
+            .map_err(|err| error(Code::INVALID_ARGUMENT, format!("container {cid:?}: {}", crate::error_chain(&err))))?;
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -584,19 +780,16 @@ impl Task for TaskService {
                 ))
             }
         };
-        let undo_rootfs = |mounted: &Option<PathBuf>| {
-            if let Some(target) = mounted {
-                let _ = umount2(target, MntFlags::MNT_DETACH);
-            }
-        };
         let pod = PodSpec::of(&spec);
-        let sandbox = match inner.sandbox(&pod).await {
+        let sandbox = match inner.sandbox(&pod, volumes::need_shared_memory(&attaches)).await {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 undo_rootfs(&mounted_rootfs);
                 return Err(err);
             }
         };
+        let mut plugged: Vec<String> = Vec::new();
+        let mut used_volumes: Vec<(String, String, String)> = Vec::new();
         let result = async {
             let rootfs_guest = sandbox.share(&cid, "rootfs", &host_rootfs).map_err(|err| {
                 error(
@@ -604,14 +797,56 @@ impl Task for TaskService {
                     format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()),
                 )
             })?;
-            let pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
+            let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
                 sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
             })?;
+            let mut devices = Vec::new();
+            let mut storages = Vec::new();
+            for attach in &attaches {
+                let id = format!("wisp-blk{}", inner.next_device.fetch_add(1, Ordering::Relaxed));
+                let done = sandbox.hot_plug(&id, &attach.source).await.map_err(|err| {
+                    error(Code::FAILED_PRECONDITION, format!("container {cid:?}: {}", crate::error_chain(&err)))
+                })?;
+                plugged.push(id.clone());
+                match &attach.usage {
+                    volumes::Use::Device { container_path } => devices.push(pb::Device {
+                        id: done.pci_path,
+                        type_: "blk".to_owned(),
+                        container_path: container_path.clone(),
+                        ..Default::default()
+                    }),
+                    volumes::Use::Volume { mount_index, volume, info } => {
+                        let mount_point = volumes::guest_mount_point(&cid, *mount_index);
+                        let driver = match attach.source {
+                            BlockSource::Vfio { .. } => "vfio-pci",
+                            _ => "blk",
+                        };
+                        storages.push(pb::Storage {
+                            driver: driver.to_owned(),
+                            source: done.pci_path,
+                            fstype: info.fstype.clone(),
+                            options: info.options.clone(),
+                            mount_point: mount_point.clone(),
+                            ..Default::default()
+                        });
+                        if let Some(m) = pb_spec.Mounts.get_mut(*mount_index) {
+                            m.type_ = "bind".to_owned();
+                            m.source = mount_point.clone();
+                            if !m.options.iter().any(|o| o == "bind" || o == "rbind") {
+                                m.options.push("rbind".to_owned());
+                            }
+                        }
+                        used_volumes.push((volume.clone(), mount_point, id));
+                    }
+                }
+            }
             let request = pb::CreateContainerRequest {
                 container_id: cid.clone(),
                 exec_id: cid.clone(),
                 OCI: Some(pb_spec).into(),
                 sandbox_pidns: pod.sandbox_pidns(),
+                devices,
+                storages,
                 ..Default::default()
             };
             sandbox
@@ -623,9 +858,20 @@ impl Task for TaskService {
         }
         .await;
         if let Err(err) = result {
+            for id in plugged.iter().rev() {
+                if let Err(e) = sandbox.hot_unplug(id).await {
+                    warn!(inner.log, "cannot unplug after a failed create"; "container" => &cid, "device" => id, "error" => %e);
+                }
+            }
             sandbox.unshare(&cid);
             undo_rootfs(&mounted_rootfs);
             return Err(err);
+        }
+        let volume_root = volumes::direct::root(&inner.config);
+        for (volume, _, _) in &used_volumes {
+            if let Err(err) = volumes::direct::record_sandbox(&volume_root, volume, &inner.sandbox_id) {
+                warn!(inner.log, "cannot record the volume's sandbox"; "volume" => volume, "error" => %err);
+            }
         }
         let stdio = Stdio {
             stdin: req.stdin.clone(),
@@ -634,11 +880,18 @@ impl Task for TaskService {
             terminal: req.terminal,
         };
         let init = Proc::new(&cid, "", stdio.clone(), None);
-        inner
-            .containers
-            .lock()
-            .await
-            .insert(cid.clone(), Container { bundle: req.bundle.clone(), mounted_rootfs, init, execs: HashMap::new() });
+        inner.containers.lock().await.insert(
+            cid.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                mounted_rootfs,
+                init,
+                execs: HashMap::new(),
+                plugged,
+                volumes: used_volumes,
+                hot: Vec::new(),
+            },
+        );
         info!(inner.log, "container created"; "container" => &cid);
         let pid = sandbox.vm_pid();
         let event = events::TaskCreate {
@@ -837,6 +1090,18 @@ impl Task for TaskService {
         let container = inner.containers.lock().await.remove(&req.id);
         if let Some(sandbox) = inner.current_sandbox().await {
             sandbox.unshare(&req.id);
+            let plugged = container.as_ref().map(|c| c.plugged.clone()).unwrap_or_default();
+            if sandbox.exited().borrow().is_none() {
+                for id in plugged.iter().rev() {
+                    if let Err(err) = sandbox.hot_unplug(id).await {
+                        warn!(inner.log, "cannot unplug"; "container" => &req.id, "device" => id, "error" => %err);
+                    }
+                }
+            }
+        }
+        let volume_root = volumes::direct::root(&inner.config);
+        for (volume, _, _) in container.iter().flat_map(|c| c.volumes.iter()) {
+            volumes::direct::forget_sandbox(&volume_root, volume, &inner.sandbox_id);
         }
         if let Some(target) = container.and_then(|c| c.mounted_rootfs) {
             if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {

@@ -122,6 +122,17 @@ generated_module!(
     "csi.rs"
 );
 
+generated_module!(
+    /// Messages of `wisp.proto` (package `wisp.v1`, ours: not Kata's).
+    wisp,
+    "wisp.rs"
+);
+generated_module!(
+    /// Async ttrpc bindings of `wisp.v1.BlockVolume`.
+    wisp_ttrpc,
+    "wisp_ttrpc.rs"
+);
+
 pub mod convert;
 
 /// `google.protobuf.Empty`.

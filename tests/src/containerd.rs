@@ -365,6 +365,21 @@ fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Opti
     )
 }
 
+/// Bytes as text (lossy), for assertions on `ctr` output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// A path as a `ctr` argument (empty if not UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
 /// `program` on `PATH`, if there.
 pub fn find_on_path(program: &OsStr) -> Option<PathBuf> {
     env::var_os("PATH")

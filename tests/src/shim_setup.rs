@@ -18,20 +18,7 @@ use crate::{artifacts, leftovers, Containerd};
 /// The runtime name containerd resolves to `containerd-shim-wisp-v2`.
 pub const RUNTIME: &str = "io.containerd.wisp.v2";
 
-/// Bytes as lossy UTF-8.
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A command's status, stdout and stderr, for assertion messages.
-pub fn describe(out: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
-}
-
-/// A path as `&str` for argv lists.
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
+pub use crate::containerd::{describe, s, text};
 
 /// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
 pub fn shim_binary() -> anyhow::Result<PathBuf> {

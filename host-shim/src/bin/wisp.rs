@@ -6,6 +6,15 @@
 //! `[hypervisor.stratovirt]` configured it also reports StratoVirt's binary and images.
 //!
 //! `wisp bench boot [ARGS]` runs the boot benchmark (`wisp-bench-boot` next to this binary).
+//!
+//! `wisp direct-volume add|remove|stats|resize|list` manages Kata direct volumes
+//! ([`direct_volume`]); `wisp block-volume hot-plug|hot-unplug` plugs a disk into a running
+//! container ([`block_volume`]).
+
+#[path = "wisp/block_volume.rs"]
+mod block_volume;
+#[path = "wisp/direct_volume.rs"]
+mod direct_volume;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -30,6 +39,19 @@ enum Cmd {
         /// The configuration file (default: the shim's lookup order).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Kata direct volumes (kata-ctl's layout): add, remove, stats, resize, list.
+    DirectVolume {
+        /// The configuration file (default: the shim's lookup order).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: direct_volume::Cmd,
+    },
+    /// Hot-plug a disk into a running container, or unplug it.
+    BlockVolume {
+        #[command(subcommand)]
+        command: block_volume::Cmd,
     },
     /// Benchmarks (`make bench`).
     Bench {
@@ -181,6 +203,22 @@ fn check(config_path: Option<&Path>) -> bool {
     !r.failed
 }
 
+/// The configuration at `path`, else the shim's lookup order.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(path.map_or_else(Config::load, Config::from_file)?)
+}
+
+/// Prints `err` with its causes and fails.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wisp: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `[hypervisor.stratovirt]` is configured: StratoVirt's binary, its images, and what it needs
 /// from the host (KVM, `/dev/vhost-vsock`).
 fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
@@ -233,6 +271,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Bench { what: BenchCmd::Boot { args } } => exec_bench_boot(&args),
+        Cmd::BlockVolume { command } => report(block_volume::run(command)),
+        Cmd::DirectVolume { config, command } => {
+            report(load_config(config.as_deref()).and_then(|config| direct_volume::run(command, &config)))
+        }
         Cmd::Check { config } => {
             if check(config.as_deref()) {
                 ExitCode::SUCCESS

@@ -215,6 +215,48 @@ pub enum HypervisorError {
     Qmp(#[from] qemu::qmp::QmpError),
 }
 
+/// What backs a disk plugged into a running VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockSource {
+    /// A raw image file or a host block device, as virtio-blk.
+    File {
+        /// The file or device.
+        path: PathBuf,
+        /// Plug it read-only.
+        read_only: bool,
+    },
+    /// A vhost-user-blk backend (SPDK, qemu-storage-daemon) behind a unix socket; needs
+    /// shared guest memory.
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+    },
+    /// A host PCI function passed through with VFIO (`0000:45:00.1`).
+    Vfio {
+        /// The full PCI address.
+        host: String,
+    },
+}
+
+impl fmt::Display for BlockSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { path, .. } => write!(f, "virtio-blk {}", path.display()),
+            Self::VhostUser { socket } => write!(f, "vhost-user-blk {}", socket.display()),
+            Self::Vfio { host } => write!(f, "vfio-pci {host}"),
+        }
+    }
+}
+
+/// A device plugged into a running VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugged {
+    /// The VMM's id of the device (what [`Hypervisor::hot_unplug`] takes).
+    pub id: String,
+    /// Where the guest finds it: Kata's PCI path (`02/00`).
+    pub pci_path: String,
+}
+
 /// One VM.
 #[async_trait]
 pub trait Hypervisor: Send + Sync + fmt::Debug {
@@ -236,6 +278,21 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// Stops the VMM and every helper, and waits for them. Idempotent.
     async fn stop(&mut self);
+
+    /// Plugs `source` into the running VM as device `id`; returns where the guest finds it.
+    async fn hot_plug(&mut self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
+        Err(HypervisorError::Unsupported(format!("this hypervisor cannot hot-plug devices ({id}: {source})")))
+    }
+
+    /// Unplugs device `id` and frees what backed it. Idempotent for unknown ids.
+    async fn hot_unplug(&mut self, id: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!("this hypervisor cannot hot-unplug devices ({id})")))
+    }
+
+    /// Grows (or shrinks) the virtio-blk disk `id` to `size` bytes, as the guest sees it.
+    async fn resize_block(&mut self, id: &str, size: u64) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!("this hypervisor cannot resize disk {id} to {size} bytes")))
+    }
 }
 
 /// The last `lines` lines of a log file (lossy UTF-8), for error messages.

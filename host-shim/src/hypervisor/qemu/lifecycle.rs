@@ -5,6 +5,7 @@
 //! `<name>.pid` in the VM's directory so a later `containerd-shim-wisp-v2 delete` can kill what
 //! a crashed shim left behind ([`kill_recorded`]).
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,11 +19,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::cmdline::{self, shell_line};
+use super::hotplug::{self, PlugRecord};
 use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::hypervisor::vhost_vsock::{self, GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
-use crate::hypervisor::{tail, AgentChannel, Hypervisor, HypervisorError, SharedFs, VmPaths};
+use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
 
 /// How long a helper gets to create its socket.
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,13 +48,24 @@ pub struct Qemu {
     qemu_pid: Option<u32>,
     exited_tx: watch::Sender<Option<String>>,
     exited_rx: watch::Receiver<Option<String>>,
+    plugged: HashMap<String, PlugRecord>,
 }
 
 impl Qemu {
     /// A VM described by `spec` whose files live in `paths` (the directory must exist).
     pub fn new(spec: QemuSpec, paths: VmPaths, log: Logger) -> Self {
         let (exited_tx, exited_rx) = watch::channel(None);
-        Self { spec, paths, log, helpers: Vec::new(), guest_cid: None, qemu_pid: None, exited_tx, exited_rx }
+        Self {
+            spec,
+            paths,
+            log,
+            helpers: Vec::new(),
+            guest_cid: None,
+            qemu_pid: None,
+            exited_tx,
+            exited_rx,
+            plugged: HashMap::new(),
+        }
     }
 
     /// The resolved spec.
@@ -234,6 +247,47 @@ impl Hypervisor for Qemu {
         for name in PROCESS_NAMES {
             let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));
         }
+        self.plugged.clear();
+    }
+
+    async fn hot_plug(&mut self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
+        if let Some(err) = hotplug::refuse(self.spec.machine) {
+            return Err(err);
+        }
+        if matches!(source, BlockSource::VhostUser { .. }) && !self.spec.shared_memory() {
+            return Err(HypervisorError::Unsupported(format!(
+                "{source}: vhost-user devices need shared guest memory, and this VM was booted without it \
+                 (set hypervisor.qemu.enable_vhost_user_store = true)"
+            )));
+        }
+        if self.plugged.contains_key(id) {
+            return Err(HypervisorError::Unsupported(format!("a device {id} is already plugged")));
+        }
+        let busy: Vec<String> = self.plugged.values().filter_map(|r| r.port.clone()).collect();
+        let mut qmp = self.qmp().await?;
+        let (plugged, record) =
+            hotplug::plug(&mut qmp, self.spec.machine, self.spec.root_ports, &busy, id, source).await?;
+        info!(self.log, "device plugged"; "id" => id, "source" => %source, "pci_path" => &plugged.pci_path);
+        self.plugged.insert(id.to_owned(), record);
+        Ok(plugged)
+    }
+
+    async fn hot_unplug(&mut self, id: &str) -> Result<(), HypervisorError> {
+        let Some(record) = self.plugged.get(id).cloned() else { return Ok(()) };
+        let mut qmp = self.qmp().await?;
+        hotplug::unplug(&mut qmp, id, &record).await?;
+        self.plugged.remove(id);
+        info!(self.log, "device unplugged"; "id" => id);
+        Ok(())
+    }
+
+    async fn resize_block(&mut self, id: &str, size: u64) -> Result<(), HypervisorError> {
+        let node = self.plugged.get(id).and_then(|r| r.node.clone()).ok_or_else(|| {
+            HypervisorError::Unsupported(format!("{id} is not a virtio-blk disk this VM plugged; it cannot be resized"))
+        })?;
+        let mut qmp = self.qmp().await?;
+        qmp.execute("block_resize", Some(serde_json::json!({ "node-name": node, "size": size }))).await?;
+        Ok(())
     }
 }
 
@@ -274,7 +328,13 @@ mod tests {
     fn kill_recorded_kills_only_processes_that_name_the_dir() {
         let dir = tempfile::tempdir().unwrap();
         // "qemu" names the dir in its command line; "virtiofsd" is a recycled pid that does not.
-        let mut ours = Command::new("sh").args(["-c", "sleep 60", &dir.path().display().to_string()]).spawn().unwrap();
+        // `read` is a builtin: sh stays sh (a lone `sleep 60` would be exec'd in its place, and
+        // the dir would vanish from the command line before kill_recorded looks).
+        let mut ours = Command::new("sh")
+            .args(["-c", "read line", &dir.path().display().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
         fs::write(dir.path().join("qemu.pid"), ours.id().to_string()).unwrap();
         fs::write(dir.path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();

@@ -1,0 +1,294 @@
+//! Hot-plug over QMP: disks (virtio-blk, vhost-user-blk) and VFIO functions into a running VM.
+//!
+//! q35 plugs each device onto a free pre-created `pcie-root-port` (`rpN`, see
+//! [`super::cmdline`]); pc onto `pci.0` (ACPI hot-plug); microvm cannot hot-plug at all
+//! (virtio-mmio buses do not support it), which is said plainly. The guest finds the device
+//! by Kata's PCI path: the root port's slot on the root bus then slot 0 behind it (`05/00`),
+//! or on pc the device's own slot (`05`). Slots are read back with `query-pci`, so they
+//! follow whatever addresses QEMU gave the ports.
+//!
+//! The QMP commands are built by pure functions ([`plug_commands`], [`backend_delete`]) so
+//! their arguments are unit-tested without QEMU.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::qmp::Qmp;
+use crate::config::MachineType;
+use crate::hypervisor::{BlockSource, HypervisorError, Plugged};
+
+/// How long an unplug may take before the backend is left to QEMU's exit.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a plugged device holds in QEMU besides the device itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlugRecord {
+    /// The root port it sits on (q35), freed on unplug.
+    pub port: Option<String>,
+    /// The QMP command and arguments that free its backend after `device_del`.
+    pub backend: Option<(&'static str, Value)>,
+    /// The blockdev node (virtio-blk), for `block_resize`.
+    pub node: Option<String>,
+}
+
+/// The block node name of device `id`.
+fn node_name(id: &str) -> String {
+    format!("drv-{id}")
+}
+
+/// The chardev id of device `id`.
+fn chardev_id(id: &str) -> String {
+    format!("chr-{id}")
+}
+
+/// The QMP commands that plug `source` as device `id` on `bus` (in order), and what
+/// unplugging must free afterwards.
+pub fn plug_commands(id: &str, source: &BlockSource, bus: &str) -> (Vec<(&'static str, Value)>, PlugRecord) {
+    let mut record = PlugRecord { port: None, backend: None, node: None };
+    let commands = match source {
+        BlockSource::File { path, read_only } => {
+            let node = node_name(id);
+            let host_device = std::fs::metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_block_device()
+            });
+            let file = json!({
+                "driver": if host_device { "host_device" } else { "file" },
+                "filename": path.to_string_lossy(),
+            });
+            record.backend = Some(("blockdev-del", json!({ "node-name": node })));
+            record.node = Some(node.clone());
+            vec![
+                ("blockdev-add", json!({ "driver": "raw", "node-name": node, "read-only": read_only, "file": file })),
+                ("device_add", json!({ "driver": "virtio-blk-pci", "drive": node, "id": id, "bus": bus })),
+            ]
+        }
+        BlockSource::VhostUser { socket } => {
+            let chardev = chardev_id(id);
+            record.backend = Some(("chardev-remove", json!({ "id": chardev })));
+            vec![
+                (
+                    "chardev-add",
+                    json!({
+                        "id": chardev,
+                        "backend": { "type": "socket", "data": {
+                            "addr": { "type": "unix", "data": { "path": socket.to_string_lossy() } },
+                            "server": false,
+                        } },
+                    }),
+                ),
+                ("device_add", json!({ "driver": "vhost-user-blk-pci", "chardev": chardev, "id": id, "bus": bus })),
+            ]
+        }
+        BlockSource::Vfio { host } => {
+            vec![("device_add", json!({ "driver": "vfio-pci", "host": host, "id": id, "bus": bus }))]
+        }
+    };
+    (commands, record)
+}
+
+/// The slot on the root bus of the device whose qdev id is `qdev_id`, in a `query-pci` answer.
+pub fn root_slot(query_pci: &Value, qdev_id: &str) -> Option<u64> {
+    query_pci
+        .as_array()?
+        .iter()
+        .filter(|bus| bus["bus"].as_u64() == Some(0))
+        .flat_map(|bus| bus["devices"].as_array().into_iter().flatten())
+        .find(|dev| dev["qdev_id"].as_str() == Some(qdev_id))
+        .and_then(|dev| dev["slot"].as_u64())
+}
+
+/// Whether a device with qdev id `qdev_id` is anywhere in a `query-pci` answer.
+pub fn present(query_pci: &Value, qdev_id: &str) -> bool {
+    fn walk(devices: &Value, qdev_id: &str) -> bool {
+        devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|dev| dev["qdev_id"].as_str() == Some(qdev_id) || walk(&dev["pci_bridge"]["devices"], qdev_id))
+    }
+    query_pci.as_array().into_iter().flatten().any(|bus| walk(&bus["devices"], qdev_id))
+}
+
+/// Why `machine` cannot hot-plug, if it cannot.
+pub fn refuse(machine: MachineType) -> Option<HypervisorError> {
+    (machine == MachineType::Microvm).then(|| {
+        HypervisorError::Unsupported(
+            "microvm machines cannot hot-plug devices (virtio-mmio buses do not support hotplugging): \
+             use machine_type = \"q35\" or \"pc\""
+                .to_owned(),
+        )
+    })
+}
+
+/// Plugs `source` as `id`: on q35 onto the first root port not in `busy`, on pc onto `pci.0`.
+pub async fn plug(
+    qmp: &mut Qmp,
+    machine: MachineType,
+    root_ports: u32,
+    busy: &[String],
+    id: &str,
+    source: &BlockSource,
+) -> Result<(Plugged, PlugRecord), HypervisorError> {
+    if let Some(err) = refuse(machine) {
+        return Err(err);
+    }
+    if let BlockSource::File { path, .. } = source {
+        if !Path::new(path).exists() {
+            return Err(HypervisorError::Io {
+                what: "cannot plug",
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    }
+    let port = match machine {
+        MachineType::Q35 => Some((1..=root_ports).map(|n| format!("rp{n}")).find(|p| !busy.contains(p)).ok_or_else(
+            || {
+                HypervisorError::Unsupported(format!(
+                    "no free PCIe root port for {id}: all {root_ports} are in use (raise hypervisor.qemu.pcie_root_port)"
+                ))
+            },
+        )?),
+        _ => None,
+    };
+    let bus = port.clone().unwrap_or_else(|| "pci.0".to_owned());
+    let (commands, mut record) = plug_commands(id, source, &bus);
+    record.port = port.clone();
+    let mut done: Vec<&str> = Vec::new();
+    for (command, args) in commands {
+        if let Err(err) = qmp.execute(command, Some(args)).await {
+            // Undo the backend added before the device failed.
+            if done.contains(&"blockdev-add") || done.contains(&"chardev-add") {
+                if let Some((undo, args)) = &record.backend {
+                    let _ = qmp.execute(undo, Some(args.clone())).await;
+                }
+            }
+            return Err(err.into());
+        }
+        done.push(command);
+    }
+    let pci = qmp.execute("query-pci", None).await?;
+    let slot_of = port.as_deref().unwrap_or(id);
+    let slot = root_slot(&pci, slot_of).ok_or_else(|| {
+        HypervisorError::Unsupported(format!("{slot_of} is not on the root PCI bus after plugging {id}"))
+    })?;
+    let pci_path = if port.is_some() { format!("{slot:02x}/00") } else { format!("{slot:02x}") };
+    Ok((Plugged { id: id.to_owned(), pci_path }, record))
+}
+
+/// Unplugs `id` (`device_del`), waits until the guest let go of it, then frees its backend.
+pub async fn unplug(qmp: &mut Qmp, id: &str, record: &PlugRecord) -> Result<(), HypervisorError> {
+    qmp.execute("device_del", Some(json!({ "id": id }))).await?;
+    let start = Instant::now();
+    loop {
+        let pci = qmp.execute("query-pci", None).await?;
+        if !present(&pci, id) {
+            break;
+        }
+        if start.elapsed() >= UNPLUG_TIMEOUT {
+            return Err(HypervisorError::Unsupported(format!(
+                "the guest did not release device {id} within {UNPLUG_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The device leaves query-pci a moment before QEMU lets go of its backend.
+    if let Some((command, args)) = &record.backend {
+        loop {
+            match qmp.execute(command, Some(args.clone())).await {
+                Ok(_) => break,
+                Err(err @ super::qmp::QmpError::Command { .. }) if start.elapsed() >= UNPLUG_TIMEOUT => {
+                    return Err(err.into())
+                }
+                Err(super::qmp::QmpError::Command { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn virtio_blk_from_a_file_is_a_raw_blockdev_and_a_device_on_the_port() {
+        let source = BlockSource::File { path: PathBuf::from("/img/disk.raw"), read_only: true };
+        let (commands, record) = plug_commands("vol1", &source, "rp2");
+        assert_eq!(commands.len(), 2);
+        assert_eq!(commands[0].0, "blockdev-add");
+        assert_eq!(
+            commands[0].1,
+            json!({"driver": "raw", "node-name": "drv-vol1", "read-only": true,
+                   "file": {"driver": "file", "filename": "/img/disk.raw"}})
+        );
+        assert_eq!(
+            commands[1],
+            ("device_add", json!({"driver": "virtio-blk-pci", "drive": "drv-vol1", "id": "vol1", "bus": "rp2"}))
+        );
+        assert_eq!(record.backend, Some(("blockdev-del", json!({"node-name": "drv-vol1"}))));
+        assert_eq!(record.node.as_deref(), Some("drv-vol1"));
+    }
+
+    #[test]
+    fn vhost_user_blk_is_a_client_chardev_and_a_device() {
+        let source = BlockSource::VhostUser { socket: PathBuf::from("/store/block/sockets/vhostblk0") };
+        let (commands, record) = plug_commands("spdk0", &source, "pci.0");
+        assert_eq!(
+            commands[0],
+            (
+                "chardev-add",
+                json!({"id": "chr-spdk0", "backend": {"type": "socket", "data": {
+                    "addr": {"type": "unix", "data": {"path": "/store/block/sockets/vhostblk0"}}, "server": false}}})
+            )
+        );
+        assert_eq!(
+            commands[1],
+            (
+                "device_add",
+                json!({"driver": "vhost-user-blk-pci", "chardev": "chr-spdk0", "id": "spdk0", "bus": "pci.0"})
+            )
+        );
+        assert_eq!(record.backend, Some(("chardev-remove", json!({"id": "chr-spdk0"}))));
+        assert_eq!(record.node, None);
+    }
+
+    #[test]
+    fn vfio_is_one_device_add_with_the_host_address() {
+        let source = BlockSource::Vfio { host: "0000:45:00.1".into() };
+        let (commands, record) = plug_commands("nvme0", &source, "rp1");
+        assert_eq!(
+            commands,
+            [("device_add", json!({"driver": "vfio-pci", "host": "0000:45:00.1", "id": "nvme0", "bus": "rp1"}))]
+        );
+        assert_eq!(record.backend, None);
+    }
+
+    #[test]
+    fn slots_and_presence_from_query_pci() {
+        let pci = json!([{"bus": 0, "devices": [
+            {"bus": 0, "slot": 1, "function": 0, "qdev_id": ""},
+            {"bus": 0, "slot": 5, "function": 0, "qdev_id": "rp1",
+             "pci_bridge": {"bus": {"number": 1}, "devices": [{"bus": 1, "slot": 0, "qdev_id": "vol1"}]}},
+            {"bus": 0, "slot": 6, "function": 0, "qdev_id": "rp2", "pci_bridge": {"bus": {"number": 2}, "devices": []}}
+        ]}]);
+        assert_eq!(root_slot(&pci, "rp1"), Some(5));
+        assert_eq!(root_slot(&pci, "rp2"), Some(6));
+        assert_eq!(root_slot(&pci, "vol1"), None, "behind a bridge, not on the root bus");
+        assert!(present(&pci, "vol1") && present(&pci, "rp2"));
+        assert!(!present(&pci, "gone"));
+    }
+
+    #[test]
+    fn microvm_is_refused_plainly() {
+        let err = refuse(MachineType::Microvm).unwrap().to_string();
+        assert!(err.contains("microvm machines cannot hot-plug"), "{err}");
+        assert!(refuse(MachineType::Q35).is_none() && refuse(MachineType::Pc).is_none());
+    }
+}
