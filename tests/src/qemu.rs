@@ -393,7 +393,7 @@ mod tests {
              -qmp unix:/run/vm/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=512M,share=on -kernel /k/bzImage \
              -append 'console=ttyS0 panic=-1 printk.time=1 agent.log=debug' \
-             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-pci,chardev=vs0"
+             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-pci,chardev=vs0,event_idx=off"
         );
         assert_eq!(
             config.vsock_helper_args(&paths()).unwrap(),
@@ -413,7 +413,7 @@ mod tests {
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
              -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
              -append 'console=ttyS0 panic=-1 printk.time=1 tsc_early_khz=2000000 tsc=reliable' \
-             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0"
+             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0,event_idx=off"
         );
         // Under KVM the TSC is calibrated properly: no invented frequency.
         assert_eq!(config.kernel_cmdline(Accel::Kvm), "console=ttyS0 panic=-1 printk.time=1");
