@@ -7,13 +7,17 @@
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, process lifecycle) |
+//! | [`netns`] | commands and a tap inside a network namespace named by path |
+//! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
 
 pub mod accel;
 pub mod agent_dial;
 pub mod config;
 pub mod hypervisor;
 pub mod io;
+pub mod netns;
 pub mod pod;
+pub mod pod_network;
 pub mod sandbox;
 pub mod shim;
 pub mod task;

@@ -240,7 +240,8 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::boot(&pod.vm_config(&self.config), &self.sandbox_id, &self.log)
+        let netns = pod.netns.as_deref();
+        let sandbox = Sandbox::boot(&pod.vm_config(&self.config), &self.sandbox_id, netns, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
