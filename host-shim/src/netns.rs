@@ -82,6 +82,17 @@ impl NetNs {
         &self.path
     }
 
+    /// Whether this is the shim's own namespace (a "pod network" that is the host's: wiring
+    /// it would redirect the host's interface into the VM).
+    pub fn is_own(&self) -> Result<bool, NetNsError> {
+        use std::os::unix::fs::MetadataExt;
+        let own = Path::new("/proc/thread-self/ns/net");
+        let failed = |source| NetNsError::Open { path: own.to_owned(), source };
+        let mine = std::fs::metadata(own).map_err(failed)?;
+        let that = self.file.metadata().map_err(|source| NetNsError::Open { path: self.path.clone(), source })?;
+        Ok((mine.dev(), mine.ino()) == (that.dev(), that.ino()))
+    }
+
     /// Runs `program args` inside the namespace; its stdout if it succeeds.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String, NetNsError> {
         let command = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
@@ -169,6 +180,13 @@ mod tests {
     fn a_missing_namespace_is_named() {
         let err = NetNs::open(Path::new("/nonexistent/netns")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+    }
+
+    #[test]
+    fn the_own_namespace_is_recognised() {
+        assert!(NetNs::open(Path::new("/proc/self/ns/net")).unwrap().is_own().unwrap());
+        // Another namespace type is another inode: not ours as a network namespace.
+        assert!(!NetNs::open(Path::new("/proc/self/ns/mnt")).unwrap().is_own().unwrap());
     }
 
     #[test]

@@ -107,9 +107,13 @@ pub struct PodNetwork {
 
 impl PodNetwork {
     /// Reads the CNI interface of the namespace at `path`, creates the tap and the tc redirects.
-    pub fn setup(path: &Path) -> Result<Self, PodNetworkError> {
+    /// `None` when `path` is the shim's own namespace (host networking: nothing to wire).
+    pub fn setup(path: &Path) -> Result<Option<Self>, PodNetworkError> {
         let ns = NetNs::open(path)?;
         let netns = path.display().to_string();
+        if ns.is_own()? {
+            return Ok(None);
+        }
         let links: Vec<IpLink> = serde_json::from_str(&ns.run("ip", &["-j", "addr", "show"])?)
             .map_err(|source| PodNetworkError::Parse { what: "addr show", netns: netns.clone(), source })?;
         let link = choose(&links).ok_or_else(|| PodNetworkError::NoInterface(netns.clone()))?;
@@ -138,14 +142,14 @@ impl PodNetwork {
                 ],
             )?;
         }
-        Ok(Self {
+        Ok(Some(Self {
             ifname: link.ifname.clone(),
             mac: link.address.clone(),
             mtu: link.mtu,
             addresses,
             routes,
             tap: Some(tap),
-        })
+        }))
     }
 
     /// The tap's descriptor, for QEMU to inherit (until [`PodNetwork::release_tap`]).

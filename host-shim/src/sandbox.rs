@@ -178,22 +178,7 @@ impl Sandbox {
             tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root)).await.map_err(
                 |err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")),
             )??;
-        let mut network = match netns {
-            None => None,
-            Some(_) if config.stratovirt.is_some() => {
-                return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into())
-            }
-            Some(path) => {
-                let path = path.to_owned();
-                let network = tokio::task::spawn_blocking(move || PodNetwork::setup(&path))
-                    .await
-                    .map_err(|err| HypervisorError::Unsupported(format!("the network setup panicked: {err}")))??;
-                info!(log, "pod network wired to a tap"; "netns" => %netns.unwrap_or(Path::new("")).display(),
-                      "interface" => &network.ifname, "mac" => &network.mac, "addresses" => ?network.addresses);
-                spec.tap_nic = network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() });
-                Some(network)
-            }
-        };
+        let mut network = wire_network(config, netns, &mut spec, &log).await?;
         // A previous shim of the same id may have crashed: its leftovers go first.
         cleanup_dir(&dir, &log);
         fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
@@ -380,6 +365,31 @@ impl Sandbox {
         cleanup_dir(self.paths.dir(), &self.log);
         info!(self.log, "sandbox stopped and cleaned up");
     }
+}
+
+/// Wires the pod network namespace `netns` (if any, and not the host's) to a tap NIC in `spec`.
+async fn wire_network(
+    config: &Config,
+    netns: Option<&Path>,
+    spec: &mut QemuSpec,
+    log: &Logger,
+) -> Result<Option<PodNetwork>, SandboxError> {
+    let Some(netns) = netns else { return Ok(None) };
+    let path = netns.to_owned();
+    let network = tokio::task::spawn_blocking(move || PodNetwork::setup(&path))
+        .await
+        .map_err(|err| HypervisorError::Unsupported(format!("the network setup panicked: {err}")))??;
+    let Some(network) = network else {
+        info!(log, "the network namespace is the host's: host networking"; "netns" => %netns.display());
+        return Ok(None);
+    };
+    if config.stratovirt.is_some() {
+        return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
+    }
+    info!(log, "pod network wired to a tap"; "netns" => %netns.display(), "interface" => &network.ifname,
+          "mac" => &network.mac, "addresses" => ?network.addresses);
+    spec.tap_nic = network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() });
+    Ok(Some(network))
 }
 
 /// Dials the agent until `timeout`, giving up early if QEMU exits; then checks its health.
