@@ -509,6 +509,20 @@ fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
     ensure!(tap.contains("tap0_wisp"), "the tap lives in the pod's namespace: {tap}");
     let host_tap = Command::new("ip").args(["link", "show", "tap0_wisp"]).output()?;
     ensure!(!host_tap.status.success(), "no tap of ours in the host namespace");
+    // QEMU alone holds the tap: not the shim (it closed its copy), not virtiofsd or vsock.
+    let holders: Vec<String> = t
+        .shim_cmdlines()
+        .into_iter()
+        .filter(|(pid, _)| {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+            fds.filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| target == Path::new("/dev/net/tun"))
+        })
+        .map(|(_, cmdline)| cmdline)
+        .collect();
+    ensure!(
+        holders.len() == 1 && holders[0].contains("qemu-system") && holders[0].contains("-netdev tap,id=net0,fd="),
+        "only QEMU holds the tap: {holders:#?}"
+    );
 
     // A listener on the bridge (the pod's gateway): the guest connects to it.
     let listener = std::net::TcpListener::bind((gateway.as_str(), 0))?;
@@ -546,7 +560,7 @@ fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
     );
 
     t.stop_and_remove(&pod)?;
-    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    let left = t.wait_no_leftovers(Duration::from_secs(20));
     assert!(left.is_empty(), "after RemovePodSandbox nothing of the pod remains: {left:#?}\n{}", t.ctd.log());
     ensure!(!netns.exists(), "containerd removed the pod's namespace {}", netns.display());
     let ports = run(Command::new("ip").args(["-j", "link", "show", "master", &bridge.0]))?;
