@@ -25,7 +25,7 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
+  cpio containerd runc containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
 
 .PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim install uninstall bench bench-boot fmt clippy lint clean
 

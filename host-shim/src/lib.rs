@@ -4,11 +4,13 @@
 //! | module | holds |
 //! |---|---|
 //! | [`api`] | the shim's side API (volume stats/resize, hot-plug) for the `wisp` CLI |
-//! | [`agent_dial`] | dialing the guest agent (hybrid vsock, virtio-serial, unix) with retries |
+//! | [`agent_dial`] | dialing the guest agent (AF_VSOCK, hybrid vsock, virtio-serial, unix) with retries |
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
 //! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
+//! | [`netns`] | commands and a tap inside a network namespace named by path |
+//! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
 
 pub mod accel;
 pub mod agent_dial;
@@ -16,7 +18,9 @@ pub mod api;
 pub mod config;
 pub mod hypervisor;
 pub mod io;
+pub mod netns;
 pub mod pod;
+pub mod pod_network;
 pub mod sandbox;
 pub mod shim;
 pub mod task;

@@ -15,8 +15,11 @@
 //!   `shareProcessNamespace`) gets the same flag, and the agent joins it to the pause process's
 //!   pid, ipc and uts namespaces. The namespace paths in the spec name host processes (QEMU,
 //!   as far as containerd knows) and are dropped.
+//! - a pod without host networking has its network namespace (where containerd ran CNI) named
+//!   by path in the sandbox's spec: the VM takes over its interface ([`crate::pod_network`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use crate::config::Config;
 
@@ -55,6 +58,9 @@ pub struct PodSpec {
     pub vcpus: u64,
     /// The container joins its sandbox's pid namespace (the spec names a path for it).
     pub joins_sandbox_pidns: bool,
+    /// The network namespace the spec names by path, unless the container joins a pod
+    /// (whose VM already has the pod's network).
+    pub netns: Option<PathBuf>,
 }
 
 impl PodSpec {
@@ -75,14 +81,16 @@ impl PodSpec {
             (Ok(quota), Ok(period)) if quota > 0 && period > 0 => quota.div_ceil(period),
             _ => 0,
         };
-        let joins_sandbox_pidns = role == Role::Container
-            && spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|namespaces| {
-                namespaces.iter().any(|ns| {
-                    ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid
-                        && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty())
-                })
-            });
-        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns }
+        let ns_path = |typ: oci_spec::runtime::LinuxNamespaceType| {
+            let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref())?;
+            let ns = namespaces.iter().find(|ns| ns.typ() == typ)?;
+            ns.path().as_ref().filter(|p| !p.as_os_str().is_empty()).cloned()
+        };
+        let joins_sandbox_pidns =
+            role == Role::Container && ns_path(oci_spec::runtime::LinuxNamespaceType::Pid).is_some();
+        let netns =
+            if role == Role::Container { None } else { ns_path(oci_spec::runtime::LinuxNamespaceType::Network) };
+        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns, netns }
     }
 
     /// The configuration the pod's VM boots with: `base` grown by the pod's resources.
@@ -125,7 +133,10 @@ mod tests {
                 "io.kubernetes.cri.sandbox-cpu-period": "100000"}}"#,
         );
         let pod = PodSpec::of(&s);
-        assert_eq!(pod, PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, joins_sandbox_pidns: false });
+        assert_eq!(
+            pod,
+            PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, joins_sandbox_pidns: false, netns: None }
+        );
         let config = pod.vm_config(&Config::default());
         assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));
         assert!(pod.sandbox_pidns(), "the pause process holds the pod's pid namespace");
@@ -161,5 +172,26 @@ mod tests {
         let plain = spec(r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid", "path": "/x"}]}}"#);
         assert_eq!(PodSpec::of(&plain).role, Role::Plain);
         assert!(!PodSpec::of(&plain).sandbox_pidns());
+    }
+
+    #[test]
+    fn the_sandbox_names_the_pods_network_namespace_containers_do_not() {
+        let sandbox = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+                "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/cni-1"}, {"type": "pid"}]}}"#,
+        );
+        assert_eq!(PodSpec::of(&sandbox).netns, Some(PathBuf::from("/var/run/netns/cni-1")));
+        let container = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "container"},
+                "linux": {"namespaces": [{"type": "network", "path": "/proc/42/ns/net"}]}}"#,
+        );
+        assert_eq!(PodSpec::of(&container).netns, None, "a container joins its pod's VM");
+        let host_network = spec(
+            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+                "linux": {"namespaces": [{"type": "pid"}]}}"#,
+        );
+        assert_eq!(PodSpec::of(&host_network).netns, None);
+        let new_one = spec(r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "network"}]}}"#);
+        assert_eq!(PodSpec::of(&new_one).netns, None);
     }
 }

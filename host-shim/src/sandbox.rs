@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, Storage};
+use protocols::agent::{
+    CreateSandboxRequest, DestroySandboxRequest, Routes, Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
+};
 use protocols::health::CheckRequest;
 use protocols::ttrpc::context;
 use slog::{info, warn, Logger};
@@ -23,9 +25,11 @@ use tokio::sync::{watch, Mutex};
 
 use crate::agent_dial::{self, AgentAddr, AgentConn, DialError};
 use crate::config::Config;
+use crate::hypervisor::qemu::config::TapNic;
 use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
 use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
 use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
+use crate::pod_network::{PodNetwork, PodNetworkError};
 
 /// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
 /// `start` needs `/dev/vhost-vsock`), else QEMU as `spec` resolved it.
@@ -85,6 +89,9 @@ pub enum SandboxError {
         /// Why.
         source: protocols::ttrpc::Error,
     },
+    /// The pod's network namespace could not be wired to the VM.
+    #[error("cannot connect the pod network to the VM")]
+    Network(#[from] PodNetworkError),
     /// Host filesystem work failed.
     #[error("{what} {path}")]
     Io {
@@ -148,20 +155,30 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots the VM for sandbox `id`, waits for its agent, and sends CreateSandbox with the
     /// shared directory as a storage.
-    pub async fn boot(config: &Config, id: &str, log: &Logger) -> Result<Self, SandboxError> {
-        Self::boot_in(config, &state_root(), id, log).await
+    /// With `netns` (a CRI pod's network namespace, set up by CNI), the pod's interface becomes
+    /// the guest's ([`crate::pod_network`]).
+    pub async fn boot(config: &Config, id: &str, netns: Option<&Path>, log: &Logger) -> Result<Self, SandboxError> {
+        Self::boot_in(config, &state_root(), id, netns, log).await
     }
 
     /// [`Sandbox::boot`] under the state root `root`.
-    pub async fn boot_in(config: &Config, root: &Path, id: &str, log: &Logger) -> Result<Self, SandboxError> {
+    pub async fn boot_in(
+        config: &Config,
+        root: &Path,
+        id: &str,
+        netns: Option<&Path>,
+        log: &Logger,
+    ) -> Result<Self, SandboxError> {
         let root = root.to_owned();
         let dir = sandbox_dir(&root, id);
         let log = log.new(slog::o!("sandbox" => id.to_owned()));
         // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
         let (resolve_config, resolve_root) = (config.clone(), root.clone());
-        let spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root))
-            .await
-            .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
+        let mut spec =
+            tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root)).await.map_err(
+                |err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")),
+            )??;
+        let mut network = wire_network(config, netns, &mut spec, &log).await?;
         // A previous shim of the same id may have crashed: its leftovers go first.
         cleanup_dir(&dir, &log);
         fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
@@ -183,6 +200,10 @@ impl Sandbox {
                 return Err(err.into());
             }
         };
+        // QEMU holds the tap now: it goes when QEMU does.
+        if let Some(network) = network.as_mut() {
+            network.release_tap();
+        }
         let exited = vm.exited();
         let vm_pid = vm.pid().unwrap_or(0);
         let agent = match wait_agent(vm.as_ref(), &addr, config.agent.dial_timeout()).await {
@@ -217,7 +238,34 @@ impl Sandbox {
             sandbox.shutdown().await;
             return Err(SandboxError::Agent { call: "CreateSandbox", source });
         }
+        if let Some(network) = &network {
+            if let Err(err) = sandbox.configure_network(network).await {
+                sandbox.shutdown().await;
+                return Err(err);
+            }
+        }
         Ok(sandbox)
+    }
+
+    /// Gives the guest NIC the pod interface's addresses and MTU, then its routes.
+    async fn configure_network(&self, network: &PodNetwork) -> Result<(), SandboxError> {
+        let agent = self.agent.agent();
+        let request = UpdateInterfaceRequest { interface: Some(network.interface()).into(), ..Default::default() };
+        let ctx = || context::with_duration(SETUP_CALL_TIMEOUT);
+        let iface = agent
+            .update_interface(ctx(), &request)
+            .await
+            .map_err(|source| SandboxError::Agent { call: "UpdateInterface", source })?;
+        let routes = Routes { Routes: network.routes.clone(), ..Default::default() };
+        let request = UpdateRoutesRequest { routes: Some(routes).into(), ..Default::default() };
+        agent
+            .update_routes(ctx(), &request)
+            .await
+            .map_err(|source| SandboxError::Agent { call: "UpdateRoutes", source })?;
+        info!(self.log, "guest network configured"; "interface" => &iface.name,
+              "addresses" => ?iface.IPAddresses.iter().map(|a| format!("{}/{}", a.address, a.mask)).collect::<Vec<_>>(),
+              "routes" => network.routes.len());
+        Ok(())
     }
 
     /// The sandbox id.
@@ -337,6 +385,31 @@ impl Sandbox {
         cleanup_dir(self.paths.dir(), &self.log);
         info!(self.log, "sandbox stopped and cleaned up");
     }
+}
+
+/// Wires the pod network namespace `netns` (if any, and not the host's) to a tap NIC in `spec`.
+async fn wire_network(
+    config: &Config,
+    netns: Option<&Path>,
+    spec: &mut QemuSpec,
+    log: &Logger,
+) -> Result<Option<PodNetwork>, SandboxError> {
+    let Some(netns) = netns else { return Ok(None) };
+    let path = netns.to_owned();
+    let network = tokio::task::spawn_blocking(move || PodNetwork::setup(&path))
+        .await
+        .map_err(|err| HypervisorError::Unsupported(format!("the network setup panicked: {err}")))??;
+    let Some(network) = network else {
+        info!(log, "the network namespace is the host's: host networking"; "netns" => %netns.display());
+        return Ok(None);
+    };
+    if config.stratovirt.is_some() {
+        return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
+    }
+    info!(log, "pod network wired to a tap"; "netns" => %netns.display(), "interface" => &network.ifname,
+          "mac" => &network.mac, "addresses" => ?network.addresses);
+    spec.tap_nic = network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() });
+    Ok(Some(network))
 }
 
 /// Dials the agent until `timeout`, giving up early if QEMU exits; then checks its health.
@@ -485,7 +558,7 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb1", &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, "sb1", None, &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
         let message = err.to_string();
         assert!(message.contains("did not answer on serial:"), "{message}");
@@ -501,7 +574,7 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb2", &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, "sb2", None, &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
         let message = err.to_string();
         assert!(message.contains("QEMU exited"), "{message}");

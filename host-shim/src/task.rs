@@ -256,7 +256,8 @@ impl Inner {
         }
         let mut config = pod.vm_config(&self.config);
         config.qemu.enable_vhost_user_store |= shared_memory;
-        let sandbox = Sandbox::boot(&config, &self.sandbox_id, &self.log)
+        let netns = pod.netns.as_deref();
+        let sandbox = Sandbox::boot(&config, &self.sandbox_id, netns, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);

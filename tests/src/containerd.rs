@@ -13,8 +13,9 @@
 //!
 //! The CRI plugin is disabled unless [`ContainerdOptions::cri`] asks for it: it opens a
 //! streaming port and looks for CNI. When on, it listens on the same socket, its streaming
-//! server on a free loopback port, its CNI directories inside the temp dir (empty: host-network
-//! pods only), with `runc` and any runtime handlers given registered, and
+//! server on a free loopback port, its CNI configuration directory inside the temp dir (empty:
+//! host-network pods only, unless [`CriOptions::cni`] gives a network list and the plugins'
+//! directory), with `runc` and any runtime handlers given registered, and
 //! `restrict_oom_score_adj` (the build machine has no CAP_SYS_RESOURCE to spare). The `opt`
 //! plugin is pointed inside the directory so nothing lands in `/opt/containerd`.
 //!
@@ -116,6 +117,17 @@ pub struct CriOptions {
     /// Runtime handlers besides `runc`: (handler name, `runtime_type`: a shim name such as
     /// `io.containerd.wisp.v2` or the absolute path of its binary).
     pub runtimes: Vec<(String, String)>,
+    /// A CNI network for pods without host networking.
+    pub cni: Option<CniOptions>,
+}
+
+/// The CNI network the CRI plugin sets pods up with.
+#[derive(Debug, Clone, Default)]
+pub struct CniOptions {
+    /// Where the plugin binaries are (`/usr/lib/cni` with Debian's containernetworking-plugins).
+    pub bin_dir: PathBuf,
+    /// The network list (`.conflist` JSON), written into the CNI configuration directory.
+    pub conflist: String,
 }
 
 /// A containerd of the test's own; see the module docs.
@@ -155,6 +167,13 @@ impl Containerd {
         let config = base.join("config.toml");
         fs::write(&config, config_toml(&base, &root, &state, &address, options.cri.as_ref()))
             .map_err(|source| ContainerdError::Create { path: config.clone(), source })?;
+        if let Some(cni) = options.cri.as_ref().and_then(|cri| cri.cni.as_ref()) {
+            let conf_dir = base.join("cni/conf");
+            let conflist = conf_dir.join("10-wisp-test.conflist");
+            fs::create_dir_all(&conf_dir)
+                .and_then(|()| fs::write(&conflist, &cni.conflist))
+                .map_err(|source| ContainerdError::Create { path: conflist, source })?;
+        }
         let log_file = File::create(&log).map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
         let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
 
@@ -334,7 +353,7 @@ fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Opti
              {plugin}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
              {plugin}.cni]\n  bin_dir = {cni_bin}\n  conf_dir = {cni_conf}\n",
             image = cri.sandbox_image,
-            cni_bin = q(&base.join("cni/bin")),
+            cni_bin = q(&cri.cni.as_ref().map_or_else(|| base.join("cni/bin"), |cni| cni.bin_dir.clone())),
             cni_conf = q(&base.join("cni/conf")),
         );
         for (name, runtime_type) in &cri.runtimes {
@@ -516,6 +535,7 @@ mod tests {
         let cri = CriOptions {
             sandbox_image: "docker.io/library/wisp-pause:1".into(),
             runtimes: vec![("wisp".into(), "/opt/bin/containerd-shim-wisp-v2".into())],
+            cni: None,
         };
         let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&cri));
         assert!(text.contains("disabled_plugins = []"), "{text}");
@@ -530,5 +550,10 @@ mod tests {
         for line in text.lines().filter(|l| l.contains("_dir = \"/")) {
             assert!(line.contains("\"/tmp/wisp-ctd-x/"), "{line}");
         }
+        let cni = CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: "{}".into() };
+        let with_cni = CriOptions { cni: Some(cni), ..cri };
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&with_cni));
+        assert!(text.contains("bin_dir = \"/usr/lib/cni\""), "the plugins are the system's: {text}");
+        assert!(text.contains("conf_dir = \"/tmp/wisp-ctd-x/cni/conf\""), "the network list is the test's: {text}");
     }
 }

@@ -294,6 +294,7 @@ impl VmConfig {
                 Channel::Serial => Some(AgentChannel::Serial),
             },
             vhost_vsock_fd: None,
+            tap_nic: None,
             shared_fs: None,
             qmp: self.qmp,
             root_ports: 0,

@@ -5,7 +5,9 @@
 //! Each test runs a private containerd with CRI on, a locally built pause image (a static
 //! binary calling pause(), `tests/pause/pause.c`) as `sandbox_image` and a busybox image,
 //! both imported into `k8s.io`, and `wisp` registered with the shim's absolute path. Pods use
-//! the host network (no CNI here), so their hostname is empty.
+//! the host network, so their hostname is empty, except in the CNI test: there containerd runs
+//! Debian's CNI plugins (bridge + host-local from `/usr/lib/cni`) on a bridge and a private
+//! /24 of the test's own, and the pod's address must show up inside its VM.
 //!
 //! Needs root, `make deps` (containerd, runc, QEMU, gcc, vhost-device-vsock, virtiofsd) and
 //! `make all`. Compiled with features `containerd-tests` + `vm-tests` (`make test-shim`).
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use tempfile::TempDir;
-use wisp_tests::containerd::{ContainerdOptions, CriOptions};
+use wisp_tests::containerd::{CniOptions, ContainerdOptions, CriOptions};
 use wisp_tests::cri::{api, stream_exec, Cri};
 use wisp_tests::{artifacts, leftovers, Containerd};
 
@@ -54,6 +56,11 @@ struct Pods {
 
 impl Pods {
     fn new() -> anyhow::Result<Self> {
+        Self::start(None)
+    }
+
+    /// With `cni`, pods without host networking get that network.
+    fn start(cni: Option<CniOptions>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-cri-").tempdir()?;
         let shim = shim_binary()?;
         let config = dir.path().join("configuration.toml");
@@ -89,6 +96,7 @@ impl Pods {
             cri: Some(CriOptions {
                 sandbox_image: PAUSE_IMAGE.into(),
                 runtimes: vec![("wisp".into(), shim.display().to_string())],
+                cni,
             }),
             ..Default::default()
         })?;
@@ -430,5 +438,134 @@ fn pod_start_wisp_vs_runc_and_five_pods_at_once() -> anyhow::Result<()> {
     }
     let left = t.wait_no_leftovers(Duration::from_secs(20));
     assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+/// The test's CNI bridge: deleted at the end whatever happens (the bridge plugin creates it in
+/// the host namespace and CNI DEL leaves it, as with every bridge network).
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// The pod's network namespace path from PodSandboxStatus's verbose info (containerd 1.6
+/// puts the sandbox's runtime spec there).
+fn netns_path(info: &HashMap<String, String>) -> Option<PathBuf> {
+    let info: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+    let namespaces = info.pointer("/runtimeSpec/linux/namespaces")?.as_array()?;
+    let network = namespaces.iter().find(|ns| ns["type"] == "network")?;
+    network["path"].as_str().filter(|p| !p.is_empty()).map(PathBuf::from)
+}
+
+#[test]
+fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
+    ensure!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "no /usr/lib/cni/bridge: make deps (containernetworking-plugins)"
+    );
+    let pid = std::process::id();
+    let bridge = Bridge(format!("wispbr{}", pid % 100_000));
+    let net = format!("10.213.{}", pid % 200 + 20);
+    let gateway = format!("{net}.1");
+    let ipam = tempfile::Builder::new().prefix("wisp-ipam-").tempdir()?;
+    let conflist = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": format!("wisp-test-{pid}"),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge.0,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": format!("{net}.0/24"), "gateway": gateway}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": ipam.path(),
+            },
+        }],
+    });
+    let t = Pods::start(Some(CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: conflist.to_string() }))?;
+
+    let mut config = t.pod_config("netpod", None)?;
+    config.hostname = "netpod".into();
+    if let Some(options) =
+        config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
+    {
+        options.network = api::NamespaceMode::Pod as i32;
+    }
+    let started = Instant::now();
+    let pod = t.run_pod(&config, "wisp")?;
+    let run_pod = started.elapsed();
+    let request = api::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true };
+    let status = t.cri.block_on(t.cri.runtime().pod_sandbox_status(request))?.into_inner();
+    let ip = status.status.as_ref().and_then(|s| s.network.as_ref()).map(|n| n.ip.clone()).unwrap_or_default();
+    ensure!(ip.starts_with(&format!("{net}.")), "CRI reports the pod IP from the CNI range {net}.0/24: {ip:?}");
+    let netns = netns_path(&status.info).context("the pod's network namespace in PodSandboxStatus")?;
+    let ns_name = netns.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tap = run(Command::new("ip").args(["-n", &ns_name, "-j", "link", "show", "tap0_wisp"]))?;
+    ensure!(tap.contains("tap0_wisp"), "the tap lives in the pod's namespace: {tap}");
+    let host_tap = Command::new("ip").args(["link", "show", "tap0_wisp"]).output()?;
+    ensure!(!host_tap.status.success(), "no tap of ours in the host namespace");
+    // QEMU alone holds the tap: not the shim (it closed its copy), not virtiofsd or vsock.
+    let holders: Vec<String> = t
+        .shim_cmdlines()
+        .into_iter()
+        .filter(|(pid, _)| {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+            fds.filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| target == Path::new("/dev/net/tun"))
+        })
+        .map(|(_, cmdline)| cmdline)
+        .collect();
+    ensure!(
+        holders.len() == 1 && holders[0].contains("qemu-system") && holders[0].contains("-netdev tap,id=net0,fd="),
+        "only QEMU holds the tap: {holders:#?}"
+    );
+
+    // A listener on the bridge (the pod's gateway): the guest connects to it.
+    let listener = std::net::TcpListener::bind((gateway.as_str(), 0))?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> anyhow::Result<(String, String)> {
+        let (mut stream, peer) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut stream), &mut line)?;
+        Ok((peer.ip().to_string(), line.trim().to_owned()))
+    });
+    let script = format!(
+        "ip addr show eth0; ip route; ping -c 1 -W 10 {gateway} >/dev/null && echo ping-ok; \
+         echo hello-from-pod | nc {gateway} {port} && echo nc-ok"
+    );
+    let c = t.start_container(&pod, &config, "net", &["sh", "-c", &script])?;
+    let code = t.wait_exit(&c, Duration::from_secs(120))?;
+    let total = started.elapsed();
+    let log = cri_log(&t.dir.path().join("logs/netpod/net.log"))?;
+    let out: Vec<&str> = log.iter().filter(|(s, _)| s == "stdout").map(|(_, m)| m.as_str()).collect();
+    ensure!(code == 0, "exit {code}: {log:#?}");
+    ensure!(
+        out.iter().any(|l| l.trim().starts_with(&format!("inet {ip}/24"))),
+        "the guest's eth0 has the pod IP {ip}: {out:#?}"
+    );
+    ensure!(out.iter().any(|l| l.starts_with(&format!("default via {gateway} dev eth0"))), "{out:#?}");
+    ensure!(out.contains(&"ping-ok") && out.contains(&"nc-ok"), "the guest reaches the gateway: {out:#?}");
+    let (peer, message) = server.join().map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
+    assert_eq!(message, "hello-from-pod");
+    assert_eq!(peer, ip, "the host sees the connection come from the pod IP");
+    println!(
+        "CNI pod: RunPodSandbox {:.2} s (CNI + tap + VM + UpdateInterface/Routes), to container exit {:.2} s",
+        run_pod.as_secs_f64(),
+        total.as_secs_f64()
+    );
+
+    t.stop_and_remove(&pod)?;
+    let left = t.wait_no_leftovers(Duration::from_secs(20));
+    assert!(left.is_empty(), "after RemovePodSandbox nothing of the pod remains: {left:#?}\n{}", t.ctd.log());
+    ensure!(!netns.exists(), "containerd removed the pod's namespace {}", netns.display());
+    let ports = run(Command::new("ip").args(["-j", "link", "show", "master", &bridge.0]))?;
+    ensure!(ports.trim().is_empty() || ports.trim() == "[]", "CNI DEL removed the veth: {ports}");
+    let host_tap = Command::new("ip").args(["link", "show", "tap0_wisp"]).output()?;
+    ensure!(!host_tap.status.success(), "no tap of ours in the host namespace");
     Ok(())
 }

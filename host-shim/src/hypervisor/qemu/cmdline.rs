@@ -139,6 +139,14 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
             &format!("virtio-9p-{suffix},fsdev=fs0,mount_tag={SHARED_FS_TAG}"),
         ]),
     }
+    if let Some(nic) = &spec.tap_nic {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,fd={}", nic.fd),
+            "-device",
+            &format!("virtio-net-{suffix},netdev=net0,mac={}", nic.mac),
+        ]);
+    }
     if spec.machine == MachineType::Q35 {
         for port in 1..=spec.root_ports {
             push(&["-device", &format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}")]);
@@ -220,6 +228,7 @@ pub fn shell_line<S: AsRef<str>>(program: &str, args: &[S]) -> String {
 mod tests {
     use std::path::PathBuf;
 
+    use super::super::config::TapNic;
     use super::*;
 
     fn spec(machine: MachineType, accel: Accel, channel: AgentChannel, shared_fs: SharedFs) -> QemuSpec {
@@ -235,6 +244,7 @@ mod tests {
             tb_size_mib: 64,
             channel: Some(channel),
             vhost_vsock_fd: None,
+            tap_nic: None,
             shared_fs: Some(shared_fs),
             qmp: true,
             root_ports: if machine == MachineType::Q35 { 2 } else { 0 },
@@ -332,6 +342,19 @@ mod tests {
         assert!(line(&s).contains("-machine q35,memory-backend=mem"));
         assert!(line(&s).contains("memory-backend-memfd,id=mem,size=256M,share=on"));
         assert_eq!(agent_addr(&s, &VmPaths::new("/x")), Some(AgentAddr::Vsock { cid: 7, port: 1024 }));
+    }
+
+    #[test]
+    fn a_pod_tap_becomes_a_virtio_net_nic_with_its_mac() {
+        let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        s.tap_nic = Some(TapNic { fd: 11, mac: "aa:bb:cc:dd:ee:01".into() });
+        assert!(
+            line(&s).contains("-netdev tap,id=net0,fd=11 -device virtio-net-pci,netdev=net0,mac=aa:bb:cc:dd:ee:01 "),
+            "{}",
+            line(&s)
+        );
+        s.machine = MachineType::Microvm;
+        assert!(line(&s).contains("-device virtio-net-device,netdev=net0,mac=aa:bb:cc:dd:ee:01"), "{}", line(&s));
     }
 
     #[test]

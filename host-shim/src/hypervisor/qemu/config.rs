@@ -63,6 +63,17 @@ pub struct QemuSpec {
     pub virtiofsd: PathBuf,
     /// Raw QEMU arguments appended last (devices a test needs).
     pub extra_args: Vec<String>,
+    /// A virtio-net NIC on a tap QEMU inherits (a CRI pod's network).
+    pub tap_nic: Option<TapNic>,
+}
+
+/// A virtio-net NIC backed by an already open tap descriptor (`-netdev tap,fd=N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapNic {
+    /// The tap descriptor QEMU inherits.
+    pub fd: i32,
+    /// The NIC's MAC.
+    pub mac: String,
 }
 
 impl QemuSpec {
@@ -118,6 +129,7 @@ impl QemuSpec {
             tb_size_mib: q.tb_size,
             channel: Some(channel),
             vhost_vsock_fd: None,
+            tap_nic: None,
             shared_fs: Some(shared_fs),
             qmp: true,
             root_ports: if q.machine_type == MachineType::Q35 { q.pcie_root_port } else { 0 },

@@ -82,13 +82,13 @@ impl Qemu {
         Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
     }
 
-    /// Starts `program`; `inherit` is a descriptor only this child keeps across exec.
+    /// Starts `program`; `inherit` are descriptors only this child keeps across exec.
     fn spawn(
         &self,
         name: &'static str,
         program: &Path,
         args: &[String],
-        inherit: Option<i32>,
+        inherit: Vec<i32>,
     ) -> Result<Child, HypervisorError> {
         let log_path = self.paths.helper_log(name);
         let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
@@ -97,11 +97,11 @@ impl Qemu {
         info!(self.log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args));
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-        if let Some(fd) = inherit {
+        if !inherit.is_empty() {
             // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
-            // async-signal-safe; it touches no memory of the parent.
+            // async-signal-safe; it reads the moved vector and touches no other memory.
             unsafe {
-                command.pre_exec(move || vhost_vsock::inherit_in_child(fd));
+                command.pre_exec(move || inherit.iter().try_for_each(|fd| vhost_vsock::inherit_in_child(*fd)));
             }
         }
         let child = command.spawn().map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
@@ -123,7 +123,7 @@ impl Qemu {
         args: Vec<String>,
         socket: PathBuf,
     ) -> Result<(), HypervisorError> {
-        let mut child = self.spawn(name, &program, &args, None)?;
+        let mut child = self.spawn(name, &program, &args, Vec::new())?;
         let start = Instant::now();
         while !socket.exists() {
             let exited = child.try_wait().ok().flatten();
@@ -179,7 +179,8 @@ impl Hypervisor for Qemu {
             self.guest_cid = Some(claimed);
         }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
-        let mut child = self.spawn("qemu", &self.spec.qemu, &args, self.spec.vhost_vsock_fd)?;
+        let inherit = self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
+        let mut child = self.spawn("qemu", &self.spec.qemu, &args, inherit)?;
         self.qemu_pid = child.id();
         let tx = self.exited_tx.clone();
         let qemu_log = self.paths.helper_log("qemu");
