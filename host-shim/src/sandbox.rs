@@ -10,6 +10,7 @@
 //! [`GUEST_SHARED_DIR`]. One cleanup path ([`Sandbox::shutdown`], or [`cleanup_dir`] for a
 //! crashed shim's leftovers) unmounts them, stops every process, and removes the directory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,6 +150,8 @@ pub struct Sandbox {
     agent: AgentConn,
     shared_fs: SharedFs,
     mounts: std::sync::Mutex<Vec<PathBuf>>,
+    /// Disks attached at boot (microvm), by id.
+    boot_disks: HashMap<String, Plugged>,
     log: Logger,
 }
 
@@ -157,8 +160,16 @@ impl Sandbox {
     /// shared directory as a storage.
     /// With `netns` (a CRI pod's network namespace, set up by CNI), the pod's interface becomes
     /// the guest's ([`crate::pod_network`]).
-    pub async fn boot(config: &Config, id: &str, netns: Option<&Path>, log: &Logger) -> Result<Self, SandboxError> {
-        Self::boot_in(config, &state_root(), id, netns, log).await
+    /// `boot_disks` are attached before the VM starts (microvm, which cannot hot-plug: see
+    /// [`Sandbox::boot_disk`]); other machines get their disks by [`Sandbox::hot_plug`].
+    pub async fn boot(
+        config: &Config,
+        id: &str,
+        netns: Option<&Path>,
+        boot_disks: &[(String, BlockSource)],
+        log: &Logger,
+    ) -> Result<Self, SandboxError> {
+        Self::boot_in(config, &state_root(), id, netns, boot_disks, log).await
     }
 
     /// [`Sandbox::boot`] under the state root `root`.
@@ -167,6 +178,7 @@ impl Sandbox {
         root: &Path,
         id: &str,
         netns: Option<&Path>,
+        boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
         let root = root.to_owned();
@@ -191,6 +203,16 @@ impl Sandbox {
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
         let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
         let mut vm = new_vm(config, spec, &paths, &log);
+        let mut attached = HashMap::new();
+        for (disk, source) in boot_disks {
+            match vm.cold_plug(disk, source) {
+                Ok(plugged) => attached.insert(disk.clone(), plugged),
+                Err(err) => {
+                    cleanup_dir(&dir, &log);
+                    return Err(err.into());
+                }
+            };
+        }
         let started = Instant::now();
         let addr = match vm.start().await {
             Ok(addr) => addr,
@@ -225,6 +247,7 @@ impl Sandbox {
             agent,
             shared_fs,
             mounts: std::sync::Mutex::new(Vec::new()),
+            boot_disks: attached,
             log,
         };
         let request = CreateSandboxRequest {
@@ -296,6 +319,11 @@ impl Sandbox {
     /// Plugs `source` into the running VM as device `id`.
     pub async fn hot_plug(&self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
         self.vm.lock().await.hot_plug(id, source).await
+    }
+
+    /// Disk `id` if it was attached at boot.
+    pub fn boot_disk(&self, id: &str) -> Option<Plugged> {
+        self.boot_disks.get(id).cloned()
     }
 
     /// Unplugs device `id`.
@@ -558,7 +586,7 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb1", None, &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, "sb1", None, &[], &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
         let message = err.to_string();
         assert!(message.contains("did not answer on serial:"), "{message}");
@@ -574,7 +602,7 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb2", None, &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, "sb2", None, &[], &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
         let message = err.to_string();
         assert!(message.contains("QEMU exited"), "{message}");

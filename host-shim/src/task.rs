@@ -44,7 +44,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::api as side;
-use crate::config::Config;
+use crate::config::{Config, MachineType};
 use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
 use crate::pod::PodSpec;
@@ -242,8 +242,14 @@ impl Inner {
     }
 
     /// The running sandbox, booting it on first use: sized as `pod` asks, with shared guest
-    /// memory if `shared_memory` (a vhost-user disk will be plugged).
-    async fn sandbox(self: &Arc<Self>, pod: &PodSpec, shared_memory: bool) -> TtrpcResult<Arc<Sandbox>> {
+    /// memory if `shared_memory` (a vhost-user disk will be plugged), `boot_disks` attached
+    /// at boot (microvm: they are the booting container's disks).
+    async fn sandbox(
+        self: &Arc<Self>,
+        pod: &PodSpec,
+        shared_memory: bool,
+        boot_disks: &[(String, BlockSource)],
+    ) -> TtrpcResult<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.exited().borrow().is_some() {
@@ -257,7 +263,7 @@ impl Inner {
         let mut config = pod.vm_config(&self.config);
         config.qemu.enable_vhost_user_store |= shared_memory;
         let netns = pod.netns.as_deref();
-        let sandbox = Sandbox::boot(&config, &self.sandbox_id, netns, &self.log)
+        let sandbox = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log)
             .await
             .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
@@ -782,7 +788,16 @@ impl Task for TaskService {
             }
         };
         let pod = PodSpec::of(&spec);
-        let sandbox = match inner.sandbox(&pod, volumes::need_shared_memory(&attaches)).await {
+        let ids: Vec<String> =
+            attaches.iter().map(|_| format!("wisp-blk{}", inner.next_device.fetch_add(1, Ordering::Relaxed))).collect();
+        // microvm cannot hot-plug: the container that boots the VM brings its disks along.
+        let boot_disks: Vec<(String, BlockSource)> =
+            if inner.config.qemu.machine_type == MachineType::Microvm && inner.config.stratovirt.is_none() {
+                ids.iter().cloned().zip(attaches.iter().map(|a| a.source.clone())).collect()
+            } else {
+                Vec::new()
+            };
+        let sandbox = match inner.sandbox(&pod, volumes::need_shared_memory(&attaches), &boot_disks).await {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 undo_rootfs(&mounted_rootfs);
@@ -803,13 +818,24 @@ impl Task for TaskService {
             })?;
             let mut devices = Vec::new();
             let mut storages = Vec::new();
-            for attach in &attaches {
-                let id = format!("wisp-blk{}", inner.next_device.fetch_add(1, Ordering::Relaxed));
-                let done = sandbox.hot_plug(&id, &attach.source).await.map_err(|err| {
-                    error(Code::FAILED_PRECONDITION, format!("container {cid:?}: {}", crate::error_chain(&err)))
-                })?;
+            for (attach, id) in attaches.iter().zip(&ids) {
+                let (done, mmio) = match sandbox.boot_disk(id) {
+                    Some(done) => (done, true),
+                    None => {
+                        let done = sandbox.hot_plug(id, &attach.source).await.map_err(|err| {
+                            error(Code::FAILED_PRECONDITION, format!("container {cid:?}: {}", crate::error_chain(&err)))
+                        })?;
+                        (done, false)
+                    }
+                };
                 plugged.push(id.clone());
                 match &attach.usage {
+                    volumes::Use::Device { container_path } if mmio => devices.push(pb::Device {
+                        type_: "mmioblk".to_owned(),
+                        vm_path: done.pci_path,
+                        container_path: container_path.clone(),
+                        ..Default::default()
+                    }),
                     volumes::Use::Device { container_path } => devices.push(pb::Device {
                         id: done.pci_path,
                         type_: "blk".to_owned(),
@@ -820,6 +846,7 @@ impl Task for TaskService {
                         let mount_point = volumes::guest_mount_point(&cid, *mount_index);
                         let driver = match attach.source {
                             BlockSource::Vfio { .. } => "vfio-pci",
+                            _ if mmio => "mmioblk",
                             _ => "blk",
                         };
                         storages.push(pb::Storage {
@@ -837,7 +864,7 @@ impl Task for TaskService {
                                 m.options.push("rbind".to_owned());
                             }
                         }
-                        used_volumes.push((volume.clone(), mount_point, id));
+                        used_volumes.push((volume.clone(), mount_point, id.clone()));
                     }
                 }
             }

@@ -538,3 +538,31 @@ fn microvm_refuses_hot_plug_plainly() -> anyhow::Result<()> {
     t.remove("mv")?;
     Ok(())
 }
+
+/// microvm cannot hot-plug, so the container that boots the VM brings its disk along: a
+/// directvol attached at boot as `virtio-blk-device`, mounted by the agent as Kata's `mmioblk`.
+#[test]
+fn microvm_takes_a_directvol_at_boot_as_mmioblk() -> anyhow::Result<()> {
+    let qemu = format!("machine_type = \"microvm\"\nkernel = \"{}\"", artifacts::vmlinux()?.display());
+    let t = Setup::with_qemu(&qemu)?;
+    let img = ext4_image(&t, "mmio.img", "16M", &[("hello.txt", "hello over mmio\n")])?;
+    let volume = "/kubelet/microvm/volume";
+    let info = serde_json::json!({"volume-type": "directvol", "device": s(&img), "fstype": "ext4",
+                                  "metadata": {}, "options": []});
+    let out = t.wisp(&["direct-volume", "add", "--volume-path", volume, "--mount-info", &info.to_string()])?;
+    ensure!(out.status.success(), "wisp direct-volume add: {}", describe(&out));
+    let image = import_busybox(&t)?;
+    let mount = format!("type=directvol,src={volume},dst=/disk,options=rbind:rw");
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--mount", &mount, image, "mmio", "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run --mount type=directvol on microvm: {}", describe(&out));
+
+    assert_eq!(t.exec("mmio", "1", "cat /disk/hello.txt")?, "hello over mmio\n");
+    let mounts = t.exec("mmio", "2", "grep ' /disk ' /proc/mounts")?;
+    assert!(mounts.starts_with("/dev/vda /disk ext4"), "the virtio-mmio disk is /disk: {mounts}");
+    t.exec("mmio", "3", "echo written over mmio > /disk/new.txt && sync")?;
+    t.remove("mmio")?;
+    assert_eq!(ext4_cat(&img, "new.txt")?, "written over mmio\n", "the guest's write is in the image");
+    let out = t.wisp(&["direct-volume", "remove", "--volume-path", volume])?;
+    ensure!(out.status.success(), "wisp direct-volume remove: {}", describe(&out));
+    Ok(())
+}

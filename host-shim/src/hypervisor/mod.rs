@@ -253,7 +253,8 @@ impl fmt::Display for BlockSource {
 pub struct Plugged {
     /// The VMM's id of the device (what [`Hypervisor::hot_unplug`] takes).
     pub id: String,
-    /// Where the guest finds it: Kata's PCI path (`02/00`).
+    /// Where the guest finds it: Kata's PCI path (`02/00`), or for a virtio-mmio disk attached
+    /// at boot its node (`/dev/vda`, Kata's `mmioblk`).
     pub pci_path: String,
 }
 
@@ -282,6 +283,12 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// Plugs `source` into the running VM as device `id`; returns where the guest finds it.
     async fn hot_plug(&mut self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
         Err(HypervisorError::Unsupported(format!("this hypervisor cannot hot-plug devices ({id}: {source})")))
+    }
+
+    /// Attaches `source` as disk `id` when the VM boots (before [`Hypervisor::start`]), for
+    /// machines that cannot hot-plug (microvm): the guest finds it as `/dev/vdX`.
+    fn cold_plug(&mut self, id: &str, source: &BlockSource) -> Result<Plugged, HypervisorError> {
+        Err(HypervisorError::Unsupported(format!("this hypervisor cannot attach devices at boot ({id}: {source})")))
     }
 
     /// Unplugs device `id` and frees what backed it. Idempotent for unknown ids.
