@@ -12,6 +12,7 @@
 //! (its machine syntax), its QMP, and a lifecycle that hands back an
 //! [`AgentAddr`].
 
+pub mod process;
 pub mod qemu;
 pub mod stratovirt;
 pub mod vhost_vsock;

@@ -6,25 +6,25 @@
 //! a crashed shim left behind ([`kill_recorded`]).
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slog::{info, warn, Logger};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 
-use super::cmdline::{self, shell_line};
+use super::cmdline;
 use super::hotplug::{self, PlugRecord};
 use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::config::MachineType;
-use crate::hypervisor::vhost_vsock::{self, GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
+use crate::hypervisor::process::{self, Launch};
+use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
 
 /// How long a helper gets to create its socket.
@@ -86,38 +86,9 @@ impl Qemu {
         Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
     }
 
-    /// Starts `program`; `inherit` are descriptors only this child keeps across exec.
-    fn spawn(
-        &self,
-        name: &'static str,
-        program: &Path,
-        args: &[String],
-        inherit: Vec<i32>,
-    ) -> Result<Child, HypervisorError> {
-        let log_path = self.paths.helper_log(name);
-        let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
-        let out = File::create(&log_path).map_err(io)?;
-        let err = out.try_clone().map_err(io)?;
-        info!(self.log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args));
-        let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-        if !inherit.is_empty() {
-            // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
-            // async-signal-safe; it reads the moved vector and touches no other memory.
-            unsafe {
-                command.pre_exec(move || inherit.iter().try_for_each(|fd| vhost_vsock::inherit_in_child(*fd)));
-            }
-        }
-        let child = command.spawn().map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
-        if let Some(pid) = child.id() {
-            let pid_file = self.paths.dir().join(format!("{name}.pid"));
-            fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
-                what: "cannot write",
-                path: pid_file,
-                source,
-            })?;
-        }
-        Ok(child)
+    /// Starts `program` ([`process::spawn`]); `inherit` are descriptors only it keeps.
+    fn spawn(&self, name: &str, program: &Path, args: &[String], inherit: &[i32]) -> Result<Child, HypervisorError> {
+        process::spawn(&self.paths, &self.log, Launch { name, program, args, env: &[], inherit })
     }
 
     async fn start_helper(
@@ -127,7 +98,7 @@ impl Qemu {
         args: Vec<String>,
         socket: PathBuf,
     ) -> Result<(), HypervisorError> {
-        let mut child = self.spawn(name, &program, &args, Vec::new())?;
+        let mut child = self.spawn(name, &program, &args, &[])?;
         let start = Instant::now();
         while !socket.exists() {
             let exited = child.try_wait().ok().flatten();
@@ -183,23 +154,11 @@ impl Hypervisor for Qemu {
             self.guest_cid = Some(claimed);
         }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
-        let inherit = self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
-        let mut child = self.spawn("qemu", &self.spec.qemu, &args, inherit)?;
+        let inherit: Vec<i32> =
+            self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
+        let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
         self.qemu_pid = child.id();
-        let tx = self.exited_tx.clone();
-        let qemu_log = self.paths.helper_log("qemu");
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let last = tail(&qemu_log, 1);
-            let description = match status {
-                Ok(status) => format!(
-                    "QEMU exited ({status}){}",
-                    if last.is_empty() { String::new() } else { format!(": {last}") }
-                ),
-                Err(err) => format!("QEMU could not be waited for: {err}"),
-            };
-            let _ = tx.send(Some(description));
-        });
+        process::watch_exit(child, "QEMU", self.paths.helper_log("qemu"), self.exited_tx.clone());
         cmdline::agent_addr(&self.spec, &self.paths).ok_or_else(|| {
             let channel = self.spec.channel.map_or_else(|| "no channel".to_owned(), |c| c.to_string());
             HypervisorError::Unsupported(format!("the shim cannot dial the agent over {channel}"))

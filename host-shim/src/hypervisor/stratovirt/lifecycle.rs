@@ -6,25 +6,24 @@
 //! `/dev/vhost-vsock` first and hands the descriptor to StratoVirt (`vhostfd=`), so a host
 //! without vhost_vsock fails before anything is spawned.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slog::{info, Logger};
-use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::cmdline::{self, BlockDevice};
 use super::StratoVirtSpec;
 use crate::agent_dial::AgentAddr;
 use crate::agent_dial::AGENT_VSOCK_PORT;
+use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
 use crate::hypervisor::qemu::qmp::Qmp;
-use crate::hypervisor::vhost_vsock::{self, GuestCid, DEVICE as VHOST_VSOCK_DEVICE};
+use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE};
 use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
 
 /// How long QMP `quit` (and the exit after it) may take before StratoVirt is killed.
@@ -123,42 +122,17 @@ impl StratoVirt {
 
     async fn spawn(&mut self) -> Result<(), HypervisorError> {
         let args = cmdline::stratovirt_args(&self.spec, &self.paths, &self.blocks);
-        let log_path = self.paths.helper_log(NAME);
-        let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
-        let out = File::create(&log_path).map_err(io)?;
-        let err = out.try_clone().map_err(io)?;
-        info!(self.log, "starting StratoVirt"; "argv" => self.command_line());
-        let mut command = Command::new(&self.spec.binary);
-        command.args(&args).env("STRATOVIRT_LOG_LEVEL", "info").stdin(Stdio::null()).stdout(out).stderr(err);
-        if let Some(fd) = self.spec.vhost_fd {
-            // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
-            // async-signal-safe; it touches no memory of the parent.
-            unsafe {
-                command.pre_exec(move || vhost_vsock::inherit_in_child(fd));
-            }
-        }
-        let mut child = command
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn { program: self.spec.binary.clone(), source })?;
+        let inherit: Vec<i32> = self.spec.vhost_fd.into_iter().collect();
+        let launch = Launch {
+            name: NAME,
+            program: &self.spec.binary,
+            args: &args,
+            env: &[("STRATOVIRT_LOG_LEVEL", "info")],
+            inherit: &inherit,
+        };
+        let child = process::spawn(&self.paths, &self.log, launch)?;
         self.pid = child.id();
-        if let Some(pid) = self.pid {
-            let pid_file = self.paths.dir().join(format!("{NAME}.pid"));
-            fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
-                what: "cannot write",
-                path: pid_file,
-                source,
-            })?;
-        }
-        let tx = self.exited_tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let last = tail(&log_path, 1);
-            let _ = tx.send(Some(match status {
-                Ok(status) => format!("StratoVirt exited ({status}): {last}"),
-                Err(err) => format!("StratoVirt could not be waited for: {err}"),
-            }));
-        });
+        process::watch_exit(child, "StratoVirt", self.paths.helper_log(NAME), self.exited_tx.clone());
         Ok(())
     }
 }
