@@ -22,6 +22,7 @@
 //! virtio_fs_daemon = "virtiofsd"
 //! kernel_params = ""
 //! enable_vhost_user_store = false
+//! disable_block_device_use = false     # true: a block-device rootfs is mounted on the host and shared
 //! vhost_user_store_path = "/var/run/kata-containers/vhost-user"
 //! pcie_root_port = 2                   # q35 only: free ports kept for hot-plug
 //! accel = "auto"                       # auto | kvm | tcg
@@ -33,9 +34,9 @@
 //! # path, kernel, initrd, machine_type = "microvm" | "q35", default_vcpus, default_memory,
 //! # block_device_driver = "virtio-mmio" | "virtio-blk", use_vsock = true, kernel_params,
 //! # firmware (pflash code for q35), shared_fs = "none" | "virtio-fs", virtio_fs_daemon,
-//! # pcie_root_port, and Kata's accepted-but-unused network keys (enable_netmon,
-//! # internetworking_model, sandbox_cgroup_with_emulator, disable_new_netns,
-//! # disable_block_device_use, disable_vhost_net).
+//! # pcie_root_port, disable_block_device_use, and Kata's accepted-but-unused network keys
+//! # (enable_netmon, internetworking_model, sandbox_cgroup_with_emulator, disable_new_netns,
+//! # disable_vhost_net).
 //!
 //! [agent.wisp]
 //! dial_timeout = 60                    # seconds to wait for the agent after QEMU starts
@@ -188,6 +189,9 @@ pub struct QemuSection {
     pub kernel_params: String,
     /// Whether the vhost-user store is used for `linux.devices` of major 241/242.
     pub enable_vhost_user_store: bool,
+    /// Kata key: a container rootfs that containerd gives as a block device (devmapper) is
+    /// mounted on the host and shared like a directory instead of plugged as a disk.
+    pub disable_block_device_use: bool,
     /// The vhost-user store.
     pub vhost_user_store_path: PathBuf,
     /// Free pcie-root-ports pre-created on q35 for later hot-plug.
@@ -214,6 +218,7 @@ impl Default for QemuSection {
             virtio_fs_daemon: PathBuf::from("virtiofsd"),
             kernel_params: String::new(),
             enable_vhost_user_store: false,
+            disable_block_device_use: false,
             vhost_user_store_path: PathBuf::from(DEFAULT_VHOST_USER_STORE),
             pcie_root_port: 2,
             accel: AccelChoice::Auto,
@@ -310,7 +315,8 @@ pub struct StratoVirtSection {
     pub sandbox_cgroup_with_emulator: bool,
     /// Kata key, accepted.
     pub disable_new_netns: bool,
-    /// Kata key: no block devices for container rootfs.
+    /// Kata key: a block-device container rootfs is mounted on the host and shared instead of
+    /// plugged (with `shared_fs = "none"` such a container cannot start).
     pub disable_block_device_use: bool,
     /// Kata key, accepted.
     pub disable_vhost_net: bool,
@@ -393,6 +399,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether a container rootfs given as a block device is plugged into the VM as a disk
+    /// (Kata's `disable_block_device_use = false`, of the hypervisor in use).
+    pub fn block_rootfs(&self) -> bool {
+        match &self.stratovirt {
+            Some(s) => !s.disable_block_device_use,
+            None => !self.qemu.disable_block_device_use,
+        }
+    }
+
     /// Loads the configuration in the documented order (see the module docs).
     pub fn load() -> Result<Self, ConfigError> {
         let env_path = env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -616,6 +631,7 @@ mod tests {
             shared_fs = "virtio-9p"
             kernel_params = "agent.log=debug quiet"
             enable_vhost_user_store = true
+            disable_block_device_use = true
             vhost_user_store_path = "/var/vu"
             pcie_root_port = 4
             accel = "tcg"
@@ -638,6 +654,7 @@ mod tests {
         assert_eq!(q.shared_fs, SharedFsKind::NineP);
         assert_eq!(q.kernel_params, "agent.log=debug quiet");
         assert!(q.enable_vhost_user_store);
+        assert!(q.disable_block_device_use);
         assert_eq!(q.vhost_user_store_path, Path::new("/var/vu"));
         assert_eq!((q.pcie_root_port, q.accel, q.tb_size), (4, AccelChoice::Tcg, 32));
         assert_eq!(config.agent.dial_timeout(), Duration::from_secs(30));

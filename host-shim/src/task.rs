@@ -767,20 +767,30 @@ impl Task for TaskService {
             }
         };
         // Block storage is resolved before anything is mounted or booted: bad input leaves nothing.
-        let attaches = volumes::plan(&spec, &inner.config)
+        let mut attaches = volumes::plan(&spec, &inner.config)
             .map_err(|err| error(Code::INVALID_ARGUMENT, format!("container {cid:?}: {}", crate::error_chain(&err))))?;
-        let mounted_rootfs = if req.rootfs.is_empty() {
+        // A rootfs that is one block device (devmapper) is plugged, never mounted on the host.
+        let block_rootfs = match req.rootfs.as_slice() {
+            [m] if inner.config.block_rootfs() => volumes::rootfs::from_mount(&m.type_, &m.source, &m.options),
+            _ => None,
+        };
+        if let Some(disk) = &block_rootfs {
+            let usage = volumes::Use::Rootfs { fstype: disk.fstype.clone(), options: disk.options.clone() };
+            attaches.insert(0, volumes::Attach { source: disk.source.clone(), usage });
+        }
+        let mounted_rootfs = if req.rootfs.is_empty() || block_rootfs.is_some() {
             None
         } else {
             let target = bundle.join("rootfs");
             mount_rootfs(&req.rootfs, &target)?;
             Some(target)
         };
-        let host_rootfs = match (&mounted_rootfs, spec.root()) {
-            (Some(target), _) => target.clone(),
-            (None, Some(root)) if root.path().is_absolute() => root.path().clone(),
-            (None, Some(root)) => bundle.join(root.path()),
-            (None, None) => {
+        let host_rootfs = match (&block_rootfs, &mounted_rootfs, spec.root()) {
+            (Some(_), _, _) => None,
+            (None, Some(target), _) => Some(target.clone()),
+            (None, None, Some(root)) if root.path().is_absolute() => Some(root.path().clone()),
+            (None, None, Some(root)) => Some(bundle.join(root.path())),
+            (None, None, None) => {
                 return Err(error(
                     Code::INVALID_ARGUMENT,
                     format!("{} has no root and no rootfs mounts were given", config_json.display()),
@@ -807,12 +817,18 @@ impl Task for TaskService {
         let mut plugged: Vec<String> = Vec::new();
         let mut used_volumes: Vec<(String, String, String)> = Vec::new();
         let result = async {
-            let rootfs_guest = sandbox.share(&cid, "rootfs", &host_rootfs).map_err(|err| {
-                error(
-                    Code::INTERNAL,
-                    format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()),
-                )
-            })?;
+            let rootfs_guest = match &host_rootfs {
+                Some(host_rootfs) => sandbox.share(&cid, "rootfs", host_rootfs).map_err(|err| {
+                    error(
+                        Code::INTERNAL,
+                        format!(
+                            "{err}: {}",
+                            std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()
+                        ),
+                    )
+                })?,
+                None => volumes::rootfs::guest_mount_point(&cid),
+            };
             let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
                 sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
             })?;
@@ -866,6 +882,14 @@ impl Task for TaskService {
                         }
                         used_volumes.push((volume.clone(), mount_point, id.clone()));
                     }
+                    volumes::Use::Rootfs { fstype, options } => storages.push(pb::Storage {
+                        driver: if mmio { "mmioblk" } else { "blk" }.to_owned(),
+                        source: done.pci_path,
+                        fstype: fstype.clone(),
+                        options: options.clone(),
+                        mount_point: volumes::rootfs::guest_mount_point(&cid),
+                        ..Default::default()
+                    }),
                 }
             }
             let request = pb::CreateContainerRequest {

@@ -60,6 +60,17 @@ impl Setup {
 
     /// Like [`Setup::with_config`] with another guest kernel (the PVH `vmlinux` for microvm).
     pub fn with_kernel(kernel: &Path, qemu: &str, agent: &str) -> anyhow::Result<Self> {
+        Self::with_containerd(kernel, qemu, agent, ContainerdOptions::default())
+    }
+
+    /// Like [`Setup::with_kernel`], with containerd started from `options` (a proxy
+    /// snapshotter, ...); the shim's directory is put on its `PATH` either way.
+    pub fn with_containerd(
+        kernel: &Path,
+        qemu: &str,
+        agent: &str,
+        mut options: ContainerdOptions,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
         let shim = shim_binary()?;
         let state = dir.path().join("state");
@@ -76,7 +87,8 @@ impl Setup {
         std::env::set_var("WISP_STATE_DIR", &state);
         std::env::set_var("WISP_CONFIG", &config);
         let shim_dir = shim.parent().context("shim path has no directory")?.to_owned();
-        let ctd = Containerd::start_with(ContainerdOptions { shim_dirs: vec![shim_dir], ..Default::default() })?;
+        options.shim_dirs.push(shim_dir);
+        let ctd = Containerd::start_with(options)?;
         Ok(Self { dir, ctd })
     }
 

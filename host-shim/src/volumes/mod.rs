@@ -7,10 +7,14 @@
 //!   ([`direct`]); the guest gets a Kata `blk` `Storage` mounted with the volume's fstype and
 //!   options, and the container mount becomes a bind of it.
 //!
+//! A third comes from containerd itself: a rootfs mount whose source is a block device
+//! ([`rootfs`]), plugged the same way and mounted by the agent as the container's root.
+//!
 //! [`plan`] reads both before the VM is touched, so bad input fails Create with nothing
 //! plugged or mounted; the shim then plugs each [`Attach`] over QMP.
 
 pub mod direct;
+pub mod rootfs;
 pub mod store;
 
 use oci_spec::runtime::Spec;
@@ -48,6 +52,13 @@ pub enum Use {
         volume: String,
         /// The volume's description.
         info: direct::MountInfo,
+    },
+    /// As the container's root file system.
+    Rootfs {
+        /// The file system.
+        fstype: String,
+        /// Its mount options in the guest.
+        options: Vec<String>,
     },
 }
 
