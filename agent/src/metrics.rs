@@ -40,6 +40,11 @@ pub fn render(src: &Sources, timeline: Timeline) -> String {
     if let Some(v) = kib(&src.smaps_rollup, "Rss:").or_else(|| kib(self_status, "VmRSS:")) {
         gauge("wisp_agent_resident_memory_bytes", "Resident set size of the agent.", v);
     }
+    if let Some(v) = kib(&src.smaps_rollup, "Anonymous:") {
+        // The rest of the RSS is the binary's text and data as touched: that part grows with
+        // the code paths run, not with the work held.
+        gauge("wisp_agent_anonymous_memory_bytes", "Anonymous (heap, stacks) part of the agent's RSS.", v);
+    }
     if let Some(v) = kib(self_status, "VmSize:") {
         gauge("wisp_agent_virtual_memory_bytes", "Virtual memory size of the agent.", v);
     }
@@ -129,11 +134,14 @@ mod tests {
     fn rss_prefers_the_exact_smaps_rollup() {
         let src = Sources {
             self_status: "VmRSS:\t       4 kB\n".into(),
-            smaps_rollup: "55c0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:                1856 kB\nPss:  1800 kB\n"
-                .into(),
+            smaps_rollup:
+                "55c0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:                1856 kB\nPss:  1800 kB\nAnonymous:  800 kB\n"
+                    .into(),
             ..Sources::default()
         };
-        assert!(render(&src, Timeline::default()).contains("wisp_agent_resident_memory_bytes 1900544\n"));
+        let text = render(&src, Timeline::default());
+        assert!(text.contains("wisp_agent_resident_memory_bytes 1900544\n"));
+        assert!(text.contains("wisp_agent_anonymous_memory_bytes 819200\n"));
     }
 
     #[test]

@@ -210,7 +210,9 @@ fn spawn_pump(
 
 /// Copies a pipe into its buffer until EOF, never holding more than the buffer's capacity.
 async fn pump(fd: AsyncFd<OwnedFd>, buf: Arc<OutputBuffer>, log: slog::Logger) {
-    let mut chunk = vec![0u8; PUMP_CHUNK];
+    // Allocated on the first output: most processes of an idle sandbox never write to one of
+    // their streams, and two idle chunks per process were most of what a container cost.
+    let mut chunk = Vec::new();
     loop {
         let want = buf.room().await.min(PUMP_CHUNK);
         let mut ready = match fd.readable().await {
@@ -220,6 +222,9 @@ async fn pump(fd: AsyncFd<OwnedFd>, buf: Arc<OutputBuffer>, log: slog::Logger) {
                 break;
             }
         };
+        if chunk.is_empty() {
+            chunk = vec![0u8; PUMP_CHUNK];
+        }
         match ready.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut chunk[..want]).map_err(io::Error::from)) {
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => buf.push(&chunk[..n]),

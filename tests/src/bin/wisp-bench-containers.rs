@@ -34,17 +34,30 @@ struct Args {
 #[derive(Debug)]
 struct Numbers {
     latencies: Vec<Duration>,
-    rss_empty: f64,
-    rss_idle: f64,
+    rss_empty: Rss,
+    rss_idle: Rss,
 }
 
-async fn agent_rss(agent: &AgentServiceClient) -> Result<f64> {
+/// The agent's resident memory, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    total: f64,
+    /// Heap and stacks; the rest is the binary's pages as touched.
+    anonymous: f64,
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: f64| b / (1024.0 * 1024.0);
+        write!(f, "{:.2} MiB ({:.2} MiB anonymous)", mib(self.total), mib(self.anonymous))
+    }
+}
+
+async fn agent_rss(agent: &AgentServiceClient) -> Result<Rss> {
     let text = agent.get_metrics(ctx(), &GetMetricsRequest::new()).await.context("GetMetrics")?.metrics;
     let metrics = parse_prometheus_text(&text).context("GetMetrics text")?;
-    metrics
-        .get("wisp_agent_resident_memory_bytes")
-        .copied()
-        .context("no wisp_agent_resident_memory_bytes in GetMetrics")
+    let get = |name: &str| metrics.get(name).copied().with_context(|| format!("no {name} in GetMetrics"));
+    Ok(Rss { total: get("wisp_agent_resident_memory_bytes")?, anonymous: get("wisp_agent_anonymous_memory_bytes")? })
 }
 
 async fn measure(agent: &AgentServiceClient, args: &Args) -> Result<Numbers> {
@@ -91,7 +104,6 @@ fn main() -> Result<()> {
     vm.finish(&conn)?;
     n.latencies.sort();
     let median = n.latencies[n.latencies.len() / 2];
-    let mib = |b: f64| b / (1024.0 * 1024.0);
     println!("wisp-bench-containers: q35, {}, busybox rootfs over 9p, /bin/true", format!("{accel:?}").to_lowercase());
     println!(
         "  create+start+exit latency, median of {}: {:.1} ms (min {:.1}, max {:.1})",
@@ -100,11 +112,7 @@ fn main() -> Result<()> {
         ms(n.latencies[0]),
         ms(n.latencies[n.latencies.len() - 1])
     );
-    println!(
-        "  agent RSS, no container left (after {} came and went): {:.2} MiB",
-        n.latencies.len() + 1,
-        mib(n.rss_empty)
-    );
-    println!("  agent RSS with {} idle containers: {:.2} MiB", args.idle, mib(n.rss_idle));
+    println!("  agent RSS, no container left (after {} came and went): {}", n.latencies.len() + 1, n.rss_empty);
+    println!("  agent RSS with {} idle containers: {}", args.idle, n.rss_idle);
     Ok(())
 }
