@@ -8,21 +8,22 @@
 //! runs containers on it. Each active snapshot is a sparse ext4 image file — a fresh
 //! `mkfs.ext4` (256 MiB unless [`LoopSnapshotter::start_with`] says otherwise) without parent,
 //! else a sparse copy of the committed parent's image — bound read-write to a loop device; a
-//! view binds its parent's image read-only (mount option `ro`); Commit unbinds the device and
-//! keeps the file. Where devmapper shares blocks with thin provisioning, this copies the file:
+//! view binds its parent's image read-only (mount option `ro`; without parent, a fresh one);
+//! Commit unbinds the device and keeps the file. Where devmapper shares blocks with thin provisioning, this copies the file:
 //! fine for a busybox-sized image, not for large ones.
 //!
 //! It is served by [`LoopSnapshotter`] on a unix socket in a temp dir, from a thread with its
 //! own tokio runtime; containerd knows it through
 //! [`ContainerdOptions::proxy_snapshotters`](crate::ContainerdOptions::proxy_snapshotters) and
-//! `ctr --snapshotter NAME` (or the CRI `snapshotter` setting) selects it. Dropping it stops the
+//! `ctr --snapshotter NAME` selects it. Dropping it stops the
 //! server, unbinds every loop device and deletes the images: drop it after the containerd using
 //! it, whose mounts may still hold a device (the kernel then unbinds it at the last unmount).
 //!
 //! Limits: metadata lives in memory and dies with the value (containerd restarted against a new
 //! instance finds no snapshots); List ignores filters (containerd's metadata layer filters
-//! itself); requests are served one at a time; no disk quota, no thin provisioning. For tests
-//! only: nothing here is hardened for production.
+//! itself); requests are served one at a time; no disk quota, no thin provisioning; every
+//! active snapshot and view holds a loop device, of which the host has few (8 here, shared by
+//! every test running). For tests only: nothing here is hardened for production.
 //!
 //! Needs root (`losetup`, util-linux) and `mkfs.ext4` (e2fsprogs); compiled with feature
 //! `containerd-tests`, whose build also generates the gRPC code from `protos/`.
@@ -468,6 +469,11 @@ mod tests {
         assert_eq!(snapshotter.attached().len(), 2);
         assert_eq!(code(client.commit("c2", "v")), Code::FailedPrecondition, "a view does not commit");
         assert_eq!(code(client.remove("base")), Code::FailedPrecondition, "it has children");
+        let empty = client.view("empty", "")?;
+        let entries =
+            in_mount(&empty, |root| fs::read_dir(root).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()));
+        assert_eq!(entries.expect("read the empty view"), ["lost+found"]);
+        client.remove("empty")?;
 
         // Labels: the mask names the ones to change; an empty value deletes.
         let labels = client.update("base", &[("x", "1"), ("y", "2")], &["labels.x"])?;

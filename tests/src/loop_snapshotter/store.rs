@@ -53,8 +53,9 @@ struct Snapshot {
     kind: Kind,
     /// Empty for none, as on the wire.
     parent: String,
-    /// Its own image (active, committed) or its parent's (view).
+    /// Its own image (active, committed, view without parent) or its parent's (view).
     image: PathBuf,
+    owns_image: bool,
     /// Bound while active or a view.
     device: Option<PathBuf>,
     labels: HashMap<String, String>,
@@ -85,31 +86,27 @@ impl Store {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, StoreError> {
         self.check_new(key, parent)?;
-        // Keys carry containerd's namespace and slashes: the files get numbers instead.
-        self.next_image += 1;
-        let image = self.dir.join(format!("{}.ext4", self.next_image));
-        let made = match self.snapshots.get(parent) {
-            None => make_filesystem(&image, self.image_size),
-            Some(parent) => sparse_copy(&parent.image, &image),
-        };
-        let device = made
-            .map_err(|e| remove_after(&image, e))
-            .and_then(|()| loop_dev::attach(&image, false).map_err(|e| remove_after(&image, StoreError::Loop(e))))?;
-        let mounts = vec![mount(&device, false)];
-        self.insert(key, Kind::Active, parent, image, Some(device), labels);
-        Ok(mounts)
+        let image = self.new_image(parent)?;
+        let device = loop_dev::attach(&image, false).map_err(|e| remove_after(&image, StoreError::Loop(e)))?;
+        self.insert(key, Kind::Active, parent, (image, true), device, labels)
     }
 
-    /// A read-only view of the committed `parent`: its image bound read-only.
+    /// A read-only view of the committed `parent` (its image bound read-only), or of an empty
+    /// filesystem.
     pub fn view(&mut self, key: &str, parent: &str, labels: HashMap<String, String>) -> Result<Vec<Mount>, StoreError> {
         self.check_new(key, parent)?;
-        let Some(image) = self.snapshots.get(parent).map(|p| p.image.clone()) else {
-            return Err(StoreError::InvalidArgument(format!("a view of {key:?} needs a parent")));
+        let (image, owned) = match self.snapshots.get(parent) {
+            Some(parent) => (parent.image.clone(), false),
+            None => (self.new_image("")?, true),
         };
-        let device = loop_dev::attach(&image, true)?;
-        let mounts = vec![mount(&device, true)];
-        self.insert(key, Kind::View, parent, image, Some(device), labels);
-        Ok(mounts)
+        let device = loop_dev::attach(&image, true).map_err(|e| {
+            if owned {
+                remove_after(&image, StoreError::Loop(e))
+            } else {
+                StoreError::Loop(e)
+            }
+        })?;
+        self.insert(key, Kind::View, parent, (image, owned), device, labels)
     }
 
     /// What to mount for an active snapshot or view.
@@ -156,7 +153,7 @@ impl Store {
             loop_dev::detach(device)?;
         }
         let snapshot = self.snapshots.remove(key).ok_or_else(|| StoreError::NotFound(key.to_owned()))?;
-        if snapshot.kind != Kind::View {
+        if snapshot.owns_image {
             fs::remove_file(&snapshot.image)
                 .map_err(|source| StoreError::Io { what: format!("removing {}", snapshot.image.display()), source })?;
         }
@@ -198,11 +195,11 @@ impl Store {
         self.snapshots.iter().map(|(key, s)| info(key, s)).collect()
     }
 
-    /// Bytes the image takes on disk (0 for a view, which owns none) and inodes its filesystem
-    /// uses, per its superblock (lazily updated while mounted).
+    /// Bytes the image takes on disk (0 for a view of a parent, which owns none) and inodes its
+    /// filesystem uses, per its superblock (lazily updated while mounted).
     pub fn usage(&self, key: &str) -> Result<(i64, i64), StoreError> {
         let snapshot = self.get(key)?;
-        if snapshot.kind == Kind::View {
+        if !snapshot.owns_image {
             return Ok((0, 0));
         }
         let io = |source| StoreError::Io { what: format!("reading {}", snapshot.image.display()), source };
@@ -249,18 +246,42 @@ impl Store {
         }
     }
 
+    /// A new image file: a fresh filesystem, or a copy of the committed `parent`'s.
+    fn new_image(&mut self, parent: &str) -> Result<PathBuf, StoreError> {
+        // Keys carry containerd's namespace and slashes: the files get numbers instead.
+        self.next_image += 1;
+        let image = self.dir.join(format!("{}.ext4", self.next_image));
+        let made = match self.snapshots.get(parent) {
+            None => make_filesystem(&image, self.image_size),
+            Some(parent) => sparse_copy(&parent.image, &image),
+        };
+        made.map(|()| image.clone()).map_err(|e| remove_after(&image, e))
+    }
+
+    /// Records a snapshot bound to `device` and returns its mounts.
     fn insert(
         &mut self,
         key: &str,
         kind: Kind,
         parent: &str,
-        image: PathBuf,
-        device: Option<PathBuf>,
+        (image, owns_image): (PathBuf, bool),
+        device: PathBuf,
         labels: HashMap<String, String>,
-    ) {
+    ) -> Result<Vec<Mount>, StoreError> {
+        let mounts = vec![mount(&device, kind == Kind::View)];
         let now = SystemTime::now();
-        let snapshot = Snapshot { kind, parent: parent.to_owned(), image, device, labels, created: now, updated: now };
+        let snapshot = Snapshot {
+            kind,
+            parent: parent.to_owned(),
+            image,
+            owns_image,
+            device: Some(device),
+            labels,
+            created: now,
+            updated: now,
+        };
         self.snapshots.insert(key.to_owned(), snapshot);
+        Ok(mounts)
     }
 }
 
