@@ -107,6 +107,10 @@ pub struct ContainerdOptions {
     pub namespace: Option<String>,
     /// Turns containerd's CRI plugin on.
     pub cri: Option<CriOptions>,
+    /// Snapshotters served out of process, as (name, gRPC socket): containerd's
+    /// `[proxy_plugins.NAME] type = "snapshot"`, selected with `ctr --snapshotter NAME`
+    /// (e.g. a `loop_snapshotter::LoopSnapshotter`'s name and socket).
+    pub proxy_snapshotters: Vec<(String, PathBuf)>,
 }
 
 /// The CRI plugin's settings (see the module docs).
@@ -165,8 +169,11 @@ impl Containerd {
         let address = base.join("containerd.sock");
         let log = base.join("containerd.log");
         let config = base.join("config.toml");
-        fs::write(&config, config_toml(&base, &root, &state, &address, options.cri.as_ref()))
-            .map_err(|source| ContainerdError::Create { path: config.clone(), source })?;
+        fs::write(
+            &config,
+            config_toml(&base, &root, &state, &address, options.cri.as_ref(), &options.proxy_snapshotters),
+        )
+        .map_err(|source| ContainerdError::Create { path: config.clone(), source })?;
         if let Some(cni) = options.cri.as_ref().and_then(|cri| cri.cni.as_ref()) {
             let conf_dir = base.join("cni/conf");
             let conflist = conf_dir.join("10-wisp-test.conflist");
@@ -341,8 +348,16 @@ impl Drop for Containerd {
     }
 }
 
-/// containerd's config: everything inside `base`, CRI off unless `cri`, overlayfs snapshots.
-fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Option<&CriOptions>) -> String {
+/// containerd's config: everything inside `base`, CRI off unless `cri`, overlayfs snapshots
+/// and the proxy snapshotters `proxies` (name, socket).
+fn config_toml(
+    base: &Path,
+    root: &Path,
+    state: &Path,
+    address: &Path,
+    cri: Option<&CriOptions>,
+    proxies: &[(String, PathBuf)],
+) -> String {
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let cri_section = cri.map_or_else(String::new, |cri| {
         let plugin = "[plugins.\"io.containerd.grpc.v1.cri\"";
@@ -361,6 +376,10 @@ fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Opti
         }
         text
     });
+    let proxy_section: String = proxies
+        .iter()
+        .map(|(name, socket)| format!("[proxy_plugins.{name:?}]\n  type = \"snapshot\"\n  address = {}\n", q(socket)))
+        .collect();
     let disabled = if cri.is_some() { "" } else { "\"io.containerd.grpc.v1.cri\"" };
     format!(
         "version = 2\n\
@@ -373,7 +392,8 @@ fn config_toml(base: &Path, root: &Path, state: &Path, address: &Path, cri: Opti
          [metrics]\n  address = \"\"\n\
          [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n\
          [plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\n  root_path = {overlay}\n\
-         {cri_section}",
+         {cri_section}\
+         {proxy_section}",
         root = q(root),
         state = q(state),
         address = q(address),
@@ -522,7 +542,7 @@ mod tests {
     #[test]
     fn config_keeps_everything_inside_the_directory() {
         let base = Path::new("/tmp/wisp-ctd-x");
-        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), None);
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), None, &[]);
         assert!(text.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));
         for line in text.lines().filter(|l| l.contains("= \"/")) {
             assert!(line.contains("\"/tmp/wisp-ctd-x/"), "{line}");
@@ -537,7 +557,7 @@ mod tests {
             runtimes: vec![("wisp".into(), "/opt/bin/containerd-shim-wisp-v2".into())],
             cni: None,
         };
-        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&cri));
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&cri), &[]);
         assert!(text.contains("disabled_plugins = []"), "{text}");
         assert!(text.contains("sandbox_image = \"docker.io/library/wisp-pause:1\""), "{text}");
         assert!(text.contains("restrict_oom_score_adj = true"), "{text}");
@@ -552,8 +572,31 @@ mod tests {
         }
         let cni = CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: "{}".into() };
         let with_cni = CriOptions { cni: Some(cni), ..cri };
-        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&with_cni));
+        let text =
+            config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), Some(&with_cni), &[]);
         assert!(text.contains("bin_dir = \"/usr/lib/cni\""), "the plugins are the system's: {text}");
         assert!(text.contains("conf_dir = \"/tmp/wisp-ctd-x/cni/conf\""), "the network list is the test's: {text}");
+    }
+
+    #[test]
+    fn proxy_snapshotters_are_rendered_as_proxy_plugins() {
+        let base = Path::new("/tmp/wisp-ctd-x");
+        let proxies = [
+            ("wisp-loop".to_owned(), PathBuf::from("/tmp/wisp-loopsnap-a/snapshots.sock")),
+            ("other".to_owned(), PathBuf::from("/run/other.sock")),
+        ];
+        let text = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), None, &proxies);
+        assert!(
+            text.contains(
+                "[proxy_plugins.\"wisp-loop\"]\n  type = \"snapshot\"\n  address = \"/tmp/wisp-loopsnap-a/snapshots.sock\"\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("[proxy_plugins.\"other\"]\n  type = \"snapshot\"\n  address = \"/run/other.sock\"\n"),
+            "{text}"
+        );
+        let none = config_toml(base, &base.join("root"), &base.join("state"), &base.join("c.sock"), None, &[]);
+        assert!(!none.contains("proxy_plugins"), "{none}");
     }
 }

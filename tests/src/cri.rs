@@ -45,14 +45,8 @@ impl Cri {
     /// Connects to the CRI socket `socket` (containerd's gRPC address).
     pub fn connect(socket: &Path) -> Result<Self, CriError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CriError::Runtime)?;
-        let path = socket.to_owned();
-        // The URI is required by tonic and ignored by the connector.
-        let endpoint = Endpoint::from_static("http://[::]:50051");
         let channel = runtime
-            .block_on(endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            })))
+            .block_on(unix_channel(socket))
             .map_err(|source| CriError::Connect { socket: socket.to_owned(), source })?;
         Ok(Self { runtime, channel })
     }
@@ -71,6 +65,19 @@ impl Cri {
     pub fn block_on<F: Future>(&self, call: F) -> F::Output {
         self.runtime.block_on(call)
     }
+}
+
+/// A gRPC channel to the server on the unix socket `socket`.
+pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = socket.to_owned();
+    // The URI is required by tonic and ignored by the connector.
+    let endpoint = Endpoint::from_static("http://[::]:50051");
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
 }
 
 /// What a streamed exec printed, and its exit code.

@@ -34,6 +34,8 @@
 //!   `ctr` tests of the shim on every machine type.
 //! - `cri` (feature `containerd-tests`): a CRI client (kubelet's side) for containerd's CRI
 //!   plugin, used by the pod tests.
+//! - `loop_snapshotter` (feature `containerd-tests`): a containerd proxy snapshotter whose
+//!   snapshots are ext4 images on loop devices, standing in for devmapper (block-device rootfs).
 //! - [`leftovers`]: what a sandbox left under the shim's state root (processes, mounts, files).
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
@@ -64,6 +66,8 @@ pub mod containerd;
 pub mod cri;
 pub mod floor;
 pub mod leftovers;
+#[cfg(feature = "containerd-tests")]
+pub mod loop_snapshotter;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod sandbox_vm;
