@@ -9,8 +9,8 @@
 //! `mkfs.ext4` (256 MiB unless [`LoopSnapshotter::start_with`] says otherwise) without parent,
 //! else a sparse copy of the committed parent's image — bound read-write to a loop device; a
 //! view binds its parent's image read-only (mount option `ro`; without parent, a fresh one);
-//! Commit unbinds the device and keeps the file. Where devmapper shares blocks with thin provisioning, this copies the file:
-//! fine for a busybox-sized image, not for large ones.
+//! Commit unbinds the device and keeps the file. Where devmapper shares blocks with thin
+//! provisioning, this copies the file: fine for a busybox-sized image, not for large ones.
 //!
 //! It is served by [`LoopSnapshotter`] on a unix socket in a temp dir, from a thread with its
 //! own tokio runtime; containerd knows it through
@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-pub use loop_dev::{backed_under, LoopError};
+pub use loop_dev::{backed_under, host_mounts_of, root_mount, LoopError};
 pub use store::StoreError;
 
 use api::snapshots::snapshots_server::{Snapshots, SnapshotsServer};

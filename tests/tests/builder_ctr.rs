@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use wisp_tests::containerd::process_running;
-use wisp_tests::loop_snapshotter::{backed_under, LoopSnapshotter};
+use wisp_tests::loop_snapshotter::{backed_under, host_mounts_of, root_mount, LoopSnapshotter};
 use wisp_tests::{artifacts, Containerd, ContainerdOptions};
 
 fn text(bytes: &[u8]) -> String {
@@ -116,24 +116,6 @@ fn dropping_containerd_kills_running_containers_and_shims() -> anyhow::Result<()
         assert!(!state.exists(), "{} remains", state.display());
     }
     Ok(())
-}
-
-/// The root filesystem's line of a `/proc/mounts` (device, mount point, type, options).
-fn root_mount(mounts: &str) -> Option<Vec<String>> {
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .find(|f| f.len() >= 4 && f[1] == "/")
-}
-
-/// Mounts of the host (this process's namespace, containerd's) whose source is `device`.
-fn host_mounts_of(device: &str) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // After the " - " separator: filesystem type, then source.
-    info.lines()
-        .filter(|l| l.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1)) == Some(device))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Asserts `out` succeeded and its root filesystem (the last lines, `grep ' / ' /proc/mounts`)

@@ -69,3 +69,22 @@ pub fn backed_under(dir: &Path) -> Vec<PathBuf> {
     devices.sort();
     devices
 }
+
+/// The host's mounts (lines of `/proc/self/mountinfo`) whose source is `device`.
+pub fn host_mounts_of(device: &str) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // After the " - " separator: filesystem type, then source.
+    info.lines()
+        .filter(|l| l.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1)) == Some(device))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The root file system's line of a `/proc/mounts` text (device, mount point, type, options),
+/// as a container printed it.
+pub fn root_mount(mounts: &str) -> Option<Vec<String>> {
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[1] == "/")
+}
