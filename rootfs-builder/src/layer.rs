@@ -22,8 +22,10 @@
 //! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
 //!   caller and a note says so once.
 //!
-//! Not applied: extended attributes (file capabilities, SELinux labels) and timestamps; the
-//! bundle is for running, not for re-exporting.
+//! Not applied: extended attributes (file capabilities, SELinux labels; a note counts the
+//! entries that had some) and timestamps; the bundle is for running, not for re-exporting.
+//! A hard link takes no owner or mode of its own: it shares the inode its target's entry set
+//! up (a chown through it would clear the target's set-id bits).
 //!
 //! The resolution is done in code with `lstat`/`readlink`, not with file descriptors: the root
 //! is a directory this process created empty, and no other process writes into it during the
@@ -100,6 +102,7 @@ pub struct Applier {
     chown: bool,
     report: ApplyReport,
     skipped_devices: u64,
+    skipped_xattrs: u64,
 }
 
 /// A layer entry's name, checked and split into components.
@@ -134,7 +137,7 @@ pub fn running_as_root() -> bool {
 impl Applier {
     /// An applier writing into `root`, which must exist. Owners are applied when `chown`.
     pub fn new(root: &Path, chown: bool) -> Self {
-        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0 }
+        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0, skipped_xattrs: 0 }
     }
 
     /// The report so far, with the pending notes.
@@ -143,6 +146,12 @@ impl Applier {
             self.report.notes.push(format!(
                 "note: skipped {} device node(s) and FIFO(s) from the layers; the container runtime creates /dev",
                 self.skipped_devices
+            ));
+        }
+        if self.skipped_xattrs > 0 {
+            self.report.notes.push(format!(
+                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied",
+                self.skipped_xattrs
             ));
         }
         if !self.chown && self.report.entries > 0 {
@@ -267,6 +276,9 @@ impl Applier {
             }
 
             let path = parent.join(&last);
+            if has_xattrs(&mut entry) {
+                self.skipped_xattrs += 1;
+            }
             let header = entry.header();
             let kind = header.entry_type();
             // An unreadable owner field (some writers leave it blank) means root, as in GNU tar.
@@ -321,7 +333,9 @@ impl Applier {
                     io::copy(&mut entry, &mut file).map_err(write_err(&path))?;
                 }
             }
-            if self.chown {
+            // A hard link shares its target's inode, whose owner and mode came with the
+            // target's own entry; chown here would also clear the target's set-id bits.
+            if self.chown && !kind.is_hard_link() {
                 std::os::unix::fs::lchown(&path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
                     .map_err(write_err(&path))?;
             }
@@ -364,6 +378,13 @@ impl Applier {
             Err(_) => Err(bad("does not exist")),
         }
     }
+}
+
+/// Whether `entry` carries extended attributes (PAX `SCHILY.xattr.*` or `LIBARCHIVE.xattr.*`).
+fn has_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
+    let Ok(Some(pax)) = entry.pax_extensions() else { return false };
+    pax.flatten()
+        .any(|e| e.key_bytes().starts_with(b"SCHILY.xattr.") || e.key_bytes().starts_with(b"LIBARCHIVE.xattr."))
 }
 
 /// Records `path` as written by this layer, with the directories above it up to the root: an
@@ -760,5 +781,37 @@ mod tests {
         let loops = tar_of(&[("l1", T::Symlink, "l2"), ("l2", T::Symlink, "l1"), ("l1/x", T::Regular, "")]);
         let err = apply(dir.path(), &[loops]).unwrap_err();
         assert!(matches!(err, LayerError::SymlinkLoop { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_hard_link_keeps_its_targets_set_id_bits_and_xattrs_are_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o4755);
+            h.set_size(1);
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_data(&mut h, "su", &b"x"[..])?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Link);
+            h.set_mode(0o4755);
+            h.set_size(0);
+            b.append_link(&mut h, "su2", "su")
+        });
+        // Owners are applied only as root (as the tests run on the build machine); without
+        // root there is no chown to clear the bits, and the check holds trivially.
+        let mut applier = Applier::new(dir.path(), running_as_root());
+        applier.apply("l", layer.as_slice()).unwrap();
+        let report = applier.finish();
+        assert_eq!(mode_of(&dir.path().join("su")), 0o4755, "set-uid kept on the target");
+        assert_eq!(
+            fs::metadata(dir.path().join("su2")).unwrap().ino(),
+            fs::metadata(dir.path().join("su")).unwrap().ino()
+        );
+        assert!(
+            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains("of 1 entry(ies)")),
+            "{:?}",
+            report.notes
+        );
     }
 }
