@@ -384,6 +384,7 @@ fn pick_manifest<'a>(manifests: &'a [Descriptor], arch: &str) -> Result<&'a Desc
 /// Indexes the members of an uncompressed tar file by name.
 fn index_members(path: &Path, file: &mut File) -> Result<BTreeMap<String, Member>, ImageError> {
     let not_image = |found: String| ImageError::NotAnImage { path: path.to_owned(), found };
+    let len = file.metadata().map_err(|source| ImageError::Open { path: path.to_owned(), source })?.len();
     let mut archive = tar::Archive::new(&*file);
     let mut members = BTreeMap::new();
     // (link, member it names), resolved once every file is known.
@@ -395,7 +396,21 @@ fn index_members(path: &Path, file: &mut File) -> Result<BTreeMap<String, Member
         let kind = entry.header().entry_type();
         let name = member_name(&entry.path_bytes());
         if kind.is_file() {
-            members.insert(name, Member { offset: entry.raw_file_position(), size: entry.size() });
+            let member = Member { offset: entry.raw_file_position(), size: entry.size() };
+            // Seeking past the end succeeds and the reader then sees a clean end: a cut-off
+            // file would otherwise look like an archive with members missing.
+            let padded = member.size.checked_next_multiple_of(512);
+            if padded.and_then(|p| member.offset.checked_add(p)).map_or(true, |end| end > len) {
+                return Err(ImageError::Invalid {
+                    path: path.to_owned(),
+                    what: format!(
+                        "the archive is truncated: {name} needs {} bytes (padded to 512) from offset {}, but the \
+                         file has {len} bytes (an interrupted download or copy?)",
+                        member.size, member.offset
+                    ),
+                });
+            }
+            members.insert(name, member);
         } else if kind.is_symlink() || kind.is_hard_link() {
             let Some(target) = entry.link_name_bytes() else { continue };
             // A symlink is relative to its own directory, a hard link names a member.

@@ -814,4 +814,29 @@ mod tests {
             report.notes
         );
     }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_and_nul_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(1);
+            h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"caf\xe9!");
+            h.set_cksum();
+            b.append(&h, &b"x"[..])
+        });
+        apply(dir.path(), &[layer]).unwrap();
+        assert_eq!(fs::read(dir.path().join(OsStr::from_bytes(b"caf\xe9!"))).unwrap(), b"x");
+
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_pax_extensions([("path", &b"ok\0/../../escape"[..])])?;
+            b.append_data(&mut h, "short", &b"x"[..])
+        });
+        let err = apply(dir.path(), &[layer]).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+    }
 }

@@ -713,3 +713,23 @@ fn an_image_without_layers_or_command_builds_and_says_so() {
     let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["process"]["args"], serde_json::json!(["sh"]));
 }
+
+#[test]
+fn a_truncated_archive_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    for mut bytes in [docker_archive(&two_layers()), oci_archive(&two_layers())] {
+        // Cut inside a member, as an interrupted download would: once in its data, once in
+        // the padding after it.
+        let mut padding_cut = bytes.clone();
+        padding_cut.truncate(700);
+        fs::write(&archive, &padding_cut).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("b"))]);
+        assert!(err.contains("the archive is truncated"), "{err}");
+        let half = bytes.len() / 2;
+        bytes.truncate(half);
+        fs::write(&archive, &bytes).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("b"))]);
+        assert!(err.contains("the archive is truncated"), "{err}");
+    }
+}
