@@ -14,8 +14,10 @@
 //! gzip/zstd/xz compressed; it is then decompressed to a temporary file first. Layers may be
 //! gzip, zstd or plain tar, recognised by their magic number. OCI blobs (index, manifest,
 //! config and layers) are checked against their digest (sha256, sha384 or sha512), layers while
-//! they stream; a manifest layer whose media type is not a file system layer (a Helm chart, an
-//! SBOM, a signature) is refused rather than unpacked as one.
+//! they stream; every layer's uncompressed tar is checked against the config's
+//! `rootfs.diff_ids` (when it lists one per layer), as containerd does, which is the only check
+//! a docker-archive's layers get. A manifest layer whose media type is not a file system layer
+//! (a Helm chart, an SBOM, a signature) is refused rather than unpacked as one.
 //!
 //! Only the image config's process defaults are taken (`Env`, `Cmd`, `Entrypoint`,
 //! `WorkingDir`, `User`): the bundle builder lets explicit flags override them.
@@ -81,6 +83,9 @@ pub struct LayerRef {
     member: Member,
     /// `sha256:<hex>` the (compressed) blob must hash to, when the format says.
     digest: Option<String>,
+    /// `alg:<hex>` the uncompressed tar must hash to (the config's `rootfs.diff_ids`), as
+    /// containerd checks when it unpacks; the only check a docker-archive layer gets.
+    diff_id: Option<String>,
 }
 
 /// The process defaults an image config gives.
@@ -103,6 +108,24 @@ pub struct ProcessDefaults {
 struct ConfigFile {
     #[serde(default)]
     config: Option<ProcessDefaults>,
+    #[serde(default)]
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+impl ConfigFile {
+    /// The digest of each uncompressed layer, when the config lists one per layer.
+    fn diff_ids(&self, layers: usize) -> Vec<Option<String>> {
+        match &self.rootfs {
+            Some(r) if r.diff_ids.len() == layers => r.diff_ids.iter().cloned().map(Some).collect(),
+            _ => vec![None; layers],
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,11 +246,12 @@ impl ImageArchive {
             what: "manifest.json lists no image".into(),
         })?;
         let config: ConfigFile = self.json(&member_name(manifest.config.as_bytes()))?;
+        let diff_ids = config.diff_ids(manifest.layers.len());
         self.defaults = config.config.unwrap_or_default();
-        for layer in manifest.layers {
+        for (layer, diff_id) in manifest.layers.into_iter().zip(diff_ids) {
             let name = member_name(layer.as_bytes());
             let member = self.member(&name)?;
-            self.layers.push(LayerRef { name, member, digest: None });
+            self.layers.push(LayerRef { name, member, digest: None, diff_id });
         }
         Ok(())
     }
@@ -296,8 +320,9 @@ impl ImageArchive {
         };
         let manifest: ImageManifest = self.blob_json(&manifest_desc)?;
         let config: ConfigFile = self.blob_json(manifest.config())?;
+        let diff_ids = config.diff_ids(manifest.layers().len());
         self.defaults = config.config.unwrap_or_default();
-        for (i, layer) in manifest.layers().iter().enumerate() {
+        for ((i, layer), diff_id) in manifest.layers().iter().enumerate().zip(diff_ids) {
             let name = self.blob_name(layer);
             if !is_layer(layer.media_type()) {
                 return Err(ImageError::Invalid {
@@ -312,7 +337,7 @@ impl ImageArchive {
             }
             let digest = self.expected_digest(layer)?;
             let member = self.member(&name)?;
-            self.layers.push(LayerRef { name, member, digest: Some(digest) });
+            self.layers.push(LayerRef { name, member, digest: Some(digest), diff_id });
         }
         Ok(())
     }
@@ -324,10 +349,11 @@ impl ImageArchive {
             .map_err(|source| ImageError::Open { path: self.path.clone(), source })?;
         let section = BufReader::with_capacity(1 << 16, self.section(layer.member)?);
         let raw = DigestReader::new(section, layer.digest.clone(), self.path.clone());
-        Ok(match Codec::sniff(&head[..n]) {
+        let tar: Box<dyn Read> = match Codec::sniff(&head[..n]) {
             Some(codec) => codec.decoder(raw)?,
             None => Box::new(raw),
-        })
+        };
+        Ok(Box::new(DigestReader::new(tar, layer.diff_id.clone(), self.path.clone())))
     }
 }
 

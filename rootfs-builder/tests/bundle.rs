@@ -102,6 +102,11 @@ const CONFIG: &str = r#"{"architecture":"amd64","os":"linux",
 
 /// A docker-archive (`docker save` shape) of `layers`, the second gzip'd.
 fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
+    docker_archive_with(layers, CONFIG)
+}
+
+/// [`docker_archive`] with its own image config.
+fn docker_archive_with(layers: &[Vec<u8>], config: &str) -> Vec<u8> {
     let mut members = vec![];
     let mut names = vec![];
     for (i, layer) in layers.iter().enumerate() {
@@ -111,7 +116,7 @@ fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
     }
     let manifest = serde_json::json!([{ "Config": "cfg.json", "RepoTags": ["t:1"], "Layers": names }]);
     members.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
-    members.push(("cfg.json".into(), CONFIG.as_bytes().to_vec()));
+    members.push(("cfg.json".into(), config.as_bytes().to_vec()));
     let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     tarball(&refs)
 }
@@ -731,5 +736,38 @@ fn a_truncated_archive_says_so() {
         fs::write(&archive, &bytes).unwrap();
         let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("b"))]);
         assert!(err.contains("the archive is truncated"), "{err}");
+    }
+}
+
+#[test]
+fn layers_are_checked_against_the_configs_diff_ids() {
+    let layers = two_layers();
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha(l))).collect();
+    let config = CONFIG.replace(r#""diff_ids":[]"#, &format!(r#""diff_ids":{}"#, serde_json::json!(diff_ids)));
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, docker_archive_with(&layers, &config)).unwrap();
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("good")), "--env", "FOO=flag"], &[]);
+    check_two_layer_bundle(&dir.path().join("good"));
+
+    // A docker-archive has no other digest: a flipped byte in a plain layer is caught here.
+    let mut bytes = docker_archive_with(&layers, &config);
+    let pos = bytes.windows(10).position(|w| w == b"deleted by").unwrap();
+    bytes[pos] = b'D';
+    fs::write(&archive, bytes).unwrap();
+    let out = dir.path().join("bad");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(!out.exists());
+
+    // The compressed blob of an OCI layer is checked too, gzip or zstd.
+    let zstd_layer = zstd::encode_all(layers[0].as_slice(), 3).unwrap();
+    for (data, media_type) in
+        [(gzip(&layers[0]), OCI_LAYER_GZ), (zstd_layer, "application/vnd.oci.image.layer.v1.tar+zstd")]
+    {
+        let wrong = format!("sha256:{}", sha(b"something else"));
+        fs::write(&archive, oci_with(&data, media_type, &wrong, |_| {})).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+        assert!(err.contains("does not match its digest"), "{media_type}: {err}");
     }
 }
