@@ -305,6 +305,20 @@ impl ImageArchive {
             let desc = pick_manifest(index.manifests(), host_arch())
                 .map_err(|what| ImageError::Invalid { path: self.path.clone(), what })?
                 .clone();
+            // `ctr images export --platform` keeps the whole index but only that platform's
+            // blobs: say which manifest is absent rather than which blob.
+            if let Some(p) = desc.platform().as_ref().filter(|_| !self.members.contains_key(&self.blob_name(&desc))) {
+                return Err(ImageError::Invalid {
+                    path: self.path.clone(),
+                    what: format!(
+                        "the image index lists a manifest for {}/{}, but its blob {} is not in the archive \
+                         (exported for another platform?)",
+                        p.os(),
+                        p.architecture(),
+                        desc.digest()
+                    ),
+                });
+            }
             if is_index(desc.media_type()) {
                 depth += 1;
                 if depth > 8 {

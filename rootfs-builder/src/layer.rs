@@ -784,12 +784,14 @@ mod tests {
     }
 
     #[test]
-    fn a_hard_link_keeps_its_targets_set_id_bits_and_xattrs_are_noted() {
+    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_noted() {
         let dir = tempfile::tempdir().unwrap();
         let layer = tar_with(|b| {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o4755);
             h.set_size(1);
+            h.set_uid(1234);
+            h.set_gid(5678);
             b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
             b.append_data(&mut h, "su", &b"x"[..])?;
             let mut h = tar::Header::new_gnu();
@@ -804,6 +806,10 @@ mod tests {
         applier.apply("l", layer.as_slice()).unwrap();
         let report = applier.finish();
         assert_eq!(mode_of(&dir.path().join("su")), 0o4755, "set-uid kept on the target");
+        if running_as_root() {
+            let meta = fs::metadata(dir.path().join("su")).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "owners kept");
+        }
         assert_eq!(
             fs::metadata(dir.path().join("su2")).unwrap().ino(),
             fs::metadata(dir.path().join("su")).unwrap().ino()

@@ -609,6 +609,18 @@ fn docker_25_save_picks_this_platform_and_names_the_others_when_absent() {
     assert!(stderr(&o).contains("OCI image layout"), "{}", stderr(&o));
     check_two_layer_bundle(&out);
 
+    // `ctr images export --platform linux/OTHER`: the index lists both, only OTHER's blobs are in.
+    let mut blobs = Blobs::default();
+    let descs = oci_layers(&mut blobs, &two_layers());
+    let theirs = on(blobs.manifest(OCI_MANIFEST, descs), "linux", other);
+    let mut missing = Blobs::default();
+    let descs = oci_layers(&mut missing, &[tar_of(&[("only-here", tar::EntryType::Regular, "")])]);
+    let ours = on(missing.manifest(OCI_MANIFEST, descs), "linux", host);
+    let index = blobs.index(OCI_INDEX, vec![theirs, ours]);
+    fs::write(&archive, blobs.layout(vec![index], vec![])).unwrap();
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("bundle3"))]);
+    assert!(err.contains(&format!("manifest for linux/{host}")) && err.contains("not in the archive"), "{err}");
+
     fs::write(&archive, docker25_archive(&[("linux", other), ("windows", host)])).unwrap();
     let out = dir.path().join("bundle2");
     let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
