@@ -278,6 +278,15 @@ fn build_in(spec: &BundleSpec, progress: &mut Progress) -> Result<Built, BundleE
                 report.whiteouts
             ));
             notes.extend(report.notes);
+            if count == 0 {
+                notes.push("note: the image has no layers, so the root file system is empty".into());
+            }
+            let defaults = &image.defaults;
+            if spec.args.is_empty() && defaults.entrypoint.iter().chain(&defaults.cmd).all(Vec::is_empty) {
+                notes.push(
+                    "note: the image gives no Entrypoint or Cmd and --args is not given; the process is sh".into(),
+                );
+            }
             image.defaults.clone()
         }
     };

@@ -55,7 +55,9 @@ so `ctr run --config DIR/config.json ID` and `runc run --bundle DIR ID` both wor
 The root file system is a static busybox with its applet links (--from busybox), or the
 layers of an image tarball (--from-archive): a docker-archive (`docker save`, with
 manifest.json) or an OCI image layout (`ctr images export`, `skopeo copy
-oci-archive:`), optionally gzip/zstd/xz compressed. Layers are applied in order with
+oci-archive:`), optionally gzip/zstd/xz compressed; of a multi-platform image the
+linux image for this machine's architecture is taken (none is an error). Every OCI blob
+is checked against its digest. Layers are applied in order with
 whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). A layer entry with an
 absolute path or a '..' component is refused; symlinks are created but never followed
 while writing (an absolute target resolves inside the rootfs); hard links must point

@@ -22,8 +22,10 @@
 //! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
 //!   caller and a note says so once.
 //!
-//! Not applied: extended attributes (file capabilities, SELinux labels) and timestamps; the
-//! bundle is for running, not for re-exporting.
+//! Not applied: extended attributes (file capabilities, SELinux labels; a note counts the
+//! entries that had some) and timestamps; the bundle is for running, not for re-exporting.
+//! A hard link takes no owner or mode of its own: it shares the inode its target's entry set
+//! up (a chown through it would clear the target's set-id bits).
 //!
 //! The resolution is done in code with `lstat`/`readlink`, not with file descriptors: the root
 //! is a directory this process created empty, and no other process writes into it during the
@@ -32,7 +34,8 @@
 //! # Whiteouts
 //!
 //! `DIR/.wh.NAME` deletes `DIR/NAME` from the lower layers; `DIR/.wh..wh..opq` empties `DIR` of
-//! what lower layers put there (entries of the same layer stay, whatever their order in the tar).
+//! what lower layers put there, down the whole tree (entries of the same layer, and the
+//! directories above them, stay, whatever their order in the tar).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -99,6 +102,7 @@ pub struct Applier {
     chown: bool,
     report: ApplyReport,
     skipped_devices: u64,
+    skipped_xattrs: u64,
 }
 
 /// A layer entry's name, checked and split into components.
@@ -133,7 +137,7 @@ pub fn running_as_root() -> bool {
 impl Applier {
     /// An applier writing into `root`, which must exist. Owners are applied when `chown`.
     pub fn new(root: &Path, chown: bool) -> Self {
-        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0 }
+        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0, skipped_xattrs: 0 }
     }
 
     /// The report so far, with the pending notes.
@@ -142,6 +146,12 @@ impl Applier {
             self.report.notes.push(format!(
                 "note: skipped {} device node(s) and FIFO(s) from the layers; the container runtime creates /dev",
                 self.skipped_devices
+            ));
+        }
+        if self.skipped_xattrs > 0 {
+            self.report.notes.push(format!(
+                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied",
+                self.skipped_xattrs
             ));
         }
         if !self.chown && self.report.entries > 0 {
@@ -242,13 +252,11 @@ impl Applier {
             let Some(parent) = self.resolve_dir(layer, &name, &parts, !is_whiteout)? else { continue };
 
             if last_bytes == OPAQUE_MARKER.as_bytes() {
-                for child in fs::read_dir(&parent).map_err(write_err(&parent))? {
-                    let child = child.map_err(write_err(&parent))?.path();
-                    if !written.contains(&child) {
-                        remove(&child).map_err(write_err(&child))?;
-                        self.report.whiteouts += 1;
-                    }
-                }
+                self.report.whiteouts += hide_lower(&parent, &written).map_err(|(path, source)| LayerError::Write {
+                    layer: layer.to_owned(),
+                    path,
+                    source,
+                })?;
                 continue;
             }
             if let Some(hidden) = last_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
@@ -268,9 +276,11 @@ impl Applier {
             }
 
             let path = parent.join(&last);
+            if has_xattrs(&mut entry) {
+                self.skipped_xattrs += 1;
+            }
             let header = entry.header();
             let kind = header.entry_type();
-            let mode = header.mode().map_err(tar_err)? & 0o7777;
             // An unreadable owner field (some writers leave it blank) means root, as in GNU tar.
             let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
             if matches!(kind, tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) {
@@ -284,10 +294,15 @@ impl Applier {
                 // not a file system object.
                 continue;
             }
+            // Links have no mode of their own, and some writers leave the field blank for them.
+            let mode = if is_file || kind.is_dir() { header.mode().map_err(tar_err)? & 0o7777 } else { 0 };
             let existing = fs::symlink_metadata(&path).ok();
             let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(|m| m.is_dir());
             if existing.is_some() && !keep_dir {
                 remove(&path).map_err(write_err(&path))?;
+                // A directory this layer made and now replaced gets no mode at the end: the
+                // path may be a symlink by then, and chmod follows symlinks out of the root.
+                forget_subtree(&mut dir_modes, &path);
             }
             match kind {
                 tar::EntryType::Directory => {
@@ -318,7 +333,9 @@ impl Applier {
                     io::copy(&mut entry, &mut file).map_err(write_err(&path))?;
                 }
             }
-            if self.chown {
+            // A hard link shares its target's inode, whose owner and mode came with the
+            // target's own entry; chown here would also clear the target's set-id bits.
+            if self.chown && !kind.is_hard_link() {
                 std::os::unix::fs::lchown(&path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
                     .map_err(write_err(&path))?;
             }
@@ -326,7 +343,7 @@ impl Applier {
             if is_file {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
             }
-            written.insert(path);
+            mark_written(&mut written, &self.root, path);
             self.report.entries += 1;
         }
         // Read to the very end: the tar reader stops at the end-of-archive blocks, and a
@@ -335,7 +352,10 @@ impl Applier {
             .map_err(|source| LayerError::Read { layer: layer.to_owned(), source })?;
         // Deepest first, so making a parent read-only cannot block a child's chmod.
         for (dir, mode) in dir_modes.into_iter().rev() {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(write_err(&dir))?;
+            // Never through a symlink: set_permissions follows one, wherever it points.
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(write_err(&dir))?;
+            }
         }
         Ok(())
     }
@@ -358,6 +378,56 @@ impl Applier {
             Err(_) => Err(bad("does not exist")),
         }
     }
+}
+
+/// Whether `entry` carries extended attributes (PAX `SCHILY.xattr.*` or `LIBARCHIVE.xattr.*`).
+fn has_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
+    let Ok(Some(pax)) = entry.pax_extensions() else { return false };
+    pax.flatten()
+        .any(|e| e.key_bytes().starts_with(b"SCHILY.xattr.") || e.key_bytes().starts_with(b"LIBARCHIVE.xattr."))
+}
+
+/// Records `path` as written by this layer, with the directories above it up to the root: an
+/// opaque marker later in the layer keeps them (they may have been created implicitly, for an
+/// entry whose parents the tar does not list).
+fn mark_written(written: &mut HashSet<PathBuf>, root: &Path, path: PathBuf) {
+    let mut next = Some(path);
+    while let Some(p) = next.take() {
+        if p == root || !p.starts_with(root) {
+            break;
+        }
+        let parent = p.parent().map(Path::to_owned);
+        if written.insert(p) {
+            next = parent;
+        }
+    }
+}
+
+/// Drops `path` and everything below it from `modes` (a subtree is contiguous in path order).
+fn forget_subtree(modes: &mut BTreeMap<PathBuf, u32>, path: &Path) {
+    let doomed: Vec<PathBuf> =
+        modes.range(path.to_owned()..).take_while(|(p, _)| p.starts_with(path)).map(|(p, _)| p.clone()).collect();
+    for p in doomed {
+        modes.remove(&p);
+    }
+}
+
+/// Empties `dir` of what lower layers put there, as an opaque marker says: what this layer
+/// wrote stays, and a directory holding something this layer wrote is emptied the same way,
+/// so lower content below it is hidden too (containerd walks the tree alike). Returns how many
+/// paths were removed.
+fn hide_lower(dir: &Path, written: &HashSet<PathBuf>) -> Result<u64, (PathBuf, io::Error)> {
+    let mut removed = 0;
+    for child in fs::read_dir(dir).map_err(|e| (dir.to_owned(), e))? {
+        let child = child.map_err(|e| (dir.to_owned(), e))?.path();
+        if !written.contains(&child) {
+            remove(&child).map_err(|e| (child.clone(), e))?;
+            removed += 1;
+        } else if fs::symlink_metadata(&child).is_ok_and(|m| m.is_dir()) {
+            removed += hide_lower(&child, written)?;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes `path` without following it: a directory with its content, anything else unlinked.
@@ -543,5 +613,236 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = apply(dir.path(), &[vec![0x55; 1024]]).unwrap_err();
         assert!(matches!(err, LayerError::Tar { .. }), "{err}");
+    }
+
+    /// A layer written with the tar crate's own header writers (GNU long names, PAX records).
+    fn tar_with(f: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        f(&mut b).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_is_not_chmodded_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        for d in [&outside, &outside.join("sub")] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let layer = tar_of(&[
+            ("d/", T::Directory, ""),
+            ("d/sub/", T::Directory, ""),
+            ("d", T::Symlink, outside.to_str().unwrap()),
+        ]);
+        apply(&root, &[layer]).unwrap();
+        assert_eq!(mode_of(&outside), 0o700, "the directory mode went through the symlink");
+        assert_eq!(mode_of(&outside.join("sub")), 0o700);
+        assert_eq!(fs::read_link(root.join("d")).unwrap(), outside);
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_file_keeps_the_file_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        apply(dir.path(), &[tar_of(&[("d/", T::Directory, ""), ("d", T::Regular, "f")])]).unwrap();
+        assert_eq!(mode_of(&dir.path().join("d")), 0o644);
+    }
+
+    #[test]
+    fn an_opaque_marker_after_entries_keeps_them_and_hides_lower_content_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = tar_of(&[
+            ("o/", T::Directory, ""),
+            ("o/s/", T::Directory, ""),
+            ("o/s/old", T::Regular, ""),
+            ("o/t/", T::Directory, ""),
+            ("o/t/old", T::Regular, ""),
+            ("o/gone", T::Regular, ""),
+        ]);
+        // o/s is not listed: its entry is written through the lower directory.
+        let upper = tar_of(&[
+            ("o/s/new", T::Regular, "n"),
+            ("o/t/", T::Directory, ""),
+            ("o/fresh/deep/f", T::Regular, ""),
+            ("o/.wh..wh..opq", T::Regular, ""),
+        ]);
+        let report = apply(dir.path(), &[lower, upper]).unwrap();
+        let o = dir.path().join("o");
+        assert_eq!(fs::read_to_string(o.join("s/new")).unwrap(), "n");
+        assert!(!o.join("s/old").exists() && !o.join("t/old").exists(), "lower content below kept dirs is hidden");
+        assert!(o.join("t").is_dir() && o.join("fresh/deep/f").exists());
+        assert!(!o.join("gone").exists());
+        assert_eq!(report.whiteouts, 3);
+    }
+
+    #[test]
+    fn links_with_a_blank_mode_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o600);
+            h.set_size(1);
+            b.append_data(&mut h, "f", &b"x"[..])?;
+            for (kind, name) in [(T::Symlink, "sym"), (T::Link, "hard")] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_size(0);
+                b.append_link(&mut h, name, "f")?;
+            }
+            Ok(())
+        });
+        apply(dir.path(), &[layer]).unwrap();
+        assert_eq!(fs::read_link(dir.path().join("sym")).unwrap(), Path::new("f"));
+        assert_eq!(fs::read_to_string(dir.path().join("hard")).unwrap(), "x");
+    }
+
+    #[test]
+    fn long_names_long_links_pax_paths_and_setuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}/{}", "d".repeat(150), "f".repeat(120));
+        let link_target = format!("/{}", "t".repeat(200));
+        let pax_path = format!("p/{}/{}", "x".repeat(200), "y".repeat(150));
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o4755);
+            b.append_data(&mut h, &long, &b"hi"[..])?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, "ll", &link_target)?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Link);
+            h.set_size(0);
+            b.append_link(&mut h, "hl", &long)?;
+            let mut h = tar::Header::new_ustar();
+            h.set_size(1);
+            h.set_mode(0o2711);
+            b.append_pax_extensions([("path", pax_path.as_bytes())])?;
+            b.append_data(&mut h, "ignored-short-name", &b"p"[..])
+        });
+        apply(dir.path(), &[layer]).unwrap();
+        let root = dir.path();
+        assert_eq!(mode_of(&root.join(&long)), 0o4755, "setuid kept");
+        assert_eq!(fs::read_link(root.join("ll")).unwrap(), Path::new(&link_target));
+        assert_eq!(fs::read_to_string(root.join("hl")).unwrap(), "hi");
+        assert_eq!(fs::read_to_string(root.join(&pax_path)).unwrap(), "p");
+        assert_eq!(mode_of(&root.join(&pax_path)), 0o2711, "setgid kept");
+        assert!(!root.join("ignored-short-name").exists());
+    }
+
+    #[test]
+    fn broken_headers_are_tar_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut truncated = tar_of(&[("a", T::Regular, &"x".repeat(5000))]);
+        truncated.truncate(1024);
+        let sized = |size: &[u8; 12]| {
+            tar_with(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_path("big")?;
+                h.as_gnu_mut().unwrap().size = *size;
+                h.set_cksum();
+                b.append(&h, &b"x"[..])
+            })
+        };
+        let huge = sized(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let negative = sized(&[0xff; 12]);
+        for layer in [truncated, huge, negative] {
+            let err = apply(dir.path(), &[layer]).unwrap_err();
+            assert!(matches!(err, LayerError::Tar { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn hard_links_across_layers_whiteouts_and_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = tar_of(&[("a", T::Regular, "data"), ("d/", T::Directory, ""), ("d/x", T::Regular, "")]);
+        apply(dir.path(), &[lower.clone(), tar_of(&[("b", T::Link, "./a")])]).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("b")).unwrap(), "data", "a link to a lower layer's file");
+
+        let dir = tempfile::tempdir().unwrap();
+        let upper = tar_of(&[(".wh.a", T::Regular, ""), ("b", T::Link, "a")]);
+        let err = apply(dir.path(), &[lower.clone(), upper]).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "a link to a whited-out file: {err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let upper = tar_of(&[(".wh.d", T::Regular, ""), (".wh.never-was", T::Regular, "")]);
+        apply(dir.path(), &[lower.clone(), upper]).unwrap();
+        assert!(!dir.path().join("d").exists() && dir.path().join("a").exists());
+        let err = apply(dir.path(), &[tar_of(&[("a/x", T::Regular, "")])]).unwrap_err();
+        assert!(matches!(err, LayerError::NotADirectory { .. }), "{err}");
+
+        let loops = tar_of(&[("l1", T::Symlink, "l2"), ("l2", T::Symlink, "l1"), ("l1/x", T::Regular, "")]);
+        let err = apply(dir.path(), &[loops]).unwrap_err();
+        assert!(matches!(err, LayerError::SymlinkLoop { .. }), "{err}");
+    }
+
+    #[test]
+    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o4755);
+            h.set_size(1);
+            h.set_uid(1234);
+            h.set_gid(5678);
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_data(&mut h, "su", &b"x"[..])?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Link);
+            h.set_mode(0o4755);
+            h.set_size(0);
+            b.append_link(&mut h, "su2", "su")
+        });
+        // Owners are applied only as root (as the tests run on the build machine); without
+        // root there is no chown to clear the bits, and the check holds trivially.
+        let mut applier = Applier::new(dir.path(), running_as_root());
+        applier.apply("l", layer.as_slice()).unwrap();
+        let report = applier.finish();
+        assert_eq!(mode_of(&dir.path().join("su")), 0o4755, "set-uid kept on the target");
+        if running_as_root() {
+            let meta = fs::metadata(dir.path().join("su")).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "owners kept");
+        }
+        assert_eq!(
+            fs::metadata(dir.path().join("su2")).unwrap().ino(),
+            fs::metadata(dir.path().join("su")).unwrap().ino()
+        );
+        assert!(
+            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains("of 1 entry(ies)")),
+            "{:?}",
+            report.notes
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_and_nul_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(1);
+            h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"caf\xe9!");
+            h.set_cksum();
+            b.append(&h, &b"x"[..])
+        });
+        apply(dir.path(), &[layer]).unwrap();
+        assert_eq!(fs::read(dir.path().join(OsStr::from_bytes(b"caf\xe9!"))).unwrap(), b"x");
+
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_pax_extensions([("path", &b"ok\0/../../escape"[..])])?;
+            b.append_data(&mut h, "short", &b"x"[..])
+        });
+        let err = apply(dir.path(), &[layer]).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
     }
 }

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Output;
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 mod common;
 use common::run;
@@ -64,12 +64,24 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
 
 /// An outer tarball of (name, bytes) members.
 fn tarball(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    tarball_with_links(members, &[])
+}
+
+/// An outer tarball of (name, bytes) members, then (name, kind, target) link members.
+fn tarball_with_links(members: &[(&str, Vec<u8>)], links: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in members {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    for (name, kind, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, name, target).unwrap();
     }
     b.into_inner().unwrap()
 }
@@ -90,6 +102,11 @@ const CONFIG: &str = r#"{"architecture":"amd64","os":"linux",
 
 /// A docker-archive (`docker save` shape) of `layers`, the second gzip'd.
 fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
+    docker_archive_with(layers, CONFIG)
+}
+
+/// [`docker_archive`] with its own image config.
+fn docker_archive_with(layers: &[Vec<u8>], config: &str) -> Vec<u8> {
     let mut members = vec![];
     let mut names = vec![];
     for (i, layer) in layers.iter().enumerate() {
@@ -99,45 +116,74 @@ fn docker_archive(layers: &[Vec<u8>]) -> Vec<u8> {
     }
     let manifest = serde_json::json!([{ "Config": "cfg.json", "RepoTags": ["t:1"], "Layers": names }]);
     members.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
-    members.push(("cfg.json".into(), CONFIG.as_bytes().to_vec()));
+    members.push(("cfg.json".into(), config.as_bytes().to_vec()));
     let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     tarball(&refs)
 }
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_LAYER_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// The blobs of an OCI image layout being put together: (`alg/hex` path under blobs/, data).
+#[derive(Default)]
+struct Blobs(Vec<(String, Vec<u8>)>);
+
+impl Blobs {
+    /// Stores `data`; returns its descriptor.
+    fn add(&mut self, media_type: &str, data: Vec<u8>) -> serde_json::Value {
+        let desc = serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{}", sha(&data)), "size": data.len()});
+        self.0.push((format!("sha256/{}", sha(&data)), data));
+        desc
+    }
+
+    /// Stores an image manifest (of `media_type`) of CONFIG and `layers` (descriptors).
+    fn manifest(&mut self, media_type: &str, layers: Vec<serde_json::Value>) -> serde_json::Value {
+        let config = self.add("application/vnd.oci.image.config.v1+json", CONFIG.as_bytes().to_vec());
+        let manifest =
+            serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "config": config, "layers": layers});
+        self.add(media_type, serde_json::to_vec(&manifest).unwrap())
+    }
+
+    /// Stores an image index (of `media_type`) of `manifests`.
+    fn index(&mut self, media_type: &str, manifests: Vec<serde_json::Value>) -> serde_json::Value {
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests});
+        self.add(media_type, serde_json::to_vec(&index).unwrap())
+    }
+
+    /// The layout tarball: `index.json` listing `manifests`, the blobs and `extra` members.
+    fn layout(self, manifests: Vec<serde_json::Value>, extra: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+        let mut members: Vec<(String, Vec<u8>)> = vec![
+            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            ("index.json".into(), serde_json::to_vec(&index).unwrap()),
+        ];
+        members.extend(self.0.into_iter().map(|(p, d)| (format!("blobs/{p}"), d)));
+        members.extend(extra);
+        let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        tarball(&refs)
+    }
+}
+
+/// Stores `layers` as blobs, the first gzip'd; returns their descriptors.
+fn oci_layers(blobs: &mut Blobs, layers: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    let store = |(i, layer): (usize, &Vec<u8>)| {
+        if i == 0 {
+            blobs.add(OCI_LAYER_GZ, gzip(layer))
+        } else {
+            blobs.add(OCI_LAYER, layer.clone())
+        }
+    };
+    layers.iter().enumerate().map(store).collect()
+}
+
 /// An OCI image layout tarball of `layers`, the first gzip'd.
 fn oci_archive(layers: &[Vec<u8>]) -> Vec<u8> {
-    let mut blobs: Vec<(String, Vec<u8>)> = vec![];
-    let mut descs = vec![];
-    for (i, layer) in layers.iter().enumerate() {
-        let (data, mt) = if i == 0 {
-            (gzip(layer), "application/vnd.oci.image.layer.v1.tar+gzip")
-        } else {
-            (layer.clone(), "application/vnd.oci.image.layer.v1.tar")
-        };
-        descs
-            .push(serde_json::json!({"mediaType": mt, "digest": format!("sha256:{}", sha(&data)), "size": data.len()}));
-        blobs.push((sha(&data), data));
-    }
-    let config = CONFIG.as_bytes().to_vec();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha(&config)), "size": config.len()},
-        "layers": descs,
-    }))
-    .unwrap();
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha(&manifest)), "size": manifest.len()}],
-    }))
-    .unwrap();
-    blobs.push((sha(&config), config));
-    blobs.push((sha(&manifest), manifest));
-    let mut members: Vec<(String, Vec<u8>)> =
-        vec![("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()), ("index.json".into(), index)];
-    members.extend(blobs.into_iter().map(|(h, d)| (format!("blobs/sha256/{h}"), d)));
-    let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    tarball(&refs)
+    let mut blobs = Blobs::default();
+    let descs = oci_layers(&mut blobs, layers);
+    let manifest = blobs.manifest(OCI_MANIFEST, descs);
+    blobs.layout(vec![manifest], vec![])
 }
 
 fn two_layers() -> Vec<Vec<u8>> {
@@ -486,4 +532,254 @@ fn oci_image_add_file_puts_host_files_in_the_image() {
     let err =
         fails(&["oci-image", "--from", "busybox", "--name", "p:1", "--add-file", "/nonexistent:/x", "-o", s(&img)]);
     assert!(err.contains("/nonexistent"), "{err}");
+}
+
+/// This machine's OCI architecture and another one.
+fn host_and_other_arch() -> (&'static str, &'static str) {
+    if cfg!(target_arch = "aarch64") {
+        ("arm64", "amd64")
+    } else {
+        ("amd64", "arm64")
+    }
+}
+
+/// `desc` with a platform.
+fn on(mut desc: serde_json::Value, os: &str, arch: &str) -> serde_json::Value {
+    desc["platform"] = serde_json::json!({"os": os, "architecture": arch});
+    desc
+}
+
+#[test]
+fn docker_save_with_a_repeated_layer_linked_to_its_first_copy() {
+    // `docker save` writes a layer it already wrote (same diff ID, e.g. two empty layers) as a
+    // symlink to the first copy; `tar -C dir -cf x .` prefixes every name with `./`.
+    let layers = two_layers();
+    let empty = tar_of(&[]);
+    let manifest = serde_json::json!([{ "Config": "cfg.json", "RepoTags": ["t:1"],
+        "Layers": ["l0/layer.tar", "e0/layer.tar", "l1/layer.tar", "e1/layer.tar", "e2/layer.tar"] }]);
+    let bytes = tarball_with_links(
+        &[
+            ("./l0/layer.tar", layers[0].clone()),
+            ("./e0/layer.tar", empty),
+            ("./l1/layer.tar", gzip(&layers[1])),
+            ("./manifest.json", serde_json::to_vec(&manifest).unwrap()),
+            ("./cfg.json", CONFIG.as_bytes().to_vec()),
+        ],
+        &[
+            ("./e1/layer.tar", tar::EntryType::Symlink, "../e0/layer.tar"),
+            ("./e2/layer.tar", tar::EntryType::Link, "./e0/layer.tar"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, bytes).unwrap();
+    let out = dir.path().join("bundle");
+    let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--env", "FOO=flag"], &[]);
+    assert!(stderr(&o).contains("applied 5 layer(s)"), "{}", stderr(&o));
+    check_two_layer_bundle(&out);
+}
+
+/// The docker 25+ `docker save` shape: an OCI layout whose index.json names a multi-platform
+/// index (this machine's image, another platform's, and a buildx attestation), plus the
+/// legacy manifest.json pointing into blobs/. `platforms` are the (os, arch) of the images.
+fn docker25_archive(platforms: &[(&str, &str)]) -> Vec<u8> {
+    let mut blobs = Blobs::default();
+    let mut entries = vec![];
+    let mut legacy_layers = vec![];
+    for (os, arch) in platforms {
+        let descs = oci_layers(&mut blobs, &two_layers());
+        legacy_layers = descs.iter().map(|d| format!("blobs/sha256/{}", &d["digest"].as_str().unwrap()[7..])).collect();
+        entries.push(on(blobs.manifest(OCI_MANIFEST, descs), os, arch));
+    }
+    let sbom = blobs.add("application/vnd.in-toto+json", b"{}".to_vec());
+    entries.push(on(blobs.manifest(OCI_MANIFEST, vec![sbom]), "unknown", "unknown"));
+    let index = blobs.index(OCI_INDEX, entries);
+    let manifest = serde_json::json!([{ "Config": "blobs/sha256/unused", "Layers": legacy_layers }]);
+    blobs.layout(vec![index], vec![("manifest.json".into(), serde_json::to_vec(&manifest).unwrap())])
+}
+
+#[test]
+fn docker_25_save_picks_this_platform_and_names_the_others_when_absent() {
+    let (host, other) = host_and_other_arch();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, docker25_archive(&[("linux", other), ("linux", host)])).unwrap();
+    let out = dir.path().join("bundle");
+    let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--env", "FOO=flag"], &[]);
+    assert!(stderr(&o).contains("OCI image layout"), "{}", stderr(&o));
+    check_two_layer_bundle(&out);
+
+    // `ctr images export --platform linux/OTHER`: the index lists both, only OTHER's blobs are in.
+    let mut blobs = Blobs::default();
+    let descs = oci_layers(&mut blobs, &two_layers());
+    let theirs = on(blobs.manifest(OCI_MANIFEST, descs), "linux", other);
+    let mut missing = Blobs::default();
+    let descs = oci_layers(&mut missing, &[tar_of(&[("only-here", tar::EntryType::Regular, "")])]);
+    let ours = on(missing.manifest(OCI_MANIFEST, descs), "linux", host);
+    let index = blobs.index(OCI_INDEX, vec![theirs, ours]);
+    fs::write(&archive, blobs.layout(vec![index], vec![])).unwrap();
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("bundle3"))]);
+    assert!(err.contains(&format!("manifest for linux/{host}")) && err.contains("not in the archive"), "{err}");
+
+    fs::write(&archive, docker25_archive(&[("linux", other), ("windows", host)])).unwrap();
+    let out = dir.path().join("bundle2");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains(&format!("no manifest for linux/{host}")), "{err}");
+    assert!(err.contains(&format!("linux/{other}, windows/{host}")) && !err.contains("unknown"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn docker_media_types_and_a_manifest_list() {
+    let (host, _) = host_and_other_arch();
+    let mut blobs = Blobs::default();
+    let layers = two_layers();
+    let descs = vec![
+        blobs.add("application/vnd.docker.image.rootfs.diff.tar.gzip", gzip(&layers[0])),
+        blobs.add("application/vnd.docker.image.rootfs.diff.tar", layers[1].clone()),
+    ];
+    let manifest = blobs.manifest("application/vnd.docker.distribution.manifest.v2+json", descs);
+    let list =
+        blobs.index("application/vnd.docker.distribution.manifest.list.v2+json", vec![on(manifest, "linux", host)]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, blobs.layout(vec![list], vec![])).unwrap();
+    let out = dir.path().join("bundle");
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out), "--env", "FOO=flag"], &[]);
+    check_two_layer_bundle(&out);
+}
+
+/// An OCI layout of one manifest listing `layer` as one layer of `media_type` and `digest`
+/// (`alg:hex`), stored under that digest; `edit` may then change the blobs.
+fn oci_with(layer: &[u8], media_type: &str, digest: &str, edit: impl FnOnce(&mut Blobs)) -> Vec<u8> {
+    let mut blobs = Blobs::default();
+    blobs.0.push((digest.replace(':', "/"), layer.to_vec()));
+    let desc = serde_json::json!({"mediaType": media_type, "digest": digest, "size": layer.len()});
+    let manifest = blobs.manifest(OCI_MANIFEST, vec![desc]);
+    edit(&mut blobs);
+    blobs.layout(vec![manifest], vec![])
+}
+
+#[test]
+fn blobs_that_are_not_what_their_descriptor_says_are_refused() {
+    let layer = two_layers().remove(0);
+    let sha256 = format!("sha256:{}", sha(&layer));
+    let sha512 = |data: &[u8]| -> String { Sha512::digest(data).iter().map(|b| format!("{b:02x}")).collect() };
+    let text = b"plain text, not a tar stream".repeat(40);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a Helm chart",
+            oci_with(&layer, "application/vnd.cncf.helm.chart.content.v1.tar+gzip", &sha256, |_| {}),
+            "is not a file system layer",
+        ),
+        (
+            "a config blob changed after its digest was taken",
+            oci_with(&layer, OCI_LAYER, &sha256, |b| {
+                let config = b.0.iter_mut().find(|(_, d)| d.as_slice() == CONFIG.as_bytes()).unwrap();
+                config.1 = CONFIG.replace("img", "IMG").into_bytes();
+            }),
+            "does not match its digest",
+        ),
+        (
+            "a sha512 layer that does not match",
+            oci_with(&layer, OCI_LAYER, &format!("sha512:{}", sha512(b"other")), |_| {}),
+            "does not match its digest",
+        ),
+        (
+            "a digest algorithm nobody can check",
+            oci_with(&layer, OCI_LAYER, &format!("md5:{}", &sha(&layer)[..32]), |_| {}),
+            "digest algorithm",
+        ),
+        (
+            "a layer that is not a tar",
+            oci_with(&text, OCI_LAYER, &format!("sha256:{}", sha(&text)), |_| {}),
+            "is not a valid tar stream",
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("img.tar");
+        fs::write(&archive, bytes).unwrap();
+        let out = dir.path().join("bundle");
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(!out.exists(), "{what}");
+    }
+    // A matching sha512 layer is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, oci_with(&layer, OCI_LAYER, &format!("sha512:{}", sha512(&layer)), |_| {})).unwrap();
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("bundle"))], &[]);
+}
+
+#[test]
+fn an_image_without_layers_or_command_builds_and_says_so() {
+    let mut blobs = Blobs::default();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config = blobs.add("application/vnd.oci.image.config.v1+json", config.to_vec());
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": []});
+    let manifest = blobs.add(OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, blobs.layout(vec![manifest], vec![])).unwrap();
+    let out = dir.path().join("bundle");
+    let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out)], &[]);
+    let err = stderr(&o);
+    assert!(err.contains("no layers") && err.contains("no Entrypoint or Cmd"), "{err}");
+    assert!(names(&out.join("rootfs")).is_empty());
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"], serde_json::json!(["sh"]));
+}
+
+#[test]
+fn a_truncated_archive_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    for mut bytes in [docker_archive(&two_layers()), oci_archive(&two_layers())] {
+        // Cut inside a member, as an interrupted download would: once in its data, once in
+        // the padding after it.
+        let mut padding_cut = bytes.clone();
+        padding_cut.truncate(700);
+        fs::write(&archive, &padding_cut).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("b"))]);
+        assert!(err.contains("the archive is truncated"), "{err}");
+        let half = bytes.len() / 2;
+        bytes.truncate(half);
+        fs::write(&archive, &bytes).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("b"))]);
+        assert!(err.contains("the archive is truncated"), "{err}");
+    }
+}
+
+#[test]
+fn layers_are_checked_against_the_configs_diff_ids() {
+    let layers = two_layers();
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha(l))).collect();
+    let config = CONFIG.replace(r#""diff_ids":[]"#, &format!(r#""diff_ids":{}"#, serde_json::json!(diff_ids)));
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    fs::write(&archive, docker_archive_with(&layers, &config)).unwrap();
+    ok(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("good")), "--env", "FOO=flag"], &[]);
+    check_two_layer_bundle(&dir.path().join("good"));
+
+    // A docker-archive has no other digest: a flipped byte in a plain layer is caught here.
+    let mut bytes = docker_archive_with(&layers, &config);
+    let pos = bytes.windows(10).position(|w| w == b"deleted by").unwrap();
+    bytes[pos] = b'D';
+    fs::write(&archive, bytes).unwrap();
+    let out = dir.path().join("bad");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(!out.exists());
+
+    // The compressed blob of an OCI layer is checked too, gzip or zstd.
+    let zstd_layer = zstd::encode_all(layers[0].as_slice(), 3).unwrap();
+    for (data, media_type) in
+        [(gzip(&layers[0]), OCI_LAYER_GZ), (zstd_layer, "application/vnd.oci.image.layer.v1.tar+zstd")]
+    {
+        let wrong = format!("sha256:{}", sha(b"something else"));
+        fs::write(&archive, oci_with(&data, media_type, &wrong, |_| {})).unwrap();
+        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+        assert!(err.contains("does not match its digest"), "{media_type}: {err}");
+    }
 }

@@ -347,10 +347,14 @@ fn block_io(dir: &Path, v2: bool, b: &LinuxBlockIo) -> Result<(), CgroupError> {
 
 /// OCI page sizes are `2MB`, `1GB`, `64KB` (cgroup file names use the same form).
 fn hugetlb_size(page_size: &str) -> Result<String, CgroupError> {
-    let ok = page_size.len() > 2
-        && page_size.ends_with('B')
-        && page_size[..page_size.len() - 2].chars().all(|c| c.is_ascii_digit())
-        && matches!(&page_size[page_size.len() - 2..page_size.len() - 1], "K" | "M" | "G");
+    // On bytes: the size comes from the request, and slicing a str at a byte offset inside a
+    // multi-byte character panics.
+    let ok = match page_size.as_bytes() {
+        [digits @ .., unit, b'B'] => {
+            !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && matches!(unit, b'K' | b'M' | b'G')
+        }
+        _ => false,
+    };
     if ok {
         Ok(page_size.to_owned())
     } else {
@@ -512,8 +516,11 @@ mod tests {
         let v2 = FakeTree::v2();
         v2.create("/c1", Some(&resources(json)));
         assert_eq!(read(&v2.dir("", "c1"), "hugetlb.2MB.max"), "4194304");
-        let e = v1.try_create("/c2", Some(&resources(r#"{"hugepageLimits":[{"pageSize":"../x","limit":1}]}"#)));
-        assert!(e.unwrap_err().to_string().contains("hugepage size"));
+        for bad in ["../x", "1€B", "€MB", "MB", "2mB", "2M"] {
+            let json = format!(r#"{{"hugepageLimits":[{{"pageSize":"{bad}","limit":1}}]}}"#);
+            let e = v1.try_create("/c2", Some(&resources(&json)));
+            assert!(e.unwrap_err().to_string().contains("hugepage size"), "{bad}");
+        }
     }
 
     #[test]

@@ -80,11 +80,12 @@ pub fn run_hook(hook: &Hook, state_json: &[u8]) -> Result<(), HookError> {
     }
     let status = match hook.timeout() {
         Some(secs) if secs > 0 => {
-            let deadline = Instant::now() + Duration::from_secs(secs as u64);
+            // A timeout past what Instant can count (the spec allows any i64) never comes.
+            let deadline = Instant::now().checked_add(Duration::from_secs(secs.unsigned_abs()));
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => break status,
-                    Ok(None) if Instant::now() >= deadline => {
+                    Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
                         let _ = child.kill();
                         let _ = child.wait();
                         return Err(HookError::Timeout { path, secs });
@@ -153,6 +154,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         let e = run_hook(&sh("true", Some(0)), b"{}").unwrap_err();
         assert!(e.to_string().contains("timeout must be positive"), "{e}");
+        run_hook(&sh("true", Some(i64::MAX)), b"{}").expect("a timeout too far to count is no timeout");
     }
 
     #[test]
