@@ -600,7 +600,7 @@ impl Inner {
 fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
     std::fs::create_dir_all(target)
         .map_err(|err| error(Code::INTERNAL, format!("cannot create {}: {err}", target.display())))?;
-    for m in mounts {
+    for (done, m) in mounts.iter().enumerate() {
         let mut flags = MsFlags::empty();
         let mut data = Vec::new();
         for option in &m.options {
@@ -617,14 +617,18 @@ fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
         }
         let data = data.join(",");
         let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
-        mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str())).map_err(
-            |errno| {
-                error(
-                    Code::INTERNAL,
-                    format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
-                )
-            },
-        )?;
+        if let Err(errno) =
+            mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
+        {
+            // The mounts so far stack on `target`: take them all down, leave nothing behind.
+            for _ in 0..done {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+            return Err(error(
+                Code::INTERNAL,
+                format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
+            ));
+        }
     }
     Ok(())
 }
@@ -659,8 +663,11 @@ fn guest_spec(
         let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
         let source = PathBuf::from(&m.source);
         let source = if source.is_absolute() { source } else { bundle.join(source) };
+        // Judged where it really leads: `/run/../proc` or a symlink to /sys is the guest's
+        // own, not the host's to share. A source that does not exist is left as written.
+        let Ok(source) = std::fs::canonicalize(&source) else { continue };
         let host_only = ["/proc", "/sys", "/dev"].iter().any(|p| source.starts_with(p));
-        if bind && !host_only && source.exists() {
+        if bind && !host_only {
             let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             m.source = share(&format!("mounts/{index}-{name}"), &source)?;
         }
@@ -751,8 +758,8 @@ impl Task for TaskService {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         let inner = &self.inner;
         let cid = req.id.clone();
-        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
-            return Err(error(Code::INVALID_ARGUMENT, format!("invalid container id {cid:?}")));
+        if let Some(why) = protocols::id::invalid(&cid) {
+            return Err(error(Code::INVALID_ARGUMENT, format!("container id {cid:?}: {why}")));
         }
         if inner.containers.lock().await.contains_key(&cid) {
             return Err(error(Code::ALREADY_EXISTS, format!("container {cid:?} already exists")));
@@ -1306,10 +1313,14 @@ mod tests {
                 "hooks": {{"prestart": [{{"path": "/usr/bin/host-hook"}}]}},
                 "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}},
                            {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
-                           {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}}],
+                           {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}},
+                           {{"destination": "/a", "type": "bind", "source": "{}/to-proc", "options": ["rbind"]}},
+                           {{"destination": "/b", "type": "bind", "source": "/run/../sys", "options": ["rbind"]}}],
                 "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "network", "path": "/var/run/netns/x"}}]}}}}"#,
-            data.display()
+            data.display(),
+            dir.path().display()
         );
+        std::os::unix::fs::symlink("/proc/self", dir.path().join("to-proc")).unwrap();
         std::fs::write(dir.path().join("config.json"), json).unwrap();
         let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
         let mut shared = Vec::new();
@@ -1323,7 +1334,8 @@ mod tests {
         assert_eq!(pb.Mounts[0].source, "proc");
         assert_eq!(pb.Mounts[1].source, "/guest/c1/mounts/1-data");
         assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
-        assert_eq!(shared, [("mounts/1-data".to_owned(), data)]);
+        assert_eq!(pb.Mounts[4].source, "/run/../sys", "a path that leads to /sys is not shared");
+        assert_eq!(shared, [("mounts/1-data".to_owned(), data)], "nor a symlink to /proc");
         assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
         assert!(
             pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),

@@ -134,6 +134,7 @@ generated_module!(
 );
 
 pub mod convert;
+pub mod id;
 
 /// `google.protobuf.Empty`.
 ///
