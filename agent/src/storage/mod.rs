@@ -105,8 +105,20 @@ struct Entry {
     refs: usize,
     driver: String,
     source: String,
-    /// `local` storages own their directory; others only their mount.
-    local: bool,
+    /// What release undoes.
+    owns: Owns,
+}
+
+/// What a storage made, and so what its release takes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owns {
+    /// Its mount.
+    Mount,
+    /// Its directory (a `local` storage that created it), with everything in it.
+    Dir,
+    /// Nothing: a `local` storage on a directory that was there before (`/`, `/etc`,
+    /// another storage's) is not the storage's to delete.
+    Nothing,
 }
 
 /// Mounted storages by mount point, with their reference counts.
@@ -172,18 +184,18 @@ impl Registry {
             entry.refs += 1;
             return Ok(handle());
         }
+        let owns = match plan.local_mode {
+            None => Owns::Mount,
+            Some(_) if std::fs::symlink_metadata(&mount_point).is_err() => Owns::Dir,
+            Some(_) => Owns::Nothing,
+        };
         self.execute(&plan, &mount_point)?;
         let log = &self.log;
         slog::info!(log, "storage mounted"; "driver" => &storage.driver, "source" => &storage.source,
             "mount_point" => %mount_point.display());
         mounts.insert(
             mount_point.clone(),
-            Entry {
-                refs: 1,
-                driver: storage.driver.clone(),
-                source: storage.source.clone(),
-                local: plan.local_mode.is_some(),
-            },
+            Entry { refs: 1, driver: storage.driver.clone(), source: storage.source.clone(), owns },
         );
         Ok(handle())
     }
@@ -235,16 +247,20 @@ impl Registry {
         if entry.refs > 0 {
             return Ok(());
         }
-        let local = entry.local;
+        let owns = entry.owns;
         mounts.remove(mount_point);
         drop(mounts);
-        if local {
-            return match std::fs::remove_dir_all(mount_point) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(StorageError::Remove { path: mount_point.to_owned(), source: e })
+        match owns {
+            Owns::Mount => {}
+            Owns::Nothing => return Ok(()),
+            Owns::Dir => {
+                return match std::fs::remove_dir_all(mount_point) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        Err(StorageError::Remove { path: mount_point.to_owned(), source: e })
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            };
+            }
         }
         self.unmount(mount_point)?;
         slog::info!(self.log, "storage unmounted"; "mount_point" => %mount_point.display());
@@ -458,5 +474,16 @@ mod tests {
         m.release().expect("release");
         assert!(!mp.exists(), "removed with its contents");
         assert!(calls.lock().expect("lock").is_empty(), "nothing mounted");
+    }
+
+    #[test]
+    fn a_local_storage_on_an_existing_directory_leaves_it_on_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("precious"), "x").expect("write");
+        let (reg, calls) = registry(0);
+        let mut m = reg.mount(&storage("local", "", dir.path()), &NoDisks, Duration::ZERO).expect("mount");
+        m.release().expect("release");
+        assert!(dir.path().join("precious").exists(), "what was there before stays");
+        assert!(calls.lock().expect("lock").is_empty(), "nothing mounted, nothing unmounted");
     }
 }
