@@ -58,10 +58,11 @@ manifest.json) or an OCI image layout (`ctr images export`, `skopeo copy
 oci-archive:`), optionally gzip/zstd/xz compressed; of a multi-platform image the
 linux image for this machine's architecture is taken (none is an error). Every OCI blob
 is checked against its digest. Layers are applied in order with
-whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). A layer entry with an
-absolute path or a '..' component is refused; symlinks are created but never followed
-while writing (an absolute target resolves inside the rootfs); hard links must point
-inside the rootfs; device nodes are skipped. Nothing is written outside DIR, which must
+whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). As in containerd, layer
+entry names and hard link targets are taken relative to the rootfs (/etc/x and ../etc/x
+both write rootfs/etc/x; a note counts names whose '..' climbed above it); symlinks are
+created but never followed while writing (an absolute target resolves inside the rootfs);
+FIFOs are created; device nodes are skipped. Nothing is written outside DIR, which must
 be new or empty and is removed again if the build fails.
 
 The process defaults to the image's Entrypoint + Cmd, Env, WorkingDir and User (or sh,
