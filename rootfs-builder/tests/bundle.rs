@@ -794,3 +794,63 @@ fn layers_are_checked_against_the_configs_diff_ids() {
         assert!(err.contains("does not match its digest"), "{media_type}: {err}");
     }
 }
+
+#[test]
+fn an_archive_of_several_images_is_refused_unless_image_names_one() {
+    use tar::EntryType::Regular as F;
+    let dir = tempfile::tempdir().unwrap();
+    // `docker save alpine:3.20 example.com/bb:1 <id>`: three images, one saved by id.
+    let mut members = vec![];
+    let mut manifest = vec![];
+    for (i, tags) in
+        [serde_json::json!(["alpine:3.20"]), serde_json::json!(["example.com/bb:1"]), serde_json::Value::Null]
+            .into_iter()
+            .enumerate()
+    {
+        // An image is told apart by its config (docker's image id).
+        members.push((format!("cfg{i}.json"), CONFIG.as_bytes().to_vec()));
+        members.push((format!("l{i}.tar"), tar_of(&[(&format!("from-{i}"), F, "")])));
+        let layers = [format!("l{i}.tar")];
+        manifest.push(serde_json::json!({ "Config": format!("cfg{i}.json"), "RepoTags": tags, "Layers": layers }));
+    }
+    let manifest = serde_json::Value::Array(manifest);
+    members.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let archive = dir.path().join("saved.tar");
+    fs::write(&archive, tarball(&refs)).unwrap();
+
+    let out = dir.path().join("b");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("manifest.json lists several images"), "{err}");
+    assert!(err.contains("alpine:3.20, example.com/bb:1, an untagged image (cfg2.json)"), "{err}");
+    assert!(err.contains("--image NAME[:TAG]"), "{err}");
+    assert!(!out.exists());
+    let err = fails(&["bundle", "--from-archive", s(&archive), "--image", "alpine", "-o", s(&out)]);
+    assert!(err.contains("no image named alpine (docker.io/library/alpine:latest)"), "{err}");
+
+    for (name, file) in [("example.com/bb:1", "from-1"), ("docker.io/library/alpine:3.20", "from-0")] {
+        let out = dir.path().join(file);
+        ok(&["bundle", "--from-archive", s(&archive), "--image", name, "-o", s(&out)], &[]);
+        let names = names(&out.join("rootfs"));
+        assert!(
+            names.contains(&file.to_owned()) && names.iter().filter(|n| n.starts_with("from-")).count() == 1,
+            "{names:?}"
+        );
+    }
+
+    // `ctr images export out.tar a b`: an OCI layout naming two images in index.json.
+    let mut blobs = Blobs::default();
+    let mut entries = vec![];
+    for (i, name) in ["docker.io/library/alpine:3.20", "example.com/bb:1"].iter().enumerate() {
+        let descs = oci_layers(&mut blobs, &[tar_of(&[(&format!("oci-{i}"), F, "")])]);
+        let mut desc = blobs.manifest(OCI_MANIFEST, descs);
+        desc["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        entries.push(desc);
+    }
+    fs::write(&archive, blobs.layout(entries, vec![])).unwrap();
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("o"))]);
+    assert!(err.contains("index.json lists several images: docker.io/library/alpine:3.20, example.com/bb:1"), "{err}");
+    let out = dir.path().join("oci");
+    ok(&["bundle", "--from-archive", s(&archive), "--image", "example.com/bb:1", "-o", s(&out)], &[]);
+    assert!(out.join("rootfs/oci-1").exists() && !out.join("rootfs/oci-0").exists());
+}
