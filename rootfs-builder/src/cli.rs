@@ -64,7 +64,8 @@ whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). As in containerd
 entry names and hard link targets are taken relative to the rootfs (/etc/x and ../etc/x
 both write rootfs/etc/x; a note counts names whose '..' climbed above it); symlinks are
 created but never followed while writing (an absolute target resolves inside the rootfs);
-FIFOs are created; device nodes are skipped. Nothing is written outside DIR, which must
+FIFOs are created; device nodes are skipped; owners and extended attributes (file
+capabilities, SELinux labels) are applied when running as root. Nothing is written outside DIR, which must
 be new or empty and is removed again if the build fails.
 
 The process defaults to the image's Entrypoint + Cmd, Env, WorkingDir and User (or sh,

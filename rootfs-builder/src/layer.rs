@@ -28,8 +28,9 @@
 //! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
 //!   caller and a note says so once.
 //!
-//! Not applied: extended attributes (file capabilities, SELinux labels; a note counts the
-//! entries that had some) and timestamps; the bundle is for running, not for re-exporting.
+//! Extended attributes (file capabilities, SELinux labels) are applied as root, as containerd
+//! does (see [`crate::xattrs`]); otherwise a note counts the entries that had some. Timestamps
+//! are not applied: the bundle is for running, not for re-exporting.
 //! A hard link takes no owner or mode of its own: it shares the inode its target's entry set
 //! up (a chown through it would clear the target's set-id bits).
 //!
@@ -50,6 +51,8 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use crate::xattrs;
 
 /// The whiteout prefix of the OCI image spec.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -173,7 +176,8 @@ impl Applier {
         }
         if self.skipped_xattrs > 0 {
             self.report.notes.push(format!(
-                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied",
+                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied \
+                 (not running as root, or not supported here)",
                 self.skipped_xattrs
             ));
         }
@@ -328,9 +332,7 @@ impl Applier {
             }
 
             let path = parent.join(&last);
-            if has_xattrs(&mut entry) {
-                self.skipped_xattrs += 1;
-            }
+            let attrs = xattrs::of_entry(&mut entry);
             let header = entry.header();
             let kind = header.entry_type();
             // An unreadable owner field (some writers leave it blank) means root, as in GNU tar.
@@ -399,6 +401,12 @@ impl Applier {
                 std::os::unix::fs::lchown(&path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
                     .map_err(write_err(&path))?;
             }
+            // After the chown, which clears security.capability, and before the chmod, as in
+            // containerd. Setting them takes root (security.*, trusted.*), as chown does.
+            if !attrs.is_empty() {
+                let skipped = if self.chown { xattrs::apply(&path, &attrs).map_err(write_err(&path))? } else { true };
+                self.skipped_xattrs += u64::from(skipped);
+            }
             // chown clears set-id bits, so the mode comes after it; symlinks have no mode.
             if is_file {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
@@ -455,13 +463,6 @@ impl Applier {
             Err(_) => Err(bad("does not exist")),
         }
     }
-}
-
-/// Whether `entry` carries extended attributes (PAX `SCHILY.xattr.*` or `LIBARCHIVE.xattr.*`).
-fn has_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
-    let Ok(Some(pax)) = entry.pax_extensions() else { return false };
-    pax.flatten()
-        .any(|e| e.key_bytes().starts_with(b"SCHILY.xattr.") || e.key_bytes().starts_with(b"LIBARCHIVE.xattr."))
 }
 
 /// Records `path` as written by this layer, with the directories above it up to the root: an
@@ -940,7 +941,12 @@ mod tests {
     }
 
     #[test]
-    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_noted() {
+    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_applied_as_root() {
+        // A VFS_CAP_REVISION_2 file capability (effective, permitted cap_net_bind_service),
+        // as `setcap cap_net_bind_service+ep` writes it.
+        let mut cap = vec![0u8; 20];
+        cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
         let dir = tempfile::tempdir().unwrap();
         let layer = tar_with(|b| {
             let mut h = tar::Header::new_gnu();
@@ -948,33 +954,60 @@ mod tests {
             h.set_size(1);
             h.set_uid(1234);
             h.set_gid(5678);
-            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", cap.as_slice())])?;
             b.append_data(&mut h, "su", &b"x"[..])?;
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(T::Link);
             h.set_mode(0o4755);
             h.set_size(0);
-            b.append_link(&mut h, "su2", "su")
+            b.append_link(&mut h, "su2", "su")?;
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(0);
+            b.append_pax_extensions([("LIBARCHIVE.xattr.user.x", &b"eA=="[..])])?;
+            b.append_data(&mut h, "libarchive", io::empty())
         });
-        // Owners are applied only as root (as the tests run on the build machine); without
-        // root there is no chown to clear the bits, and the check holds trivially.
+        // Owners and extended attributes are applied only as root (as the tests run on the
+        // build machine); without root there is no chown to clear the bits, and the check
+        // holds trivially.
         let mut applier = Applier::new(dir.path(), running_as_root());
         applier.apply("l", layer.as_slice()).unwrap();
         let report = applier.finish();
-        assert_eq!(mode_of(&dir.path().join("su")), 0o4755, "set-uid kept on the target");
+        let su = dir.path().join("su");
+        assert_eq!(mode_of(&su), 0o4755, "set-uid kept on the target");
+        let mut got = vec![0u8; 64];
+        let read = rustix::fs::lgetxattr(&su, "security.capability", &mut got);
         if running_as_root() {
-            let meta = fs::metadata(dir.path().join("su")).unwrap();
+            let meta = fs::metadata(&su).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "owners kept");
+            assert_eq!(&got[..read.unwrap()], cap.as_slice(), "the capability survives the chown");
+        } else {
+            assert!(read.is_err());
         }
-        assert_eq!(
-            fs::metadata(dir.path().join("su2")).unwrap().ino(),
-            fs::metadata(dir.path().join("su")).unwrap().ino()
-        );
+        assert_eq!(fs::metadata(dir.path().join("su2")).unwrap().ino(), fs::metadata(&su).unwrap().ino());
+        let noted = if running_as_root() { "of 1 entry(ies)" } else { "of 2 entry(ies)" };
         assert!(
-            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains("of 1 entry(ies)")),
+            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains(noted)),
             "{:?}",
             report.notes
         );
+    }
+
+    #[test]
+    fn an_extended_attribute_the_kernel_refuses_fails_the_build_as_in_containerd() {
+        if !running_as_root() {
+            return; // nothing is set without root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_data(&mut h, "bad", io::empty())
+        });
+        let err = Applier::new(dir.path(), true).apply("l", layer.as_slice()).unwrap_err();
+        assert!(format!("{:?}", err).contains("security.capability"), "{err:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! checks), [`busybox`], [`modules`] (module trees, `.deb` packages,
 //! `modules.dep` closure), [`initrd`] (assembling the image), [`rootfs`]
 //! (ext4/erofs disk images of the same tree), [`image`] (reading docker-archive and OCI layout
-//! tarballs; [`select`] picks one image of several), [`layer`] (applying layers without escaping the root), [`bundle`] (OCI runtime
+//! tarballs; [`select`] picks one image of several), [`layer`] (applying layers without escaping the root; [`xattrs`] their extended attributes), [`bundle`] (OCI runtime
 //! bundles), [`oci_image`] (writing OCI layout tarballs), [`progress`] and [`cli`].
 
 #![forbid(unsafe_code)]
@@ -26,3 +26,4 @@ pub mod oci_image;
 pub mod progress;
 pub mod rootfs;
 pub mod select;
+pub mod xattrs;
