@@ -86,8 +86,9 @@ pub enum BundleError {
 pub enum Source {
     /// A static busybox binary and its applet links.
     Busybox(PathBuf),
-    /// A docker-archive or OCI layout tarball.
-    Archive(PathBuf),
+    /// A docker-archive or OCI layout tarball, and the name of the image to take from it
+    /// when it holds several.
+    Archive { path: PathBuf, image: Option<String> },
 }
 
 /// A `--device PATH:TYPE:MAJOR:MINOR`.
@@ -253,8 +254,9 @@ fn build_in(spec: &BundleSpec, progress: &mut Progress) -> Result<Built, BundleE
             rootfs::stage(&busybox_tree(bin)?, &root)?;
             ProcessDefaults::default()
         }
-        Source::Archive(path) => {
-            let image = ImageArchive::open(path).map_err(|source| BundleError::Image { path: path.clone(), source })?;
+        Source::Archive { path, image } => {
+            let image = ImageArchive::open(path, image.as_deref())
+                .map_err(|source| BundleError::Image { path: path.clone(), source })?;
             let mut applier = Applier::new(&root, layer::running_as_root());
             let count = image.layers.len();
             for (i, layer) in image.layers.iter().enumerate() {

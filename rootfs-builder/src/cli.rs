@@ -56,12 +56,16 @@ The root file system is a static busybox with its applet links (--from busybox),
 layers of an image tarball (--from-archive): a docker-archive (`docker save`, with
 manifest.json) or an OCI image layout (`ctr images export`, `skopeo copy
 oci-archive:`), optionally gzip/zstd/xz compressed; of a multi-platform image the
-linux image for this machine's architecture is taken (none is an error). Every OCI blob
+linux image for this machine's architecture is taken (none is an error); of an archive
+holding several images, the one --image names (without it, the build is refused and the
+images are listed). Every OCI blob
 is checked against its digest. Layers are applied in order with
-whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). A layer entry with an
-absolute path or a '..' component is refused; symlinks are created but never followed
-while writing (an absolute target resolves inside the rootfs); hard links must point
-inside the rootfs; device nodes are skipped. Nothing is written outside DIR, which must
+whiteouts (.wh.NAME deletes, .wh..wh..opq empties a directory). As in containerd, layer
+entry names and hard link targets are taken relative to the rootfs (/etc/x and ../etc/x
+both write rootfs/etc/x; a note counts names whose '..' climbed above it); symlinks are
+created but never followed while writing (an absolute target resolves inside the rootfs);
+FIFOs are created; device nodes are skipped; owners and extended attributes (file
+capabilities, SELinux labels) are applied when running as root. Nothing is written outside DIR, which must
 be new or empty and is removed again if the build fails.
 
 The process defaults to the image's Entrypoint + Cmd, Env, WorkingDir and User (or sh,
@@ -72,6 +76,7 @@ Examples:
   rootfs-builder bundle --from busybox -o /tmp/bb --args echo hello
   ctr run --rm --runtime io.containerd.runc.v2 --config /tmp/bb/config.json demo
   rootfs-builder bundle --from-archive alpine.tar -o /tmp/alpine --env DEBUG=1 --cwd /srv
+  rootfs-builder bundle --from-archive saved.tar --image alpine:3.20 -o /tmp/alpine
   rootfs-builder bundle --from busybox -o /tmp/blk --device /dev/vda:b:241:0 \\
       --mount type=tmpfs,dst=/scratch,options=size=64m --readonly --hostname box --user 1000:1000 \\
       --args sh -c 'ls -l /dev/vda'";
@@ -89,6 +94,14 @@ pub struct BundleArgs {
     /// Example: --from-archive alpine.tar (made with `ctr images export alpine.tar docker.io/library/alpine:3.20`)
     #[arg(long, value_name = "IMAGE.tar")]
     pub from_archive: Option<PathBuf>,
+
+    /// The image to take from an archive holding several (`docker save a b`, `ctr images export
+    /// out.tar a b`), by a name it lists (manifest.json RepoTags, or index.json's
+    /// io.containerd.image.name); `alpine`, `alpine:latest` and docker.io/library/alpine:latest
+    /// are one name. Without it such an archive is refused, naming its images.
+    /// Example: --image alpine:3.20
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with = "from")]
+    pub image: Option<String>,
 
     /// Busybox binary for --from busybox; must be statically linked [default: /bin/busybox,
     /// from Debian's busybox-static]. Example: --busybox-bin /opt/busybox
@@ -154,7 +167,7 @@ impl BundleArgs {
     /// The bundle specification for these arguments.
     pub fn to_spec(&self) -> BundleSpec {
         let source = match (&self.from_archive, &self.busybox_bin) {
-            (Some(archive), _) => Source::Archive(archive.clone()),
+            (Some(archive), _) => Source::Archive { path: archive.clone(), image: self.image.clone() },
             (None, Some(bin)) => Source::Busybox(bin.clone()),
             (None, None) => Source::Busybox(PathBuf::from(DEFAULT_BUSYBOX)),
         };
@@ -494,7 +507,10 @@ mod tests {
         assert!(s.readonly && !s.terminal);
         assert_eq!(s.user.as_deref(), Some("1:2"));
         let s = parse_bundle(&["--from-archive", "x.tar", "-o", "d"]).unwrap().to_spec();
-        assert_eq!(s.source, Source::Archive("x.tar".into()));
+        assert_eq!(s.source, Source::Archive { path: "x.tar".into(), image: None });
+        let s = parse_bundle(&["--from-archive", "x.tar", "--image", "a:1", "-o", "d"]).unwrap().to_spec();
+        assert_eq!(s.source, Source::Archive { path: "x.tar".into(), image: Some("a:1".into()) });
+        assert!(parse_bundle(&["--from", "busybox", "--image", "a:1", "-o", "d"]).is_err(), "--image needs an archive");
         assert!(parse_bundle(&["-o", "d"]).is_err(), "a source is required");
         assert!(parse_bundle(&["--from", "busybox", "--from-archive", "x", "-o", "d"]).is_err());
         assert!(parse_bundle(&["--from-archive", "x", "--busybox-bin", "b", "-o", "d"]).is_err());

@@ -8,6 +8,10 @@
 //!   (linux and the host architecture; an image for other platforms only is refused, naming
 //!   them).
 //!
+//! An archive holding several images (manifest.json entries with different configs, or
+//! index.json entries naming different images in `io.containerd.image.name`) yields the one
+//! the caller names, and is refused, listing them, when none is named (see [`crate::select`]).
+//!
 //! When both are present (ctr's export, `docker save` since 25.0) the OCI index wins. A member
 //! may be a symlink or hard link to another (`docker save` writes a repeated layer as
 //! `<id>/layer.tar -> ../<first id>/layer.tar`). The outer tarball may itself be
@@ -32,6 +36,10 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 use crate::compress::{Codec, CompressError};
+use crate::select::{self, Candidate};
+
+/// The annotation `ctr images export` and docker 25+ name an OCI layout's images by.
+const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// The largest JSON document (manifest, index, config) read into memory.
 const MAX_JSON: u64 = 16 << 20;
@@ -133,6 +141,9 @@ impl ConfigFile {
 struct DockerManifest {
     config: String,
     layers: Vec<String>,
+    /// The image's names (`null` for an image saved by id).
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
 }
 
 /// An opened image tarball.
@@ -162,8 +173,9 @@ fn member_name(raw: &[u8]) -> String {
 }
 
 impl ImageArchive {
-    /// Opens `path`, indexes its members and reads the manifest and config.
-    pub fn open(path: &Path) -> Result<Self, ImageError> {
+    /// Opens `path`, indexes its members and reads the manifest and config of its image, or of
+    /// the image named `image` (`NAME[:TAG]`) when it holds several.
+    pub fn open(path: &Path, image: Option<&str>) -> Result<Self, ImageError> {
         let open_err = |source| ImageError::Open { path: path.to_owned(), source };
         let mut file = File::open(path).map_err(open_err)?;
         let mut head = [0u8; 6];
@@ -190,9 +202,9 @@ impl ImageArchive {
             defaults: ProcessDefaults::default(),
         };
         if archive.members.contains_key("index.json") && archive.members.contains_key("oci-layout") {
-            archive.read_oci()?;
+            archive.read_oci(image)?;
         } else if archive.members.contains_key("manifest.json") {
-            archive.read_docker()?;
+            archive.read_docker(image)?;
         } else {
             let mut found: Vec<&str> = archive.members.keys().map(String::as_str).take(8).collect();
             if found.is_empty() {
@@ -238,13 +250,19 @@ impl ImageArchive {
         Ok(f.take(m.size))
     }
 
-    fn read_docker(&mut self) -> Result<(), ImageError> {
+    fn read_docker(&mut self, image: Option<&str>) -> Result<(), ImageError> {
         self.format = "docker-archive";
-        let manifests: Vec<DockerManifest> = self.json("manifest.json")?;
-        let manifest = manifests.into_iter().next().ok_or_else(|| ImageError::Invalid {
-            path: self.path.clone(),
-            what: "manifest.json lists no image".into(),
-        })?;
+        let mut manifests: Vec<DockerManifest> = self.json("manifest.json")?;
+        if manifests.is_empty() {
+            return Err(ImageError::Invalid { path: self.path.clone(), what: "manifest.json lists no image".into() });
+        }
+        let candidates: Vec<Candidate> = manifests
+            .iter()
+            .map(|m| Candidate { names: m.repo_tags.clone().unwrap_or_default(), identity: m.config.clone() })
+            .collect();
+        let chosen = select::choose(&candidates, image, "manifest.json")
+            .map_err(|what| ImageError::Invalid { path: self.path.clone(), what })?;
+        let manifest = manifests.swap_remove(chosen[0]);
         let config: ConfigFile = self.json(&member_name(manifest.config.as_bytes()))?;
         let diff_ids = config.diff_ids(manifest.layers.len());
         self.defaults = config.config.unwrap_or_default();
@@ -295,14 +313,39 @@ impl ImageArchive {
         Ok(format!("{alg}:{}", desc.digest().digest()))
     }
 
-    fn read_oci(&mut self) -> Result<(), ImageError> {
+    /// The entries of index.json that make up the image to build: the one named `image`, or
+    /// all of them when they name at most one image (unnamed entries are platforms of it).
+    fn top_level(&self, index: &ImageIndex, image: Option<&str>) -> Result<Vec<Descriptor>, ImageError> {
+        let name_of = |d: &Descriptor| {
+            d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().into_iter().collect()
+        };
+        let all = index.manifests();
+        let candidates: Vec<Candidate> =
+            all.iter().map(|d| Candidate { names: name_of(d), identity: d.digest().to_string() }).collect();
+        let invalid = |what| ImageError::Invalid { path: self.path.clone(), what };
+        match image {
+            Some(_) => Ok(select::choose(&candidates, image, "index.json")
+                .map_err(invalid)?
+                .into_iter()
+                .map(|i| all[i].clone())
+                .collect()),
+            None => {
+                let named: Vec<Candidate> = candidates.into_iter().filter(|c| !c.names.is_empty()).collect();
+                select::choose(&named, None, "index.json").map_err(invalid)?;
+                Ok(all.clone())
+            }
+        }
+    }
+
+    fn read_oci(&mut self, image: Option<&str>) -> Result<(), ImageError> {
         self.format = "OCI image layout";
-        let mut index: ImageIndex = self.json("index.json")?;
+        let index: ImageIndex = self.json("index.json")?;
+        let mut manifests = self.top_level(&index, image)?;
         // Follow nested indexes (multi-platform images) down to one manifest; a loop of
         // indexes is cut short.
         let mut depth = 0;
         let manifest_desc = loop {
-            let desc = pick_manifest(index.manifests(), host_arch())
+            let desc = pick_manifest(&manifests, host_arch())
                 .map_err(|what| ImageError::Invalid { path: self.path.clone(), what })?
                 .clone();
             // `ctr images export --platform` keeps the whole index but only that platform's
@@ -327,7 +370,8 @@ impl ImageArchive {
                         what: "image indexes nest more than 8 deep".into(),
                     });
                 }
-                index = self.blob_json(&desc)?;
+                let nested: ImageIndex = self.blob_json(&desc)?;
+                manifests = nested.manifests().clone();
                 continue;
             }
             break desc;
@@ -619,10 +663,10 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, "hello.txt", &b"hi"[..]).unwrap();
         std::fs::write(&p, b.into_inner().unwrap()).unwrap();
-        let err = ImageArchive::open(&p).unwrap_err().to_string();
+        let err = ImageArchive::open(&p, None).unwrap_err().to_string();
         assert!(err.contains("manifest.json") && err.contains("index.json") && err.contains("hello.txt"), "{err}");
         std::fs::write(&p, b"just text, not a tarball at all, not even close....").unwrap();
-        let err = ImageArchive::open(&p).unwrap_err();
+        let err = ImageArchive::open(&p, None).unwrap_err();
         assert!(matches!(err, ImageError::NotAnImage { .. }), "{err}");
     }
 

@@ -5,9 +5,11 @@
 //!
 //! A layer comes from whoever built the image, so every entry is treated as hostile:
 //!
-//! - **Entry names** that are absolute (`/etc/passwd`) or contain a `..` component are
-//!   *refused*: the whole build fails with [`LayerError::Escape`] naming the entry. No legitimate
-//!   image builder emits them, and silently rewriting them would hide a malicious image.
+//! - **Entry names** are cleaned as containerd does (Go's `filepath.Clean`, relative to the
+//!   root): `/etc/passwd` and `../../etc/passwd` both write `ROOT/etc/passwd`, since containerd
+//!   runs such images and writes them there. A `..` is lexical (`link/../f` is `f` beside
+//!   `link`) and stops at the root; a note counts the names that climbed above it. A name with
+//!   a NUL byte is refused ([`LayerError::BadEntry`]); one that cleans to the root is skipped.
 //! - **Symlinks** are created as symlinks with their target verbatim (absolute targets are
 //!   normal in images: `/bin/sh -> /bin/busybox`) but are never followed while writing: every
 //!   directory on the way to an entry is resolved *inside the root*, as `openat2`'s
@@ -15,15 +17,20 @@
 //!   `link -> /tmp/x` followed by `link/file` writes `ROOT/tmp/x/file`, never `/tmp/x/file`. The
 //!   last component of a path is never followed: it is replaced (files are created with
 //!   `O_CREAT|O_EXCL`, which refuses an existing symlink).
-//! - **Hard links** must point at an existing non-directory inside the root (resolved the same
-//!   way); anything else is refused.
-//! - **Device nodes and FIFOs** are skipped with a note: a container runtime populates `/dev`
-//!   itself, and creating nodes from an untrusted image would hand it the host's devices.
+//! - **Hard links** must point at an existing non-directory inside the root; their target is
+//!   taken relative to the root (`/etc/passwd` or `../../etc/passwd` is `ROOT/etc/passwd`) and
+//!   resolved the same way, as containerd's `hardlinkRootPath` does; anything else is refused.
+//! - **FIFOs** are created (`mkfifo`) with their mode and owner, as containerd does.
+//! - **Device nodes** are skipped with a note, where containerd (as root) would `mknod` them: the
+//!   bundle's rootfs is a directory on the host, where a node from an untrusted image (say
+//!   `8:0` mode 0666) would hand any host user who reaches it the host's disk, and a container
+//!   runtime populates `/dev` itself.
 //! - **Owners** are applied (`lchown`) only when running as root; otherwise files belong to the
 //!   caller and a note says so once.
 //!
-//! Not applied: extended attributes (file capabilities, SELinux labels; a note counts the
-//! entries that had some) and timestamps; the bundle is for running, not for re-exporting.
+//! Extended attributes (file capabilities, SELinux labels) are applied as root, as containerd
+//! does (see [`crate::xattrs`]); otherwise a note counts the entries that had some. Timestamps
+//! are not applied: the bundle is for running, not for re-exporting.
 //! A hard link takes no owner or mode of its own: it shares the inode its target's entry set
 //! up (a chown through it would clear the target's set-id bits).
 //!
@@ -45,6 +52,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::xattrs;
+
 /// The whiteout prefix of the OCI image spec.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// The opaque-directory marker of the OCI image spec.
@@ -55,8 +64,8 @@ const MAX_SYMLINKS: u32 = 40;
 /// Errors while applying a layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("layer {layer}: entry {entry:?} {reason}; refusing to write outside the root file system")]
-    Escape { layer: String, entry: String, reason: &'static str },
+    #[error("layer {layer}: entry {entry:?} {reason}; refusing the image")]
+    BadEntry { layer: String, entry: String, reason: &'static str },
     #[error("layer {layer}: hard link {entry:?} points at {target:?}, which {reason}")]
     BadHardLink { layer: String, entry: String, target: String, reason: &'static str },
     #[error("layer {layer}: {entry:?} crosses more than {MAX_SYMLINKS} symlinks")]
@@ -103,30 +112,33 @@ pub struct Applier {
     report: ApplyReport,
     skipped_devices: u64,
     skipped_xattrs: u64,
+    climbed_names: u64,
 }
 
-/// A layer entry's name, checked and split into components.
-fn entry_components(layer: &str, raw: &[u8]) -> Result<Vec<OsString>, LayerError> {
-    let escape = |reason| LayerError::Escape {
-        layer: layer.to_owned(),
-        entry: String::from_utf8_lossy(raw).into_owned(),
-        reason,
-    };
-    if raw.first() == Some(&b'/') {
-        return Err(escape("is an absolute path"));
-    }
+/// A layer entry's name, split into components and cleaned the way containerd's applier does
+/// (Go's `filepath.Clean`, then taken relative to the root): `.` and empty components go, a
+/// `..` drops the component before it, lexically, and a `..` at the root stays at the root, so
+/// `/etc/x` and `../etc/x` both name `ROOT/etc/x`. The second value says whether a `..`
+/// climbed above the root. Symlinks among the remaining components are resolved later, inside
+/// the root.
+fn entry_components(layer: &str, raw: &[u8]) -> Result<(Vec<OsString>, bool), LayerError> {
     if raw.contains(&0) {
-        return Err(escape("contains a NUL byte"));
+        return Err(LayerError::BadEntry {
+            layer: layer.to_owned(),
+            entry: String::from_utf8_lossy(raw).into_owned(),
+            reason: "contains a NUL byte",
+        });
     }
     let mut parts = Vec::new();
+    let mut climbed = false;
     for part in raw.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => return Err(escape("has a '..' component")),
+            b".." => climbed |= parts.pop().is_none(),
             p => parts.push(OsStr::from_bytes(p).to_owned()),
         }
     }
-    Ok(parts)
+    Ok((parts, climbed))
 }
 
 /// Whether this process may chown (effective uid 0), judged by the owner of `/proc/self`.
@@ -137,20 +149,35 @@ pub fn running_as_root() -> bool {
 impl Applier {
     /// An applier writing into `root`, which must exist. Owners are applied when `chown`.
     pub fn new(root: &Path, chown: bool) -> Self {
-        Self { root: root.to_owned(), chown, report: ApplyReport::default(), skipped_devices: 0, skipped_xattrs: 0 }
+        Self {
+            root: root.to_owned(),
+            chown,
+            report: ApplyReport::default(),
+            skipped_devices: 0,
+            skipped_xattrs: 0,
+            climbed_names: 0,
+        }
     }
 
     /// The report so far, with the pending notes.
     pub fn finish(mut self) -> ApplyReport {
         if self.skipped_devices > 0 {
             self.report.notes.push(format!(
-                "note: skipped {} device node(s) and FIFO(s) from the layers; the container runtime creates /dev",
+                "note: skipped {} device node(s) from the layers; the container runtime creates /dev",
                 self.skipped_devices
+            ));
+        }
+        if self.climbed_names > 0 {
+            self.report.notes.push(format!(
+                "note: the names of {} layer entry(ies) climbed above the root with '..'; they were written \
+                 inside it, as containerd does",
+                self.climbed_names
             ));
         }
         if self.skipped_xattrs > 0 {
             self.report.notes.push(format!(
-                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied",
+                "note: the extended attributes (file capabilities, SELinux labels) of {} entry(ies) were not applied \
+                 (not running as root, or not supported here)",
                 self.skipped_xattrs
             ));
         }
@@ -164,7 +191,9 @@ impl Applier {
 
     /// Resolves `parts` inside the root (see the module docs) and returns the host path of the
     /// directory they name; missing directories are created (0755) when `create`, otherwise
-    /// `Ok(None)` says the directory does not exist.
+    /// `Ok(None)` says the directory does not exist. As in containerd's `RootPath`, a missing
+    /// component is taken as it is and a later `..` can cancel it, so `missing/../etc` is `etc`;
+    /// only what is missing from the final path is created.
     fn resolve_dir(
         &self,
         layer: &str,
@@ -172,17 +201,31 @@ impl Applier {
         parts: &[OsString],
         create: bool,
     ) -> Result<Option<PathBuf>, LayerError> {
+        let not_a_dir = || LayerError::NotADirectory { layer: layer.to_owned(), entry: entry.to_owned() };
         let mut queue: VecDeque<OsString> = parts.iter().cloned().collect();
         let mut resolved: Vec<OsString> = Vec::new();
+        // Where the components that do not exist start in `resolved`.
+        let mut missing_from: Option<usize> = None;
+        // Whether the last component resolved is not a directory: only a `..` may follow it.
+        let mut after_file = false;
         let mut hops = 0;
         while let Some(part) = queue.pop_front() {
             match part.as_bytes() {
                 b"" | b"." => continue,
                 b".." => {
                     resolved.pop();
+                    after_file = false;
+                    missing_from = missing_from.filter(|m| *m < resolved.len());
                     continue;
                 }
                 _ => {}
+            }
+            if missing_from.is_some() {
+                resolved.push(part);
+                continue;
+            }
+            if after_file {
+                return Err(not_a_dir());
             }
             let mut candidate = self.root.clone();
             candidate.extend(&resolved);
@@ -205,24 +248,36 @@ impl Applier {
                         queue.insert(i, c.as_os_str().to_owned());
                     }
                 }
-                Ok(meta) if meta.is_dir() => resolved.push(part),
-                Ok(_) => return Err(LayerError::NotADirectory { layer: layer.to_owned(), entry: entry.to_owned() }),
+                // A non-directory is fine if a `..` follows; otherwise the next lookup or the
+                // final check refuses it.
+                Ok(meta) => {
+                    after_file = !meta.is_dir();
+                    resolved.push(part);
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    fs::create_dir(&candidate).map_err(|source| LayerError::Write {
-                        layer: layer.to_owned(),
-                        path: candidate.clone(),
-                        source,
-                    })?;
+                    missing_from = Some(resolved.len());
                     resolved.push(part);
                 }
                 Err(source) => return Err(LayerError::Write { layer: layer.to_owned(), path: candidate, source }),
             }
         }
+        let existing = missing_from.unwrap_or(resolved.len());
         let mut dir = self.root.clone();
-        dir.extend(&resolved);
+        dir.extend(&resolved[..existing]);
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(not_a_dir());
+        }
+        for part in &resolved[existing..] {
+            if !create {
+                return Ok(None);
+            }
+            dir.push(part);
+            fs::create_dir(&dir).map_err(|source| LayerError::Write {
+                layer: layer.to_owned(),
+                path: dir.clone(),
+                source,
+            })?;
+        }
         Ok(Some(dir))
     }
 
@@ -243,7 +298,8 @@ impl Applier {
             let mut entry = entry.map_err(tar_err)?;
             let raw = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&raw).into_owned();
-            let mut parts = entry_components(layer, &raw)?;
+            let (mut parts, climbed) = entry_components(layer, &raw)?;
+            self.climbed_names += u64::from(climbed);
             let Some(last) = parts.pop() else { continue }; // the root itself
             let last_bytes = last.as_bytes();
             // A whiteout under a directory that does not exist hides nothing: no parent is
@@ -261,7 +317,7 @@ impl Applier {
             }
             if let Some(hidden) = last_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
                 if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                    return Err(LayerError::Escape {
+                    return Err(LayerError::BadEntry {
                         layer: layer.to_owned(),
                         entry: name,
                         reason: "is a bad whiteout",
@@ -276,19 +332,19 @@ impl Applier {
             }
 
             let path = parent.join(&last);
-            if has_xattrs(&mut entry) {
-                self.skipped_xattrs += 1;
-            }
+            let attrs = xattrs::of_entry(&mut entry);
             let header = entry.header();
             let kind = header.entry_type();
             // An unreadable owner field (some writers leave it blank) means root, as in GNU tar.
             let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-            if matches!(kind, tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) {
+            if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
                 self.skipped_devices += 1;
                 continue;
             }
-            let is_file =
-                matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse);
+            let is_fifo = kind == tar::EntryType::Fifo;
+            // What takes a mode of its own (chmodded after the chown, which clears set-id bits).
+            let is_file = is_fifo
+                || matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse);
             if !(is_file || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
                 // pax/GNU metadata entries are consumed by the tar reader; anything else is
                 // not a file system object.
@@ -314,7 +370,7 @@ impl Applier {
                 tar::EntryType::Symlink => {
                     let target = entry.link_name_bytes().unwrap_or_default().into_owned();
                     if target.is_empty() {
-                        return Err(LayerError::Escape {
+                        return Err(LayerError::BadEntry {
                             layer: layer.to_owned(),
                             entry: name,
                             reason: "is a symlink without target",
@@ -327,6 +383,12 @@ impl Applier {
                     let source = self.hard_link_source(layer, &name, &target)?;
                     fs::hard_link(&source, &path).map_err(write_err(&path))?;
                 }
+                tar::EntryType::Fifo => {
+                    // The mode is set below, past the umask, as for a regular file.
+                    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .map_err(io::Error::from)
+                        .map_err(write_err(&path))?;
+                }
                 _ => {
                     let mut file =
                         OpenOptions::new().write(true).create_new(true).open(&path).map_err(write_err(&path))?;
@@ -338,6 +400,12 @@ impl Applier {
             if self.chown && !kind.is_hard_link() {
                 std::os::unix::fs::lchown(&path, u32::try_from(uid).ok(), u32::try_from(gid).ok())
                     .map_err(write_err(&path))?;
+            }
+            // After the chown, which clears security.capability, and before the chmod, as in
+            // containerd. Setting them takes root (security.*, trusted.*), as chown does.
+            if !attrs.is_empty() {
+                let skipped = if self.chown { xattrs::apply(&path, &attrs).map_err(write_err(&path))? } else { true };
+                self.skipped_xattrs += u64::from(skipped);
             }
             // chown clears set-id bits, so the mode comes after it; symlinks have no mode.
             if is_file {
@@ -360,7 +428,10 @@ impl Applier {
         Ok(())
     }
 
-    /// The host path a hard link entry may link to: an existing non-directory in the root.
+    /// The host path a hard link entry may link to: an existing non-directory in the root. The
+    /// target is resolved like containerd's `hardlinkRootPath`: relative to the root whether or
+    /// not it starts with `/`, its directories resolved inside the root (`..` stops there), its
+    /// last component not followed (a link to a symlink links the symlink).
     fn hard_link_source(&self, layer: &str, entry: &str, target: &[u8]) -> Result<PathBuf, LayerError> {
         let bad = |reason| LayerError::BadHardLink {
             layer: layer.to_owned(),
@@ -368,9 +439,23 @@ impl Applier {
             target: String::from_utf8_lossy(target).into_owned(),
             reason,
         };
-        let mut parts = entry_components(layer, target).map_err(|_| bad("is outside the root file system"))?;
+        if target.contains(&0) {
+            return Err(bad("contains a NUL byte"));
+        }
+        let mut parts: Vec<OsString> = target
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+            .map(|p| OsStr::from_bytes(p).to_owned())
+            .collect();
         let last = parts.pop().ok_or_else(|| bad("is the root directory"))?;
-        let parent = self.resolve_dir(layer, entry, &parts, false)?.ok_or_else(|| bad("does not exist"))?;
+        if last.as_bytes() == b".." {
+            return Err(bad("is a directory"));
+        }
+        let parent = match self.resolve_dir(layer, entry, &parts, false) {
+            Ok(Some(parent)) => parent,
+            Ok(None) | Err(LayerError::NotADirectory { .. }) => return Err(bad("does not exist")),
+            Err(e) => return Err(e),
+        };
         let source = parent.join(last);
         match fs::symlink_metadata(&source) {
             Ok(m) if m.is_dir() => Err(bad("is a directory")),
@@ -378,13 +463,6 @@ impl Applier {
             Err(_) => Err(bad("does not exist")),
         }
     }
-}
-
-/// Whether `entry` carries extended attributes (PAX `SCHILY.xattr.*` or `LIBARCHIVE.xattr.*`).
-fn has_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
-    let Ok(Some(pax)) = entry.pax_extensions() else { return false };
-    pax.flatten()
-        .any(|e| e.key_bytes().starts_with(b"SCHILY.xattr.") || e.key_bytes().starts_with(b"LIBARCHIVE.xattr."))
 }
 
 /// Records `path` as written by this layer, with the directories above it up to the root: an
@@ -501,11 +579,19 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked() {
-        assert!(entry_components("l", b"/etc/passwd").is_err());
-        assert!(entry_components("l", b"a/../../b").is_err());
-        assert_eq!(entry_components("l", b"./a//b/").unwrap(), [OsString::from("a"), OsString::from("b")]);
-        assert!(entry_components("l", b"./").unwrap().is_empty());
+    fn names_are_cleaned_relative_to_the_root() {
+        let parts = |raw: &[u8]| {
+            let (p, climbed) = entry_components("l", raw).unwrap();
+            (p.iter().map(|c| c.to_str().unwrap().to_owned()).collect::<Vec<_>>().join("/"), climbed)
+        };
+        assert_eq!(parts(b"/etc/passwd"), ("etc/passwd".into(), false));
+        assert_eq!(parts(b"a/../../b"), ("b".into(), true));
+        assert_eq!(parts(b"../../../x/y"), ("x/y".into(), true));
+        assert_eq!(parts(b"a/b/../c/./"), ("a/c".into(), false));
+        assert_eq!(parts(b"./a//b/"), ("a/b".into(), false));
+        assert_eq!(parts(b"/"), (String::new(), false));
+        assert_eq!(parts(b".."), (String::new(), true));
+        assert!(entry_components("l", b"a\0b").is_err());
     }
 
     #[test]
@@ -538,16 +624,30 @@ mod tests {
     }
 
     #[test]
-    fn escapes_are_refused() {
-        for name in ["../../evil", "/abs-evil", "a/../../evil"] {
+    fn absolute_and_climbing_names_land_inside_the_root() {
+        for (name, inside) in [("../../evil", "evil"), ("/abs/evil", "abs/evil"), ("a/../../evil", "evil"), ("..", "")]
+        {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("root");
             fs::create_dir(&root).unwrap();
-            let err = apply(&root, &[tar_of(&[(name, T::Regular, "x")])]).unwrap_err();
-            assert!(matches!(err, LayerError::Escape { .. }), "{name}: {err}");
-            assert!(err.to_string().contains(name.trim_start_matches("a/")) || err.to_string().contains(name));
-            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "nothing beside the root");
+            let report = apply(&root, &[tar_of(&[(name, T::Regular, "x")])]).unwrap();
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "{name}: nothing beside the root");
+            if inside.is_empty() {
+                assert_eq!(report.entries, 0, "a name that cleans to the root is skipped, as containerd does");
+                continue;
+            }
+            assert_eq!(fs::read_to_string(root.join(inside)).unwrap(), "x", "{name}");
+            let climbed = report.notes.iter().any(|n| n.contains("1 layer entry(ies) climbed above the root"));
+            assert_eq!(climbed, name.contains(".."), "{name}: {:?}", report.notes);
         }
+        // Cleaning is lexical, as Go's filepath.Clean: `link/..` is the directory holding
+        // `link`, not the parent of the link's target.
+        let dir = tempfile::tempdir().unwrap();
+        let layer =
+            tar_of(&[("d/", T::Directory, ""), ("d/l", T::Symlink, "/elsewhere"), ("d/l/../f", T::Regular, "y")]);
+        apply(dir.path(), &[layer]).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("d/f")).unwrap(), "y");
+        assert!(!dir.path().join("elsewhere").exists());
     }
 
     #[test]
@@ -596,8 +696,65 @@ mod tests {
         fs::write(dir.path().join("secret"), "s").unwrap();
         let err = apply(&root, &[tar_of(&[("c", T::Link, "../secret")])]).unwrap_err();
         assert!(matches!(err, LayerError::BadHardLink { .. }), "{err}");
+        assert!(err.to_string().contains("does not exist"), "'..' stops at the root: {err}");
         let err = apply(&root, &[tar_of(&[("d", T::Link, "nope")])]).unwrap_err();
         assert!(matches!(err, LayerError::BadHardLink { .. }), "{err}");
+        for (target, reason) in [("/", "the root directory"), ("..", "a directory"), ("a/x", "does not exist")] {
+            let err = apply(&root, &[tar_of(&[("e", T::Link, target)])]).unwrap_err();
+            assert!(err.to_string().contains(reason), "{target}: {err}");
+        }
+        assert_eq!(fs::metadata(dir.path().join("secret")).unwrap().nlink(), 1, "the outside file was never linked");
+    }
+
+    #[test]
+    fn absolute_and_climbing_hard_link_targets_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/passwd"), "outside").unwrap();
+        let layer = tar_of(&[
+            ("etc/passwd", T::Regular, "inside"),
+            ("abs", T::Link, "/etc/passwd"),
+            ("up", T::Link, "../../../../etc/passwd"),
+            ("localetc", T::Symlink, "/etc"),
+            ("via", T::Link, "/localetc/passwd"),
+            ("missing", T::Link, "nowhere/../etc/passwd"),
+            ("ghost", T::Symlink, "nowhere/../etc"),
+            ("ghost/f", T::Regular, "g"),
+        ]);
+        fs::create_dir(&root).unwrap();
+        apply(&root, &[layer]).unwrap();
+        let ino = fs::metadata(root.join("etc/passwd")).unwrap().ino();
+        assert_eq!(fs::read_to_string(root.join("etc/f")).unwrap(), "g", "a missing component then '..'");
+        assert!(!root.join("nowhere").exists(), "a component a '..' cancels is not created");
+        for name in ["abs", "up", "via", "missing"] {
+            assert_eq!(fs::metadata(root.join(name)).unwrap().ino(), ino, "{name}");
+        }
+        assert_eq!(fs::metadata(dir.path().join("etc/passwd")).unwrap().nlink(), 1, "the outside file is untouched");
+    }
+
+    #[test]
+    fn fifos_are_created_with_their_mode_and_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Fifo);
+            h.set_mode(0o4640);
+            h.set_size(0);
+            h.set_uid(1234);
+            h.set_gid(5678);
+            b.append_data(&mut h, "run/ctl", io::empty())
+        });
+        let mut applier = Applier::new(dir.path(), running_as_root());
+        applier.apply("l", layer.as_slice()).unwrap();
+        let report = applier.finish();
+        let meta = fs::symlink_metadata(dir.path().join("run/ctl")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+        assert_eq!(meta.mode() & 0o7777, 0o4640, "the mode is the layer's, past the umask and the chown");
+        if running_as_root() {
+            assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+        }
+        assert!(!report.notes.iter().any(|n| n.contains("skipped")), "{:?}", report.notes);
     }
 
     #[test]
@@ -784,7 +941,12 @@ mod tests {
     }
 
     #[test]
-    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_noted() {
+    fn owners_and_set_id_bits_are_kept_through_hard_links_and_xattrs_are_applied_as_root() {
+        // A VFS_CAP_REVISION_2 file capability (effective, permitted cap_net_bind_service),
+        // as `setcap cap_net_bind_service+ep` writes it.
+        let mut cap = vec![0u8; 20];
+        cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
         let dir = tempfile::tempdir().unwrap();
         let layer = tar_with(|b| {
             let mut h = tar::Header::new_gnu();
@@ -792,33 +954,60 @@ mod tests {
             h.set_size(1);
             h.set_uid(1234);
             h.set_gid(5678);
-            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", cap.as_slice())])?;
             b.append_data(&mut h, "su", &b"x"[..])?;
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(T::Link);
             h.set_mode(0o4755);
             h.set_size(0);
-            b.append_link(&mut h, "su2", "su")
+            b.append_link(&mut h, "su2", "su")?;
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(0);
+            b.append_pax_extensions([("LIBARCHIVE.xattr.user.x", &b"eA=="[..])])?;
+            b.append_data(&mut h, "libarchive", io::empty())
         });
-        // Owners are applied only as root (as the tests run on the build machine); without
-        // root there is no chown to clear the bits, and the check holds trivially.
+        // Owners and extended attributes are applied only as root (as the tests run on the
+        // build machine); without root there is no chown to clear the bits, and the check
+        // holds trivially.
         let mut applier = Applier::new(dir.path(), running_as_root());
         applier.apply("l", layer.as_slice()).unwrap();
         let report = applier.finish();
-        assert_eq!(mode_of(&dir.path().join("su")), 0o4755, "set-uid kept on the target");
+        let su = dir.path().join("su");
+        assert_eq!(mode_of(&su), 0o4755, "set-uid kept on the target");
+        let mut got = vec![0u8; 64];
+        let read = rustix::fs::lgetxattr(&su, "security.capability", &mut got);
         if running_as_root() {
-            let meta = fs::metadata(dir.path().join("su")).unwrap();
+            let meta = fs::metadata(&su).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "owners kept");
+            assert_eq!(&got[..read.unwrap()], cap.as_slice(), "the capability survives the chown");
+        } else {
+            assert!(read.is_err());
         }
-        assert_eq!(
-            fs::metadata(dir.path().join("su2")).unwrap().ino(),
-            fs::metadata(dir.path().join("su")).unwrap().ino()
-        );
+        assert_eq!(fs::metadata(dir.path().join("su2")).unwrap().ino(), fs::metadata(&su).unwrap().ino());
+        let noted = if running_as_root() { "of 1 entry(ies)" } else { "of 2 entry(ies)" };
         assert!(
-            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains("of 1 entry(ies)")),
+            report.notes.iter().any(|n| n.contains("extended attributes") && n.contains(noted)),
             "{:?}",
             report.notes
         );
+    }
+
+    #[test]
+    fn an_extended_attribute_the_kernel_refuses_fails_the_build_as_in_containerd() {
+        if !running_as_root() {
+            return; // nothing is set without root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\0\0\x02"[..])])?;
+            b.append_data(&mut h, "bad", io::empty())
+        });
+        let err = Applier::new(dir.path(), true).apply("l", layer.as_slice()).unwrap_err();
+        assert!(format!("{:?}", err).contains("security.capability"), "{err:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! checks), [`busybox`], [`modules`] (module trees, `.deb` packages,
 //! `modules.dep` closure), [`initrd`] (assembling the image), [`rootfs`]
 //! (ext4/erofs disk images of the same tree), [`image`] (reading docker-archive and OCI layout
-//! tarballs), [`layer`] (applying layers without escaping the root), [`bundle`] (OCI runtime
+//! tarballs; [`select`] picks one image of several), [`layer`] (applying layers without escaping the root; [`xattrs`] their extended attributes), [`bundle`] (OCI runtime
 //! bundles), [`oci_image`] (writing OCI layout tarballs), [`progress`] and [`cli`].
 
 #![forbid(unsafe_code)]
@@ -25,3 +25,5 @@ pub mod modules;
 pub mod oci_image;
 pub mod progress;
 pub mod rootfs;
+pub mod select;
+pub mod xattrs;

@@ -304,18 +304,29 @@ fn walk(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn escaping_layers_are_refused_and_write_nothing_outside() {
-    use tar::EntryType::Regular as F;
-    for evil in ["../../evil-dotdot", "../../../evil-dotdot", "/evil-absolute", "a/../../../evil-mixed"] {
+fn absolute_and_climbing_names_are_written_inside_as_containerd_does() {
+    use tar::EntryType::{Link as H, Regular as F};
+    let cases = [
+        ("../../evil-dotdot", "evil-dotdot", true),
+        ("../../../evil-dotdot", "evil-dotdot", true),
+        ("/evil-absolute", "evil-absolute", false),
+        ("/etc/evil-absolute", "etc/evil-absolute", false),
+        ("a/../../../evil-mixed", "evil-mixed", true),
+        ("a/b/../../evil-lexical", "evil-lexical", false),
+    ];
+    for (evil, inside, climbs) in cases {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("evil.tar");
-        let layer = tar_of(&[("ok", F, "fine"), (evil, F, "pwned")]);
+        let layer = tar_of(&[("ok", F, "fine"), (evil, F, "pwned"), ("hard", H, evil)]);
         fs::write(&archive, docker_archive(&[layer])).unwrap();
         let out = dir.path().join("work/out");
-        let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
-        assert!(err.contains("refusing to write outside the root file system"), "{evil}: {err}");
-        assert!(err.contains(evil), "the error names the entry: {err}");
-        assert_eq!(walk(dir.path()), ["evil.tar", "work"], "{evil}: nothing else was written");
+        let o = ok(&["bundle", "--from-archive", s(&archive), "-o", s(&out)], &[]);
+        let root = out.join("rootfs");
+        assert_eq!(fs::read_to_string(root.join(inside)).unwrap(), "pwned", "{evil}");
+        assert_eq!(fs::read_to_string(root.join("hard")).unwrap(), "pwned", "{evil}: a link to the same name");
+        assert_eq!(stderr(&o).contains("climbed above the root"), climbs, "{evil}: {}", stderr(&o));
+        let beside: Vec<String> = walk(dir.path()).into_iter().filter(|p| !p.starts_with("work/out")).collect();
+        assert_eq!(beside, ["evil.tar", "work"], "{evil}: nothing written beside the bundle");
         let name = evil.rsplit('/').next().unwrap();
         assert!(!Path::new("/").join(name).exists() && !Path::new("/tmp").join(name).exists());
     }
@@ -782,4 +793,64 @@ fn layers_are_checked_against_the_configs_diff_ids() {
         let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
         assert!(err.contains("does not match its digest"), "{media_type}: {err}");
     }
+}
+
+#[test]
+fn an_archive_of_several_images_is_refused_unless_image_names_one() {
+    use tar::EntryType::Regular as F;
+    let dir = tempfile::tempdir().unwrap();
+    // `docker save alpine:3.20 example.com/bb:1 <id>`: three images, one saved by id.
+    let mut members = vec![];
+    let mut manifest = vec![];
+    for (i, tags) in
+        [serde_json::json!(["alpine:3.20"]), serde_json::json!(["example.com/bb:1"]), serde_json::Value::Null]
+            .into_iter()
+            .enumerate()
+    {
+        // An image is told apart by its config (docker's image id).
+        members.push((format!("cfg{i}.json"), CONFIG.as_bytes().to_vec()));
+        members.push((format!("l{i}.tar"), tar_of(&[(&format!("from-{i}"), F, "")])));
+        let layers = [format!("l{i}.tar")];
+        manifest.push(serde_json::json!({ "Config": format!("cfg{i}.json"), "RepoTags": tags, "Layers": layers }));
+    }
+    let manifest = serde_json::Value::Array(manifest);
+    members.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    let refs: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let archive = dir.path().join("saved.tar");
+    fs::write(&archive, tarball(&refs)).unwrap();
+
+    let out = dir.path().join("b");
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&out)]);
+    assert!(err.contains("manifest.json lists several images"), "{err}");
+    assert!(err.contains("alpine:3.20, example.com/bb:1, an untagged image (cfg2.json)"), "{err}");
+    assert!(err.contains("--image NAME[:TAG]"), "{err}");
+    assert!(!out.exists());
+    let err = fails(&["bundle", "--from-archive", s(&archive), "--image", "alpine", "-o", s(&out)]);
+    assert!(err.contains("no image named alpine (docker.io/library/alpine:latest)"), "{err}");
+
+    for (name, file) in [("example.com/bb:1", "from-1"), ("docker.io/library/alpine:3.20", "from-0")] {
+        let out = dir.path().join(file);
+        ok(&["bundle", "--from-archive", s(&archive), "--image", name, "-o", s(&out)], &[]);
+        let names = names(&out.join("rootfs"));
+        assert!(
+            names.contains(&file.to_owned()) && names.iter().filter(|n| n.starts_with("from-")).count() == 1,
+            "{names:?}"
+        );
+    }
+
+    // `ctr images export out.tar a b`: an OCI layout naming two images in index.json.
+    let mut blobs = Blobs::default();
+    let mut entries = vec![];
+    for (i, name) in ["docker.io/library/alpine:3.20", "example.com/bb:1"].iter().enumerate() {
+        let descs = oci_layers(&mut blobs, &[tar_of(&[(&format!("oci-{i}"), F, "")])]);
+        let mut desc = blobs.manifest(OCI_MANIFEST, descs);
+        desc["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        entries.push(desc);
+    }
+    fs::write(&archive, blobs.layout(entries, vec![])).unwrap();
+    let err = fails(&["bundle", "--from-archive", s(&archive), "-o", s(&dir.path().join("o"))]);
+    assert!(err.contains("index.json lists several images: docker.io/library/alpine:3.20, example.com/bb:1"), "{err}");
+    let out = dir.path().join("oci");
+    ok(&["bundle", "--from-archive", s(&archive), "--image", "example.com/bb:1", "-o", s(&out)], &[]);
+    assert!(out.join("rootfs/oci-1").exists() && !out.join("rootfs/oci-0").exists());
 }
