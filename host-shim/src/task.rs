@@ -596,6 +596,76 @@ impl Inner {
     }
 }
 
+/// Delete of a container or exec (see [`TaskService::delete`]).
+async fn delete_container(inner: &Inner, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    let pid = inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
+    if !req.exec_id.is_empty() {
+        let mut containers = inner.containers.lock().await;
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| error(Code::NOT_FOUND, format!("container {:?} not found", req.id)))?;
+        let proc = container.process(&req.exec_id)?;
+        if proc.status() == Status::Running {
+            return Err(error(Code::FAILED_PRECONDITION, format!("exec {:?} is still running", req.exec_id)));
+        }
+        container.execs.remove(&req.exec_id);
+        let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
+        return Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        });
+    }
+    let proc = inner.find(&req.id, "").await?;
+    if matches!(proc.status(), Status::Running | Status::Paused) {
+        return Err(error(
+            Code::FAILED_PRECONDITION,
+            format!("container {:?} is still running; kill it first", req.id),
+        ));
+    }
+    if let Some(sandbox) = inner.live_sandbox().await {
+        let request = pb::RemoveContainerRequest { container_id: req.id.clone(), timeout: 10, ..Default::default() };
+        if let Err(err) = sandbox.agent().agent().remove_container(context::with_duration(CALL_TIMEOUT), &request).await
+        {
+            warn!(inner.log, "RemoveContainer failed"; "container" => &req.id, "error" => %err);
+        }
+    }
+    let container = inner.containers.lock().await.remove(&req.id);
+    if let Some(sandbox) = inner.current_sandbox().await {
+        sandbox.unshare(&req.id);
+        let plugged = container.as_ref().map(|c| c.plugged.clone()).unwrap_or_default();
+        if sandbox.exited().borrow().is_none() {
+            for id in plugged.iter().rev() {
+                if let Err(err) = sandbox.hot_unplug(id).await {
+                    warn!(inner.log, "cannot unplug"; "container" => &req.id, "device" => id, "error" => %err);
+                }
+            }
+        }
+    }
+    let volume_root = volumes::direct::root(&inner.config);
+    for (volume, _, _) in container.iter().flat_map(|c| c.volumes.iter()) {
+        volumes::direct::forget_sandbox(&volume_root, volume, &inner.sandbox_id);
+    }
+    if let Some(target) = container.and_then(|c| c.mounted_rootfs) {
+        if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
+            warn!(inner.log, "cannot unmount rootfs"; "container" => &req.id, "path" => %target.display(), "error" => %err);
+        }
+    }
+    let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
+    let event = events::TaskDelete {
+        container_id: req.id.clone(),
+        id: req.id.clone(),
+        pid,
+        exit_status: exit.status,
+        exited_at: Some(exit.at.clone()).into(),
+        ..Default::default()
+    };
+    inner.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event)).await;
+    info!(inner.log, "container deleted"; "container" => &req.id);
+    Ok(api::DeleteResponse { pid, exit_status: exit.status, exited_at: Some(exit.at).into(), ..Default::default() })
+}
+
 /// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
 fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
     std::fs::create_dir_all(target)
@@ -1110,75 +1180,12 @@ impl Task for TaskService {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
-        let inner = &self.inner;
-        let pid = inner.current_sandbox().await.map_or(0, |s| s.vm_pid());
-        if !req.exec_id.is_empty() {
-            let mut containers = inner.containers.lock().await;
-            let container = containers
-                .get_mut(&req.id)
-                .ok_or_else(|| error(Code::NOT_FOUND, format!("container {:?} not found", req.id)))?;
-            let proc = container.process(&req.exec_id)?;
-            if proc.status() == Status::Running {
-                return Err(error(Code::FAILED_PRECONDITION, format!("exec {:?} is still running", req.exec_id)));
-            }
-            container.execs.remove(&req.exec_id);
-            let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
-            return Ok(api::DeleteResponse {
-                pid,
-                exit_status: exit.status,
-                exited_at: Some(exit.at).into(),
-                ..Default::default()
-            });
-        }
-        let proc = inner.find(&req.id, "").await?;
-        if matches!(proc.status(), Status::Running | Status::Paused) {
-            return Err(error(
-                Code::FAILED_PRECONDITION,
-                format!("container {:?} is still running; kill it first", req.id),
-            ));
-        }
-        if let Some(sandbox) = inner.live_sandbox().await {
-            let request =
-                pb::RemoveContainerRequest { container_id: req.id.clone(), timeout: 10, ..Default::default() };
-            if let Err(err) =
-                sandbox.agent().agent().remove_container(context::with_duration(CALL_TIMEOUT), &request).await
-            {
-                warn!(inner.log, "RemoveContainer failed"; "container" => &req.id, "error" => %err);
-            }
-        }
-        let container = inner.containers.lock().await.remove(&req.id);
-        if let Some(sandbox) = inner.current_sandbox().await {
-            sandbox.unshare(&req.id);
-            let plugged = container.as_ref().map(|c| c.plugged.clone()).unwrap_or_default();
-            if sandbox.exited().borrow().is_none() {
-                for id in plugged.iter().rev() {
-                    if let Err(err) = sandbox.hot_unplug(id).await {
-                        warn!(inner.log, "cannot unplug"; "container" => &req.id, "device" => id, "error" => %err);
-                    }
-                }
-            }
-        }
-        let volume_root = volumes::direct::root(&inner.config);
-        for (volume, _, _) in container.iter().flat_map(|c| c.volumes.iter()) {
-            volumes::direct::forget_sandbox(&volume_root, volume, &inner.sandbox_id);
-        }
-        if let Some(target) = container.and_then(|c| c.mounted_rootfs) {
-            if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
-                warn!(inner.log, "cannot unmount rootfs"; "container" => &req.id, "path" => %target.display(), "error" => %err);
-            }
-        }
-        let exit = proc.exit().unwrap_or(Exit { status: 0, at: now() });
-        let event = events::TaskDelete {
-            container_id: req.id.clone(),
-            id: req.id.clone(),
-            pid,
-            exit_status: exit.status,
-            exited_at: Some(exit.at.clone()).into(),
-            ..Default::default()
-        };
-        inner.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event)).await;
-        info!(inner.log, "container deleted"; "container" => &req.id);
-        Ok(api::DeleteResponse { pid, exit_status: exit.status, exited_at: Some(exit.at).into(), ..Default::default() })
+        // Run to the end even if containerd stops waiting: ttrpc drops a handler whose deadline
+        // passed, and a delete cut short would leave the container's disks and mounts behind.
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move { delete_container(&inner, req).await })
+            .await
+            .map_err(|err| error(Code::INTERNAL, format!("delete failed: {err}")))?
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
@@ -1285,15 +1292,20 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let inner = &self.inner;
+        let inner = Arc::clone(&self.inner);
         if !inner.containers.lock().await.is_empty() {
             // Other containers of the sandbox still live: containerd asks again after their delete.
             return Ok(api::Empty::new());
         }
-        if let Some(sandbox) = inner.sandbox.lock().await.take() {
-            sandbox.shutdown().await;
-        }
-        inner.exit.signal();
+        // Detached from this request: containerd gives Shutdown 3 s, and when ttrpc drops the
+        // handler at that deadline a half-stopped VM must still be stopped and the shim exit.
+        let stop = tokio::spawn(async move {
+            if let Some(sandbox) = inner.sandbox.lock().await.take() {
+                sandbox.shutdown().await;
+            }
+            inner.exit.signal();
+        });
+        let _ = stop.await;
         Ok(api::Empty::new())
     }
 }
