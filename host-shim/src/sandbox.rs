@@ -400,8 +400,16 @@ impl Sandbox {
             let client = self.agent.agent();
             let request = DestroySandboxRequest::new();
             let destroy = client.destroy_sandbox(context::with_duration(Duration::from_secs(2)), &request);
-            if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(3), destroy).await {
-                info!(self.log, "DestroySandbox failed (the VM is stopped anyway)"; "error" => %err);
+            // The agent powers the VM off once it replied, and the reply can be lost with the
+            // VM (still queued in the guest when QEMU exits): the VM's exit answers as well.
+            let mut exited = self.exited.clone();
+            tokio::select! {
+                reply = tokio::time::timeout(Duration::from_secs(3), destroy) => {
+                    if let Ok(Err(err)) = reply {
+                        info!(self.log, "DestroySandbox failed (the VM is stopped anyway)"; "error" => %err);
+                    }
+                }
+                _ = exited.wait_for(Option::is_some) => {}
             }
         }
         self.vm.lock().await.stop().await;
