@@ -16,7 +16,7 @@
 //! TaskExit; Wait returns only after that. If QEMU dies, every process not yet exited gets
 //! status 255 at once, TaskExit is published, and the sandbox is cleaned up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
@@ -183,8 +183,31 @@ struct Inner {
     log: Logger,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// Ids whose Create is under way (not yet in `containers`): a second Create of one is
+    /// refused rather than racing the first into the VM.
+    creating: std::sync::Mutex<HashSet<String>>,
     /// Numbers the devices plugged into the VM (`wisp-blkN`).
     next_device: AtomicU32,
+}
+
+/// An id claimed in [`Inner::creating`] for as long as its Create runs.
+struct CreateClaim<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl<'a> CreateClaim<'a> {
+    /// Claims `id`; `None` if another Create of it is under way.
+    fn take(inner: &'a Inner, id: &str) -> Option<Self> {
+        let mut creating = inner.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        creating.insert(id.to_owned()).then(|| Self { inner, id: id.to_owned() })
+    }
+}
+
+impl Drop for CreateClaim<'_> {
+    fn drop(&mut self) {
+        self.inner.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 fn error(code: Code, message: impl Into<String>) -> shim_ttrpc::Error {
@@ -228,6 +251,7 @@ impl TaskService {
                 log,
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
+                creating: std::sync::Mutex::new(HashSet::new()),
                 next_device: AtomicU32::new(0),
             }),
         }
@@ -831,7 +855,8 @@ impl Task for TaskService {
         if let Some(why) = protocols::id::invalid(&cid) {
             return Err(error(Code::INVALID_ARGUMENT, format!("container id {cid:?}: {why}")));
         }
-        if inner.containers.lock().await.contains_key(&cid) {
+        let claim = CreateClaim::take(inner, &cid);
+        if claim.is_none() || inner.containers.lock().await.contains_key(&cid) {
             return Err(error(Code::ALREADY_EXISTS, format!("container {cid:?} already exists")));
         }
         let bundle = PathBuf::from(&req.bundle);
