@@ -17,9 +17,9 @@
 //! status 255 at once, TaskExit is published, and the sandbox is cleaned up.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +27,6 @@ use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim_protos::api;
-use containerd_shim_protos::cgroups::metrics;
 use containerd_shim_protos::events::task as events;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -35,12 +34,12 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self as shim_ttrpc, Code};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use protocols::agent as pb;
 use protocols::convert::to_pb;
 use protocols::ttrpc::context;
 use slog::{info, warn, Logger};
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::api as side;
@@ -51,6 +50,14 @@ use crate::pod::PodSpec;
 use crate::sandbox::Sandbox;
 use crate::volumes;
 
+mod guest;
+mod process;
+mod stats;
+
+use guest::{guest_spec, mount_rootfs};
+use process::{Container, Exit, Proc, Status, Stdio};
+use stats::{metrics_of, volume_stats_json};
+
 type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
 
 /// Bound on ordinary agent calls.
@@ -59,108 +66,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit status reported when the VM died under a process.
 pub const VM_DIED_STATUS: u32 = 255;
-
-/// The life of one process as containerd sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-/// How a process ended.
-#[derive(Debug, Clone)]
-struct Exit {
-    status: u32,
-    at: Timestamp,
-}
-
-/// containerd's stdio for one process.
-#[derive(Debug, Clone, Default)]
-struct Stdio {
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
-}
-
-/// One process (a container's init or an exec).
-#[derive(Debug)]
-struct Proc {
-    container: String,
-    /// containerd's exec id (`""` for init).
-    exec_id: String,
-    stdio: Stdio,
-    /// The OCI process of an exec (sent with ExecProcess at Start).
-    exec_spec: Option<protocols::oci::Process>,
-    status: StdMutex<Status>,
-    exit_tx: watch::Sender<Option<Exit>>,
-    stdin_close: Arc<Notify>,
-}
-
-impl Proc {
-    fn new(container: &str, exec_id: &str, stdio: Stdio, exec_spec: Option<protocols::oci::Process>) -> Arc<Self> {
-        let (exit_tx, _) = watch::channel(None);
-        Arc::new(Self {
-            container: container.to_owned(),
-            exec_id: exec_id.to_owned(),
-            stdio,
-            exec_spec,
-            status: StdMutex::new(Status::Created),
-            exit_tx,
-            stdin_close: Arc::new(Notify::new()),
-        })
-    }
-
-    /// The agent's name for this process.
-    fn agent_exec_id(&self) -> &str {
-        if self.exec_id.is_empty() {
-            &self.container
-        } else {
-            &self.exec_id
-        }
-    }
-
-    fn status(&self) -> Status {
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_status(&self, status: Status) {
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
-    }
-
-    fn exit(&self) -> Option<Exit> {
-        self.exit_tx.borrow().clone()
-    }
-}
-
-/// One container.
-#[derive(Debug)]
-struct Container {
-    bundle: String,
-    /// `<bundle>/rootfs` when the shim mounted containerd's rootfs mounts there.
-    mounted_rootfs: Option<PathBuf>,
-    init: Arc<Proc>,
-    execs: HashMap<String, Arc<Proc>>,
-    /// Disks plugged for it (QEMU device ids), unplugged when it is deleted.
-    plugged: Vec<String>,
-    /// Direct volumes it uses: (volume path, guest mount point, device id).
-    volumes: Vec<(String, String, String)>,
-    /// Disks hot-plugged while it runs: (device path in the container, mount point, device id).
-    hot: Vec<(String, String, String)>,
-}
-
-impl Container {
-    fn process(&self, exec_id: &str) -> TtrpcResult<Arc<Proc>> {
-        if exec_id.is_empty() {
-            return Ok(self.init.clone());
-        }
-        self.execs.get(exec_id).cloned().ok_or_else(|| {
-            error(Code::NOT_FOUND, format!("exec {exec_id:?} of container {:?} not found", self.init.container))
-        })
-    }
-}
 
 /// The task service of one shim (one sandbox).
 #[derive(Clone)]
@@ -690,153 +595,6 @@ async fn delete_container(inner: &Inner, req: api::DeleteRequest) -> TtrpcResult
     Ok(api::DeleteResponse { pid, exit_status: exit.status, exited_at: Some(exit.at).into(), ..Default::default() })
 }
 
-/// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
-fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
-    std::fs::create_dir_all(target)
-        .map_err(|err| error(Code::INTERNAL, format!("cannot create {}: {err}", target.display())))?;
-    for (done, m) in mounts.iter().enumerate() {
-        let mut flags = MsFlags::empty();
-        let mut data = Vec::new();
-        for option in &m.options {
-            match option.as_str() {
-                "ro" => flags |= MsFlags::MS_RDONLY,
-                "rw" => {}
-                "bind" => flags |= MsFlags::MS_BIND,
-                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-                "nosuid" => flags |= MsFlags::MS_NOSUID,
-                "nodev" => flags |= MsFlags::MS_NODEV,
-                "noexec" => flags |= MsFlags::MS_NOEXEC,
-                other => data.push(other.to_owned()),
-            }
-        }
-        let data = data.join(",");
-        let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
-        if let Err(errno) =
-            mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
-        {
-            // The mounts so far stack on `target`: take them all down, leave nothing behind.
-            for _ in 0..done {
-                let _ = umount2(target, MntFlags::MNT_DETACH);
-            }
-            return Err(error(
-                Code::INTERNAL,
-                format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Adapts a config.json spec for the guest: the rootfs and host bind-mount sources point into
-/// the shared directory, host-only parts (hooks, host namespace paths) are dropped.
-fn guest_spec(
-    spec: &oci_spec::runtime::Spec,
-    bundle: &Path,
-    rootfs_guest: String,
-    mut share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
-) -> TtrpcResult<protocols::oci::Spec> {
-    let mut pb_spec = to_pb::spec(spec);
-    pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
-    // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
-    pb_spec.Hooks = None.into();
-    if let Some(linux) = pb_spec.Linux.as_mut() {
-        // A network namespace given by path is the pod's (CRI) or one the host prepared: in
-        // the guest that is the VM's own network, where every container of the sandbox meets
-        // (one localhost per pod, as Kata does). Only a new one stays a new one.
-        linux.Namespaces.retain(|ns| ns.Type != "network" || ns.Path.is_empty());
-        for ns in &mut linux.Namespaces {
-            // A path names a host namespace, which does not exist in the guest.
-            ns.Path.clear();
-        }
-    }
-    for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
-        if volumes::direct::VOLUME_TYPES.contains(&m.type_.as_str()) {
-            // A direct volume: plugged as a disk, not shared.
-            continue;
-        }
-        let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
-        let source = PathBuf::from(&m.source);
-        let source = if source.is_absolute() { source } else { bundle.join(source) };
-        // Judged where it really leads: `/run/../proc` or a symlink to /sys is the guest's
-        // own, not the host's to share. A source that does not exist is left as written.
-        let Ok(source) = std::fs::canonicalize(&source) else { continue };
-        let host_only = ["/proc", "/sys", "/dev"].iter().any(|p| source.starts_with(p));
-        if bind && !host_only {
-            let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            m.source = share(&format!("mounts/{index}-{name}"), &source)?;
-        }
-    }
-    Ok(pb_spec)
-}
-
-/// The agent's volume stats as JSON (kata-ctl prints the same fields).
-fn volume_stats_json(stats: &protocols::csi::VolumeStatsResponse) -> serde_json::Value {
-    let usage: Vec<_> = stats
-        .usage
-        .iter()
-        .map(|u| {
-            serde_json::json!({
-                "available": u.available,
-                "total": u.total,
-                "used": u.used,
-                "unit": format!("{:?}", u.unit.enum_value_or_default()),
-            })
-        })
-        .collect();
-    let condition = stats.volume_condition.as_ref();
-    serde_json::json!({
-        "usage": usage,
-        "volume_condition": {
-            "abnormal": condition.is_some_and(|c| c.abnormal),
-            "message": condition.map(|c| c.message.clone()).unwrap_or_default(),
-        },
-    })
-}
-
-/// CgroupStats from the agent as containerd's cgroup v1 metrics.
-fn metrics_of(stats: &pb::CgroupStats) -> metrics::Metrics {
-    let mut m = metrics::Metrics::new();
-    let cpu = &stats.cpu_stats.cpu_usage;
-    m.cpu = Some(metrics::CPUStat {
-        usage: Some(metrics::CPUUsage {
-            total: cpu.total_usage,
-            kernel: cpu.usage_in_kernelmode,
-            user: cpu.usage_in_usermode,
-            per_cpu: cpu.percpu_usage.clone(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    })
-    .into();
-    let mem = &stats.memory_stats;
-    let entry = |d: &pb::MemoryData| {
-        Some(metrics::MemoryEntry {
-            limit: d.limit,
-            usage: d.usage,
-            max: d.max_usage,
-            failcnt: d.failcnt,
-            ..Default::default()
-        })
-        .into()
-    };
-    m.memory = Some(metrics::MemoryStat {
-        cache: mem.cache,
-        usage: entry(&mem.usage),
-        swap: entry(&mem.swap_usage),
-        kernel: entry(&mem.kernel_usage),
-        ..Default::default()
-    })
-    .into();
-    m.pids = Some(metrics::PidsStat {
-        current: stats.pids_stats.current,
-        limit: stats.pids_stats.limit,
-        ..Default::default()
-    })
-    .into();
-    m
-}
-
 #[async_trait]
 impl Task for TaskService {
     async fn connect(&self, _ctx: &TtrpcContext, _req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
@@ -1340,48 +1098,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guest_spec_points_into_the_share_and_drops_host_parts() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let json = format!(
-            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
-                "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}},
-                "hooks": {{"prestart": [{{"path": "/usr/bin/host-hook"}}]}},
-                "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}},
-                           {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
-                           {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}},
-                           {{"destination": "/a", "type": "bind", "source": "{}/to-proc", "options": ["rbind"]}},
-                           {{"destination": "/b", "type": "bind", "source": "/run/../sys", "options": ["rbind"]}}],
-                "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "network", "path": "/var/run/netns/x"}}]}}}}"#,
-            data.display(),
-            dir.path().display()
-        );
-        std::os::unix::fs::symlink("/proc/self", dir.path().join("to-proc")).unwrap();
-        std::fs::write(dir.path().join("config.json"), json).unwrap();
-        let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
-        let mut shared = Vec::new();
-        let pb = guest_spec(&spec, dir.path(), "/guest/c1/rootfs".into(), |name, source| {
-            shared.push((name.to_owned(), source.to_owned()));
-            Ok(format!("/guest/c1/{name}"))
-        })
-        .unwrap();
-        assert_eq!(pb.Root.Path, "/guest/c1/rootfs");
-        assert!(pb.Hooks.is_none());
-        assert_eq!(pb.Mounts[0].source, "proc");
-        assert_eq!(pb.Mounts[1].source, "/guest/c1/mounts/1-data");
-        assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
-        assert_eq!(pb.Mounts[4].source, "/run/../sys", "a path that leads to /sys is not shared");
-        assert_eq!(shared, [("mounts/1-data".to_owned(), data)], "nor a symlink to /proc");
-        assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
-        assert!(
-            pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),
-            "a network namespace by path is the sandbox's: the VM's own"
-        );
-        assert_eq!(pb.Process.Args, ["sh"]);
-    }
-
-    #[test]
     fn agent_status_codes_survive() {
         let err = agent_error(
             "StartContainer",
@@ -1398,17 +1114,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn metrics_carry_cpu_memory_pids() {
-        let mut stats = pb::CgroupStats::new();
-        stats.cpu_stats.mut_or_insert_default().cpu_usage.mut_or_insert_default().total_usage = 42;
-        stats.memory_stats.mut_or_insert_default().usage.mut_or_insert_default().usage = 4096;
-        stats.pids_stats.mut_or_insert_default().current = 3;
-        let m = metrics_of(&stats);
-        assert_eq!(m.cpu.usage.total, 42);
-        assert_eq!(m.memory.usage.usage, 4096);
-        assert_eq!(m.pids.current, 3);
     }
 }

@@ -1,0 +1,139 @@
+//! The container's spec and rootfs as the guest needs them: containerd's rootfs mounts
+//! mounted on the host when they are not a disk, and a config.json rewritten so its rootfs and
+//! bind-mount sources point into the shared directory.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::ttrpc::Code;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use protocols::convert::to_pb;
+
+use super::{error, TtrpcResult};
+use crate::volumes;
+
+/// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
+pub(super) fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
+    std::fs::create_dir_all(target)
+        .map_err(|err| error(Code::INTERNAL, format!("cannot create {}: {err}", target.display())))?;
+    for (done, m) in mounts.iter().enumerate() {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for option in &m.options {
+            match option.as_str() {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" => {}
+                "bind" => flags |= MsFlags::MS_BIND,
+                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                other => data.push(other.to_owned()),
+            }
+        }
+        let data = data.join(",");
+        let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
+        if let Err(errno) =
+            mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
+        {
+            // The mounts so far stack on `target`: take them all down, leave nothing behind.
+            for _ in 0..done {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+            return Err(error(
+                Code::INTERNAL,
+                format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Adapts a config.json spec for the guest: the rootfs and host bind-mount sources point into
+/// the shared directory, host-only parts (hooks, host namespace paths) are dropped.
+pub(super) fn guest_spec(
+    spec: &oci_spec::runtime::Spec,
+    bundle: &Path,
+    rootfs_guest: String,
+    mut share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
+) -> TtrpcResult<protocols::oci::Spec> {
+    let mut pb_spec = to_pb::spec(spec);
+    pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
+    // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
+    pb_spec.Hooks = None.into();
+    if let Some(linux) = pb_spec.Linux.as_mut() {
+        // A network namespace given by path is the pod's (CRI) or one the host prepared: in
+        // the guest that is the VM's own network, where every container of the sandbox meets
+        // (one localhost per pod, as Kata does). Only a new one stays a new one.
+        linux.Namespaces.retain(|ns| ns.Type != "network" || ns.Path.is_empty());
+        for ns in &mut linux.Namespaces {
+            // A path names a host namespace, which does not exist in the guest.
+            ns.Path.clear();
+        }
+    }
+    for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
+        if volumes::direct::VOLUME_TYPES.contains(&m.type_.as_str()) {
+            // A direct volume: plugged as a disk, not shared.
+            continue;
+        }
+        let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        let source = PathBuf::from(&m.source);
+        let source = if source.is_absolute() { source } else { bundle.join(source) };
+        // Judged where it really leads: `/run/../proc` or a symlink to /sys is the guest's
+        // own, not the host's to share. A source that does not exist is left as written.
+        let Ok(source) = std::fs::canonicalize(&source) else { continue };
+        let host_only = ["/proc", "/sys", "/dev"].iter().any(|p| source.starts_with(p));
+        if bind && !host_only {
+            let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            m.source = share(&format!("mounts/{index}-{name}"), &source)?;
+        }
+    }
+    Ok(pb_spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_spec_points_into_the_share_and_drops_host_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let json = format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}},
+                "hooks": {{"prestart": [{{"path": "/usr/bin/host-hook"}}]}},
+                "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}},
+                           {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
+                           {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}},
+                           {{"destination": "/a", "type": "bind", "source": "{}/to-proc", "options": ["rbind"]}},
+                           {{"destination": "/b", "type": "bind", "source": "/run/../sys", "options": ["rbind"]}}],
+                "linux": {{"namespaces": [{{"type": "pid"}}, {{"type": "network", "path": "/var/run/netns/x"}}]}}}}"#,
+            data.display(),
+            dir.path().display()
+        );
+        std::os::unix::fs::symlink("/proc/self", dir.path().join("to-proc")).unwrap();
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
+        let mut shared = Vec::new();
+        let pb = guest_spec(&spec, dir.path(), "/guest/c1/rootfs".into(), |name, source| {
+            shared.push((name.to_owned(), source.to_owned()));
+            Ok(format!("/guest/c1/{name}"))
+        })
+        .unwrap();
+        assert_eq!(pb.Root.Path, "/guest/c1/rootfs");
+        assert!(pb.Hooks.is_none());
+        assert_eq!(pb.Mounts[0].source, "proc");
+        assert_eq!(pb.Mounts[1].source, "/guest/c1/mounts/1-data");
+        assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
+        assert_eq!(pb.Mounts[4].source, "/run/../sys", "a path that leads to /sys is not shared");
+        assert_eq!(shared, [("mounts/1-data".to_owned(), data)], "nor a symlink to /proc");
+        assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
+        assert!(
+            pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),
+            "a network namespace by path is the sandbox's: the VM's own"
+        );
+        assert_eq!(pb.Process.Args, ["sh"]);
+    }
+}
