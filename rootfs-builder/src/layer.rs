@@ -42,7 +42,8 @@
 //!
 //! `DIR/.wh.NAME` deletes `DIR/NAME` from the lower layers; `DIR/.wh..wh..opq` empties `DIR` of
 //! what lower layers put there, down the whole tree (entries of the same layer, and the
-//! directories above them, stay, whatever their order in the tar).
+//! directories above them, stay, whatever their order in the tar). As in containerd, a
+//! whiteout's directory exists afterwards even if no layer had it.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -302,10 +303,13 @@ impl Applier {
             self.climbed_names += u64::from(climbed);
             let Some(last) = parts.pop() else { continue }; // the root itself
             let last_bytes = last.as_bytes();
-            // A whiteout under a directory that does not exist hides nothing: no parent is
-            // created for it.
-            let is_whiteout = last_bytes.starts_with(WHITEOUT_PREFIX.as_bytes());
-            let Some(parent) = self.resolve_dir(layer, &name, &parts, !is_whiteout)? else { continue };
+            // Every entry's parent directories exist afterwards, a whiteout's too: containerd
+            // creates them before it looks at the name (the directory is in the layer's upper
+            // dir as far as overlay is concerned), so this layer counts them as written.
+            let Some(parent) = self.resolve_dir(layer, &name, &parts, true)? else { continue };
+            if last_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                mark_written(&mut written, &self.root, parent.clone());
+            }
 
             if last_bytes == OPAQUE_MARKER.as_bytes() {
                 self.report.whiteouts += hide_lower(&parent, &written).map_err(|(path, source)| LayerError::Write {
@@ -619,7 +623,8 @@ mod tests {
         assert_eq!(names, [OsString::from("new")], "opaque dir keeps only this layer's entries");
         assert_eq!(report.whiteouts, 3);
         apply(root, &[tar_of(&[("nowhere/.wh.x", T::Regular, "")])]).unwrap();
-        assert!(!root.join("nowhere").exists(), "a whiteout creates no parent");
+        assert!(root.join("nowhere").is_dir(), "a whiteout's parent is created, as containerd does");
+        assert!(!root.join("nowhere/.wh.x").exists() && !root.join("nowhere/x").exists());
         assert!(!root.join("etc/.wh.gone").exists());
     }
 
