@@ -419,14 +419,19 @@ impl Sandbox {
         self.registry().live.get(id).cloned().ok_or_else(|| AgentError::ContainerNotFound(id.to_owned()))
     }
 
-    /// The pid namespace a new container gets, and whether it will hold the shared one.
-    fn pid_namespace(&self, wants_shared: bool) -> (PidNs, bool) {
+    /// The pid namespace a new container gets, whether it will hold the shared one, and the
+    /// holder's `/proc/PID/ns` (whose ipc and uts it joins) if there is one.
+    fn pid_namespace(&self, wants_shared: bool) -> (PidNs, bool, Option<PathBuf>) {
         let guest = self.guest();
         let wants_shared = wants_shared || guest.pidns_for_all;
-        match (&guest.pidns, wants_shared) {
-            (SharedPidNs::Held { pid, .. }, true) => (PidNs::Join(PathBuf::from(format!("/proc/{pid}/ns/pid"))), false),
-            (SharedPidNs::Wanted | SharedPidNs::Off, true) => (PidNs::New, true),
-            (_, false) => (PidNs::New, false),
+        let holder = match &guest.pidns {
+            SharedPidNs::Held { pid, .. } => Some(PathBuf::from(format!("/proc/{pid}/ns"))),
+            _ => None,
+        };
+        match (holder, wants_shared) {
+            (Some(dir), true) => (PidNs::Join(dir.join("pid")), false, Some(dir)),
+            (None, true) => (PidNs::New, true, None),
+            (holder, false) => (PidNs::New, false, holder),
         }
     }
 
@@ -485,7 +490,7 @@ impl Sandbox {
             .map_err(|e| AgentError::FailedPrecondition(format!("container {id}: device task: {e}")))??;
         }
         let wants_shared = req.sandbox_pidns;
-        let (pidns, holds) = self.pid_namespace(wants_shared);
+        let (pidns, holds, pod_ns) = self.pid_namespace(wants_shared);
         let hooks = self.guest().hooks.clone();
         let log = self.log.new(slog::o!("container_id" => id.clone()));
         let exec_id = if req.exec_id.is_empty() { id.clone() } else { req.exec_id.clone() };
@@ -496,6 +501,7 @@ impl Sandbox {
             state_root: &self.state_root,
             guest_hooks: hooks.as_ref(),
             pidns,
+            pod_ns,
             cgroup_parent: &self.cgroup_parent,
             exits: self.exits.clone(),
             log,

@@ -154,7 +154,8 @@ impl Pods {
         Ok(answer.into_inner().pod_sandbox_id)
     }
 
-    /// CreateContainer + StartContainer of a busybox container running `command`.
+    /// CreateContainer + StartContainer of a busybox container running `command`, in the
+    /// pod's pid namespace.
     fn start_container(
         &self,
         pod: &str,
@@ -162,12 +163,32 @@ impl Pods {
         name: &str,
         command: &[&str],
     ) -> anyhow::Result<String> {
+        self.start_container_in(pod, pod_config, name, command, api::NamespaceMode::Pod)
+    }
+
+    /// [`Pods::start_container`] with the pid namespace `pid` (Container: its own, as kubelet
+    /// asks unless the pod shares its process namespace).
+    fn start_container_in(
+        &self,
+        pod: &str,
+        pod_config: &api::PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+        pid: api::NamespaceMode,
+    ) -> anyhow::Result<String> {
+        let namespaces = api::NamespaceOption { pid: pid as i32, ..Default::default() };
         let config = api::ContainerConfig {
             metadata: Some(api::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(api::ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             log_path: format!("{name}.log"),
-            linux: Some(api::LinuxContainerConfig::default()),
+            linux: Some(api::LinuxContainerConfig {
+                security_context: Some(api::LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let request = api::CreateContainerRequest {
@@ -347,6 +368,22 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
         ps.lines().skip(1).filter_map(|l| l.trim().split_once(' ')).map(|(pid, args)| (args.trim(), pid)).collect();
     assert_eq!(pids.get("/pause"), Some(&"1"), "the pause process is PID 1 of the pod, in the guest:\n{ps}");
     assert!(pids.contains_key("sleep 3600"), "{ps}");
+
+    // A container with its own pid namespace (kubelet's default) still shares the pod's ipc
+    // and uts namespaces.
+    let namespaces = "for n in ipc uts pid; do readlink /proc/self/ns/$n; done";
+    let script = format!("{namespaces}; ps -o args | grep -q '^sleep 3600' && echo sees-sleeper || echo own-pids");
+    let loner = t.start_container_in(&pod, &config, "loner", &["sh", "-c", &script], api::NamespaceMode::Container)?;
+    assert_eq!(t.wait_exit(&loner, Duration::from_secs(60))?, 0);
+    let loner_out: Vec<String> =
+        cri_log(&t.dir.path().join("logs/pod1/loner.log"))?.into_iter().map(|(_, line)| line).collect();
+    let sleeper_ns = t.exec_sync(&sleeper, &["sh", "-c", namespaces])?;
+    let sleeper_ns: Vec<String> = text(&sleeper_ns.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(loner_out.len(), 4, "{loner_out:?}");
+    assert_eq!(sleeper_ns.len(), 3, "{sleeper_ns:?}");
+    assert_eq!(loner_out[..2], sleeper_ns[..2], "the pod's ipc and uts namespaces are shared");
+    assert_ne!(loner_out[2], sleeper_ns[2], "the pid namespace is its own");
+    assert_eq!(loner_out[3], "own-pids");
 
     t.stop_and_remove(&pod)?;
     let left = t.wait_no_leftovers(Duration::from_secs(10));

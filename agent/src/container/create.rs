@@ -46,6 +46,9 @@ pub struct CreateParams<'a> {
     pub state_root: &'a Path,
     pub guest_hooks: Option<&'a GuestHooks>,
     pub pidns: PidNs,
+    /// `/proc/PID/ns` of the process holding the pod's namespaces, whose ipc and uts the
+    /// container joins whatever its pid namespace.
+    pub pod_ns: Option<PathBuf>,
     /// Where relative cgroups paths go in the agent's own cgroup.
     pub cgroup_parent: &'a str,
     pub exits: Arc<ExitTable>,
@@ -91,19 +94,27 @@ pub fn set_pid_namespace(spec: &mut Spec, pidns: &PidNs) {
     ns.set_typ(LinuxNamespaceType::Pid);
     if let PidNs::Join(path) = pidns {
         ns.set_path(Some(path.clone()));
-        // A pod shares ipc and uts with the process holding its pid namespace (Kubernetes
-        // pods always do; Kata's agent shares them sandbox-wide): the spec's own entries of
-        // those kinds join the holder's.
-        for other in namespaces.iter_mut() {
-            let name = match other.typ() {
-                LinuxNamespaceType::Ipc => "ipc",
-                LinuxNamespaceType::Uts => "uts",
-                _ => continue,
-            };
-            other.set_path(Some(path.with_file_name(name)));
-        }
     }
     namespaces.push(ns);
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
+/// Points the spec's ipc and uts entries at those of the process holding the pod's
+/// namespaces (`ns_dir` is its `/proc/PID/ns`). The containers of a Kubernetes pod share them
+/// whether or not they share its pid namespace, and Kata's agent shares them sandbox-wide; a
+/// spec without such an entry (the VM's own, as hostIPC asks) keeps it that way.
+pub fn join_pod_namespaces(spec: &mut Spec, ns_dir: &Path) {
+    let Some(mut linux) = spec.linux().clone() else { return };
+    let Some(mut namespaces) = linux.namespaces().clone() else { return };
+    for ns in namespaces.iter_mut() {
+        let name = match ns.typ() {
+            LinuxNamespaceType::Ipc => "ipc",
+            LinuxNamespaceType::Uts => "uts",
+            _ => continue,
+        };
+        ns.set_path(Some(ns_dir.join(name)));
+    }
     linux.set_namespaces(Some(namespaces));
     spec.set_linux(Some(linux));
 }
@@ -137,6 +148,9 @@ pub async fn create(p: CreateParams<'_>) -> Result<Container, AgentError> {
     let mut spec = p.spec;
     validate(&id, &spec)?;
     set_pid_namespace(&mut spec, &p.pidns);
+    if let Some(ns_dir) = &p.pod_ns {
+        join_pod_namespaces(&mut spec, ns_dir);
+    }
     if let Some(guest) = p.guest_hooks {
         append_guest_hooks(&mut spec, guest);
     }
@@ -394,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn joining_the_pods_pid_namespace_joins_its_ipc_and_uts() {
+    fn a_pod_container_joins_the_holders_ipc_and_uts_whatever_its_pid_namespace() {
         let mut s = spec("/", &["sh"]);
         let mut linux = oci_spec::runtime::Linux::default();
         let entries = [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
@@ -409,9 +423,11 @@ mod tests {
                 .collect(),
         ));
         s.set_linux(Some(linux));
-        set_pid_namespace(&mut s, &PidNs::Join("/proc/7/ns/pid".into()));
+        set_pid_namespace(&mut s, &PidNs::New);
+        join_pod_namespaces(&mut s, Path::new("/proc/7/ns"));
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let path = |t| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
+        assert_eq!(path(LinuxNamespaceType::Pid), None, "its own pid namespace");
         assert_eq!(path(LinuxNamespaceType::Ipc).as_deref(), Some(Path::new("/proc/7/ns/ipc")));
         assert_eq!(path(LinuxNamespaceType::Uts).as_deref(), Some(Path::new("/proc/7/ns/uts")));
         assert_eq!(path(LinuxNamespaceType::Mount), None, "the mount namespace stays the container's own");
