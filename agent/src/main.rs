@@ -12,6 +12,7 @@ mod hotplug;
 mod launch;
 mod logging;
 mod metrics;
+mod mountinfo;
 mod network;
 mod process;
 mod rpc;

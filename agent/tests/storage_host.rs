@@ -17,6 +17,9 @@
 #[path = "../src/device/mod.rs"]
 mod device;
 #[allow(dead_code)]
+#[path = "../src/mountinfo.rs"]
+mod mountinfo;
+#[allow(dead_code)]
 #[path = "../src/storage/mod.rs"]
 mod storage;
 mod error {

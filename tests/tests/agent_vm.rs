@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use protocols::agent::{
-    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, ReseedRandomDevRequest, SetGuestDateTimeRequest,
-    SetPolicyRequest,
+    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, RemoveStaleVirtiofsShareMountsRequest,
+    ReseedRandomDevRequest, SetGuestDateTimeRequest, SetPolicyRequest,
 };
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::ttrpc::{self, context, Code};
@@ -105,6 +105,13 @@ fn q35_over_hybrid_vsock_serves_the_kata_protocol() -> Result<()> {
 
         let (code, msg) = rpc_code(agent.agent().set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
         ensure!(code == Code::UNIMPLEMENTED, "{code:?}: {msg}");
+        // Kata's runtime sends it at every container stop and fails the stop on an error.
+        let stale = RemoveStaleVirtiofsShareMountsRequest::new();
+        agent
+            .agent()
+            .remove_stale_virtiofs_share_mounts(ctx(), &stale)
+            .await
+            .context("RemoveStaleVirtiofsShareMounts")?;
 
         // The agent's own RSS, measured exactly, and the deferred setup (cgroups)
         // finishing after the agent became ready.

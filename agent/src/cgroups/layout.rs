@@ -69,7 +69,7 @@ impl Layout {
             if pre.len() < 5 || post.len() < 3 {
                 continue;
             }
-            let mount = PathBuf::from(unescape_mountinfo(pre[4]));
+            let mount = PathBuf::from(crate::mountinfo::unescape(pre[4]));
             match post[0] {
                 "cgroup2" if mount == Path::new("/sys/fs/cgroup") => v2_mount = Some(mount),
                 "cgroup" => {
@@ -118,23 +118,6 @@ fn own_v1_cgroup(proc_self_cgroup: &str, controllers: &[String]) -> String {
         .next()
         .map(|p| p.trim_start_matches('/').to_owned())
         .unwrap_or_default()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where `cgroups_path` lives in a hierarchy whose own cgroup is `own`: a
@@ -248,12 +231,6 @@ mod tests {
         let l = Layout::parse(mi, "0::/agent.scope\n").unwrap();
         assert_eq!(l, Layout::V2 { mount: "/sys/fs/cgroup".into(), own: "agent.scope".into() });
         assert!(matches!(Layout::parse("", ""), Err(CgroupError::NoHierarchy)));
-    }
-
-    #[test]
-    fn mountinfo_octal_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/a\\04"), "/a\\04");
     }
 
     #[test]

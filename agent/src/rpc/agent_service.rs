@@ -11,9 +11,10 @@ use protocols::agent::{
     CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse, Metrics,
     OOMEvent, OnlineCPUMemRequest, PauseContainerRequest, ReadStreamRequest, ReadStreamResponse,
-    RemoveContainerRequest, ReseedRandomDevRequest, ResumeContainerRequest, SetGuestDateTimeRequest,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    RemoveContainerRequest, RemoveStaleVirtiofsShareMountsRequest, ReseedRandomDevRequest, ResumeContainerRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse,
+    WriteStreamRequest, WriteStreamResponse,
 };
 use protocols::agent_ttrpc::AgentService;
 use protocols::convert::from_pb;
@@ -101,6 +102,19 @@ impl AgentService for AgentRpc {
 
     async fn reseed_random_dev(&self, _ctx: &TtrpcContext, req: ReseedRandomDevRequest) -> ttrpc::Result<Empty> {
         self.sandbox.reseed(&req.data)?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: RemoveStaleVirtiofsShareMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        let log = self.sandbox.log().clone();
+        let revalidated = tokio::task::spawn_blocking(move || crate::storage::virtiofs::revalidate_shared_mounts(&log));
+        if let Err(e) = revalidated.await {
+            slog::warn!(self.sandbox.log(), "shared mounts not revalidated"; "error" => %e);
+        }
         Ok(Empty::new())
     }
 

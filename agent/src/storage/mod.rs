@@ -15,6 +15,7 @@
 
 mod drivers;
 pub(crate) mod options;
+pub mod virtiofs;
 pub mod volume;
 
 use std::collections::BTreeMap;
