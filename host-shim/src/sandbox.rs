@@ -52,6 +52,11 @@ pub const DEFAULT_STATE_DIR: &str = "/run/wisp";
 pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
 /// Lines of guest console quoted in errors.
 const CONSOLE_TAIL_LINES: usize = 20;
+/// How long a channel may stay silent after the agent said it was ready before the boot
+/// counts as stalled (generous: under TCG on a loaded host the answer takes milliseconds).
+const STALL_AFTER_READY: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 15 });
+/// How often the console is read for the agent's ready line while dialing.
+const STALL_POLL: Duration = Duration::from_millis(250);
 /// Bound on agent calls made during setup and teardown.
 const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,6 +78,20 @@ pub enum SandboxError {
         /// The last dial error.
         #[source]
         source: Box<DialError>,
+    },
+    /// The agent said it was ready on the console, but its channel never answered: a stalled
+    /// vsock backend (seen, rarely, with vhost-device-vsock under load). Worth a second boot.
+    #[error(
+        "the guest agent became ready but {addr} did not answer for {waited:?} after that (a stalled \
+         channel); last guest console lines:\n{console}"
+    )]
+    AgentStalled {
+        /// Where we dialed.
+        addr: AgentAddr,
+        /// How long the channel stayed silent after the agent was ready.
+        waited: Duration,
+        /// The tail of the guest console.
+        console: String,
     },
     /// QEMU exited while we waited for the agent.
     #[error("{exit} before the agent answered; last guest console lines:\n{console}")]
@@ -448,7 +467,25 @@ async fn wire_network(
     Ok(Some(network))
 }
 
-/// Dials the agent until `timeout`, giving up early if QEMU exits; then checks its health.
+/// Resolves once the guest console has said "agent ready" [`STALL_AFTER_READY`] ago (the
+/// agent listens from then on, and a healthy channel answers within milliseconds); never if the
+/// console does not say it (a quieter log level).
+async fn channel_stalled(vm: &dyn Hypervisor) -> Duration {
+    let mut ready_at = None;
+    loop {
+        tokio::time::sleep(STALL_POLL).await;
+        match ready_at {
+            None if vm.console_tail(CONSOLE_TAIL_LINES).contains("msg=\"agent ready\"") => {
+                ready_at = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= STALL_AFTER_READY => return at.elapsed(),
+            _ => {}
+        }
+    }
+}
+
+/// Dials the agent until `timeout`, giving up early if QEMU exits or the channel stalls after
+/// the agent said it was ready; then checks its health.
 async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, SandboxError> {
     let start = Instant::now();
     let mut exited = vm.exited();
@@ -462,6 +499,13 @@ async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) ->
         })?,
         exit = exited.wait_for(Option::is_some) => {
             return Err(vm_gone(exit.ok().and_then(|e| e.clone()).unwrap_or_default()));
+        }
+        waited = channel_stalled(vm) => {
+            return Err(SandboxError::AgentStalled {
+                addr: addr.clone(),
+                waited,
+                console: vm.console_tail(CONSOLE_TAIL_LINES),
+            });
         }
     };
     // A serial chardev accepts before the guest listens: the first answer proves the agent.
@@ -617,6 +661,21 @@ mod tests {
         assert!(message.contains("could not load kernel"), "QEMU's last words: {message}");
         assert!(message.contains("early death"), "the console tail: {message}");
         assert!(!sandbox_dir(&root, "sb2").exists(), "the state dir is removed");
+    }
+
+    #[tokio::test]
+    async fn a_channel_silent_after_the_agent_said_ready_is_a_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = "Run /init\\nwisp-agent t=3.1 level=info msg=\"agent ready\" channel=vsock:1024\\n";
+        let mut config = fake_qemu(dir.path(), console, "exec sleep 60");
+        config.agent.dial_timeout = 30;
+        let root = dir.path().join("state");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let start = Instant::now();
+        let err = Sandbox::boot_in(&config, &root, "sb3", None, &[], &log).await.unwrap_err();
+        assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10), "not the 30 s dial timeout: {:?}", start.elapsed());
+        assert!(!sandbox_dir(&root, "sb3").exists(), "the state dir is removed, ready for a second boot");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::config::{Config, MachineType};
 use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
 use crate::pod::PodSpec;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxError};
 use crate::volumes;
 
 mod guest;
@@ -192,9 +192,13 @@ impl Inner {
         let mut config = pod.vm_config(&self.config);
         config.qemu.enable_vhost_user_store |= shared_memory;
         let netns = pod.netns.as_deref();
-        let sandbox = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log)
-            .await
-            .map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
+        let mut booted = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log).await;
+        if let Err(err @ SandboxError::AgentStalled { .. }) = &booted {
+            // The first VM and its helpers are gone already; a fresh one gets a fresh channel.
+            warn!(self.log, "the agent channel stalled; booting the VM once more"; "error" => %err);
+            booted = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log).await;
+        }
+        let sandbox = booted.map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
         let sandbox = Arc::new(sandbox);
         *slot = Some(sandbox.clone());
         let me = self.clone();
