@@ -203,10 +203,10 @@ impl Sandbox {
         let root = root.to_owned();
         let dir = sandbox_dir(&root, id);
         let log = log.new(slog::o!("sandbox" => id.to_owned()));
-        // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
+        // Resolving reads files and may start a KVM probe: keep the task API answering meanwhile.
         let (resolve_config, resolve_root) = (config.clone(), root.clone());
         let mut spec =
-            tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root)).await.map_err(
+            tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root, false)).await.map_err(
                 |err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")),
             )??;
         let mut network = wire_network(config, netns, &mut spec, &log).await?;

@@ -182,7 +182,7 @@ fn check(config_path: Option<&Path>) -> bool {
             r.fail("state dir", format!("cannot create {}: {err} — run as root or set WISP_STATE_DIR", root.display()))
         }
     }
-    match QemuSpec::resolve(&config, &root) {
+    match QemuSpec::resolve(&config, &root, true) {
         Ok(spec) => r.ok(
             "sandbox VM",
             format!(
