@@ -2,8 +2,9 @@
 //!
 //! # State directory
 //!
-//! Everything a sandbox creates on the host lives under `<state root>/<sandbox>` (state root:
-//! `$WISP_STATE_DIR`, else `/run/wisp`): QEMU's console and logs, the pid files of QEMU and
+//! Everything a sandbox creates on the host lives under `<state root>/<namespace>_<id>-<hash>`
+//! (state root: `$WISP_STATE_DIR`, else `/run/wisp`; the name and its owner record are
+//! [`crate::state`]'s): QEMU's console and logs, the pid files of QEMU and
 //! its helpers, every socket (QMP, vhost-user, hybrid vsock, serial) and `shared/`, the
 //! directory the guest mounts by virtio-fs or 9p. Container rootfs and bind-mount sources are
 //! bind-mounted into `shared/<container>/`, as Kata does, and appear in the guest under
