@@ -99,7 +99,7 @@ fn one_id_in_two_namespaces_is_two_sandboxes() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The owner record of sandbox `default/id`.
+/// The owner record of sandbox `id` in the harness's namespace.
 fn owner(t: &Setup, id: &str) -> anyhow::Result<(PathBuf, Owner)> {
     let dir = SandboxKey::containerd(t.ctd.namespace(), id).dir(&t.state());
     let record = std::fs::read(dir.join(OWNER_FILE)).with_context(|| format!("the owner of {}", dir.display()))?;
@@ -138,8 +138,9 @@ fn kill_and_wait(pid: u32) -> anyhow::Result<()> {
 #[test]
 fn gc_removes_a_sandbox_whose_shim_died_unseen_and_leaves_a_live_one() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    run_detached(&t, "default", "v", "victim")?;
-    run_detached(&t, "default", "k", "keeper")?;
+    let ns = t.ctd.namespace().to_owned();
+    run_detached(&t, &ns, "v", "victim")?;
+    run_detached(&t, &ns, "k", "keeper")?;
     let (victim_dir, victim) = owner(&t, "victim")?;
     let (keeper_dir, keeper) = owner(&t, "keeper")?;
     let keeper_before = traces(&keeper_dir);
@@ -155,11 +156,11 @@ fn gc_removes_a_sandbox_whose_shim_died_unseen_and_leaves_a_live_one() -> anyhow
     ensure!(
         listed
             .lines()
-            .any(|l| l.starts_with("would remove") && l.contains(&victim_name) && l.contains("default/victim")),
+            .any(|l| l.starts_with("would remove") && l.contains(&victim_name) && l.contains(&format!("{ns}/victim"))),
         "dry run lists the victim: {listed}"
     );
     ensure!(
-        listed.lines().any(|l| l.starts_with("kept") && l.contains("default/keeper")),
+        listed.lines().any(|l| l.starts_with("kept") && l.contains(&format!("{ns}/keeper"))),
         "and keeps the keeper: {listed}"
     );
     ensure!(!traces(&victim_dir).is_empty(), "a dry run removes nothing");
