@@ -170,7 +170,8 @@ fn gc_removes_a_sandbox_whose_shim_died_unseen_and_leaves_a_live_one() -> anyhow
         swept.lines().any(|l| l.starts_with("removed") && l.contains(&victim_name)),
         "gc says what it removed: {swept}"
     );
-    let left = traces(&victim_dir);
+    // SIGKILLed processes take a moment to go on a loaded host.
+    let left = leftovers::wait_until_empty(Duration::from_secs(5), || traces(&victim_dir));
     ensure!(left.is_empty(), "no QEMU, helper, mount or state of the victim left: {left:#?}\ngc said: {swept}");
     ensure!(process_running(keeper.pid), "the keeper's shim runs");
     let keeper_after = traces(&keeper_dir);
