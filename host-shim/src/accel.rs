@@ -11,13 +11,18 @@
 //!    is reused.
 //! 4. Probe: `qemu-system-x86_64 -accel kvm -machine q35 -kernel bzImage -append 'console=ttyS0
 //!    panic=-1'` with no initrd; KVM if the console shows the kernel's `Linux version` banner
-//!    within [`PROBE_TIMEOUT`], else TCG. QEMU is killed as soon as the answer is known.
+//!    within [`PROBE_TIMEOUT`], else TCG. QEMU is killed as soon as the answer is known (and
+//!    with the thread that started it: `PR_SET_PDEATHSIG`).
 //!
 //! [`ACCEL_ENV`] (`WISP_ACCEL=kvm|tcg`) overrides everything; callers check it with
 //! [`from_env`] before probing.
 //!
 //! Cost: on a host with working KVM the probe takes well under a second; where KVM hangs it takes
-//! the whole [`PROBE_TIMEOUT`] (5 s), once per host boot thanks to the file cache.
+//! the whole [`PROBE_TIMEOUT`] (5 s), once per host boot thanks to the file cache. That wait is
+//! kept off the user's path: the shim asks [`decide_in_background`], which answers at once —
+//! the cached decision, or TCG while one probe (an exclusive `flock` on the cache file) runs on
+//! a thread and caches its answer for the next sandboxes. `wisp check` ([`decide`]) waits for
+//! the probe, so running it after installing settles the question before the first sandbox.
 
 use std::env;
 use std::fmt;
@@ -25,8 +30,10 @@ use std::fs::{self, File, OpenOptions};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 
 /// The environment variable that overrides the choice.
 pub const ACCEL_ENV: &str = "WISP_ACCEL";
@@ -34,6 +41,11 @@ pub const ACCEL_ENV: &str = "WISP_ACCEL";
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the probe waits for on the console.
 const PROBE_BANNER: &str = "Linux version";
+/// The device KVM is used through.
+const KVM_DEVICE: &str = "/dev/kvm";
+
+/// A KVM probe: `(qemu, kernel, timeout)` to a decision ([`probe_kvm`], a fake in tests).
+type Probe = fn(&Path, &Path, Duration) -> Decision;
 
 /// A QEMU accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,25 +104,83 @@ pub fn from_env() -> Option<Result<Accel, AccelError>> {
 
 /// Decides KVM or TCG for `qemu`, probing with `kernel` (a bzImage) and caching the answer for
 /// this host boot in `cache` (best effort: without the cache the next process probes again).
+/// Waits for the probe when the cache has no answer (`wisp check`, the test harness).
 pub fn decide(qemu: &Path, kernel: Option<&Path>, cache: Option<&Path>) -> Decision {
+    decide_with(Path::new(KVM_DEVICE), qemu, kernel, cache, true, probe_kvm).0
+}
+
+/// [`decide`] without waiting: when the cache has no answer yet, TCG at once while a probe runs
+/// on a background thread and caches its answer for the next sandboxes (one probe at a time
+/// per cache file). Where KVM works, the first sandbox of a host boot runs under TCG.
+pub fn decide_in_background(qemu: &Path, kernel: Option<&Path>, cache: Option<&Path>) -> Decision {
+    decide_with(Path::new(KVM_DEVICE), qemu, kernel, cache, false, probe_kvm).0
+}
+
+/// [`decide`] (`wait`) or [`decide_in_background`] with `kvm` as the device and `probe` as the
+/// probe; the background probe's thread, if one was started.
+fn decide_with(
+    kvm: &Path,
+    qemu: &Path,
+    kernel: Option<&Path>,
+    cache: Option<&Path>,
+    wait: bool,
+    probe: Probe,
+) -> (Decision, Option<JoinHandle<()>>) {
     let tcg = |reason: String| Decision { accel: Accel::Tcg, reason };
-    if let Err(err) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        return tcg(format!("cannot open /dev/kvm: {err}"));
+    if let Err(err) = OpenOptions::new().read(true).write(true).open(kvm) {
+        return (tcg(format!("cannot open {}: {err}", kvm.display())), None);
     }
     let Some(kernel) = kernel.filter(|k| k.is_file()) else {
-        return tcg("no kernel to probe KVM with".to_owned());
+        return (tcg("no kernel to probe KVM with".to_owned()), None);
     };
     let boot_id =
         fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_owned()).unwrap_or_default();
     let cache = cache.filter(|_| !boot_id.is_empty());
     if let Some(cached) = cache.and_then(|cache| read_cache(cache, &boot_id)) {
+        return (cached, None);
+    }
+    if wait {
+        return (probe_and_cache(qemu, kernel, cache, &boot_id, FlockArg::LockExclusive, probe), None);
+    }
+    let (qemu, kernel, cache) = (qemu.to_owned(), kernel.to_owned(), cache.map(Path::to_owned));
+    let spawned = thread::Builder::new().name("kvm-probe".to_owned()).spawn(move || {
+        let _ = probe_and_cache(&qemu, &kernel, cache.as_deref(), &boot_id, FlockArg::LockExclusiveNonblock, probe);
+    });
+    let reason = "KVM not probed yet on this host boot: TCG for this sandbox while a probe runs in the \
+                  background for the next ones (`wisp check` probes and waits)";
+    match spawned {
+        Ok(handle) => (tcg(reason.to_owned()), Some(handle)),
+        Err(err) => (tcg(format!("KVM not probed yet; cannot start the probe thread: {err}")), None),
+    }
+}
+
+/// Runs `probe` under a `lock` (blocking or not) on `cache` and caches its answer; a decision
+/// another process cached meanwhile is taken instead. Without the lock (another probe runs),
+/// TCG.
+fn probe_and_cache(
+    qemu: &Path,
+    kernel: &Path,
+    cache: Option<&Path>,
+    boot_id: &str,
+    lock: FlockArg,
+    probe: Probe,
+) -> Decision {
+    let Some(cache) = cache else { return probe(qemu, kernel, PROBE_TIMEOUT) };
+    let _ = fs::create_dir_all(cache.parent().unwrap_or(cache));
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(cache);
+    let _held = match file.map(|file| Flock::lock(file, lock)) {
+        Ok(Ok(held)) => Some(held),
+        Ok(Err((_, errno))) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            return Decision { accel: Accel::Tcg, reason: "another process is probing KVM".to_owned() };
+        }
+        // No lock (a read-only cache dir): probe anyway, as before the lock existed.
+        _ => None,
+    };
+    if let Some(cached) = read_cache(cache, boot_id) {
         return cached;
     }
-    let decision = probe_kvm(qemu, kernel, PROBE_TIMEOUT);
-    if let Some(cache) = cache {
-        let _ = fs::create_dir_all(cache.parent().unwrap_or(cache))
-            .and_then(|()| fs::write(cache, format!("{boot_id} {} {}\n", decision.accel, decision.reason)));
-    }
+    let decision = probe(qemu, kernel, PROBE_TIMEOUT);
+    let _ = fs::write(cache, format!("{boot_id} {} {}\n", decision.accel, decision.reason));
     decision
 }
 
@@ -148,7 +218,19 @@ fn probe_in(qemu: &Path, kernel: &Path, timeout: Duration, dir: &Path) -> Decisi
         Err(err) => return decision(Accel::Tcg, format!("cannot create {}: {err}", stderr_path.display())),
     };
     let start = Instant::now();
-    let spawned = Command::new(qemu)
+    let mut command = Command::new(qemu);
+    // SAFETY: between fork and exec only the async-signal-safe prctl(2) runs; it touches no
+    // memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            // The probe guest dies with the thread waiting for it (a shim that exits mid-probe).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = command
         .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M"])
         .args(["-nographic", "-nodefaults", "-no-reboot", "-serial"])
         .arg(format!("file:{}", console.display()))
@@ -236,6 +318,65 @@ mod tests {
 
         fs::write(&cache, "boot-a bogus x\n").unwrap();
         assert_eq!(read_cache(&cache, "boot-a"), None);
+    }
+
+    /// A fake probe that takes 300 ms and says KVM works; counts its runs (one test uses it).
+    fn slow_kvm_probe(_: &Path, _: &Path, _: Duration) -> Decision {
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(300));
+        Decision { accel: Accel::Kvm, reason: "fake probe".to_owned() }
+    }
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    #[test]
+    fn the_first_decision_does_not_wait_for_the_probe_and_the_next_ones_use_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kvm, kernel, cache) = (dir.path().join("kvm"), dir.path().join("bzImage"), dir.path().join("accel"));
+        fs::write(&kvm, b"").unwrap();
+        fs::write(&kernel, b"").unwrap();
+        let qemu = Path::new("qemu");
+        let before = PROBES.load(std::sync::atomic::Ordering::SeqCst);
+
+        let start = Instant::now();
+        let (first, probing) = decide_with(&kvm, qemu, Some(&kernel), Some(&cache), false, slow_kvm_probe);
+        assert!(start.elapsed() < Duration::from_millis(200), "answered before the probe ended: {:?}", start.elapsed());
+        assert_eq!(first.accel, Accel::Tcg, "{first:?}");
+        assert!(first.reason.contains("probe runs in the background"), "{first:?}");
+
+        // A second sandbox while the probe runs: TCG too, and no second probe.
+        thread::sleep(Duration::from_millis(50));
+        let (second, again) = decide_with(&kvm, qemu, Some(&kernel), Some(&cache), false, slow_kvm_probe);
+        assert_eq!(second.accel, Accel::Tcg);
+        again.unwrap().join().unwrap();
+        probing.unwrap().join().unwrap();
+        assert_eq!(PROBES.load(std::sync::atomic::Ordering::SeqCst) - before, 1, "one probe per cache");
+
+        // Once cached, KVM is the answer, without a probe and without waiting.
+        let start = Instant::now();
+        let (third, none) = decide_with(&kvm, qemu, Some(&kernel), Some(&cache), false, slow_kvm_probe);
+        assert_eq!(third.accel, Accel::Kvm, "{third:?}");
+        assert!(third.reason.contains("cached for this host boot"), "{third:?}");
+        assert!(none.is_none() && start.elapsed() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn waiting_decisions_probe_once_and_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kvm, kernel, cache) = (dir.path().join("kvm"), dir.path().join("bzImage"), dir.path().join("accel"));
+        fs::write(&kvm, b"").unwrap();
+        fs::write(&kernel, b"").unwrap();
+        let probe = |_: &Path, _: &Path, _: Duration| Decision { accel: Accel::Kvm, reason: "fake probe".to_owned() };
+        let (decision, thread) = decide_with(&kvm, Path::new("qemu"), Some(&kernel), Some(&cache), true, probe);
+        assert!(thread.is_none());
+        assert_eq!(decision, Decision { accel: Accel::Kvm, reason: "fake probe".to_owned() });
+        assert!(fs::read_to_string(&cache).unwrap().contains(" kvm fake probe"));
+        // Without a KVM device: TCG, no probe.
+        let (no_kvm, _) =
+            decide_with(&dir.path().join("absent"), Path::new("qemu"), Some(&kernel), None, false, |_, _, _| {
+                panic!("no probe without a KVM device")
+            });
+        assert_eq!(no_kvm.accel, Accel::Tcg);
+        assert!(no_kvm.reason.starts_with("cannot open"), "{no_kvm:?}");
     }
 
     #[test]

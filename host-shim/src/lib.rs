@@ -10,12 +10,15 @@
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
 //! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
 //! | [`netns`] | commands and a tap inside a network namespace named by path |
+//! | [`state`] | a sandbox's key (namespace + id), its state directory's name and owner |
+//! | [`gc`] | finding and removing sandboxes whose shim is gone (`wisp gc`, shim start) |
 //! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
 
 pub mod accel;
 pub mod agent_dial;
 pub mod api;
 pub mod config;
+pub mod gc;
 pub mod hypervisor;
 pub mod io;
 pub mod netns;
@@ -23,6 +26,7 @@ pub mod pod;
 pub mod pod_network;
 pub mod sandbox;
 pub mod shim;
+pub mod state;
 pub mod task;
 pub mod volumes;
 

@@ -2,8 +2,9 @@
 //!
 //! # State directory
 //!
-//! Everything a sandbox creates on the host lives under `<state root>/<sandbox>` (state root:
-//! `$WISP_STATE_DIR`, else `/run/wisp`): QEMU's console and logs, the pid files of QEMU and
+//! Everything a sandbox creates on the host lives under `<state root>/<namespace>_<id>-<hash>`
+//! (state root: `$WISP_STATE_DIR`, else `/run/wisp`; the name and its owner record are
+//! [`crate::state`]'s): QEMU's console and logs, the pid files of QEMU and
 //! its helpers, every socket (QMP, vhost-user, hybrid vsock, serial) and `shared/`, the
 //! directory the guest mounts by virtio-fs or 9p. Container rootfs and bind-mount sources are
 //! bind-mounted into `shared/<container>/`, as Kata does, and appear in the guest under
@@ -31,6 +32,7 @@ use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
 use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
 use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
 use crate::pod_network::{PodNetwork, PodNetworkError};
+use crate::state::{self, ProcFs, SandboxKey, StateError};
 
 /// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
 /// `start` needs `/dev/vhost-vsock`), else QEMU as `spec` resolved it.
@@ -112,6 +114,9 @@ pub enum SandboxError {
     /// The pod's network namespace could not be wired to the VM.
     #[error("cannot connect the pod network to the VM")]
     Network(#[from] PodNetworkError),
+    /// The state directory is another live shim's, or cannot be made.
+    #[error("cannot take the sandbox state directory")]
+    State(#[from] StateError),
     /// Host filesystem work failed.
     #[error("{what} {path}")]
     Io {
@@ -140,22 +145,9 @@ pub fn state_root() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
 }
 
-/// The state directory of sandbox `id` under `root`.
-///
-/// Unix socket paths are limited to 108 bytes, and containerd ids are often 64 hex digits: ids
-/// longer than 24 bytes or with characters outside `[A-Za-z0-9_.-]` are replaced by a 64-bit
-/// FNV-1a hash of the id, so the deepest socket stays short.
-pub fn sandbox_dir(root: &Path, id: &str) -> PathBuf {
-    let plain = !id.is_empty()
-        && id.len() <= 24
-        && id != "."
-        && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if plain {
-        return root.join(id);
-    }
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    root.join(format!("h{hash:016x}"))
+/// The state directory of sandbox `key` under `root` (named as [`crate::state`] says).
+pub fn sandbox_dir(root: &Path, key: &SandboxKey) -> PathBuf {
+    key.dir(root)
 }
 
 /// A running sandbox.
@@ -183,39 +175,37 @@ impl Sandbox {
     /// [`Sandbox::boot_disk`]); other machines get their disks by [`Sandbox::hot_plug`].
     pub async fn boot(
         config: &Config,
-        id: &str,
+        key: &SandboxKey,
         netns: Option<&Path>,
         boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
-        Self::boot_in(config, &state_root(), id, netns, boot_disks, log).await
+        Self::boot_in(config, &state_root(), key, netns, boot_disks, log).await
     }
 
     /// [`Sandbox::boot`] under the state root `root`.
     pub async fn boot_in(
         config: &Config,
         root: &Path,
-        id: &str,
+        key: &SandboxKey,
         netns: Option<&Path>,
         boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
         let root = root.to_owned();
-        let dir = sandbox_dir(&root, id);
-        let log = log.new(slog::o!("sandbox" => id.to_owned()));
-        // Resolving may boot a KVM probe guest (seconds): keep the task API answering meanwhile.
+        let id = key.id.as_str();
+        let log = log.new(slog::o!("sandbox" => id.to_owned(), "namespace" => key.namespace.clone()));
+        // Resolving reads files and may start a KVM probe: keep the task API answering meanwhile.
         let (resolve_config, resolve_root) = (config.clone(), root.clone());
-        let mut spec =
-            tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root)).await.map_err(
-                |err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")),
-            )??;
+        let mut spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root, false))
+            .await
+            .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
         let mut network = wire_network(config, netns, &mut spec, &log).await?;
-        // A previous shim of the same id may have crashed: its leftovers go first.
-        cleanup_dir(&dir, &log);
-        fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
-            what: "cannot create",
-            path: dir.clone(),
-            source,
+        // A previous shim of the same key may have died: its leftovers go first. A live one's
+        // directory is refused and left alone.
+        let dir = state::claim(&root, key, &ProcFs, |leftover| {
+            let done = cleanup_dir(leftover, &log);
+            info!(log, "a dead shim's leftovers removed"; "dir" => %leftover.display(), "done" => ?done);
         })?;
         let paths = VmPaths::new(&dir);
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
@@ -524,12 +514,20 @@ async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) ->
 
 /// Removes a sandbox state directory and everything in it: kills recorded processes, unmounts
 /// whatever is mounted below it (deepest first), deletes the files. Harmless when `dir` does
-/// not exist. Returns what it did, for logs.
+/// not exist. Only a directory this process or a dead one owns is touched ([`state`]); another
+/// is left alone and said so. Returns what it did, for logs.
 pub fn cleanup_dir(dir: &Path, log: &Logger) -> Vec<String> {
     let mut done = Vec::new();
-    if !dir.exists() {
-        return done;
-    }
+    let _lock = match state::lock_for_removal(dir, &ProcFs) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return done,
+        Err(err) => {
+            let reason = crate::error_chain(&err);
+            warn!(log, "state dir left alone"; "path" => %dir.display(), "reason" => &reason);
+            done.push(format!("left {} alone: {reason}", dir.display()));
+            return done;
+        }
+    };
     for killed in lifecycle::kill_recorded(dir) {
         done.push(format!("killed {killed}"));
     }
@@ -580,23 +578,10 @@ fn unescape_mountinfo(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Processes;
 
-    #[test]
-    fn short_ids_are_kept_long_ones_hashed() {
-        let root = Path::new("/run/wisp");
-        assert_eq!(sandbox_dir(root, "web-1"), Path::new("/run/wisp/web-1"));
-        let long = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let hashed = sandbox_dir(root, long);
-        assert_eq!(hashed.to_string_lossy().len(), "/run/wisp/h".len() + 16);
-        assert_eq!(hashed, sandbox_dir(root, long), "stable");
-        assert_ne!(hashed, sandbox_dir(root, &long[1..]));
-        for evil in ["..", ".", "a/b", "", "x y"] {
-            let dir = sandbox_dir(root, evil);
-            assert_eq!(dir.parent(), Some(root), "{evil:?} -> {}", dir.display());
-            assert!(dir.file_name().unwrap().to_string_lossy().starts_with('h'), "{evil:?}");
-        }
-        // The deepest socket stays well under the 108-byte sun_path limit.
-        assert!(sandbox_dir(root, long).join("hvsock.sock_1024").to_string_lossy().len() < 60);
+    fn key(id: &str) -> SandboxKey {
+        SandboxKey::containerd("default", id)
     }
 
     #[test]
@@ -638,12 +623,12 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb1", None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, &key("sb1"), None, &[], &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
         let message = err.to_string();
         assert!(message.contains("did not answer on serial:"), "{message}");
         assert!(message.contains("Kernel panic - not syncing: no init"), "the console tail is quoted: {message}");
-        assert!(!sandbox_dir(&root, "sb1").exists(), "the state dir is removed");
+        assert!(!sandbox_dir(&root, &key("sb1")).exists(), "the state dir is removed");
     }
 
     #[tokio::test]
@@ -654,13 +639,13 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb2", None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, &key("sb2"), None, &[], &log).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
         let message = err.to_string();
         assert!(message.contains("QEMU exited"), "{message}");
         assert!(message.contains("could not load kernel"), "QEMU's last words: {message}");
         assert!(message.contains("early death"), "the console tail: {message}");
-        assert!(!sandbox_dir(&root, "sb2").exists(), "the state dir is removed");
+        assert!(!sandbox_dir(&root, &key("sb2")).exists(), "the state dir is removed");
     }
 
     #[tokio::test]
@@ -672,23 +657,50 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, "sb3", None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, &root, &key("sb3"), None, &[], &log).await.unwrap_err();
         assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10), "not the 30 s dial timeout: {:?}", start.elapsed());
-        assert!(!sandbox_dir(&root, "sb3").exists(), "the state dir is removed, ready for a second boot");
+        assert!(!sandbox_dir(&root, &key("sb3")).exists(), "the state dir is removed, ready for a second boot");
     }
 
     #[test]
     fn cleanup_of_a_missing_dir_is_harmless() {
         let log = Logger::root(slog::Discard, slog::o!());
         let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("never-created");
+        let gone = sandbox_dir(dir.path(), &key("c1"));
         assert!(cleanup_dir(&gone, &log).is_empty());
-        std::fs::create_dir(&gone).unwrap();
+        let claimed = state::claim(dir.path(), &key("c1"), &ProcFs, |_| {}).unwrap();
+        assert_eq!(claimed, gone);
         std::fs::write(gone.join("qemu.pid"), "999999999").unwrap();
         let done = cleanup_dir(&gone, &log);
         assert_eq!(done, [format!("removed {}", gone.display())]);
         assert!(!gone.exists());
         assert!(cleanup_dir(&gone, &log).is_empty(), "a second cleanup does nothing");
+    }
+
+    #[test]
+    fn cleanup_leaves_a_live_owners_directory_alone() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let root = tempfile::tempdir().unwrap();
+        // Another live process (our parent, the test runner's shell or init) owns it.
+        let parent = nix::unistd::getppid().as_raw().unsigned_abs();
+        let owner = state::Owner {
+            key: key("theirs"),
+            pid: parent,
+            start_time: ProcFs.start_time(parent).unwrap(),
+            boot_id: ProcFs.boot_id(),
+        };
+        let dir = sandbox_dir(root.path(), &key("theirs"));
+        std::fs::create_dir_all(dir.join("shared")).unwrap();
+        std::fs::write(dir.join(state::OWNER_FILE), serde_json::to_vec(&owner).unwrap()).unwrap();
+        std::fs::write(dir.join("qemu.pid"), parent.to_string()).unwrap();
+        let done = cleanup_dir(&dir, &log);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].contains("belongs to the live shim pid"), "{done:?}");
+        assert!(dir.join("shared").exists() && dir.join("qemu.pid").exists(), "nothing removed");
+        // Not even with no directory of a dead owner in the way: an unowned one stays too.
+        std::fs::remove_file(dir.join(state::OWNER_FILE)).unwrap();
+        assert!(cleanup_dir(&dir, &log)[0].contains("without a usable ownership record"));
+        assert!(dir.join("shared").exists());
     }
 }

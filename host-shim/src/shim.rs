@@ -15,7 +15,8 @@
 //! - `delete` (after a shim died): cleans what the dead daemon left, via the same
 //!   [`crate::sandbox::cleanup_dir`] a normal shutdown uses; a second `delete` finds nothing
 //!   and succeeds.
-//! - the daemon serves the task API ([`crate::task::TaskService`]) until Shutdown. It reaps
+//! - the daemon first sweeps the sandboxes of shims that died unseen ([`crate::gc`]), then
+//!   serves the task API ([`crate::task::TaskService`]) until Shutdown. It reaps
 //!   nothing itself: its children are QEMU and its helpers, waited for by tokio.
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use slog::{info, o, warn, Drain, Logger};
 
 use crate::config::Config;
 use crate::sandbox::{cleanup_dir, sandbox_dir, state_root};
+use crate::state::SandboxKey;
 use crate::task::TaskService;
 
 /// The runtime name containerd knows this shim by.
@@ -111,10 +113,11 @@ async fn start(flags: &Flags) -> Result<String, ShimError> {
     Ok(address)
 }
 
-/// `delete`: removes what a dead daemon of sandbox `flags.id` left.
+/// `delete`: removes what a dead daemon of sandbox `flags.id` in `flags.namespace` left (a
+/// live daemon's state is left alone: [`cleanup_dir`] checks the owner).
 fn delete(flags: &Flags) -> Result<DeleteResponse, ShimError> {
     let log = Logger::root(slog::Discard, o!());
-    let dir = sandbox_dir(&state_root(), &flags.id);
+    let dir = sandbox_dir(&state_root(), &SandboxKey::containerd(&flags.namespace, &flags.id));
     let done = cleanup_dir(&dir, &log);
     if let Ok(cwd) = std::env::current_dir() {
         let rootfs = cwd.join("rootfs");
@@ -123,13 +126,22 @@ fn delete(flags: &Flags) -> Result<DeleteResponse, ShimError> {
         }
     }
     let summary = if done.is_empty() { "nothing left".to_owned() } else { done.join(", ") };
-    eprintln!("{RUNTIME_ID} delete {}: {summary}", flags.id);
+    eprintln!("{RUNTIME_ID} delete {}/{}: {summary}", flags.namespace, flags.id);
     Ok(DeleteResponse {
         // What runc reports for a task killed with its shim: 128 + SIGKILL.
         exit_status: 137,
         exited_at: Some(containerd_shim::util::timestamp().unwrap_or_default()).into(),
         ..Default::default()
     })
+}
+
+/// Removes the sandboxes of shims that died unseen ([`crate::gc`]), before this one serves
+/// (so the sweep never meets a sandbox this process is creating). A scan of the state root.
+fn sweep_orphans(log: &Logger) {
+    let (swept, _) = crate::gc::sweep(&state_root(), &crate::state::ProcFs, |dir| cleanup_dir(dir, log));
+    for s in swept {
+        info!(log, "removed a sandbox whose shim is gone"; "sandbox" => s.found.describe(), "done" => s.done.join(", "));
+    }
 }
 
 /// The daemon: serves the task API on `flags.socket` until Shutdown.
@@ -153,6 +165,7 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
     let exit = Arc::new(ExitSignal::default());
     info!(log, "shim serving"; "config" => config.source_name(), "version" => env!("CARGO_PKG_VERSION"),
           "socket" => &flags.socket);
+    sweep_orphans(&log);
     let task = Arc::new(TaskService::new(&flags.id, &flags.namespace, config, publisher, exit.clone(), log.clone()));
     let mut services = HashMap::new();
     for name in TASK_SERVICES {

@@ -48,6 +48,7 @@ use crate::hypervisor::BlockSource;
 use crate::io::{self, Output};
 use crate::pod::PodSpec;
 use crate::sandbox::{Sandbox, SandboxError};
+use crate::state::SandboxKey;
 use crate::volumes;
 
 mod guest;
@@ -192,13 +193,20 @@ impl Inner {
         let mut config = pod.vm_config(&self.config);
         config.qemu.enable_vhost_user_store |= shared_memory;
         let netns = pod.netns.as_deref();
-        let mut booted = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log).await;
+        let key = SandboxKey::containerd(&self.namespace, &self.sandbox_id);
+        let mut booted = Sandbox::boot(&config, &key, netns, boot_disks, &self.log).await;
         if let Err(err @ SandboxError::AgentStalled { .. }) = &booted {
             // The first VM and its helpers are gone already; a fresh one gets a fresh channel.
             warn!(self.log, "the agent channel stalled; booting the VM once more"; "error" => %err);
-            booted = Sandbox::boot(&config, &self.sandbox_id, netns, boot_disks, &self.log).await;
+            booted = Sandbox::boot(&config, &key, netns, boot_disks, &self.log).await;
         }
-        let sandbox = booted.map_err(|err| error(Code::UNAVAILABLE, crate::error_chain(&err)))?;
+        let sandbox = booted.map_err(|err| {
+            let code = match err {
+                SandboxError::State(crate::state::StateError::Busy { .. }) => Code::ALREADY_EXISTS,
+                _ => Code::UNAVAILABLE,
+            };
+            error(code, crate::error_chain(&err))
+        })?;
         let sandbox = Arc::new(sandbox);
         *slot = Some(sandbox.clone());
         let me = self.clone();

@@ -5,6 +5,9 @@
 //! built) and says what to fix; it exits 1 when something blocks running a sandbox. With
 //! `[hypervisor.stratovirt]` configured it also reports StratoVirt's binary and images.
 //!
+//! `wisp gc [--dry-run]` removes the sandboxes whose shim is gone (their VM, helpers, mounts
+//! and state: [`wisp_shim::gc`]); `--dry-run` only lists them. Live sandboxes are never touched.
+//!
 //! `wisp bench boot [ARGS]` runs the boot benchmark (`wisp-bench-boot` next to this binary).
 //!
 //! `wisp direct-volume add|remove|stats|resize|list` manages Kata direct volumes
@@ -23,7 +26,8 @@ use clap::{Parser, Subcommand};
 use wisp_shim::config::{find_program, Config, StratoVirtSection};
 use wisp_shim::hypervisor::qemu::config::QemuSpec;
 use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
-use wisp_shim::sandbox::state_root;
+use wisp_shim::sandbox::{cleanup_dir, state_root};
+use wisp_shim::state::ProcFs;
 
 #[derive(Debug, Parser)]
 #[command(name = "wisp", version, about = "Host CLI of the wisp sandbox runtime")]
@@ -52,6 +56,12 @@ enum Cmd {
     BlockVolume {
         #[command(subcommand)]
         command: block_volume::Cmd,
+    },
+    /// Remove the sandboxes whose shim is gone: VMs, helpers, mounts, state.
+    Gc {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Benchmarks (`make bench`).
     Bench {
@@ -182,7 +192,7 @@ fn check(config_path: Option<&Path>) -> bool {
             r.fail("state dir", format!("cannot create {}: {err} — run as root or set WISP_STATE_DIR", root.display()))
         }
     }
-    match QemuSpec::resolve(&config, &root) {
+    match QemuSpec::resolve(&config, &root, true) {
         Ok(spec) => r.ok(
             "sandbox VM",
             format!(
@@ -267,11 +277,43 @@ fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
     );
 }
 
+/// `wisp gc`: one line per sandbox directory (removed / would remove / kept, and why);
+/// fails if an orphan could not be removed completely.
+fn gc(dry_run: bool) -> ExitCode {
+    let root = state_root();
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let mut failed = false;
+    let (swept, kept) =
+        wisp_shim::gc::sweep(&root, &ProcFs, |dir| if dry_run { Vec::new() } else { cleanup_dir(dir, &log) });
+    for s in &swept {
+        if dry_run {
+            println!("would remove {}", s.found.describe());
+            continue;
+        }
+        let gone = !s.found.dir.exists();
+        failed |= !gone;
+        let what = if gone { "removed" } else { "NOT removed" };
+        println!("{what} {}: {}", s.found.describe(), s.done.join(", "));
+    }
+    for found in &kept {
+        println!("kept {}", found.describe());
+    }
+    if swept.is_empty() {
+        println!("nothing to remove under {}", root.display());
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Bench { what: BenchCmd::Boot { args } } => exec_bench_boot(&args),
         Cmd::BlockVolume { command } => report(block_volume::run(command)),
+        Cmd::Gc { dry_run } => gc(dry_run),
         Cmd::DirectVolume { config, command } => {
             report(load_config(config.as_deref()).and_then(|config| direct_volume::run(command, &config)))
         }

@@ -6,14 +6,16 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Subcommand;
 use wisp_shim::api::{self, Request};
-use wisp_shim::sandbox::{sandbox_dir, state_root};
+use wisp_shim::sandbox::state_root;
+use wisp_shim::state::{locate, ProcFs};
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Plug a raw image, host block device or vhost-user-blk socket into a running container.
     HotPlug {
-        /// The sandbox id (with `ctr run`, the container id).
+        /// The sandbox id (with `ctr run`, the container id), or NAMESPACE/ID when several
+        /// containerd namespaces run that id.
         #[arg(long)]
         sandbox: String,
         /// The container id.
@@ -37,7 +39,7 @@ pub enum Cmd {
     },
     /// Unmount, remove the node and unplug the disk again.
     HotUnplug {
-        /// The sandbox id.
+        /// The sandbox id, or NAMESPACE/ID.
         #[arg(long)]
         sandbox: String,
         /// The container id.
@@ -65,7 +67,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             (sandbox, Request::BlockHotUnplug { container, device_path })
         }
     };
-    let socket = api::socket_path(&sandbox_dir(&state_root(), &sandbox));
+    let socket = api::socket_path(&locate(&state_root(), &sandbox, &ProcFs)?);
     let data = api::call(&socket, &request).with_context(|| format!("sandbox {sandbox}"))?;
     println!("{data}");
     Ok(())

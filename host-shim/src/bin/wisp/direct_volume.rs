@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use wisp_shim::api::{self, Request};
 use wisp_shim::config::Config;
-use wisp_shim::sandbox::{sandbox_dir, state_root};
+use wisp_shim::sandbox::state_root;
+use wisp_shim::state::{locate, ProcFs};
 use wisp_shim::volumes::direct;
 
 /// The subcommands.
@@ -95,6 +96,6 @@ fn ask(root: &std::path::Path, volume: &str, request: &Request) -> anyhow::Resul
     let Some(sandbox) = sandboxes.first() else {
         bail!("volume {volume} is not used by a running sandbox");
     };
-    let socket = api::socket_path(&sandbox_dir(&state_root(), sandbox));
+    let socket = api::socket_path(&locate(&state_root(), sandbox, &ProcFs)?);
     api::call(&socket, request).with_context(|| format!("sandbox {sandbox}"))
 }

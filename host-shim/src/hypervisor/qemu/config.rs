@@ -77,8 +77,10 @@ pub struct TapNic {
 }
 
 impl QemuSpec {
-    /// Resolves `config` against this host; `state_root` holds the accelerator cache.
-    pub fn resolve(config: &Config, state_root: &Path) -> Result<Self, HypervisorError> {
+    /// Resolves `config` against this host; `state_root` holds the accelerator cache. An
+    /// undecided KVM probe is waited for only with `wait_for_probe` (`wisp check`); a sandbox
+    /// boots under TCG meanwhile ([`accel::decide_in_background`]).
+    pub fn resolve(config: &Config, state_root: &Path, wait_for_probe: bool) -> Result<Self, HypervisorError> {
         let q = &config.qemu;
         let accel = match q.accel {
             AccelChoice::Kvm => Accel::Kvm,
@@ -89,7 +91,13 @@ impl QemuSpec {
                 None => {
                     let kernel = config.kernel();
                     let probe_kernel = (q.machine_type != MachineType::Microvm).then_some(kernel.as_path());
-                    accel::decide(&q.path, probe_kernel, Some(&state_root.join("accel"))).accel
+                    let cache = state_root.join("accel");
+                    let decision = if wait_for_probe {
+                        accel::decide(&q.path, probe_kernel, Some(&cache))
+                    } else {
+                        accel::decide_in_background(&q.path, probe_kernel, Some(&cache))
+                    };
+                    decision.accel
                 }
             },
         };

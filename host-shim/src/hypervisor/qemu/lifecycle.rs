@@ -301,9 +301,14 @@ impl Hypervisor for Qemu {
 }
 
 /// Kills the processes whose pids a VM recorded in `dir` (a crashed shim's leftovers). A pid is
-/// killed only if `/proc/<pid>/cmdline` still mentions `dir`, so a recycled pid is left alone.
+/// killed only if `/proc/<pid>/cmdline` still mentions `dir`, so a recycled pid is left alone,
+/// and only if `dir` is this process's or a dead owner's ([`crate::state::ownership`]).
 pub fn kill_recorded(dir: &Path) -> Vec<String> {
     let mut killed = Vec::new();
+    use crate::state::{ownership, Ownership, ProcFs};
+    if !matches!(ownership(dir, &ProcFs), Ownership::Mine(_) | Ownership::Dead(_)) {
+        return killed;
+    }
     for name in PROCESS_NAMES {
         let pid_file = dir.join(format!("{name}.pid"));
         let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
@@ -335,38 +340,41 @@ mod tests {
 
     #[test]
     fn kill_recorded_kills_only_processes_that_name_the_dir() {
-        let dir = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let key = crate::state::SandboxKey::containerd("default", "k1");
+        let dir = crate::state::claim(root.path(), &key, &crate::state::ProcFs, |_| {}).unwrap();
+
         // "qemu" names the dir in its command line; "virtiofsd" is a recycled pid that does not.
         // `read` is a builtin: sh stays sh (a lone `sleep 60` would be exec'd in its place, and
         // the dir would vanish from the command line before kill_recorded looks).
         let mut ours = Command::new("sh")
-            .args(["-c", "read line", &dir.path().display().to_string()])
+            .args(["-c", "read line", &dir.as_path().display().to_string()])
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
-        fs::write(dir.path().join("qemu.pid"), ours.id().to_string()).unwrap();
-        fs::write(dir.path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();
+        fs::write(dir.as_path().join("qemu.pid"), ours.id().to_string()).unwrap();
+        fs::write(dir.as_path().join("virtiofsd.pid"), stranger.id().to_string()).unwrap();
 
         // Seen failing once in ~50 full runs under load, never alone: the state is kept for
         // the message, so the next failure says whether sh was already gone.
         let seen = |what| fs::read_to_string(format!("/proc/{}/{what}", ours.id())).unwrap_or_default();
         let before = (seen("cmdline"), seen("stat"));
-        let killed = kill_recorded(dir.path());
+        let killed = kill_recorded(dir.as_path());
         assert_eq!(
             killed,
             [format!("qemu ({})", ours.id())],
             "{:?} before kill_recorded: cmdline {:?}, stat {:?}; exit status {:?}",
-            dir.path(),
+            dir.as_path(),
             before.0,
             before.1,
             ours.try_wait()
         );
         let _ = ours.wait();
         assert!(alive(stranger.id()), "a process not naming the dir is left alone");
-        assert!(!dir.path().join("qemu.pid").exists() && !dir.path().join("virtiofsd.pid").exists());
+        assert!(!dir.as_path().join("qemu.pid").exists() && !dir.as_path().join("virtiofsd.pid").exists());
         let _ = stranger.kill();
         let _ = stranger.wait();
-        assert!(kill_recorded(dir.path()).is_empty(), "a second run finds nothing");
+        assert!(kill_recorded(dir.as_path()).is_empty(), "a second run finds nothing");
     }
 }
