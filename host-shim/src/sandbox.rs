@@ -37,7 +37,8 @@ use crate::pod_network::{PodNetwork, PodNetworkError};
 fn new_vm(config: &Config, spec: QemuSpec, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
     match &config.stratovirt {
         Some(section) => {
-            let spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
+            let mut spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
+            spec.cgroups_path = config.cgroups_path.clone();
             Box::new(StratoVirt::new(spec, paths.clone(), Vec::new(), log.clone()))
         }
         None => Box::new(Qemu::new(spec, paths.clone(), log.clone())),

@@ -304,6 +304,7 @@ impl VmConfig {
             vhost_device_vsock: vhost_device_vsock_binary(),
             virtiofsd: PathBuf::from("virtiofsd"),
             extra_args: self.extra_args.clone(),
+            confine: Default::default(),
         }
     }
 

@@ -134,6 +134,23 @@ impl Setup {
             .to_owned())
     }
 
+    /// Kills a detached task, deletes it and its container, and checks nothing of the sandbox
+    /// remains.
+    pub fn kill_and_delete(&self, id: &str) -> anyhow::Result<()> {
+        let out = self.ctr(&["tasks", "kill", "-s", "KILL", id])?;
+        ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+        let start = std::time::Instant::now();
+        while self.task_status(id)? != "STOPPED" {
+            ensure!(start.elapsed() < Duration::from_secs(10), "{id} not STOPPED 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.ctr(&["tasks", "delete", id])?;
+        self.ctr(&["containers", "delete", id])?;
+        let left = self.wait_no_leftovers(Duration::from_secs(5));
+        ensure!(left.is_empty(), "after delete nothing of the sandbox remains: {left:#?}");
+        Ok(())
+    }
+
     /// The wisp shim daemons serving this containerd (not their QEMU and helpers).
     pub fn shims(&self) -> Vec<u32> {
         self.ctd

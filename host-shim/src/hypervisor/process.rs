@@ -3,18 +3,30 @@
 //! Each process logs to `<name>.log` and records its pid in `<name>.pid` in the VM's
 //! directory, so a later `containerd-shim-wisp-v2 delete` can kill what a crashed shim left
 //! behind; descriptors the VMM must inherit (the vhost-vsock fd, a CNI pod's tap) are passed to
-//! that child only.
+//! that child only. Every child is confined ([`super::confine`]) and dies with the shim.
+//!
+//! # One forking thread
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process:
+//! a child forked from a tokio blocking-pool thread (which exits after 10 s idle) would be
+//! killed with it. So every fork happens on one thread started on first use and never ended
+//! ([`fork_thread`]); it spawns in the caller's tokio runtime (the handle travels with the
+//! request), so the caller gets an ordinary [`tokio::process::Child`].
 
 use std::fs::{self, File};
+use std::io;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{mpsc, Mutex, OnceLock};
 
 use slog::{info, Logger};
 use tokio::process::{Child, Command};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use super::confine::{ChildSetup, Confinement};
 use super::qemu::cmdline::shell_line;
-use super::{tail, vhost_vsock, HypervisorError, VmPaths};
+use super::{tail, HypervisorError, VmPaths};
 
 /// What to start: `program` with `args` and extra environment `env`, keeping `inherit` open.
 #[derive(Debug, Clone, Copy)]
@@ -31,26 +43,64 @@ pub struct Launch<'a> {
     pub inherit: &'a [i32],
 }
 
-/// Starts `launch` with stdout and stderr in `<name>.log` and its pid in `<name>.pid`; killed
-/// when the returned [`Child`] is dropped.
-pub fn spawn(paths: &VmPaths, log: &Logger, launch: Launch<'_>) -> Result<Child, HypervisorError> {
+/// A spawn request for the forking thread: the command, the runtime it belongs to, where to
+/// answer.
+type Request = (Command, Handle, mpsc::SyncSender<io::Result<Child>>);
+
+/// The forking thread's queue; the thread lives as long as the process.
+fn fork_thread() -> &'static Mutex<mpsc::Sender<Request>> {
+    static QUEUE: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let spawned = std::thread::Builder::new().name("wisp-fork".to_owned()).spawn(move || {
+            for (mut command, handle, answer) in rx {
+                let _entered = handle.enter();
+                let _ = answer.send(command.spawn());
+            }
+        });
+        if let Err(err) = spawned {
+            // Without the thread every spawn answers with this error (the queue is closed).
+            eprintln!("wisp: cannot start the forking thread: {err}");
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns `command` from the long-lived forking thread (see the module docs), in the tokio
+/// runtime of the caller.
+pub fn spawn_from_fork_thread(command: Command) -> io::Result<Child> {
+    let handle = Handle::try_current().map_err(|err| io::Error::other(err.to_string()))?;
+    let (answer, reply) = mpsc::sync_channel(1);
+    let queue = fork_thread().lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    queue.send((command, handle, answer)).map_err(|_| io::Error::other("the forking thread is gone"))?;
+    reply.recv().map_err(|_| io::Error::other("the forking thread did not answer"))?
+}
+
+/// Starts `launch` confined by `confinement`, with stdout and stderr in `<name>.log` and its
+/// pid in `<name>.pid`; killed when the returned [`Child`] is dropped, and when the shim dies.
+pub fn spawn(
+    paths: &VmPaths,
+    log: &Logger,
+    launch: Launch<'_>,
+    confinement: Confinement,
+) -> Result<Child, HypervisorError> {
     let Launch { name, program, args, env, inherit } = launch;
     let log_path = paths.helper_log(name);
     let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
     let out = File::create(&log_path).map_err(io)?;
     let err = out.try_clone().map_err(io)?;
-    info!(log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args));
+    let spawn_err = |source| HypervisorError::Spawn { program: program.to_owned(), source };
+    info!(log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args),
+          "user" => confinement.run_as.map_or_else(|| "root".to_owned(), |ids| format!("{}:{}", ids.uid, ids.gid)));
+    let setup = ChildSetup::new(confinement, inherit).map_err(spawn_err)?;
     let mut command = Command::new(program);
     command.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-    if !inherit.is_empty() {
-        let fds = inherit.to_vec();
-        // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
-        // async-signal-safe; it reads the moved vector and touches no other memory.
-        unsafe {
-            command.pre_exec(move || fds.iter().try_for_each(|fd| vhost_vsock::inherit_in_child(*fd)));
-        }
+    // SAFETY: the closure runs between fork and exec; ChildSetup::apply makes only
+    // async-signal-safe system calls on data prepared before the fork and allocates nothing.
+    unsafe {
+        command.pre_exec(move || setup.apply());
     }
-    let child = command.spawn().map_err(|source| HypervisorError::Spawn { program: program.to_owned(), source })?;
+    let child = spawn_from_fork_thread(command).map_err(spawn_err)?;
     if let Some(pid) = child.id() {
         let pid_file = paths.dir().join(format!("{name}.pid"));
         fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
