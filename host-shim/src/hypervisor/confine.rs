@@ -124,6 +124,10 @@ impl ChildSetup {
         for fd in &self.inherit {
             vhost_vsock::inherit_in_child(*fd)?;
         }
+        if self.writable_only.is_some() {
+            // Before the uid changes: emptying the bounding set needs CAP_SETPCAP.
+            drop_bounding_set()?;
+        }
         if let Some(ids) = self.run_as {
             let groups = [ids.group.unwrap_or(ids.gid)];
             // SAFETY: setgroups reads the one-element array on this frame; setresgid and
@@ -135,7 +139,7 @@ impl ChildSetup {
             }
         }
         if self.writable_only.is_some() {
-            drop_all_capabilities()?;
+            clear_capabilities()?;
         }
         die_with_parent(self.parent)
     }
@@ -196,16 +200,24 @@ fn enter_read_only_view(dir: &CString) -> io::Result<()> {
     Ok(())
 }
 
-/// Empties the bounding and ambient sets and sets `no_new_privs`: the exec that follows
-/// grants no capability, even to uid 0.
-fn drop_all_capabilities() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
+/// Empties the bounding set: no later exec can grant a capability, even to uid 0.
+fn drop_bounding_set() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; errno is this thread's.
     unsafe {
         for cap in 0..=CAP_LAST {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 && *libc::__errno_location() != libc::EINVAL {
                 return Err(errno());
             }
         }
+    }
+    Ok(())
+}
+
+/// Clears the ambient, effective, permitted and inheritable sets and sets `no_new_privs`:
+/// with the bounding set empty, the exec that follows grants no capability.
+fn clear_capabilities() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
         check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0).into())?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
     }

@@ -15,6 +15,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -92,8 +93,23 @@ pub fn spawn(
     let spawn_err = |source| HypervisorError::Spawn { program: program.to_owned(), source };
     info!(log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args),
           "user" => confinement.run_as.map_or_else(|| "root".to_owned(), |ids| format!("{}:{}", ids.uid, ids.gid)));
+    // A process that drops root is exec'd through a descriptor the shim opened as root: the
+    // binary need not be reachable by its uid (`cargo install`'s ~/.cargo/bin is not), and the
+    // file run is the one checked, not whatever the path names later. Close-on-exec stays set:
+    // the kernel resolves the path before it closes descriptors.
+    let binary = match confinement.run_as {
+        Some(_) => Some(File::open(program).map_err(spawn_err)?),
+        None => None,
+    };
     let setup = ChildSetup::new(confinement, inherit).map_err(spawn_err)?;
-    let mut command = Command::new(program);
+    let mut command = match &binary {
+        Some(file) => {
+            let mut command = Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            command.arg0(program);
+            command
+        }
+        None => Command::new(program),
+    };
     command.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     // SAFETY: the closure runs between fork and exec; ChildSetup::apply makes only
     // async-signal-safe system calls on data prepared before the fork and allocates nothing.
@@ -101,6 +117,7 @@ pub fn spawn(
         command.pre_exec(move || setup.apply());
     }
     let child = spawn_from_fork_thread(command).map_err(spawn_err)?;
+    drop(binary);
     if let Some(pid) = child.id() {
         let pid_file = paths.dir().join(format!("{name}.pid"));
         fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
