@@ -148,3 +148,64 @@ pub fn watch_exit(
         let _ = exited.send(Some(description));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hypervisor::confine::RunAs;
+
+    fn alive(pid: u32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+            .unwrap_or(false)
+    }
+
+    fn launch<'a>(args: &'a [String]) -> Launch<'a> {
+        Launch { name: "probe", program: Path::new("/bin/sh"), args, env: &[], inherit: &[] }
+    }
+
+    /// A child spawned by a thread that then exits lives on: the fork happened on the
+    /// long-lived forking thread, which the death signal follows.
+    #[tokio::test]
+    async fn a_child_outlives_the_short_lived_thread_that_asked_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths::new(dir.path());
+        let handle = Handle::current();
+        let args = vec!["-c".to_owned(), "sleep 30".to_owned()];
+        let child = std::thread::spawn(move || {
+            let _entered = handle.enter();
+            let log = Logger::root(slog::Discard, slog::o!());
+            spawn(&paths, &log, launch(&args), Confinement::default()).unwrap()
+        })
+        .join()
+        .unwrap();
+        let pid = child.id().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(alive(pid), "the child died with the thread that asked for it");
+        let recorded = fs::read_to_string(dir.path().join("probe.pid")).unwrap();
+        assert_eq!(recorded, pid.to_string());
+        drop(child);
+    }
+
+    /// Root only: a rootless child runs as its ids, with the extra group, exec'd through a
+    /// descriptor (argv[0] still names the program).
+    #[tokio::test]
+    async fn a_rootless_child_runs_as_its_own_ids() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to change ids");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths::new(dir.path());
+        let log = Logger::root(slog::Discard, slog::o!());
+        let args = vec!["-c".to_owned(), "echo $0 $(id -u) $(id -g) $(id -G)".to_owned()];
+        let run_as = RunAs { uid: 2_000_012_345, gid: 2_000_012_345, group: Some(4242) };
+        let confinement = Confinement { run_as: Some(run_as), ..Confinement::default() };
+        let mut child = spawn(&paths, &log, launch(&args), confinement).unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let out = fs::read_to_string(paths.helper_log("probe")).unwrap();
+        assert_eq!(out.trim(), "/bin/sh 2000012345 2000012345 2000012345 4242", "{out}");
+    }
+}
