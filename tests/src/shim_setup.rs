@@ -41,10 +41,11 @@ pub fn shim_binary() -> anyhow::Result<PathBuf> {
 /// A private containerd that finds our shim, with the shim's state and config in `dir`.
 #[derive(Debug)]
 pub struct Setup {
+    /// The private containerd (declared first: dropped first, so its shims have stopped and
+    /// unmounted before the directory they work in is removed).
+    pub ctd: Containerd,
     /// The test's directory (state, configuration, bundles).
     pub dir: TempDir,
-    /// The private containerd.
-    pub ctd: Containerd,
 }
 
 impl Setup {
