@@ -79,12 +79,14 @@ test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
 test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr -- --test-threads=1
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr -- --test-threads=1
 
 PREFIX ?= /usr/local
-install: all ## Put containerd-shim-wisp-v2 and wisp in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
+install: all ## Put containerd-shim-wisp-v2, wisp, virtiofsd and vhost-device-vsock in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
 	install -D -m 0755 $(TARGET_DIR)/release/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2
 	install -D -m 0755 $(TARGET_DIR)/release/wisp $(DESTDIR)$(PREFIX)/bin/wisp
+	@# The helpers `make deps` built with cargo install: the shim's configured default paths.
+	@for helper in virtiofsd vhost-device-vsock; do 	  if [ -x $(CARGO_BIN)/$$helper ]; then install -D -m 0755 $(CARGO_BIN)/$$helper $(DESTDIR)$(PREFIX)/bin/$$helper; 	  else echo "install: $(CARGO_BIN)/$$helper missing (make deps); the shim falls back without it"; fi; 	done
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/wisp/bzImage
 	install -D -m 0644 $(INITRD) $(DESTDIR)$(PREFIX)/share/wisp/wisp.initrd
 	@if [ -f $(TARGET_DIR)/kernel/vmlinux ]; then install -D -m 0644 $(TARGET_DIR)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/wisp/vmlinux; fi
@@ -92,6 +94,7 @@ install: all ## Put containerd-shim-wisp-v2 and wisp in $(PREFIX)/bin, the kerne
 
 uninstall: ## Remove what `make install` put in $(PREFIX)
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
+	rm -f $(DESTDIR)$(PREFIX)/bin/virtiofsd $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
 # BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` or `BENCH_ARGS="--runs 10 --all"`.

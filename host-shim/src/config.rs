@@ -11,7 +11,7 @@
 //!
 //! ```toml
 //! [hypervisor.qemu]
-//! path = "qemu-system-x86_64"          # a name on PATH or an absolute path
+//! path = "/usr/bin/qemu-system-x86_64" # absolute; a bare name is looked up in the system dirs
 //! kernel = "/usr/local/share/wisp/bzImage"
 //! initrd = "/usr/local/share/wisp/wisp.initrd"
 //! machine_type = "q35"                 # q35 | pc | microvm
@@ -19,7 +19,7 @@
 //! default_memory = 256                 # MiB
 //! block_device_driver = "virtio-blk"   # virtio-blk | virtio-scsi | virtio-mmio
 //! shared_fs = "auto"                   # auto | virtio-fs | virtio-9p
-//! virtio_fs_daemon = "virtiofsd"
+//! virtio_fs_daemon = "/usr/local/bin/virtiofsd"
 //! kernel_params = ""
 //! enable_vhost_user_store = false
 //! disable_block_device_use = false     # true: a block-device rootfs is mounted on the host and shared
@@ -27,7 +27,8 @@
 //! pcie_root_port = 2                   # q35 only: free ports kept for hot-plug
 //! accel = "auto"                       # auto | kvm | tcg
 //! tb_size = 64                         # MiB of TCG translation cache
-//! vhost_device_vsock = "vhost-device-vsock"
+//! vhost_device_vsock = "/usr/local/bin/vhost-device-vsock"
+//! rootless = false                     # true: QEMU and vhost-device-vsock run as the sandbox's own uid
 //!
 //! # [hypervisor.stratovirt] instead of [hypervisor.qemu] selects StratoVirt (seed: iSulad's
 //! # Kata configuration); see hypervisor::stratovirt. Keys:
@@ -46,6 +47,15 @@
 //! [runtime]
 //! direct_volumes_dir = "/run/kata-containers/shared/direct-volumes"  # WISP_DIRECT_VOLUMES_DIR wins
 //! ```
+//!
+//! # Helper binaries
+//!
+//! QEMU, virtiofsd and vhost-device-vsock are taken from the absolute paths above, never from
+//! the caller's `PATH` or `$HOME` (whoever sets the shim's environment would pick the binary
+//! that serves the guest). A bare name (older files: `virtiofsd`) is looked up in the fixed
+//! [`SYSTEM_BIN_DIRS`]. When a default path is missing the shim falls back to the `cargo
+//! install` directory of the user who built it (`make deps` puts the two helpers there;
+//! `make install` copies them to `/usr/local/bin`), and `wisp check` says so.
 //!
 //! # The built-in kernel and initrd
 //!
@@ -70,6 +80,14 @@ pub const ETC_CONFIG: &str = "/etc/wisp/configuration.toml";
 pub const DEFAULTS_CONFIG: &str = "/usr/share/defaults/wisp/configuration.toml";
 /// Kata's direct-volume root.
 pub const DEFAULT_DIRECT_VOLUMES_DIR: &str = "/run/kata-containers/shared/direct-volumes";
+/// The default QEMU.
+pub const DEFAULT_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// The default virtiofsd (`make install` puts it there).
+pub const DEFAULT_VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
+/// The default vhost-device-vsock (`make install` puts it there).
+pub const DEFAULT_VHOST_DEVICE_VSOCK: &str = "/usr/local/bin/vhost-device-vsock";
+/// Where a bare program name is looked up, in order (never `PATH`).
+pub const SYSTEM_BIN_DIRS: [&str; 5] = ["/usr/local/bin", "/usr/bin", "/usr/local/libexec", "/usr/libexec", "/bin"];
 /// Kata's default vhost-user store.
 pub const DEFAULT_VHOST_USER_STORE: &str = "/var/run/kata-containers/vhost-user";
 
@@ -202,12 +220,15 @@ pub struct QemuSection {
     pub tb_size: u32,
     /// The vhost-user vsock backend.
     pub vhost_device_vsock: PathBuf,
+    /// Kata's `rootless`: QEMU and vhost-device-vsock run as an unprivileged uid of the
+    /// sandbox's own (virtiofsd stays root in its sandbox; see hypervisor::confine).
+    pub rootless: bool,
 }
 
 impl Default for QemuSection {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("qemu-system-x86_64"),
+            path: PathBuf::from(DEFAULT_QEMU),
             kernel: None,
             initrd: None,
             machine_type: MachineType::Q35,
@@ -215,7 +236,7 @@ impl Default for QemuSection {
             default_memory: 256,
             block_device_driver: "virtio-blk".to_owned(),
             shared_fs: SharedFsKind::Auto,
-            virtio_fs_daemon: PathBuf::from("virtiofsd"),
+            virtio_fs_daemon: PathBuf::from(DEFAULT_VIRTIOFSD),
             kernel_params: String::new(),
             enable_vhost_user_store: false,
             disable_block_device_use: false,
@@ -223,7 +244,8 @@ impl Default for QemuSection {
             pcie_root_port: 2,
             accel: AccelChoice::Auto,
             tb_size: 64,
-            vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
+            vhost_device_vsock: PathBuf::from(DEFAULT_VHOST_DEVICE_VSOCK),
+            rootless: false,
         }
     }
 }
@@ -336,7 +358,7 @@ impl Default for StratoVirtSection {
             kernel_params: String::new(),
             firmware: None,
             shared_fs: StratoVirtSharedFs::None,
-            virtio_fs_daemon: PathBuf::from("virtiofsd"),
+            virtio_fs_daemon: PathBuf::from(DEFAULT_VIRTIOFSD),
             pcie_root_port: 2,
             enable_netmon: false,
             internetworking_model: "tcfilter".to_owned(),
@@ -396,6 +418,9 @@ pub struct Config {
     pub runtime: RuntimeSection,
     /// The file it was read from; `None` for the built-in default.
     pub source: Option<PathBuf>,
+    /// The CRI's `linux.cgroupsPath` of the pod's sandbox container: set per sandbox by the
+    /// shim ([`crate::pod::PodSpec`]), never read from the file.
+    pub cgroups_path: Option<String>,
 }
 
 impl Config {
@@ -441,6 +466,7 @@ impl Config {
             stratovirt: file.hypervisor.stratovirt,
             runtime: file.runtime,
             source: Some(path.to_owned()),
+            cgroups_path: None,
         };
         config.validate()?;
         Ok(config)
@@ -586,18 +612,44 @@ fn normalize(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Finds `name` (or an absolute/relative path) on `PATH`, then in `~/.cargo/bin` (where
-/// `cargo install` puts vhost-device-vsock and virtiofsd).
-pub fn find_program(name: &Path) -> Option<PathBuf> {
-    if name.components().count() > 1 {
-        return name.is_file().then(|| name.to_owned());
-    }
-    let on_path = env::var_os("PATH").into_iter().flat_map(|paths| env::split_paths(&paths).collect::<Vec<_>>());
-    let cargo_home = env::var_os("CARGO_HOME")
+/// Where a helper binary was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The binary.
+    pub path: PathBuf,
+    /// It is the build-time `cargo install` fallback, not the configured path.
+    pub fallback: bool,
+}
+
+/// The `cargo install` directory of whoever built this binary (`make deps` puts virtiofsd and
+/// vhost-device-vsock there): fixed at build time, not read from the environment at run time.
+fn build_time_cargo_bin() -> Option<PathBuf> {
+    option_env!("CARGO_HOME")
         .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
-        .map(|home| home.join("bin"));
-    on_path.chain(cargo_home).chain([PathBuf::from("/root/.cargo/bin")]).map(|dir| dir.join(name)).find(|p| p.is_file())
+        .or_else(|| option_env!("HOME").map(|home| Path::new(home).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// Finds the program `name`: an absolute or relative path as is, a bare name in
+/// [`SYSTEM_BIN_DIRS`]; failing that, the same file name in the build-time `cargo install`
+/// directory (reported as a fallback). Never `PATH` or `$HOME`.
+pub fn locate_program(name: &Path) -> Option<Found> {
+    let direct = if name.components().count() > 1 {
+        name.is_file().then(|| name.to_owned())
+    } else {
+        SYSTEM_BIN_DIRS.iter().map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
+    };
+    if let Some(path) = direct {
+        return Some(Found { path, fallback: false });
+    }
+    let file_name = name.file_name()?;
+    let path = build_time_cargo_bin()?.join(file_name);
+    path.is_file().then_some(Found { path, fallback: true })
+}
+
+/// [`locate_program`]'s path.
+pub fn find_program(name: &Path) -> Option<PathBuf> {
+    locate_program(name).map(|found| found.path)
 }
 
 #[cfg(test)]

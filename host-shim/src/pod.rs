@@ -61,6 +61,8 @@ pub struct PodSpec {
     /// The network namespace the spec names by path, unless the container joins a pod
     /// (whose VM already has the pod's network).
     pub netns: Option<PathBuf>,
+    /// The sandbox container's `linux.cgroupsPath`: the VM's cgroup goes under the pod's.
+    pub cgroups_path: Option<String>,
 }
 
 impl PodSpec {
@@ -90,7 +92,12 @@ impl PodSpec {
             role == Role::Container && ns_path(oci_spec::runtime::LinuxNamespaceType::Pid).is_some();
         let netns =
             if role == Role::Container { None } else { ns_path(oci_spec::runtime::LinuxNamespaceType::Network) };
-        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns, netns }
+        let cgroups_path = (role == Role::Sandbox)
+            .then(|| spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()))
+            .flatten()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
+        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns, netns, cgroups_path }
     }
 
     /// The configuration the pod's VM boots with: `base` grown by the pod's resources.
@@ -101,6 +108,7 @@ impl PodSpec {
         let vcpus = u64::from(q.default_vcpus).saturating_add(self.vcpus).min(MAX_VCPUS);
         q.default_memory = u32::try_from(memory).unwrap_or(q.default_memory);
         q.default_vcpus = u32::try_from(vcpus).unwrap_or(q.default_vcpus);
+        config.cgroups_path = self.cgroups_path.clone();
         config
     }
 
@@ -135,7 +143,14 @@ mod tests {
         let pod = PodSpec::of(&s);
         assert_eq!(
             pod,
-            PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, joins_sandbox_pidns: false, netns: None }
+            PodSpec {
+                role: Role::Sandbox,
+                memory_mib: 128,
+                vcpus: 2,
+                joins_sandbox_pidns: false,
+                netns: None,
+                cgroups_path: None
+            }
         );
         let config = pod.vm_config(&Config::default());
         assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));

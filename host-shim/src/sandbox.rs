@@ -39,7 +39,8 @@ use crate::state::{self, ProcFs, SandboxKey, StateError};
 fn new_vm(config: &Config, spec: QemuSpec, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
     match &config.stratovirt {
         Some(section) => {
-            let spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
+            let mut spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
+            spec.cgroups_path = config.cgroups_path.clone();
             Box::new(StratoVirt::new(spec, paths.clone(), Vec::new(), log.clone()))
         }
         None => Box::new(Qemu::new(spec, paths.clone(), log.clone())),

@@ -17,7 +17,11 @@
 //!   and succeeds.
 //! - the daemon first sweeps the sandboxes of shims that died unseen ([`crate::gc`]), then
 //!   serves the task API ([`crate::task::TaskService`]) until Shutdown. It reaps
-//!   nothing itself: its children are QEMU and its helpers, waited for by tokio.
+//!   nothing itself: its children are QEMU and its helpers, waited for by tokio. SIGTERM or
+//!   SIGINT (an administrator, systemd, a containerd gone) stops the sandbox the way Shutdown
+//!   does, unmounts and removes its state, and exits; a SIGKILLed shim takes QEMU and the
+//!   helpers with it (they die with their parent, see `hypervisor::confine`) and leaves its
+//!   mounts and state to `delete` or `wisp gc`.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,6 +37,7 @@ use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::Server;
 use nix::mount::{umount2, MntFlags};
 use slog::{info, o, warn, Drain, Logger};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::sandbox::{cleanup_dir, sandbox_dir, state_root};
@@ -192,7 +197,19 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
     // `start` reads our stdout until EOF: point it at stderr now that the socket serves.
     nix::unistd::dup2_stdout(std::io::stderr())
         .map_err(|err| ShimError::Other(format!("cannot detach stdout: {err}")))?;
-    exit.wait().await;
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => return Err(ShimError::Other(format!("cannot watch SIGTERM/SIGINT: {err}"))),
+    };
+    let stopped_by = tokio::select! {
+        () = exit.wait() => None,
+        _ = term.recv() => Some("SIGTERM"),
+        _ = int.recv() => Some("SIGINT"),
+    };
+    if let Some(signal) = stopped_by {
+        info!(log, "stopping the sandbox and cleaning up"; "signal" => signal);
+        task.terminate().await;
+    }
     info!(log, "shim exiting");
     // Connections containerd still holds (a pod's shim has one per container) are told to close;
     // the shim does not wait on them for long: its work is done.

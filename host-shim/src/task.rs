@@ -164,6 +164,26 @@ impl TaskService {
     }
 }
 
+impl TaskService {
+    /// The shim was told to stop (SIGTERM, SIGINT) without containerd asking: stops the VM
+    /// and its helpers, unmounts what the shim mounted (the sandbox's shares, the bundles'
+    /// rootfs), removes the state, and lets the daemon exit.
+    pub async fn terminate(&self) {
+        let inner = &self.inner;
+        if let Some(sandbox) = inner.sandbox.lock().await.take() {
+            sandbox.shutdown().await;
+        }
+        for (id, container) in inner.containers.lock().await.drain() {
+            if let Some(target) = container.mounted_rootfs {
+                if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
+                    warn!(inner.log, "cannot unmount rootfs"; "container" => &id, "path" => %target.display(), "error" => %err);
+                }
+            }
+        }
+        inner.exit.signal();
+    }
+}
+
 impl Inner {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(err) = self.publisher.publish(Default::default(), topic, &self.namespace, event).await {

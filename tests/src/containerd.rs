@@ -7,7 +7,8 @@
 //!
 //! Dropping it — at the end of a test or while a failing test unwinds — kills what it started,
 //! in an order that leaves nothing behind: the shims that serve this containerd (found by their
-//! `-address` argument in `/proc`) and their container processes (SIGKILL), then containerd
+//! `-address` argument in `/proc`) and their container processes (SIGTERM, so a wisp shim
+//! cleans up what it made on the host, then SIGKILL after [`STOP_GRACE`]), then containerd
 //! itself (SIGTERM, then SIGKILL after [`STOP_GRACE`]); then it detaches every mount still under
 //! its root or state (overlay snapshots, rootfs binds) and removes the directory.
 //!
@@ -293,8 +294,18 @@ impl Containerd {
 
     /// Stops everything (see the module docs); idempotent, called by `Drop`.
     pub fn stop(&mut self) {
-        // Shims outlive containerd by design, so they go first, with their containers. A
-        // SIGKILLed process takes a moment to die on a loaded host: keep at it until none is
+        // Shims outlive containerd by design, so they go first, with their containers: asked
+        // with SIGTERM first (wisp's shim then stops its VM and removes what it made on the
+        // host, its sandbox cgroup included), for up to STOP_GRACE.
+        let shims = self.shim_processes();
+        for pid in &shims {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        }
+        let asked = Instant::now();
+        while !shims.is_empty() && asked.elapsed() < STOP_GRACE && shims.iter().any(|pid| process_running(*pid)) {
+            thread::sleep(POLL);
+        }
+        // A SIGKILLed process takes a moment to die on a loaded host: keep at it until none is
         // left (zombies do not count) or the bound has passed.
         let deadline = Instant::now() + KILL_TIMEOUT;
         loop {

@@ -304,6 +304,7 @@ impl VmConfig {
             vhost_device_vsock: vhost_device_vsock_binary(),
             virtiofsd: PathBuf::from("virtiofsd"),
             extra_args: self.extra_args.clone(),
+            confine: Default::default(),
         }
     }
 
@@ -370,7 +371,8 @@ mod tests {
             VmConfig::new(Machine::Q35, "/k/bzImage").initrd("/k/floor.cpio").bios(Bios::File("/fw/qboot.rom".into()));
         assert_eq!(
             argv(&config, Accel::Tcg),
-            "qemu -machine q35 -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults \
+            "qemu -machine q35 -accel tcg,tb-size=64 \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
              -no-reboot -serial file:/run/vm/console.log -bios /fw/qboot.rom -kernel /k/bzImage \
              -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1'"
         );
@@ -389,7 +391,8 @@ mod tests {
             .cmdline_arg("agent.log=debug");
         assert_eq!(
             argv(&config, Accel::Kvm),
-            "qemu -machine q35,memory-backend=mem -accel kvm -cpu host -m 512M -smp 2 \
+            "qemu -machine q35,memory-backend=mem -accel kvm -cpu host \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 512M -smp 2 \
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
              -qmp unix:/run/vm/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=512M,share=on -kernel /k/bzImage \
@@ -410,7 +413,8 @@ mod tests {
             .channel(Channel::HybridVsock);
         assert_eq!(
             argv(&config, Accel::Tcg),
-            "qemu -machine microvm,memory-backend=mem -accel tcg,tb-size=64 -m 256M -smp 1 \
+            "qemu -machine microvm,memory-backend=mem -accel tcg,tb-size=64 \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 \
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
              -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
              -append 'console=ttyS0 panic=-1 printk.time=1 tsc_early_khz=2000000 tsc=reliable' \

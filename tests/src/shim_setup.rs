@@ -41,10 +41,11 @@ pub fn shim_binary() -> anyhow::Result<PathBuf> {
 /// A private containerd that finds our shim, with the shim's state and config in `dir`.
 #[derive(Debug)]
 pub struct Setup {
+    /// The private containerd (declared first: dropped first, so its shims have stopped and
+    /// unmounted before the directory they work in is removed).
+    pub ctd: Containerd,
     /// The test's directory (state, configuration, bundles).
     pub dir: TempDir,
-    /// The private containerd.
-    pub ctd: Containerd,
 }
 
 impl Setup {
@@ -132,6 +133,23 @@ impl Setup {
             .and_then(|l| l.split_whitespace().nth(2))
             .unwrap_or("")
             .to_owned())
+    }
+
+    /// Kills a detached task, deletes it and its container, and checks nothing of the sandbox
+    /// remains.
+    pub fn kill_and_delete(&self, id: &str) -> anyhow::Result<()> {
+        let out = self.ctr(&["tasks", "kill", "-s", "KILL", id])?;
+        ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
+        let start = std::time::Instant::now();
+        while self.task_status(id)? != "STOPPED" {
+            ensure!(start.elapsed() < Duration::from_secs(10), "{id} not STOPPED 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.ctr(&["tasks", "delete", id])?;
+        self.ctr(&["containers", "delete", id])?;
+        let left = self.wait_no_leftovers(Duration::from_secs(5));
+        ensure!(left.is_empty(), "after delete nothing of the sandbox remains: {left:#?}");
+        Ok(())
     }
 
     /// The wisp shim daemons serving this containerd (not their QEMU and helpers).

@@ -308,12 +308,22 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
         cpu_period: 100_000,
         ..Default::default()
     };
-    let config = t.pod_config("pod1", Some(resources))?;
+    let mut config = t.pod_config("pod1", Some(resources))?;
+    // kubelet's pod cgroup (cgroupfs driver): the VM's cgroup goes under it.
+    let pod_cgroup = format!("wisp-test-{}/pod-uid-pod1", std::process::id());
+    let removed_pod_cgroups = PodCgroups(pod_cgroup.clone());
+    if let Some(linux) = config.linux.as_mut() {
+        linux.cgroup_parent = format!("/{pod_cgroup}");
+    }
     let pod = t.run_pod(&config, "wisp")?;
     assert_eq!(t.count("containerd-shim-wisp-v2"), 1, "one shim for the pod: {:#?}", t.shim_cmdlines());
     assert_eq!(t.count("qemu-system"), 1, "one VM for the pod: {:#?}", t.shim_cmdlines());
-    let qemu =
-        t.shim_cmdlines().into_iter().find(|(_, c)| c.contains("qemu-system")).map(|(_, c)| c).unwrap_or_default();
+    let (qemu_pid, qemu) = t.shim_cmdlines().into_iter().find(|(_, c)| c.contains("qemu-system")).unwrap_or_default();
+    let qemu_cgroup = wisp_shim::hypervisor::cgroup::of_process(qemu_pid, "memory").unwrap_or_default();
+    assert!(
+        qemu_cgroup.starts_with(&format!("/{pod_cgroup}/wisp-")),
+        "QEMU runs in the sandbox cgroup under the pod's: {qemu_cgroup}"
+    );
     assert!(qemu.contains("-m 320"), "256 MiB + the pod's 64 MiB: {qemu}");
     assert!(qemu.contains("-smp 2"), "1 vCPU + the pod's 0.5 (rounded up): {qemu}");
     assert!(
@@ -388,7 +398,26 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
     t.stop_and_remove(&pod)?;
     let left = t.wait_no_leftovers(Duration::from_secs(10));
     assert!(left.is_empty(), "after RemovePodSandbox nothing of the pod remains: {left:#?}\n{}", t.ctd.log());
+    let leaf = Path::new("/sys/fs/cgroup/memory").join(qemu_cgroup.trim_start_matches('/'));
+    assert!(!leaf.exists(), "the sandbox cgroup is removed: {}", leaf.display());
+    drop(removed_pod_cgroups);
     Ok(())
+}
+
+/// The test's stand-in for kubelet's pod cgroups (`wisp-test-<pid>/<pod>`), removed on drop in
+/// every hierarchy, as kubelet would.
+struct PodCgroups(String);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let base = hierarchy.path();
+            let _ = std::fs::remove_dir(base.join(&self.0));
+            if let Some(top) = Path::new(&self.0).components().next() {
+                let _ = std::fs::remove_dir(base.join(top));
+            }
+        }
+    }
 }
 
 /// PSS of process `pid` in KiB (smaps_rollup).

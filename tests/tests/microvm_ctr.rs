@@ -27,18 +27,7 @@ fn qemu_cmdline(t: &Setup) -> anyhow::Result<String> {
 
 /// Kills and deletes a detached task, and checks nothing of the sandbox remains.
 fn kill_and_delete(t: &Setup, id: &str) -> anyhow::Result<()> {
-    let out = t.ctr(&["tasks", "kill", "-s", "KILL", id])?;
-    ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
-    let start = Instant::now();
-    while t.task_status(id)? != "STOPPED" {
-        ensure!(start.elapsed() < Duration::from_secs(10), "{id} not STOPPED 10 s after SIGKILL");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t.ctr(&["tasks", "delete", id])?;
-    t.ctr(&["containers", "delete", id])?;
-    let left = t.wait_no_leftovers(Duration::from_secs(5));
-    ensure!(left.is_empty(), "after delete nothing of the sandbox remains: {left:#?}");
-    Ok(())
+    t.kill_and_delete(id)
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use wisp_shim::config::{find_program, Config, StratoVirtSection};
+use wisp_shim::config::{find_program, locate_program, Config, StratoVirtSection};
 use wisp_shim::hypervisor::qemu::config::QemuSpec;
 use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use wisp_shim::sandbox::{cleanup_dir, state_root};
@@ -115,6 +115,23 @@ impl Report {
     }
 }
 
+/// Reports where helper `what` (configured as `configured`) is found: the configured path, a
+/// fallback to the build-time `cargo install` directory (a warning: install it), or nowhere.
+fn helper(r: &mut Report, what: &str, configured: &Path, without: &str) {
+    match locate_program(configured) {
+        Some(found) if !found.fallback => r.ok(what, found.path.display().to_string()),
+        Some(found) => r.warn(
+            what,
+            format!(
+                "{} missing; using the build-time fallback {} — `make install` (or set the path in the configuration)",
+                configured.display(),
+                found.path.display()
+            ),
+        ),
+        None => r.warn(what, format!("{} not found — {without}", configured.display())),
+    }
+}
+
 fn check(config_path: Option<&Path>) -> bool {
     let mut r = Report::default();
     let config = match config_path.map_or_else(Config::load, Config::from_file) {
@@ -171,16 +188,27 @@ fn check(config_path: Option<&Path>) -> bool {
     } else {
         r.ok(VHOST_VSOCK_DEVICE, "absent (fine: vhost-user-vsock or virtio-serial is used)");
     }
-    match find_program(&q.vhost_device_vsock) {
-        Some(path) => r.ok("vhost-device-vsock", path.display().to_string()),
-        None => r.warn("vhost-device-vsock", "not found — the agent channel falls back to virtio-serial; `cargo install vhost-device-vsock` (or `make deps`) for vsock"),
-    }
-    match find_program(&q.virtio_fs_daemon) {
-        Some(path) => r.ok("virtiofsd", path.display().to_string()),
-        None => r.warn(
-            "virtiofsd",
-            "not found — the rootfs is shared by virtio-9p; `cargo install virtiofsd` (or `make deps`) for virtio-fs",
-        ),
+    helper(
+        &mut r,
+        "vhost-device-vsock",
+        &q.vhost_device_vsock,
+        "the agent channel falls back to virtio-serial; `make deps install` for vsock",
+    );
+    helper(
+        &mut r,
+        "virtiofsd",
+        &q.virtio_fs_daemon,
+        "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs",
+    );
+    if q.rootless {
+        r.ok(
+            "rootless",
+            format!(
+                "QEMU and vhost-device-vsock run as a uid of their own from {} (virtiofsd stays root, sandboxed); \
+                 the state root must be traversable by them",
+                wisp_shim::hypervisor::confine::ROOTLESS_FIRST_ID
+            ),
+        );
     }
     if let Some(section) = &config.stratovirt {
         check_stratovirt(&mut r, section);

@@ -12,6 +12,8 @@
 //! (its machine syntax), its QMP, and a lifecycle that hands back an
 //! [`AgentAddr`].
 
+pub mod cgroup;
+pub mod confine;
 pub mod process;
 pub mod qemu;
 pub mod stratovirt;
@@ -211,6 +213,9 @@ pub enum HypervisorError {
     /// The host cannot provide what the configuration asks for.
     #[error("{0}")]
     Unsupported(String),
+    /// The sandbox cgroup or the rootless ids could not be set up (the whole cause chain).
+    #[error("confining the VM: {0}")]
+    Confine(String),
     /// QMP failed.
     #[error("QMP")]
     Qmp(#[from] qemu::qmp::QmpError),

@@ -10,7 +10,10 @@
 //! - on q35, `N` free `pcie-root-port`s so devices can be hot-plugged later (microvm cannot
 //!   hot-plug; pc hot-plugs on `pci.0`);
 //! - microvm under TCG: `tsc_early_khz=2000000 tsc=reliable`, without which TSC calibration
-//!   hangs.
+//!   hangs;
+//! - QEMU's own seccomp filter, [`SECCOMP_SANDBOX`]: no obsolete system calls, no setuid, no
+//!   fork/exec, no scheduler or affinity changes (QEMU 7.2 checked: hot-plug over QMP,
+//!   vhost-user, 9p and a tap fd all work under it).
 
 use std::path::Path;
 
@@ -20,6 +23,9 @@ use crate::config::MachineType;
 use crate::hypervisor::{AgentChannel, SharedFs, VmPaths, GUEST_CID, SHARED_FS_TAG};
 
 use super::QemuSpec;
+
+/// QEMU's `-sandbox` (seccomp) policy: everything it can deny, denied.
+pub const SECCOMP_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The virtio-serial port name the agent looks for.
 pub const SERIAL_PORT_NAME: &str = "agent.channel.0";
@@ -71,6 +77,7 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={}", spec.tb_size_mib)]),
     }
+    push(&["-sandbox", SECCOMP_SANDBOX]);
     push(&[
         "-m",
         &format!("{}M", spec.memory_mib),
@@ -172,18 +179,25 @@ pub fn vsock_helper_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>
 
 /// The `virtiofsd` arguments ([`SharedFs::VirtioFs`] only).
 ///
-/// `--sandbox=none`: virtiofsd then sees the host's mount namespace, so a container rootfs
-/// bind-mounted into the shared directory after it started is visible to the guest (in its own
-/// namespace it would need shared mount propagation set up first). No `--tag`: QEMU 7.1-8.0
-/// crash on it.
+/// - `--sandbox=namespace`: virtiofsd forks into new mount, pid and network namespaces and
+///   pivots into the shared directory, so the host's other files are out of its reach; binds
+///   made under the share after it started reach it because the shim makes the share a
+///   shared mount first (`confine::propagate_into_namespaces`);
+/// - `--seccomp=kill`: a system call outside its allow-list kills it;
+/// - `--modcaps=-mknod`: of virtiofsd's default capabilities (chown, dac_override, fowner,
+///   fsetid, setgid, setuid, mknod, setfcap) it gives up mknod, so a guest cannot create device
+///   nodes on the host's filesystem (FIFOs and sockets need no capability).
+///
+/// No `--tag`: QEMU 7.1-8.0 crash on it.
 pub fn virtiofsd_args(spec: &QemuSpec, paths: &VmPaths) -> Option<Vec<String>> {
     (spec.shared_fs == Some(SharedFs::VirtioFs)).then(|| {
         vec![
             format!("--socket-path={}", path_arg(&paths.virtiofsd_socket())),
             format!("--shared-dir={}", path_arg(&paths.shared_dir())),
             "--cache=auto".to_owned(),
-            "--sandbox=none".to_owned(),
-            "--seccomp=none".to_owned(),
+            "--sandbox=namespace".to_owned(),
+            "--seccomp=kill".to_owned(),
+            "--modcaps=-mknod".to_owned(),
         ]
     })
 }
@@ -254,6 +268,7 @@ mod tests {
             vhost_device_vsock: "vhost-device-vsock".into(),
             virtiofsd: "virtiofsd".into(),
             extra_args: Vec::new(),
+            confine: Default::default(),
         }
     }
 
@@ -266,7 +281,8 @@ mod tests {
         let s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::HybridVsock, SharedFs::VirtioFs);
         assert_eq!(
             line(&s),
-            "qemu -machine q35,memory-backend=mem -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults \
+            "qemu -machine q35,memory-backend=mem -accel tcg,tb-size=64 \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
              -no-reboot -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=256M,share=on -bios /fw/qboot.rom -kernel /k/kernel \
              -initrd /k/wisp.initrd -append 'console=ttyS0 panic=-1 printk.time=1' \
@@ -287,8 +303,9 @@ mod tests {
                 "--socket-path=/run/s/virtiofsd.sock",
                 "--shared-dir=/run/s/shared",
                 "--cache=auto",
-                "--sandbox=none",
-                "--seccomp=none"
+                "--sandbox=namespace",
+                "--seccomp=kill",
+                "--modcaps=-mknod"
             ]
         );
         assert_eq!(agent_addr(&s, &paths).unwrap().to_string(), "hvsock:/run/s/hvsock.sock:1024");
@@ -301,7 +318,8 @@ mod tests {
         s.debug_console = true;
         assert_eq!(
             line(&s),
-            "qemu -machine pc -accel kvm -cpu host -m 256M -smp 1 -nographic -nodefaults -no-reboot \
+            "qemu -machine pc -accel kvm -cpu host \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
              -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off -bios /fw/qboot.rom \
              -kernel /k/kernel -initrd /k/wisp.initrd \
              -append 'console=ttyS0 panic=-1 printk.time=1 agent.channel=serial agent.debug_console agent.log=debug' \
@@ -378,7 +396,8 @@ mod tests {
         s.extra_args = vec!["-device".into(), "virtio-rng-pci".into()];
         assert_eq!(
             line(&s),
-            "qemu -machine q35 -accel tcg,tb-size=64 -m 256M -smp 1 -nographic -nodefaults -no-reboot \
+            "qemu -machine q35 -accel tcg,tb-size=64 \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
              -serial file:/run/s/console.log -bios /fw/qboot.rom -kernel /k/kernel \
              -append 'console=ttyS0 panic=-1 printk.time=1' -device virtio-rng-pci"
         );

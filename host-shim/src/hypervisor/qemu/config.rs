@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::accel::{self, Accel};
 use crate::config::{AccelChoice, ChannelKind, Config, MachineType, SharedFsKind};
+use crate::hypervisor::confine::VmConfinement;
 use crate::hypervisor::{AgentChannel, HypervisorError, SharedFs, GUEST_CID};
 
 use crate::hypervisor::vhost_vsock::DEVICE as VHOST_VSOCK_DEVICE;
@@ -65,6 +66,8 @@ pub struct QemuSpec {
     pub extra_args: Vec<String>,
     /// A virtio-net NIC on a tap QEMU inherits (a CRI pod's network).
     pub tap_nic: Option<TapNic>,
+    /// The sandbox cgroup's parent and rootless mode ([`crate::hypervisor::confine`]).
+    pub confine: VmConfinement,
 }
 
 /// A virtio-net NIC backed by an already open tap descriptor (`-netdev tap,fd=N`).
@@ -126,7 +129,7 @@ impl QemuSpec {
         };
         let bios = (q.machine_type != MachineType::Microvm && Path::new(QBOOT).is_file()).then(|| PathBuf::from(QBOOT));
         Ok(Self {
-            qemu: q.path.clone(),
+            qemu: crate::config::find_program(&q.path).unwrap_or_else(|| q.path.clone()),
             machine: q.machine_type,
             kernel: config.kernel(),
             initrd: Some(config.initrd()),
@@ -147,6 +150,7 @@ impl QemuSpec {
             vhost_device_vsock: vhost_device_vsock.unwrap_or_else(|| q.vhost_device_vsock.clone()),
             virtiofsd: virtiofsd.unwrap_or_else(|| q.virtio_fs_daemon.clone()),
             extra_args: Vec::new(),
+            confine: VmConfinement { cgroups_path: config.cgroups_path.clone(), rootless: q.rootless },
         })
     }
 

@@ -4,6 +4,13 @@
 //! connects to it at once and fails otherwise). Every process's pid is written to
 //! `<name>.pid` in the VM's directory so a later `containerd-shim-wisp-v2 delete` can kill what
 //! a crashed shim left behind ([`kill_recorded`]).
+//!
+//! Confinement ([`crate::hypervisor::confine`]): all of them start in the sandbox cgroup and
+//! die with the shim; QEMU runs under its own seccomp filter (`-sandbox`), virtiofsd in its own
+//! namespaces under its seccomp filter, vhost-device-vsock in a read-only view of the host with
+//! no capabilities. In rootless mode QEMU and vhost-device-vsock run as the sandbox's own uid
+//! (the VM's directory is then `root:<gid>` mode 1770, and virtiofsd's socket `root:<gid>`
+//! 0660); virtiofsd stays root, sandboxed, because it serves files of every owner.
 
 use std::collections::HashMap;
 use std::fs;
@@ -23,6 +30,8 @@ use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::config::MachineType;
+use crate::hypervisor::cgroup::{self, SandboxCgroup};
+use crate::hypervisor::confine::{self, Confinement, RunAs};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
@@ -52,6 +61,10 @@ pub struct Qemu {
     plugged: HashMap<String, PlugRecord>,
     /// Disks given on the command line (microvm).
     boot_disks: u32,
+    /// The sandbox cgroup, once started.
+    cgroup: Option<SandboxCgroup>,
+    /// The sandbox's own ids in rootless mode, once claimed.
+    run_as: Option<RunAs>,
 }
 
 impl Qemu {
@@ -69,6 +82,8 @@ impl Qemu {
             exited_rx,
             plugged: HashMap::new(),
             boot_disks: 0,
+            cgroup: None,
+            run_as: None,
         }
     }
 
@@ -86,9 +101,50 @@ impl Qemu {
         Ok(Qmp::connect(&self.paths.qmp_socket()).await?)
     }
 
-    /// Starts `program` ([`process::spawn`]); `inherit` are descriptors only it keeps.
+    /// How `name` is confined: every process in the sandbox cgroup; QEMU and
+    /// vhost-device-vsock as the rootless user; vhost-device-vsock in a read-only view of the
+    /// host but the VM's directory, without capabilities.
+    fn confinement(&self, name: &str) -> Result<Confinement, HypervisorError> {
+        let cgroup_procs = match &self.cgroup {
+            Some(cgroup) => cgroup.procs_files().map_err(|err| HypervisorError::Confine(crate::error_chain(&err)))?,
+            None => Vec::new(),
+        };
+        let vsock = name == "vhost-device-vsock";
+        Ok(Confinement {
+            cgroup_procs,
+            run_as: self.run_as.filter(|_| name != "virtiofsd"),
+            writable_only: vsock.then(|| self.paths.dir().to_owned()),
+        })
+    }
+
+    /// Starts `program` ([`process::spawn`]), confined; `inherit` are descriptors only it keeps.
     fn spawn(&self, name: &str, program: &Path, args: &[String], inherit: &[i32]) -> Result<Child, HypervisorError> {
-        process::spawn(&self.paths, &self.log, Launch { name, program, args, env: &[], inherit })
+        let confinement = self.confinement(name)?;
+        process::spawn(&self.paths, &self.log, Launch { name, program, args, env: &[], inherit }, confinement)
+    }
+
+    /// Creates the sandbox cgroup and, in rootless mode, claims the sandbox's ids and opens
+    /// the VM's directory to them.
+    fn prepare_confinement(&mut self) -> Result<(), HypervisorError> {
+        let dir = self.paths.dir();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = cgroup::sandbox_path(self.spec.confine.cgroups_path.as_deref(), &name);
+        let created =
+            SandboxCgroup::create(&path, dir).map_err(|err| HypervisorError::Confine(crate::error_chain(&err)))?;
+        info!(self.log, "sandbox cgroup created"; "cgroup" => created.path());
+        self.cgroup = Some(created);
+        if self.spec.confine.rootless {
+            let ids = confine::claim_ids(dir).map_err(|err| HypervisorError::Confine(crate::error_chain(&err)))?;
+            confine::share_with_group(dir, ids, 0o1770).map_err(|source| HypervisorError::Io {
+                what: "cannot open to the rootless group",
+                path: dir.to_owned(),
+                source,
+            })?;
+            info!(self.log, "rootless: QEMU and vhost-device-vsock run as their own user";
+                  "uid" => ids.uid, "gid" => ids.gid);
+            self.run_as = Some(ids);
+        }
+        Ok(())
     }
 
     async fn start_helper(
@@ -115,7 +171,28 @@ impl Qemu {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.helpers.push((name, child));
+        if let Some(ids) = self.run_as.filter(|_| name == "virtiofsd") {
+            // virtiofsd stays root: the rootless QEMU reaches its socket by group.
+            confine::share_with_group(&socket, ids, 0o660).map_err(|source| HypervisorError::Io {
+                what: "cannot open to the rootless group",
+                path: socket.clone(),
+                source,
+            })?;
+        }
         Ok(())
+    }
+
+    /// Ends what is left in the sandbox cgroup, removes it, and releases the rootless ids.
+    fn release_confinement(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            for line in cgroup.remove() {
+                warn!(self.log, "{line}");
+            }
+            let _ = fs::remove_file(self.paths.dir().join("cgroup"));
+        }
+        if self.run_as.take().is_some() {
+            confine::release_ids(self.paths.dir());
+        }
     }
 }
 
@@ -137,11 +214,19 @@ impl Hypervisor for Qemu {
                 });
             }
         }
+        self.prepare_confinement()?;
         if let Some(args) = cmdline::vsock_helper_args(&self.spec, &self.paths) {
             let program = self.spec.vhost_device_vsock.clone();
             self.start_helper("vhost-device-vsock", program, args, self.paths.vhost_vsock_socket()).await?;
         }
         if let Some(args) = cmdline::virtiofsd_args(&self.spec, &self.paths) {
+            // virtiofsd serves the share from its own mount namespace: binds made under it
+            // later (each container's rootfs) must propagate there.
+            confine::propagate_into_namespaces(&shared).map_err(|err| HypervisorError::Io {
+                what: "cannot make the share propagate into virtiofsd's namespace",
+                path: shared.clone(),
+                source: err.into(),
+            })?;
             let program = self.spec.virtiofsd.clone();
             self.start_helper("virtiofsd", program, args, self.paths.virtiofsd_socket()).await?;
         }
@@ -211,6 +296,7 @@ impl Hypervisor for Qemu {
         for name in PROCESS_NAMES {
             let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));
         }
+        self.release_confinement();
         self.plugged.clear();
     }
 
@@ -301,14 +387,23 @@ impl Hypervisor for Qemu {
 }
 
 /// Kills the processes whose pids a VM recorded in `dir` (a crashed shim's leftovers). A pid is
-/// killed only if `/proc/<pid>/cmdline` still mentions `dir`, so a recycled pid is left alone,
-/// and only if `dir` is this process's or a dead owner's ([`crate::state::ownership`]).
+/// killed only if `/proc/<pid>/cmdline` still mentions `dir`, so a recycled pid is left alone.
+/// Then whatever is still in the recorded sandbox cgroup (forked helpers) is killed, the
+/// cgroup removed, and rootless ids released. Nothing happens unless `dir` is this process's
+/// or a dead owner's ([`crate::state::ownership`]).
 pub fn kill_recorded(dir: &Path) -> Vec<String> {
-    let mut killed = Vec::new();
     use crate::state::{ownership, Ownership, ProcFs};
     if !matches!(ownership(dir, &ProcFs), Ownership::Mine(_) | Ownership::Dead(_)) {
-        return killed;
+        return Vec::new();
     }
+    let mut killed = kill_recorded_pids(dir);
+    killed.extend(cgroup::remove_recorded(dir));
+    confine::release_ids(dir);
+    killed
+}
+
+fn kill_recorded_pids(dir: &Path) -> Vec<String> {
+    let mut killed = Vec::new();
     for name in PROCESS_NAMES {
         let pid_file = dir.join(format!("{name}.pid"));
         let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {

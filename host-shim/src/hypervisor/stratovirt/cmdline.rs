@@ -14,6 +14,8 @@
 //!
 //! Every virtio-pci device gets its own slot on `pcie.0` (no bridges in StratoVirt), handed
 //! out in argv order from slot 1.
+//!
+//! Never `-disable-seccomp`: StratoVirt's own seccomp filter (on by default) stays on.
 
 use std::path::Path;
 
@@ -179,6 +181,7 @@ mod tests {
             root_ports: 0,
             virtiofsd: "virtiofsd".into(),
             debug_console: false,
+            cgroups_path: None,
         }
     }
 
@@ -199,6 +202,7 @@ mod tests {
              -drive id=rootfs,file=/dev/mapper/rootfs,readonly=off,direct=off \
              -device virtio-blk-device,drive=rootfs,id=rootfs"
         );
+        assert!(!line.contains("-disable-seccomp"), "StratoVirt keeps its seccomp filter");
         assert!(root_port_ids(&s, 1).is_empty());
     }
 

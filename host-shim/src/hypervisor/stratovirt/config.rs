@@ -61,6 +61,9 @@ pub struct StratoVirtSpec {
     pub virtiofsd: PathBuf,
     /// Boot the debug console.
     pub debug_console: bool,
+    /// The CRI's `linux.cgroupsPath` of the pod's sandbox container, if any (the sandbox
+    /// cgroup goes under the pod's).
+    pub cgroups_path: Option<String>,
 }
 
 impl StratoVirtSpec {
@@ -88,6 +91,7 @@ impl StratoVirtSpec {
             root_ports: if q35 { section.pcie_root_port } else { 0 },
             virtiofsd: find_program(&section.virtio_fs_daemon).unwrap_or_else(|| section.virtio_fs_daemon.clone()),
             debug_console,
+            cgroups_path: None,
         }
     }
 }

@@ -20,6 +20,8 @@ use super::cmdline::{self, BlockDevice};
 use super::StratoVirtSpec;
 use crate::agent_dial::AgentAddr;
 use crate::agent_dial::AGENT_VSOCK_PORT;
+use crate::hypervisor::cgroup::{self, SandboxCgroup};
+use crate::hypervisor::confine::Confinement;
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
 use crate::hypervisor::qemu::qmp::Qmp;
@@ -43,13 +45,15 @@ pub struct StratoVirt {
     pid: Option<u32>,
     exited_tx: watch::Sender<Option<String>>,
     exited_rx: watch::Receiver<Option<String>>,
+    /// The sandbox cgroup, once started.
+    cgroup: Option<SandboxCgroup>,
 }
 
 impl StratoVirt {
     /// A VM described by `spec`, `blocks` attached at boot, files in `paths`.
     pub fn new(spec: StratoVirtSpec, paths: VmPaths, blocks: Vec<BlockDevice>, log: Logger) -> Self {
         let (exited_tx, exited_rx) = watch::channel(None);
-        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx }
+        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx, cgroup: None }
     }
 
     /// The full argv, for logs and `wisp check`.
@@ -121,6 +125,14 @@ impl StratoVirt {
     }
 
     async fn spawn(&mut self) -> Result<(), HypervisorError> {
+        let confine_err = |err: &dyn std::error::Error| HypervisorError::Confine(crate::error_chain(err));
+        let dir = self.paths.dir();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = cgroup::sandbox_path(self.spec.cgroups_path.as_deref(), &name);
+        let created = SandboxCgroup::create(&path, dir).map_err(|err| confine_err(&err))?;
+        let confinement =
+            Confinement { cgroup_procs: created.procs_files().map_err(|err| confine_err(&err))?, ..Default::default() };
+        self.cgroup = Some(created);
         let args = cmdline::stratovirt_args(&self.spec, &self.paths, &self.blocks);
         let inherit: Vec<i32> = self.spec.vhost_fd.into_iter().collect();
         let launch = Launch {
@@ -130,7 +142,7 @@ impl StratoVirt {
             env: &[("STRATOVIRT_LOG_LEVEL", "info")],
             inherit: &inherit,
         };
-        let child = process::spawn(&self.paths, &self.log, launch)?;
+        let child = process::spawn(&self.paths, &self.log, launch, confinement)?;
         self.pid = child.id();
         process::watch_exit(child, "StratoVirt", self.paths.helper_log(NAME), self.exited_tx.clone());
         Ok(())
@@ -176,6 +188,10 @@ impl Hypervisor for StratoVirt {
             let _ = tokio::time::timeout(QUIT_TIMEOUT * 2, exited.wait_for(Option::is_some)).await;
         }
         let _ = fs::remove_file(self.paths.dir().join(format!("{NAME}.pid")));
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+            let _ = fs::remove_file(self.paths.dir().join("cgroup"));
+        }
     }
 }
 
