@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::{code_of, ctx, Agent};
 
 use protocols::agent::{
-    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest, SetPolicyRequest,
+    CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
+    SetPolicyRequest, Storage,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::CheckRequest;
@@ -65,6 +66,29 @@ async fn unimplemented_rpcs_say_so() {
     let (code, msg) = code_of(client.set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
     assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
     assert!(msg.contains("SetPolicy"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_storage_mount_point_through_dotdot_is_refused_and_nothing_is_removed() {
+    // `keep/nonexistent/..` is `keep`: a `local` storage there would be made, then removed
+    // with everything in it when the sandbox goes (with `/nonexistent/..`, the guest's `/`).
+    let mut agent = Agent::start();
+    let client = agent.client().await;
+    let keep = agent.state.join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("precious"), "x").unwrap();
+    let mut storage = Storage::new();
+    storage.driver = "local".into();
+    storage.mount_point = format!("{}/nonexistent/..", keep.display());
+    let mut req = CreateSandboxRequest::new();
+    req.storages = vec![storage];
+    let (code, msg) = code_of(client.create_sandbox(ctx(), &req).await.expect_err("refused"));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("must be absolute, without `..`"), "{msg}");
+    client.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
+    assert!(keep.join("precious").exists(), "nothing was removed");
+    assert!(!keep.join("nonexistent").exists(), "nothing was made");
 }
 
 #[tokio::test]
