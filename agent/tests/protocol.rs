@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{code_of, ctx, Agent};
 
 use protocols::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
-    SetPolicyRequest, Storage,
+    AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest,
+    ReseedRandomDevRequest, SetGuestDateTimeRequest, SetPolicyRequest, Storage,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::CheckRequest;
@@ -66,6 +66,29 @@ async fn unimplemented_rpcs_say_so() {
     let (code, msg) = code_of(client.set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
     assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
     assert!(msg.contains("SetPolicy"), "{msg}");
+}
+
+#[tokio::test]
+async fn an_empty_reseed_is_accepted_as_kata_accepts_it() {
+    // Kata's agent reseeds with whatever it is given, nothing included, and clients written
+    // against it may rely on that. (Only the empty case here: the tests may run as root, and
+    // real bytes would go into the host's pool.)
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.conn().await);
+    client.reseed_random_dev(ctx(), &ReseedRandomDevRequest::new()).await.expect("an empty seed is a no-op");
+    agent.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_request_without_its_payload_is_an_invalid_argument_as_in_kata() {
+    // Kata's agent refuses an AddARPNeighbors (UpdateRoutes, UpdateInterface) without its
+    // message rather than reading it as empty. (Not UpdateRoutes here: read as empty, it
+    // would replace the host's routes when the tests run as root.)
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.conn().await);
+    let (code, msg) = code_of(client.add_arp_neighbors(ctx(), &AddARPNeighborsRequest::new()).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("no neighbors"), "{msg}");
 }
 
 #[tokio::test]
