@@ -95,6 +95,12 @@ impl AgentError {
     }
 }
 
+impl From<crate::guest_path::BadPath> for AgentError {
+    fn from(e: crate::guest_path::BadPath) -> Self {
+        AgentError::InvalidArgument(e.to_string())
+    }
+}
+
 pub(crate) fn errno_code(e: nix::Error) -> Code {
     match e {
         nix::Error::EPERM | nix::Error::EACCES => Code::PERMISSION_DENIED,

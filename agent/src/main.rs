@@ -8,6 +8,7 @@ mod channel;
 mod container;
 mod device;
 mod error;
+mod guest_path;
 mod hotplug;
 mod launch;
 mod logging;

@@ -286,7 +286,10 @@ impl Sandbox {
 
     pub fn reseed(&self, data: &[u8]) -> Result<(), AgentError> {
         if data.is_empty() {
-            return Err(AgentError::InvalidArgument("no seed bytes".into()));
+            // Kata's agent accepts an empty seed (it adds nothing and asks for a reseed), so
+            // clients written against it may send one: a no-op here.
+            slog::debug!(self.log, "empty seed: nothing added to the random device");
+            return Ok(());
         }
         wisp_init::entropy::reseed(data)?;
         slog::debug!(self.log, "random device reseeded"; "bytes" => data.len());

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::{code_of, ctx, Agent};
 
 use protocols::agent::{
-    DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest, SetGuestDateTimeRequest, SetPolicyRequest,
+    AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest,
+    ReseedRandomDevRequest, SetGuestDateTimeRequest, SetPolicyRequest, Storage,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::CheckRequest;
@@ -65,6 +66,52 @@ async fn unimplemented_rpcs_say_so() {
     let (code, msg) = code_of(client.set_policy(ctx(), &SetPolicyRequest::new()).await.unwrap_err());
     assert_eq!(code, Code::UNIMPLEMENTED, "{msg}");
     assert!(msg.contains("SetPolicy"), "{msg}");
+}
+
+#[tokio::test]
+async fn an_empty_reseed_is_accepted_as_kata_accepts_it() {
+    // Kata's agent reseeds with whatever it is given, nothing included, and clients written
+    // against it may rely on that. (Only the empty case here: the tests may run as root, and
+    // real bytes would go into the host's pool.)
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.conn().await);
+    client.reseed_random_dev(ctx(), &ReseedRandomDevRequest::new()).await.expect("an empty seed is a no-op");
+    agent.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_request_without_its_payload_is_an_invalid_argument_as_in_kata() {
+    // Kata's agent refuses an AddARPNeighbors (UpdateRoutes, UpdateInterface) without its
+    // message rather than reading it as empty. (Not UpdateRoutes here: read as empty, it
+    // would replace the host's routes when the tests run as root.)
+    let agent = Agent::start();
+    let client = AgentServiceClient::new(agent.conn().await);
+    let (code, msg) = code_of(client.add_arp_neighbors(ctx(), &AddARPNeighborsRequest::new()).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("no neighbors"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_storage_mount_point_through_dotdot_is_refused_and_nothing_is_removed() {
+    // `keep/nonexistent/..` is `keep`: a `local` storage there would be made, then removed
+    // with everything in it when the sandbox goes (with `/nonexistent/..`, the guest's `/`).
+    let mut agent = Agent::start();
+    let client = agent.client().await;
+    let keep = agent.state.join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("precious"), "x").unwrap();
+    let mut storage = Storage::new();
+    storage.driver = "local".into();
+    storage.mount_point = format!("{}/nonexistent/..", keep.display());
+    let mut req = CreateSandboxRequest::new();
+    req.storages = vec![storage];
+    let (code, msg) = code_of(client.create_sandbox(ctx(), &req).await.expect_err("refused"));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("must be absolute, without `..`"), "{msg}");
+    client.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    agent.wait_exit(Duration::from_secs(10)).expect("agent exits after DestroySandbox");
+    assert!(keep.join("precious").exists(), "nothing was removed");
+    assert!(!keep.join("nonexistent").exists(), "nothing was made");
 }
 
 #[tokio::test]

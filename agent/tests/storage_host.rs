@@ -17,6 +17,9 @@
 #[path = "../src/device/mod.rs"]
 mod device;
 #[allow(dead_code)]
+#[path = "../src/guest_path.rs"]
+mod guest_path;
+#[allow(dead_code)]
 #[path = "../src/mountinfo.rs"]
 mod mountinfo;
 #[allow(dead_code)]

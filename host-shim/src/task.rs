@@ -52,6 +52,7 @@ use crate::state::SandboxKey;
 use crate::volumes;
 
 mod guest;
+mod oom;
 mod process;
 mod stats;
 
@@ -181,6 +182,17 @@ impl TaskService {
             }
         }
         inner.exit.signal();
+    }
+}
+
+#[async_trait]
+impl oom::OomSink for Inner {
+    async fn is_ours(&self, container_id: &str) -> bool {
+        self.containers.lock().await.contains_key(container_id)
+    }
+
+    async fn publish_oom(&self, oom: events::TaskOOM) {
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
     }
 }
 
@@ -408,27 +420,10 @@ impl Inner {
         }
     }
 
-    /// Relays the agent's OOM events (GetOOMEvent blocks until one happens) as TaskOOM, until
-    /// the VM exits or the agent does not offer them.
+    /// Relays the agent's OOM events as TaskOOM ([`oom`]), until the VM exits or the agent
+    /// does not offer them.
     async fn relay_oom_events(self: Arc<Self>, sandbox: Arc<Sandbox>) {
-        let agent = sandbox.agent().agent();
-        let request = pb::GetOOMEventRequest::new();
-        let mut exited = sandbox.exited();
-        loop {
-            let event = tokio::select! {
-                event = agent.get_oom_event(context::with_duration(Duration::from_secs(3600)), &request) => event,
-                _ = exited.wait_for(Option::is_some) => return,
-            };
-            match event {
-                Ok(event) => {
-                    warn!(self.log, "OOM kill in the guest"; "container" => &event.container_id);
-                    let oom = events::TaskOOM { container_id: event.container_id, ..Default::default() };
-                    self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
-                }
-                Err(protocols::ttrpc::Error::RpcStatus(status)) if status.code() == Code::UNIMPLEMENTED => return,
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        }
+        oom::relay(&sandbox.agent().agent(), sandbox.exited(), &*self, &self.log).await;
     }
 
     /// Records an exit once and publishes TaskExit.

@@ -17,6 +17,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -29,6 +30,7 @@ use crate::busybox::{self, BusyboxError};
 use crate::image::{ImageArchive, ImageError, ProcessDefaults};
 use crate::initrd::BASE_DIRS;
 use crate::layer::{self, Applier, LayerError};
+use crate::output;
 use crate::progress::Progress;
 use crate::rootfs::{self, RootfsError};
 
@@ -40,6 +42,8 @@ pub const DEFAULT_HOSTNAME: &str = "wisp";
 /// Errors while building a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("output directory {} exists and is not empty; give a new or empty directory", path.display())]
     OutputNotEmpty { path: PathBuf },
     #[error("cannot create {}", path.display())]
@@ -207,22 +211,30 @@ pub fn busybox_tree(busybox_bin: &Path) -> Result<Archive, BundleError> {
     Ok(tree)
 }
 
-/// Makes `dir` ready: created if missing, refused if it holds anything. Returns whether it was
-/// created here (so a failed build removes it again).
+/// Makes `dir` ready: refused if another user owns it or it holds anything, created if
+/// missing, made private (`output::TREE_MODE`) either way. Returns whether it was created here
+/// (so a failed build removes it again).
 fn prepare_output(dir: &Path) -> Result<bool, BundleError> {
-    match fs::read_dir(dir) {
+    output::check_owner(dir)?;
+    let created = match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(BundleError::OutputNotEmpty { path: dir.to_owned() });
             }
-            Ok(false)
+            false
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(|source| BundleError::Create { path: dir.to_owned(), source })?;
-            Ok(true)
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(output::TREE_MODE)
+                .create(dir)
+                .map_err(|source| BundleError::Create { path: dir.to_owned(), source })?;
+            true
         }
-        Err(source) => Err(BundleError::Create { path: dir.to_owned(), source }),
-    }
+        Err(source) => return Err(BundleError::Create { path: dir.to_owned(), source }),
+    };
+    output::make_private(dir)?;
+    Ok(created)
 }
 
 /// Builds the bundle; on error nothing is left in the output directory.

@@ -108,7 +108,8 @@ pub struct BundleArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "from_archive")]
     pub busybox_bin: Option<PathBuf>,
 
-    /// The bundle directory to create (new or empty). Example: -o /tmp/bundle
+    /// The bundle directory to create (new or empty, yours); it is made mode 0700 so an image's
+    /// set-id files stay out of other users' reach until you move it. Example: -o /tmp/bundle
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
 

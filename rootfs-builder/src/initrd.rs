@@ -70,6 +70,8 @@ pub struct InitrdSpec {
 /// Errors while building an initrd.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{what} {path} not found")]
     InitMissing { what: &'static str, path: PathBuf },
     #[error("cannot read {what} {path}")]
@@ -279,6 +281,7 @@ pub fn build(spec: &InitrdSpec) -> Result<Built, InitrdError> {
 pub fn write_atomic(out: &Path, bytes: &[u8]) -> Result<(), InitrdError> {
     let not_file = || InitrdError::OutputNotFile { path: out.to_owned() };
     let name = out.file_name().ok_or_else(not_file)?;
+    crate::output::check_owner(out)?;
     if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
         return Err(not_file());
     }

@@ -8,7 +8,8 @@
 //! `modules.dep` closure), [`initrd`] (assembling the image), [`rootfs`]
 //! (ext4/erofs disk images of the same tree), [`image`] (reading docker-archive and OCI layout
 //! tarballs; [`select`] picks one image of several), [`layer`] (applying layers without escaping the root; [`xattrs`] their extended attributes), [`bundle`] (OCI runtime
-//! bundles), [`oci_image`] (writing OCI layout tarballs), [`progress`] and [`cli`].
+//! bundles), [`oci_image`] (writing OCI layout tarballs), [`output`] (the `-o` path: owned by the caller,
+//! trees private), [`progress`] and [`cli`].
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod initrd;
 pub mod layer;
 pub mod modules;
 pub mod oci_image;
+pub mod output;
 pub mod progress;
 pub mod rootfs;
 pub mod select;

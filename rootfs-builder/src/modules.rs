@@ -337,8 +337,7 @@ fn extract_deb(path: &Path) -> Result<tempfile::TempDir, ModulesError> {
                 None => return Err(ModulesError::UnsupportedDataTar { path: path.to_owned(), member }),
             }
         };
-        let scratch =
-            tempfile::Builder::new().prefix("rootfs-builder-deb.").tempdir().map_err(io_err(&std::env::temp_dir()))?;
+        let scratch = crate::output::scratch("rootfs-builder-deb.").map_err(io_err(&std::env::temp_dir()))?;
         unpack_module_trees(reader, scratch.path()).map_err(|source| ModulesError::Deb {
             path: path.to_owned(),
             member,

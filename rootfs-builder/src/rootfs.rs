@@ -81,6 +81,8 @@ pub struct RootfsSpec {
 pub enum RootfsError {
     #[error(transparent)]
     Tree(#[from] InitrdError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{tool} not found: apt-get install {package}")]
     ToolMissing { tool: &'static str, package: &'static str },
     #[error("cannot run {tool}")]
@@ -347,6 +349,7 @@ fn mkfs_erofs(staging: &Path, img: &Path, uuid: &str, mtime: u32) -> Result<(), 
 pub fn build(spec: &RootfsSpec, out: &Path) -> Result<Built, RootfsError> {
     let not_file = || RootfsError::OutputNotFile { path: out.to_owned() };
     let name = out.file_name().ok_or_else(not_file)?;
+    crate::output::check_owner(out)?;
     if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
         return Err(not_file());
     }
@@ -367,9 +370,7 @@ pub fn build(spec: &RootfsSpec, out: &Path) -> Result<Built, RootfsError> {
     };
     let uuid = content_uuid(tree, spec.mtime, spec.format)?;
 
-    let scratch = tempfile::Builder::new()
-        .prefix("rootfs-builder.")
-        .tempdir()
+    let scratch = crate::output::scratch("rootfs-builder.")
         .map_err(|source| RootfsError::Stage { path: std::env::temp_dir(), source })?;
     let staging = scratch.path().join("tree");
     fs::create_dir(&staging).map_err(|source| RootfsError::Stage { path: staging.clone(), source })?;

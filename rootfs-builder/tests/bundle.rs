@@ -407,6 +407,64 @@ fn busybox_bundle_shape() {
     assert!(out.join("config.json").exists());
 }
 
+/// A path of another user: an empty directory (or file) chowned to nobody when the tests run
+/// as root; unprivileged, root's `/` stands in for it. With the uid it belongs to.
+fn someone_elses(dir: &Path, name: &str, file: bool) -> (std::path::PathBuf, u32) {
+    if !nix::unistd::geteuid().is_root() {
+        return ("/".into(), 0);
+    }
+    let path = dir.join(name);
+    if file {
+        fs::write(&path, b"theirs").unwrap();
+    } else {
+        fs::create_dir(&path).unwrap();
+    }
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    (path, 65534)
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_bundle_is_private_to_the_caller_and_keeps_its_files_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new/bb");
+    ok(&["bundle", "--from", "busybox", "-o", s(&out)], &[]);
+    assert_eq!(mode(&out), 0o700, "no other local user reaches the tree");
+    assert_eq!(mode(&out.join("rootfs")), 0o755, "the container's / keeps its mode");
+    assert_eq!(mode(&out.join("rootfs/bin/busybox")), 0o755);
+    assert_eq!(mode(&out.join("rootfs/tmp")), 0o1777);
+
+    // An empty directory the caller made (umask modes) is made private too.
+    let mine = dir.path().join("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::set_permissions(&mine, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    ok(&["bundle", "--from", "busybox", "-o", s(&mine)], &[]);
+    assert_eq!(mode(&mine), 0o700);
+}
+
+#[test]
+fn an_output_of_another_user_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (theirs, uid) = someone_elses(dir.path(), "theirs", false);
+    let err = fails(&["bundle", "--from", "busybox", "-o", s(&theirs)]);
+    assert!(err.contains(&format!("output {} belongs to uid {uid}", theirs.display())), "{err}");
+    assert!(err.contains("not to the caller"), "{err}");
+    if uid != 0 {
+        assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "nothing written into it");
+    }
+
+    let (file, uid) = someone_elses(dir.path(), "theirs.tar", true);
+    let err = fails(&["oci-image", "--from", "busybox", "--name", "x:1", "-o", s(&file)]);
+    assert!(err.contains(&format!("output {} belongs to uid {uid}", file.display())), "{err}");
+    if uid != 0 {
+        assert_eq!(fs::read(&file).unwrap(), b"theirs", "not replaced");
+    }
+}
+
 #[test]
 fn missing_busybox_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -81,6 +81,24 @@ fn as_map(entries: &[(String, Entry)]) -> BTreeMap<String, Entry> {
 }
 
 #[test]
+fn an_initrd_over_another_users_file_is_refused() {
+    let f = Fixture::new();
+    if !nix::unistd::geteuid().is_root() {
+        // Unprivileged, root's `/` stands in for another user's path.
+        let o = run(&["initrd", "--agent", &f.p("agent"), "-o", "/"], &[]);
+        assert!(stderr(&o).contains("output / belongs to uid 0"), "{}", stderr(&o));
+        return;
+    }
+    let theirs = f.dir.path().join("theirs.img");
+    fs::write(&theirs, b"theirs").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let o = run(&["initrd", "--agent", &f.p("agent"), "-o", theirs.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(&format!("output {} belongs to uid 65534", theirs.display())), "{}", stderr(&o));
+    assert_eq!(fs::read(&theirs).unwrap(), b"theirs", "not replaced");
+}
+
+#[test]
 fn same_inputs_same_bytes() {
     let f = Fixture::new();
     for compress in ["gzip", "zstd", "none"] {

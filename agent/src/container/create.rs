@@ -77,10 +77,7 @@ pub fn validate(id: &str, spec: &Spec) -> Result<(), AgentError> {
     // reading of a relative one); over the protocol such a spec is a mistake
     // or an attempt, so it is refused and named.
     for m in spec.mounts().iter().flatten() {
-        let dest = m.destination();
-        if !dest.is_absolute() || dest.components().any(|c| c == std::path::Component::ParentDir) {
-            return Err(invalid(id, format!("mount destination {} must be absolute and without `..`", dest.display())));
-        }
+        crate::guest_path::check("mount destination", m.destination()).map_err(|e| invalid(id, e))?;
     }
     Ok(())
 }

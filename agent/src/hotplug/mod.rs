@@ -3,14 +3,15 @@
 //!
 //! HotPlug waits for the disk the host plugged (its PCI path, through the uevent table),
 //! allows it in the container's device cgroup, then creates the node (and mounts it if
-//! asked) inside the container's mount namespace. Entering a mount namespace with
-//! `setns(CLONE_NEWNS)` fails in a multi-threaded process, and the agent is one, so that part
-//! runs in a fresh single-threaded copy of the agent, `/proc/self/exe __hotplug` ([`child`]),
-//! as the container launcher does. HotUnplug reverses every step.
+//! asked) inside the container, every path resolved inside the container's root. Entering a
+//! mount namespace with `setns(CLONE_NEWNS)` fails in a multi-threaded process, and the agent
+//! is one, so that part runs in a fresh single-threaded copy of the agent,
+//! `/proc/self/exe __hotplug` ([`child`]), as the container launcher does. HotUnplug reverses
+//! every step.
 
 pub mod child;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sys::stat::{major, minor, stat};
@@ -18,6 +19,7 @@ use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResource
 use protocols::wisp::{HotPlugRequest, HotUnplugRequest};
 
 use crate::error::AgentError;
+use crate::guest_path;
 use crate::sandbox::Sandbox;
 
 /// The argument that starts the helper.
@@ -25,9 +27,9 @@ pub const CHILD_ARG: &str = "__hotplug";
 
 /// HotPlug: see the module docs.
 pub async fn plug(sandbox: &Sandbox, req: &HotPlugRequest) -> Result<PathBuf, AgentError> {
-    check_path("device_path", &req.device_path)?;
+    guest_path::check("device_path", Path::new(&req.device_path))?;
     if !req.mount_point.is_empty() {
-        check_path("mount_point", &req.mount_point)?;
+        guest_path::check("mount_point", Path::new(&req.mount_point))?;
     }
     let c = sandbox.container(&req.container_id)?;
     let (devices, timeout) = (sandbox.device_table(), sandbox.hotplug_timeout());
@@ -41,7 +43,8 @@ pub async fn plug(sandbox: &Sandbox, req: &HotPlugRequest) -> Result<PathBuf, Ag
     let mut args =
         vec!["plug".to_owned(), c.init_pid().to_string(), req.device_path.clone(), maj.to_string(), min.to_string()];
     if !req.mount_point.is_empty() {
-        args.extend([req.mount_point.clone(), req.fstype.clone(), req.options.join(",")]);
+        let source = guest.to_string_lossy().into_owned();
+        args.extend([source, req.mount_point.clone(), req.fstype.clone(), req.options.join(",")]);
     }
     if let Err(e) = run_child(&args).await {
         let _ = cgroup_rule(&c, false, maj, min);
@@ -54,11 +57,11 @@ pub async fn plug(sandbox: &Sandbox, req: &HotPlugRequest) -> Result<PathBuf, Ag
 
 /// HotUnplug: unmount, remove the node, deny the device again.
 pub async fn unplug(sandbox: &Sandbox, req: &HotUnplugRequest) -> Result<(), AgentError> {
-    check_path("device_path", &req.device_path)?;
+    guest_path::check("device_path", Path::new(&req.device_path))?;
     let c = sandbox.container(&req.container_id)?;
     let mut args = vec!["unplug".to_owned(), c.init_pid().to_string(), req.device_path.clone()];
     if !req.mount_point.is_empty() {
-        check_path("mount_point", &req.mount_point)?;
+        guest_path::check("mount_point", Path::new(&req.mount_point))?;
         args.push(req.mount_point.clone());
     }
     let rdev = run_child(&args).await?;
@@ -66,14 +69,6 @@ pub async fn unplug(sandbox: &Sandbox, req: &HotUnplugRequest) -> Result<(), Age
         cgroup_rule(&c, false, maj, min)?;
     }
     slog::info!(c.log(), "block device unplugged from the running container"; "device_path" => &req.device_path);
-    Ok(())
-}
-
-fn check_path(what: &str, path: &str) -> Result<(), AgentError> {
-    let p = std::path::Path::new(path);
-    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(AgentError::InvalidArgument(format!("{what} {path:?} must be absolute, without `..`")));
-    }
     Ok(())
 }
 
@@ -112,18 +107,4 @@ async fn run_child(args: &[String]) -> Result<Option<(i64, i64)>, AgentError> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.trim().split_once(':').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_must_be_absolute_without_parent_hops() {
-        assert!(check_path("device_path", "/dev/xvdb").is_ok());
-        for bad in ["dev/xvdb", "/dev/../etc/passwd", ""] {
-            let err = check_path("device_path", bad).unwrap_err().to_string();
-            assert!(err.contains("must be absolute, without `..`"), "{bad}: {err}");
-        }
-    }
 }

@@ -315,14 +315,14 @@ impl AgentService for AgentRpc {
 
     // ---- networking (network/) ----
     async fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
-        let iface = req.interface.as_ref().ok_or_else(|| AgentError::InvalidArgument("no interface".into()))?;
+        let iface = required(&req.interface, "interface")?;
         let updated = network::update_interface(iface).map_err(AgentError::from)?;
         slog::info!(self.sandbox.log(), "interface updated"; "name" => &updated.name, "addresses" => updated.IPAddresses.len());
         Ok(updated)
     }
 
     async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
-        let wanted = req.routes.as_ref().map(|r| r.Routes.as_slice()).unwrap_or_default();
+        let wanted = required(&req.routes, "routes")?.Routes.as_slice();
         let mut routes = Routes::new();
         routes.Routes = network::update_routes(wanted).map_err(AgentError::from)?;
         slog::info!(self.sandbox.log(), "routes replaced"; "routes" => routes.Routes.len());
@@ -342,10 +342,17 @@ impl AgentService for AgentRpc {
     }
 
     async fn add_arp_neighbors(&self, _ctx: &TtrpcContext, req: AddARPNeighborsRequest) -> ttrpc::Result<Empty> {
-        let neighbors = req.neighbors.as_ref().map(|n| n.ARPNeighbors.as_slice()).unwrap_or_default();
+        let neighbors = required(&req.neighbors, "neighbors")?.ARPNeighbors.as_slice();
         network::add_arp_neighbors(neighbors).map_err(AgentError::from)?;
         Ok(Empty::new())
     }
+}
+
+/// A message field the request must carry. As in Kata's agent, an absent one is refused
+/// (INVALID_ARGUMENT) rather than read as empty: an UpdateRoutes without `routes` would
+/// otherwise replace the guest's routes with none.
+fn required<'a, T>(field: &'a protobuf::MessageField<T>, name: &str) -> Result<&'a T, AgentError> {
+    field.as_ref().ok_or_else(|| AgentError::InvalidArgument(format!("the request has no {name}")))
 }
 
 /// A volume path the storage handlers accept: absolute, nothing else is checked
@@ -355,4 +362,19 @@ fn volume_path(path: &str) -> Result<&str, AgentError> {
         return Err(AgentError::InvalidArgument(format!("volume_guest_path {path:?} is not absolute")));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::agent::Routes;
+
+    #[test]
+    fn an_absent_field_is_refused_and_an_empty_one_passes() {
+        let absent = protobuf::MessageField::<Routes>::none();
+        let err = required(&absent, "routes").unwrap_err();
+        assert_eq!(err.to_string(), "invalid argument: the request has no routes");
+        let empty = protobuf::MessageField::some(Routes::new());
+        assert!(required(&empty, "routes").unwrap().Routes.is_empty(), "present but empty: replace with none");
+    }
 }

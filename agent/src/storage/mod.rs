@@ -165,13 +165,11 @@ impl Registry {
         disks: &dyn FindDisk,
         timeout: Duration,
     ) -> Result<Mounted, StorageError> {
-        if !storage.mount_point.starts_with('/') {
-            return Err(StorageError::InvalidArgument(format!(
-                "mount point {:?} of {:?} is not absolute",
-                storage.mount_point, storage.source
-            )));
-        }
-        let mount_point = PathBuf::from(&storage.mount_point);
+        let mount_point = crate::guest_path::check("mount point", Path::new(&storage.mount_point))
+            .map_err(|e| {
+                StorageError::InvalidArgument(format!("{e} (storage {:?}, driver {})", storage.source, storage.driver))
+            })?
+            .to_owned();
         let handle = || Mounted { registry: self.clone(), mount_point: mount_point.clone(), released: false };
         if self.share(storage, &mount_point)? {
             return Ok(handle());
@@ -475,6 +473,25 @@ mod tests {
         m.release().expect("release");
         assert!(!mp.exists(), "removed with its contents");
         assert!(calls.lock().expect("lock").is_empty(), "nothing mounted");
+    }
+
+    #[test]
+    fn a_mount_point_through_dotdot_is_refused_before_anything_is_made() {
+        // `keep/nonexistent/..` is `keep` itself: made (as `nonexistent`), counted as the
+        // storage's own directory, and then removed on release, with `keep` in it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keep = dir.path().join("keep");
+        std::fs::create_dir(&keep).expect("mkdir");
+        std::fs::write(keep.join("precious"), "x").expect("write");
+        let (reg, calls) = registry(0);
+        let err = reg
+            .mount(&storage("local", "", &keep.join("nonexistent/..")), &NoDisks, Duration::ZERO)
+            .map(|mut m| m.release())
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+        assert!(err.to_string().contains("must be absolute, without `..`"), "{err}");
+        assert!(keep.join("precious").exists() && !keep.join("nonexistent").exists(), "nothing made or removed");
+        assert!(calls.lock().expect("lock").is_empty());
     }
 
     #[test]
