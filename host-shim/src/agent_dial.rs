@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout_at, Instant};
 use tokio_vsock::{VsockAddr, VsockStream};
+
+use crate::agent_services::Offers;
 
 /// The vsock port the agent listens on (Kata's default).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -364,6 +367,7 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, D
 pub struct AgentConn {
     addr: AgentAddr,
     client: Client,
+    offers: Arc<Offers>,
 }
 
 impl fmt::Debug for AgentConn {
@@ -380,7 +384,7 @@ impl AgentConn {
     /// Panics outside a tokio runtime (the ttrpc client spawns its connection task).
     pub fn new(addr: AgentAddr, stream: impl Into<AgentStream>) -> Self {
         let stream: AgentStream = stream.into();
-        Self { addr, client: Client::new(Socket::new(stream)) }
+        Self { addr, client: Client::new(Socket::new(stream)), offers: Arc::default() }
     }
 
     /// Where this connection was dialed.
@@ -403,9 +407,14 @@ impl AgentConn {
         AgentServiceClient::new(self.client.clone())
     }
 
-    /// A client of the agent's `wisp.v1.BlockVolume` (ours, not Kata's).
+    /// A client of the agent's `wisp.v1.BlockVolume` (ours, not Kata's: see [`Self::offers`]).
     pub fn block_volume(&self) -> protocols::wisp_ttrpc::BlockVolumeClient {
         protocols::wisp_ttrpc::BlockVolumeClient::new(self.client.clone())
+    }
+
+    /// Which of our own services this agent offers (asked once, shared by the clones).
+    pub fn offers(&self) -> &Offers {
+        &self.offers
     }
 }
 

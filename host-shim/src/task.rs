@@ -314,7 +314,10 @@ impl Inner {
             .live_sandbox()
             .await
             .ok_or_else(|| format!("the VM of sandbox {:?} is not running", self.sandbox_id))?;
-        let client = sandbox.agent().block_volume();
+        // Kata's agent has no such service: say so before QMP plugs anything.
+        let conn = sandbox.agent();
+        conn.offers().require_block_volume(conn).await.map_err(|err| err.to_string())?;
+        let client = conn.block_volume();
         match request {
             side::Request::BlockHotPlug { container, block_volume, device_path, mount, fstype, options } => {
                 {
