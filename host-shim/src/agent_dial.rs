@@ -151,6 +151,19 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// Whether the failure came from the guest's end of the channel: its vsock refused the
+    /// connection because nothing listens on the port yet. That proves the guest kernel and the
+    /// channel work; silence (a CONNECT held unanswered, a connect timing out) proves nothing.
+    fn guest_answered(&self) -> bool {
+        match self {
+            Self::BackendClosed { .. } => true,
+            Self::VsockConnect { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a later attempt may succeed: the socket or the guest side is not ready yet.
     fn is_transient(&self) -> bool {
         match self {
@@ -262,6 +275,29 @@ impl FromStr for AgentAddr {
     }
 }
 
+/// What a dial has heard from the guest's end of the channel so far, for a caller telling a
+/// guest still booting (silence) from a channel that went silent after the guest had answered
+/// (a stalled backend). Cheap to clone; clones share what was heard.
+#[derive(Debug, Clone, Default)]
+pub struct DialSigns {
+    last_answer: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl DialSigns {
+    /// When an attempt last got an answer from the guest's end (see [`DialError`]'s
+    /// `BackendClosed`: a CONNECT refused by the guest), if ever.
+    pub fn guest_answered(&self) -> Option<std::time::Instant> {
+        *self.last_answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn heard(&self, err: &DialError) {
+        if err.guest_answered() {
+            *self.last_answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
+        }
+    }
+}
+
 /// Connects to a hybrid vsock unix socket and opens a stream to guest vsock `port`.
 ///
 /// Sends `CONNECT <port>\n` and requires a reply line starting with `OK `; the returned stream is
@@ -275,7 +311,7 @@ pub async fn dial_hybrid_vsock(
 ) -> Result<UnixStream, DialError> {
     let path = uds_path.as_ref();
     let addr = AgentAddr::HybridVsock { path: path.to_owned(), port };
-    retry(&addr, timeout, |deadline| hybrid_attempt(path, port, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| hybrid_attempt(path, port, deadline)).await
 }
 
 /// Connects to QEMU's virtio-serial chardev socket, retrying until it exists and accepts or
@@ -283,7 +319,7 @@ pub async fn dial_hybrid_vsock(
 pub async fn dial_serial(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
     let path = path.as_ref();
     let addr = AgentAddr::Serial { path: path.to_owned() };
-    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| unix_attempt(path, deadline)).await
 }
 
 /// Connects to an agent listening on a unix socket (`wisp-agent --listen unix:PATH`), retrying
@@ -291,23 +327,35 @@ pub async fn dial_serial(path: impl AsRef<Path>, timeout: Duration) -> Result<Un
 pub async fn dial_unix(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
     let path = path.as_ref();
     let addr = AgentAddr::Unix { path: path.to_owned() };
-    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| unix_attempt(path, deadline)).await
 }
 
 /// Connects to guest vsock `port` of context `cid` through the host kernel's vhost-vsock,
 /// retrying while nothing listens there yet or until `timeout` has passed.
 pub async fn dial_vsock(cid: u32, port: u32, timeout: Duration) -> Result<VsockStream, DialError> {
     let addr = AgentAddr::Vsock { cid, port };
-    retry(&addr, timeout, |deadline| vsock_attempt(cid, port, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| vsock_attempt(cid, port, deadline)).await
 }
 
 /// Opens a byte stream to the agent at `addr`, bounded by `timeout`.
 pub async fn dial(addr: &AgentAddr, timeout: Duration) -> Result<AgentStream, DialError> {
+    dial_watched(addr, timeout, &DialSigns::default()).await
+}
+
+/// [`dial`], recording in `signs` what the guest's end answers meanwhile.
+pub async fn dial_watched(addr: &AgentAddr, timeout: Duration, signs: &DialSigns) -> Result<AgentStream, DialError> {
     Ok(match addr {
-        AgentAddr::Vsock { cid, port } => AgentStream::Vsock(dial_vsock(*cid, *port, timeout).await?),
-        AgentAddr::HybridVsock { path, port } => AgentStream::Unix(dial_hybrid_vsock(path, *port, timeout).await?),
-        AgentAddr::Serial { path } => AgentStream::Unix(dial_serial(path, timeout).await?),
-        AgentAddr::Unix { path } => AgentStream::Unix(dial_unix(path, timeout).await?),
+        AgentAddr::Vsock { cid, port } => {
+            let (cid, port) = (*cid, *port);
+            AgentStream::Vsock(retry(addr, timeout, signs, |deadline| vsock_attempt(cid, port, deadline)).await?)
+        }
+        AgentAddr::HybridVsock { path, port } => {
+            let port = *port;
+            AgentStream::Unix(retry(addr, timeout, signs, |deadline| hybrid_attempt(path, port, deadline)).await?)
+        }
+        AgentAddr::Serial { path } | AgentAddr::Unix { path } => {
+            AgentStream::Unix(retry(addr, timeout, signs, |deadline| unix_attempt(path, deadline)).await?)
+        }
     })
 }
 
@@ -356,7 +404,12 @@ impl AsyncWrite for AgentStream {
 ///
 /// Must be called inside a tokio runtime: the client runs a background task.
 pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, DialError> {
-    let stream = dial(addr, timeout).await?;
+    connect_watched(addr, timeout, &DialSigns::default()).await
+}
+
+/// [`connect`], recording in `signs` what the guest's end answers while it dials.
+pub async fn connect_watched(addr: &AgentAddr, timeout: Duration, signs: &DialSigns) -> Result<AgentConn, DialError> {
+    let stream = dial_watched(addr, timeout, signs).await?;
     Ok(AgentConn::new(addr.clone(), stream))
 }
 
@@ -419,7 +472,12 @@ impl AgentConn {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `timeout` has passed.
-async fn retry<F, Fut, S>(addr: &AgentAddr, timeout: Duration, mut attempt: F) -> Result<S, DialError>
+async fn retry<F, Fut, S>(
+    addr: &AgentAddr,
+    timeout: Duration,
+    signs: &DialSigns,
+    mut attempt: F,
+) -> Result<S, DialError>
 where
     F: FnMut(Instant) -> Fut,
     Fut: Future<Output = Result<S, DialError>>,
@@ -435,6 +493,7 @@ where
             Err(err) if err.is_transient() => err,
             Err(err) => return Err(err),
         };
+        signs.heard(&err);
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !remaining.is_zero() {
             sleep(backoff.min(remaining)).await;
@@ -530,6 +589,33 @@ async fn hybrid_handshake(path: &Path, port: u32) -> Result<UnixStream, DialErro
             path: path.to_owned(),
             port,
             answer: String::from_utf8_lossy(&line[..line.len().min(MAX_REPLY_LEN)]).into_owned(),
+        })
+    }
+}
+
+/// Stand-ins for a hybrid vsock backend, for this module's tests and the sandbox's.
+#[cfg(test)]
+pub(crate) mod fake_backend {
+    use std::path::Path;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixListener;
+
+    /// A backend whose guest refuses the first `refused` CONNECTs (nothing listens yet: the
+    /// connection is closed) and then holds every later one unanswered (a stalled backend, or
+    /// a guest whose vsock is not up when `refused` is 0).
+    pub(crate) fn stalling(path: &Path, refused: usize) -> tokio::task::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let mut byte = [0u8; 1];
+                while matches!(conn.read(&mut byte).await, Ok(1)) && byte[0] != b'\n' {}
+                if i >= refused {
+                    held.push(conn);
+                }
+            }
         })
     }
 }
@@ -632,6 +718,27 @@ mod tests {
         assert!(message.contains(&sock.display().to_string()), "{message}");
         assert!(message.contains(":1024"), "{message}");
         assert!(err.source().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_the_guest_answering_silence_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hvsock.sock");
+        let _backend = fake_backend::stalling(&sock, 2);
+        let addr = AgentAddr::HybridVsock { path: sock, port: AGENT_VSOCK_PORT };
+        let signs = DialSigns::default();
+        let err = dial_watched(&addr, Duration::from_millis(800), &signs).await.unwrap_err();
+        let DialError::Timeout { ref last, .. } = err else { panic!("expected a timeout, got {err:?}") };
+        assert!(matches!(**last, DialError::NoAnswer { .. }), "{last:?}");
+        let heard = signs.guest_answered().expect("the refused CONNECTs were heard");
+        assert!(heard.elapsed() >= Duration::from_millis(500), "the silence after them was not: {:?}", heard.elapsed());
+
+        let silent = dir.path().join("silent.sock");
+        let _backend = fake_backend::stalling(&silent, 0);
+        let addr = AgentAddr::HybridVsock { path: silent, port: AGENT_VSOCK_PORT };
+        let signs = DialSigns::default();
+        dial_watched(&addr, Duration::from_millis(300), &signs).await.unwrap_err();
+        assert_eq!(signs.guest_answered(), None, "a guest that never answered");
     }
 
     #[tokio::test]
