@@ -82,12 +82,12 @@ pub enum SandboxError {
         #[source]
         source: Box<DialError>,
     },
-    /// The guest's end of the channel was up (it refused a connection while nothing listened,
-    /// or the console said the agent listens), then the channel stayed silent: a stalled vsock
-    /// backend (seen, rarely, with vhost-device-vsock under load). Worth a second boot.
+    /// The channel had answered (or the console said the agent listens), then it stayed
+    /// silent: a stalled vsock backend (seen, rarely, with vhost-device-vsock under load).
+    /// Worth a second boot.
     #[error(
-        "the guest was up but {addr} did not answer for {waited:?} after that (a stalled \
-         channel); last guest console lines:\n{console}"
+        "{addr} had answered but then did not answer for {waited:?} (a stalled channel); last \
+         guest console lines:\n{console}"
     )]
     AgentStalled {
         /// Where we dialed.
@@ -471,11 +471,12 @@ async fn wire_network(
     Ok(Some(network))
 }
 
-/// How long the channel has been silent since the guest's end was last known to be up, if
-/// that is [`STALL_AFTER_READY`] or more: since the guest last refused a connection (its vsock
-/// works, nothing listened yet: a healthy backend answers every CONNECT at once, with a refusal
-/// or `OK`), or since the console hinted that the agent listens. Silence before either is a
-/// guest still booting, never a stall.
+/// How long the channel has been silent since it last answered, if that is
+/// [`STALL_AFTER_READY`] or more: a healthy hybrid vsock backend answers every CONNECT at once
+/// (dropped while the guest's vsock is not up, refused while nothing listens, `OK`), so silence
+/// after an answer is a stalled backend. A console line saying an agent listens starts the same
+/// window (a hint, for a channel that never answered). Silence before either is a VM still
+/// starting, never a stall.
 fn stalled_for(last_answer: Option<Instant>, hinted: Option<Instant>) -> Option<Duration> {
     let up_at = last_answer.into_iter().chain(hinted).max()?;
     let silent = up_at.elapsed();
@@ -494,7 +495,7 @@ async fn channel_stalled(vm: &dyn Hypervisor, signs: &DialSigns) -> Duration {
                 hinted = Some(Instant::now());
             }
         }
-        if let Some(silent) = stalled_for(signs.guest_answered(), hinted) {
+        if let Some(silent) = stalled_for(signs.last_answer(), hinted) {
             return silent;
         }
     }
@@ -749,9 +750,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_guest_that_never_answered_is_still_booting_unless_the_console_says_it_listens() {
+    async fn a_channel_that_never_answered_is_a_vm_starting_unless_the_console_says_it_listens() {
         let (err, took) = wait_on_stalling_backend(0, "Run /init\n").await;
-        assert!(matches!(err, SandboxError::AgentTimeout { .. }), "no sign of the guest, no stall: {err}");
+        assert!(matches!(err, SandboxError::AgentTimeout { .. }), "no answer, no hint, no stall: {err}");
         assert!(took >= Duration::from_secs(4), "{took:?}");
         // Kata's agent's line is a hint as good as ours.
         let kata = r#"{"msg":"ttRPC server started","level":"INFO","address":"vsock://-1:1024"}"#;
