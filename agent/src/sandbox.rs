@@ -100,8 +100,8 @@ struct GuestConfig {
     storages: Vec<Mounted>,
 }
 
-/// The sandbox-wide pid namespace: the first container that asks for it
-/// creates it, and later ones join it through its init.
+/// The sandbox-wide pid namespace: the sandbox's first container creates it (or, once its
+/// holder is gone, the next one that asks), and later ones that ask join it through its init.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 enum SharedPidNs {
     #[default]
@@ -424,7 +424,14 @@ impl Sandbox {
 
     /// The pid namespace a new container gets, whether it will hold the shared one, and the
     /// holder's `/proc/PID/ns` (whose ipc and uts it joins) if there is one.
+    ///
+    /// Kata's agent's rule (`update_container_namespaces` and `Sandbox::update_shared_pidns` in
+    /// its `rpc.rs` and `sandbox.rs`): the spec's own pid entry never counts; a container that
+    /// asks (`sandbox_pidns`) joins the sandbox's pid namespace, any other gets a new one; the
+    /// first container of the sandbox holds the sandbox's, whatever it asked (Kata's runtime
+    /// sends a CRI pod's pause container without `sandbox_pidns`).
     fn pid_namespace(&self, wants_shared: bool) -> (PidNs, bool, Option<PathBuf>) {
+        let first = self.registry().live.is_empty();
         let guest = self.guest();
         let wants_shared = wants_shared || guest.pidns_for_all;
         let holder = match &guest.pidns {
@@ -434,6 +441,7 @@ impl Sandbox {
         match (holder, wants_shared) {
             (Some(dir), true) => (PidNs::Join(dir.join("pid")), false, Some(dir)),
             (None, true) => (PidNs::New, true, None),
+            (None, false) => (PidNs::New, first, None),
             (holder, false) => (PidNs::New, false, holder),
         }
     }

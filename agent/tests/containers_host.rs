@@ -358,6 +358,46 @@ async fn only_containers_that_ask_join_the_held_pid_namespace() {
     }
 }
 
+/// A spec as Kata's runtime sends it: no pid, network or time entry (`constrainGRPCSpec` and
+/// `handlePidNamespace` in its `kata_agent.go`); the agent decides the pid namespace.
+fn kata_spec(root: &tempfile::TempDir, args: &[&str]) -> protocols::oci::Spec {
+    let mut s = spec(path_of(root), args, false);
+    s.Linux.mut_or_insert_default().Namespaces.retain(|ns| !["pid", "network", "time"].contains(&ns.Type.as_str()));
+    s
+}
+
+#[tokio::test]
+async fn specs_as_katas_runtime_sends_them_share_what_they_shared_before() {
+    let (agent, root) = (Agent::start(), rootfs());
+    let client = agent.client().await;
+    client.create_sandbox(ctx(), &CreateSandboxRequest::new()).await.unwrap();
+    // The first container does not ask (`ctr run`, a pod's pause): a pid namespace of its own,
+    // which it holds for the sandbox; an exec joins it.
+    let pause = run_asking(&client, "pause", kata_spec(&root, &["/bin/sleep", "100"]), false).await;
+    pause.exec("e1", &["/bin/cat", "/proc/1/cmdline"]).await.expect("ExecProcess joins its namespaces");
+    assert_eq!(pause.read_to_eof("e1", false).await.unwrap(), b"/bin/sleep\x00100\x00", "PID 1 is its own init");
+    assert_eq!(pause.wait("e1").await.unwrap(), 0);
+    // A pod's containers: one asks for the pod's pid namespace, one does not.
+    let show = "cat /proc/1/cmdline; echo; for n in ipc uts net; do busybox readlink /proc/self/ns/$n; done";
+    let joined = run_asking(&client, "joined", kata_spec(&root, &["/bin/sh", "-c", show]), true).await;
+    let joined_out = String::from_utf8(joined.read_to_eof("joined", false).await.unwrap()).unwrap();
+    assert_eq!(joined.wait("joined").await.unwrap(), 0);
+    let own = run_asking(&client, "own", kata_spec(&root, &["/bin/sh", "-c", show]), false).await;
+    let own_out = String::from_utf8(own.read_to_eof("own", false).await.unwrap()).unwrap();
+    assert_eq!(own.wait("own").await.unwrap(), 0);
+    let joined_lines: Vec<&str> = joined_out.lines().collect();
+    let own_lines: Vec<&str> = own_out.lines().collect();
+    assert_eq!(joined_lines.len(), 4, "{joined_out:?}");
+    assert_eq!(joined_lines[0], "/bin/sleep\x00100\x00", "joined the pause's pid namespace");
+    assert!(own_lines[0].starts_with("/bin/sh"), "its own pid namespace: {own_out:?}");
+    assert_eq!(joined_lines[1..3], own_lines[1..3], "the pod's ipc and uts namespaces are shared");
+    let net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(own_lines[3], net.to_str().unwrap(), "no network entry: the agent's (the VM's) network");
+    for c in [joined, own, pause] {
+        c.remove().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn guest_hooks_run_for_every_container() {
     let (agent, root) = (Agent::start(), rootfs());

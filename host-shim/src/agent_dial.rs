@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout_at, Instant};
 use tokio_vsock::{VsockAddr, VsockStream};
+
+use crate::agent_services::Offers;
 
 /// The vsock port the agent listens on (Kata's default).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -148,6 +151,29 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// Whether the channel answered, though not with `OK`: a hybrid vsock backend drops a
+    /// CONNECT at once while the guest's vsock driver is not up (reset), and closes it when the
+    /// guest refuses it because nothing listens yet; an AF_VSOCK connect is reset or refused by
+    /// the guest. Measured on a healthy boot (vhost-device-vsock, docs/protocol.md): every CONNECT
+    /// is answered within milliseconds. Silence (a CONNECT held unanswered) or a socket that is
+    /// not there yet says nothing.
+    fn channel_answered(&self) -> bool {
+        let dropped = |source: &io::Error| {
+            matches!(
+                source.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+            )
+        };
+        match self {
+            Self::BackendClosed { .. } => true,
+            Self::Handshake { source, .. } => dropped(source),
+            Self::VsockConnect { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a later attempt may succeed: the socket or the guest side is not ready yet.
     fn is_transient(&self) -> bool {
         match self {
@@ -259,6 +285,29 @@ impl FromStr for AgentAddr {
     }
 }
 
+/// What a dial has heard from the channel so far, for a caller telling a guest still booting
+/// from a channel that went silent after it had answered (a stalled backend). Cheap to clone;
+/// clones share what was heard.
+#[derive(Debug, Clone, Default)]
+pub struct DialSigns {
+    last_answer: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl DialSigns {
+    /// When an attempt last got an answer other than `OK` (a CONNECT dropped or refused, a
+    /// vsock connect reset), if ever.
+    pub fn last_answer(&self) -> Option<std::time::Instant> {
+        *self.last_answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn heard(&self, err: &DialError) {
+        if err.channel_answered() {
+            *self.last_answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
+        }
+    }
+}
+
 /// Connects to a hybrid vsock unix socket and opens a stream to guest vsock `port`.
 ///
 /// Sends `CONNECT <port>\n` and requires a reply line starting with `OK `; the returned stream is
@@ -272,7 +321,7 @@ pub async fn dial_hybrid_vsock(
 ) -> Result<UnixStream, DialError> {
     let path = uds_path.as_ref();
     let addr = AgentAddr::HybridVsock { path: path.to_owned(), port };
-    retry(&addr, timeout, |deadline| hybrid_attempt(path, port, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| hybrid_attempt(path, port, deadline)).await
 }
 
 /// Connects to QEMU's virtio-serial chardev socket, retrying until it exists and accepts or
@@ -280,7 +329,7 @@ pub async fn dial_hybrid_vsock(
 pub async fn dial_serial(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
     let path = path.as_ref();
     let addr = AgentAddr::Serial { path: path.to_owned() };
-    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| unix_attempt(path, deadline)).await
 }
 
 /// Connects to an agent listening on a unix socket (`wisp-agent --listen unix:PATH`), retrying
@@ -288,23 +337,35 @@ pub async fn dial_serial(path: impl AsRef<Path>, timeout: Duration) -> Result<Un
 pub async fn dial_unix(path: impl AsRef<Path>, timeout: Duration) -> Result<UnixStream, DialError> {
     let path = path.as_ref();
     let addr = AgentAddr::Unix { path: path.to_owned() };
-    retry(&addr, timeout, |deadline| unix_attempt(path, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| unix_attempt(path, deadline)).await
 }
 
 /// Connects to guest vsock `port` of context `cid` through the host kernel's vhost-vsock,
 /// retrying while nothing listens there yet or until `timeout` has passed.
 pub async fn dial_vsock(cid: u32, port: u32, timeout: Duration) -> Result<VsockStream, DialError> {
     let addr = AgentAddr::Vsock { cid, port };
-    retry(&addr, timeout, |deadline| vsock_attempt(cid, port, deadline)).await
+    retry(&addr, timeout, &DialSigns::default(), |deadline| vsock_attempt(cid, port, deadline)).await
 }
 
 /// Opens a byte stream to the agent at `addr`, bounded by `timeout`.
 pub async fn dial(addr: &AgentAddr, timeout: Duration) -> Result<AgentStream, DialError> {
+    dial_watched(addr, timeout, &DialSigns::default()).await
+}
+
+/// [`dial`], recording in `signs` what the guest's end answers meanwhile.
+pub async fn dial_watched(addr: &AgentAddr, timeout: Duration, signs: &DialSigns) -> Result<AgentStream, DialError> {
     Ok(match addr {
-        AgentAddr::Vsock { cid, port } => AgentStream::Vsock(dial_vsock(*cid, *port, timeout).await?),
-        AgentAddr::HybridVsock { path, port } => AgentStream::Unix(dial_hybrid_vsock(path, *port, timeout).await?),
-        AgentAddr::Serial { path } => AgentStream::Unix(dial_serial(path, timeout).await?),
-        AgentAddr::Unix { path } => AgentStream::Unix(dial_unix(path, timeout).await?),
+        AgentAddr::Vsock { cid, port } => {
+            let (cid, port) = (*cid, *port);
+            AgentStream::Vsock(retry(addr, timeout, signs, |deadline| vsock_attempt(cid, port, deadline)).await?)
+        }
+        AgentAddr::HybridVsock { path, port } => {
+            let port = *port;
+            AgentStream::Unix(retry(addr, timeout, signs, |deadline| hybrid_attempt(path, port, deadline)).await?)
+        }
+        AgentAddr::Serial { path } | AgentAddr::Unix { path } => {
+            AgentStream::Unix(retry(addr, timeout, signs, |deadline| unix_attempt(path, deadline)).await?)
+        }
     })
 }
 
@@ -353,7 +414,12 @@ impl AsyncWrite for AgentStream {
 ///
 /// Must be called inside a tokio runtime: the client runs a background task.
 pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, DialError> {
-    let stream = dial(addr, timeout).await?;
+    connect_watched(addr, timeout, &DialSigns::default()).await
+}
+
+/// [`connect`], recording in `signs` what the guest's end answers while it dials.
+pub async fn connect_watched(addr: &AgentAddr, timeout: Duration, signs: &DialSigns) -> Result<AgentConn, DialError> {
+    let stream = dial_watched(addr, timeout, signs).await?;
     Ok(AgentConn::new(addr.clone(), stream))
 }
 
@@ -364,6 +430,7 @@ pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, D
 pub struct AgentConn {
     addr: AgentAddr,
     client: Client,
+    offers: Arc<Offers>,
 }
 
 impl fmt::Debug for AgentConn {
@@ -380,7 +447,7 @@ impl AgentConn {
     /// Panics outside a tokio runtime (the ttrpc client spawns its connection task).
     pub fn new(addr: AgentAddr, stream: impl Into<AgentStream>) -> Self {
         let stream: AgentStream = stream.into();
-        Self { addr, client: Client::new(Socket::new(stream)) }
+        Self { addr, client: Client::new(Socket::new(stream)), offers: Arc::default() }
     }
 
     /// Where this connection was dialed.
@@ -403,14 +470,24 @@ impl AgentConn {
         AgentServiceClient::new(self.client.clone())
     }
 
-    /// A client of the agent's `wisp.v1.BlockVolume` (ours, not Kata's).
+    /// A client of the agent's `wisp.v1.BlockVolume` (ours, not Kata's: see [`Self::offers`]).
     pub fn block_volume(&self) -> protocols::wisp_ttrpc::BlockVolumeClient {
         protocols::wisp_ttrpc::BlockVolumeClient::new(self.client.clone())
+    }
+
+    /// Which of our own services this agent offers (asked once, shared by the clones).
+    pub fn offers(&self) -> &Offers {
+        &self.offers
     }
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `timeout` has passed.
-async fn retry<F, Fut, S>(addr: &AgentAddr, timeout: Duration, mut attempt: F) -> Result<S, DialError>
+async fn retry<F, Fut, S>(
+    addr: &AgentAddr,
+    timeout: Duration,
+    signs: &DialSigns,
+    mut attempt: F,
+) -> Result<S, DialError>
 where
     F: FnMut(Instant) -> Fut,
     Fut: Future<Output = Result<S, DialError>>,
@@ -426,6 +503,7 @@ where
             Err(err) if err.is_transient() => err,
             Err(err) => return Err(err),
         };
+        signs.heard(&err);
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !remaining.is_zero() {
             sleep(backoff.min(remaining)).await;
@@ -521,6 +599,32 @@ async fn hybrid_handshake(path: &Path, port: u32) -> Result<UnixStream, DialErro
             path: path.to_owned(),
             port,
             answer: String::from_utf8_lossy(&line[..line.len().min(MAX_REPLY_LEN)]).into_owned(),
+        })
+    }
+}
+
+/// Stand-ins for a hybrid vsock backend, for this module's tests and the sandbox's.
+#[cfg(test)]
+pub(crate) mod fake_backend {
+    use std::path::Path;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixListener;
+
+    /// A backend whose guest refuses the first `refused` CONNECTs (nothing listens yet: the
+    /// connection is closed) and then holds every later one unanswered (a stalled backend).
+    pub(crate) fn stalling(path: &Path, refused: usize) -> tokio::task::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let mut byte = [0u8; 1];
+                while matches!(conn.read(&mut byte).await, Ok(1)) && byte[0] != b'\n' {}
+                if i >= refused {
+                    held.push(conn);
+                }
+            }
         })
     }
 }
@@ -623,6 +727,36 @@ mod tests {
         assert!(message.contains(&sock.display().to_string()), "{message}");
         assert!(message.contains(":1024"), "{message}");
         assert!(err.source().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_the_guest_answering_silence_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hvsock.sock");
+        let _backend = fake_backend::stalling(&sock, 2);
+        let addr = AgentAddr::HybridVsock { path: sock, port: AGENT_VSOCK_PORT };
+        let signs = DialSigns::default();
+        let err = dial_watched(&addr, Duration::from_millis(800), &signs).await.unwrap_err();
+        let DialError::Timeout { ref last, .. } = err else { panic!("expected a timeout, got {err:?}") };
+        assert!(matches!(**last, DialError::NoAnswer { .. }), "{last:?}");
+        let heard = signs.last_answer().expect("the refused CONNECTs were heard");
+        assert!(heard.elapsed() >= Duration::from_millis(500), "the silence after them was not: {:?}", heard.elapsed());
+
+        let silent = dir.path().join("silent.sock");
+        let _backend = fake_backend::stalling(&silent, 0);
+        let addr = AgentAddr::HybridVsock { path: silent, port: AGENT_VSOCK_PORT };
+        let signs = DialSigns::default();
+        dial_watched(&addr, Duration::from_millis(300), &signs).await.unwrap_err();
+        assert_eq!(signs.last_answer(), None, "a channel that never answered");
+
+        let path = PathBuf::from("/x");
+        let io = |kind: io::ErrorKind| io::Error::from(kind);
+        let reset = DialError::Handshake { path: path.clone(), port: 1024, source: io(io::ErrorKind::ConnectionReset) };
+        assert!(reset.channel_answered(), "no guest driver yet: the backend drops the CONNECT");
+        let absent = DialError::Connect { path: path.clone(), source: io(io::ErrorKind::NotFound) };
+        assert!(!absent.channel_answered(), "no backend yet");
+        let silent = DialError::NoAnswer { path, port: 1024, waited: Duration::from_secs(2) };
+        assert!(!silent.channel_answered());
     }
 
     #[tokio::test]

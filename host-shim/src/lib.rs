@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`api`] | the shim's side API (volume stats/resize, hot-plug) for the `wisp` CLI |
 //! | [`agent_dial`] | dialing the guest agent (AF_VSOCK, hybrid vsock, virtio-serial, unix) with retries |
+//! | [`agent_services`] | which of our own services (`wisp.v1.*`) the guest agent offers (Kata's offers none) |
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
@@ -16,6 +17,7 @@
 
 pub mod accel;
 pub mod agent_dial;
+pub mod agent_services;
 pub mod api;
 pub mod config;
 pub mod gc;

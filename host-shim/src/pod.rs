@@ -10,11 +10,13 @@
 //! - the sandbox container boots it, sized by the pod's resources when containerd passes them
 //!   (`io.kubernetes.cri.sandbox-memory`, `-cpu-quota`, `-cpu-period`): as Kata does, they are
 //!   added to the configured defaults, which stay the guest's own share;
-//! - its pause process runs in the guest and holds the pod's pid namespace (CreateContainer's
-//!   `sandbox_pidns`); a container whose spec joins the sandbox's pid namespace (the pod's
-//!   `shareProcessNamespace`) gets the same flag, and the agent joins it to the pause process's
-//!   pid, ipc and uts namespaces. The namespace paths in the spec name host processes (QEMU,
-//!   as far as containerd knows) and are dropped.
+//! - its pause process runs in the guest, the sandbox's first container, and holds the pod's
+//!   pid namespace; a container whose spec joins the sandbox's pid namespace by path (the
+//!   pod's `shareProcessNamespace`) is sent with CreateContainer's `sandbox_pidns`, and the
+//!   agent joins it to the pause process's pid namespace; every container of the pod shares the
+//!   pause process's ipc and uts namespaces. The spec's namespaces are prepared as Kata's
+//!   runtime does ([`crate::task`]'s `namespaces` module): their paths name host processes
+//!   (QEMU, as far as containerd knows).
 //! - a pod without host networking has its network namespace (where containerd ran CNI) named
 //!   by path in the sandbox's spec: the VM takes over its interface ([`crate::pod_network`]).
 
@@ -56,8 +58,6 @@ pub struct PodSpec {
     pub memory_mib: u64,
     /// Extra vCPUs for the pod (0: none asked).
     pub vcpus: u64,
-    /// The container joins its sandbox's pid namespace (the spec names a path for it).
-    pub joins_sandbox_pidns: bool,
     /// The network namespace the spec names by path, unless the container joins a pod
     /// (whose VM already has the pod's network).
     pub netns: Option<PathBuf>,
@@ -88,8 +88,6 @@ impl PodSpec {
             let ns = namespaces.iter().find(|ns| ns.typ() == typ)?;
             ns.path().as_ref().filter(|p| !p.as_os_str().is_empty()).cloned()
         };
-        let joins_sandbox_pidns =
-            role == Role::Container && ns_path(oci_spec::runtime::LinuxNamespaceType::Pid).is_some();
         let netns =
             if role == Role::Container { None } else { ns_path(oci_spec::runtime::LinuxNamespaceType::Network) };
         let cgroups_path = (role == Role::Sandbox)
@@ -97,7 +95,7 @@ impl PodSpec {
             .flatten()
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| !p.is_empty());
-        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, joins_sandbox_pidns, netns, cgroups_path }
+        Self { role, memory_mib: memory.div_ceil(1024 * 1024), vcpus, netns, cgroups_path }
     }
 
     /// The configuration the pod's VM boots with: `base` grown by the pod's resources.
@@ -110,16 +108,6 @@ impl PodSpec {
         q.default_vcpus = u32::try_from(vcpus).unwrap_or(q.default_vcpus);
         config.cgroups_path = self.cgroups_path.clone();
         config
-    }
-
-    /// CreateContainer's `sandbox_pidns`: the sandbox container creates the pod's pid
-    /// namespace, containers that share it join.
-    pub fn sandbox_pidns(&self) -> bool {
-        match self.role {
-            Role::Sandbox => true,
-            Role::Container => self.joins_sandbox_pidns,
-            Role::Plain => false,
-        }
     }
 }
 
@@ -147,14 +135,12 @@ mod tests {
                 role: Role::Sandbox,
                 memory_mib: 128,
                 vcpus: 2,
-                joins_sandbox_pidns: false,
                 netns: None,
                 cgroups_path: None
             }
         );
         let config = pod.vm_config(&Config::default());
         assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));
-        assert!(pod.sandbox_pidns(), "the pause process holds the pod's pid namespace");
     }
 
     #[test]
@@ -170,23 +156,6 @@ mod tests {
         assert_eq!((pod.memory_mib, pod.vcpus), (0, 0));
         let config = pod.vm_config(&Config::default());
         assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256, 1));
-    }
-
-    #[test]
-    fn containers_join_the_pid_namespace_only_when_their_spec_does() {
-        let shared = spec(
-            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "container"},
-                "linux": {"namespaces": [{"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "mount"}]}}"#,
-        );
-        assert!(PodSpec::of(&shared).sandbox_pidns());
-        let own = spec(
-            r#"{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-type": "container"},
-                "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"}]}}"#,
-        );
-        assert!(!PodSpec::of(&own).sandbox_pidns());
-        let plain = spec(r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid", "path": "/x"}]}}"#);
-        assert_eq!(PodSpec::of(&plain).role, Role::Plain);
-        assert!(!PodSpec::of(&plain).sandbox_pidns());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use protocols::ttrpc::context;
 use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex};
 
-use crate::agent_dial::{self, AgentAddr, AgentConn, DialError};
+use crate::agent_dial::{self, AgentAddr, AgentConn, DialError, DialSigns};
 use crate::config::Config;
 use crate::hypervisor::qemu::config::TapNic;
 use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
@@ -55,11 +55,14 @@ pub const DEFAULT_STATE_DIR: &str = "/run/wisp";
 pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
 /// Lines of guest console quoted in errors.
 const CONSOLE_TAIL_LINES: usize = 20;
-/// How long a channel may stay silent after the agent said it was ready before the boot
+/// How long a channel may stay silent after the guest's end was known to be up before the boot
 /// counts as stalled (generous: under TCG on a loaded host the answer takes milliseconds).
 const STALL_AFTER_READY: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 15 });
-/// How often the console is read for the agent's ready line while dialing.
+/// How often the stall is judged while dialing.
 const STALL_POLL: Duration = Duration::from_millis(250);
+/// Console lines that say an agent listens (hints only: the channel is the signal): ours
+/// (logfmt), and Kata's agent's (JSON, `ttRPC server started`).
+const LISTENING_HINTS: [&str; 2] = ["msg=\"agent ready\"", "\"msg\":\"ttRPC server started\""];
 /// Bound on agent calls made during setup and teardown.
 const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,11 +85,12 @@ pub enum SandboxError {
         #[source]
         source: Box<DialError>,
     },
-    /// The agent said it was ready on the console, but its channel never answered: a stalled
-    /// vsock backend (seen, rarely, with vhost-device-vsock under load). Worth a second boot.
+    /// The channel had answered (or the console said the agent listens), then it stayed
+    /// silent: a stalled vsock backend (seen, rarely, with vhost-device-vsock under load).
+    /// Worth a second boot.
     #[error(
-        "the guest agent became ready but {addr} did not answer for {waited:?} after that (a stalled \
-         channel); last guest console lines:\n{console}"
+        "{addr} had answered but then did not answer for {waited:?} (a stalled channel); last \
+         guest console lines:\n{console}"
     )]
     AgentStalled {
         /// Where we dialed.
@@ -458,31 +462,45 @@ async fn wire_network(
     Ok(Some(network))
 }
 
-/// Resolves once the guest console has said "agent ready" [`STALL_AFTER_READY`] ago (the
-/// agent listens from then on, and a healthy channel answers within milliseconds); never if the
-/// console does not say it (a quieter log level).
-async fn channel_stalled(vm: &dyn Hypervisor) -> Duration {
-    let mut ready_at = None;
+/// How long the channel has been silent since it last answered, if that is
+/// [`STALL_AFTER_READY`] or more: a healthy hybrid vsock backend answers every CONNECT at once
+/// (dropped while the guest's vsock is not up, refused while nothing listens, `OK`), so silence
+/// after an answer is a stalled backend. A console line saying an agent listens starts the same
+/// window (a hint, for a channel that never answered). Silence before either is a VM still
+/// starting, never a stall.
+fn stalled_for(last_answer: Option<Instant>, hinted: Option<Instant>) -> Option<Duration> {
+    let up_at = last_answer.into_iter().chain(hinted).max()?;
+    let silent = up_at.elapsed();
+    (silent >= STALL_AFTER_READY).then_some(silent)
+}
+
+/// Resolves when the channel stalled ([`stalled_for`]): never for a guest that does not answer
+/// and does not say it listens.
+async fn channel_stalled(vm: &dyn Hypervisor, signs: &DialSigns) -> Duration {
+    let mut hinted = None;
     loop {
         tokio::time::sleep(STALL_POLL).await;
-        match ready_at {
-            None if vm.console_tail(CONSOLE_TAIL_LINES).contains("msg=\"agent ready\"") => {
-                ready_at = Some(Instant::now());
+        if hinted.is_none() {
+            let console = vm.console_tail(CONSOLE_TAIL_LINES);
+            if LISTENING_HINTS.iter().any(|hint| console.contains(hint)) {
+                hinted = Some(Instant::now());
             }
-            Some(at) if at.elapsed() >= STALL_AFTER_READY => return at.elapsed(),
-            _ => {}
+        }
+        if let Some(silent) = stalled_for(signs.last_answer(), hinted) {
+            return silent;
         }
     }
 }
 
-/// Dials the agent until `timeout`, giving up early if QEMU exits or the channel stalls after
-/// the agent said it was ready; then checks its health.
+/// Dials the agent until `timeout`, giving up early if QEMU exits or the channel stalls
+/// ([`channel_stalled`]); then checks its health: the agent is ready when Health.Check answers.
 async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, SandboxError> {
     let start = Instant::now();
     let mut exited = vm.exited();
     let vm_gone = |exit: String| SandboxError::VmExited { exit, console: vm.console_tail(CONSOLE_TAIL_LINES) };
+    let signs = DialSigns::default();
     let conn = tokio::select! {
-        conn = agent_dial::connect(addr, timeout) => conn.map_err(|source| SandboxError::AgentTimeout {
+        conn = agent_dial::connect_watched(addr, timeout, &signs) => conn.map_err(|source| SandboxError::AgentTimeout {
             addr: addr.clone(),
             waited: start.elapsed(),
             console: vm.console_tail(CONSOLE_TAIL_LINES),
@@ -491,7 +509,7 @@ async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) ->
         exit = exited.wait_for(Option::is_some) => {
             return Err(vm_gone(exit.ok().and_then(|e| e.clone()).unwrap_or_default()));
         }
-        waited = channel_stalled(vm) => {
+        waited = channel_stalled(vm, &signs) => {
             return Err(SandboxError::AgentStalled {
                 addr: addr.clone(),
                 waited,
@@ -662,6 +680,82 @@ mod tests {
         assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10), "not the 30 s dial timeout: {:?}", start.elapsed());
         assert!(!sandbox_dir(&root, &key("sb3")).exists(), "the state dir is removed, ready for a second boot");
+    }
+
+    /// A running VM as far as [`wait_agent`] looks: a console, never an exit.
+    #[derive(Debug)]
+    struct Booted {
+        console: String,
+        exited: tokio::sync::watch::Sender<Option<String>>,
+    }
+
+    impl Booted {
+        fn new(console: &str) -> Self {
+            Self { console: console.to_owned(), exited: tokio::sync::watch::channel(None).0 }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Hypervisor for Booted {
+        async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
+            Err(HypervisorError::Unsupported("a stand-in".to_owned()))
+        }
+        fn pid(&self) -> Option<u32> {
+            None
+        }
+        fn exited(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+            self.exited.subscribe()
+        }
+        fn console_tail(&self, _: usize) -> String {
+            self.console.clone()
+        }
+        fn shared(&self) -> (PathBuf, SharedFs) {
+            (PathBuf::from("/nonexistent"), SharedFs::NineP)
+        }
+        async fn stop(&mut self) {}
+    }
+
+    /// [`wait_agent`] on a hybrid vsock backend whose guest refuses `refused` CONNECTs, then
+    /// holds every one unanswered; the console says `console`.
+    async fn wait_on_stalling_backend(refused: usize, console: &str) -> (SandboxError, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hvsock.sock");
+        let _backend = crate::agent_dial::fake_backend::stalling(&sock, refused);
+        let addr = AgentAddr::HybridVsock { path: sock, port: crate::agent_dial::AGENT_VSOCK_PORT };
+        let start = Instant::now();
+        let err = wait_agent(&Booted::new(console), &addr, Duration::from_secs(4)).await.unwrap_err();
+        (err, start.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_channel_silent_after_the_guest_refused_a_connect_is_a_stall_whatever_the_console() {
+        let (err, took) = wait_on_stalling_backend(2, "Run /init\n{\"msg\":\"some other agent\"}\n").await;
+        assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
+        assert!(took < Duration::from_secs(3), "one stall window, not the dial timeout: {took:?}");
+        assert!(err.to_string().contains("a stalled channel"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_channel_that_never_answered_is_a_vm_starting_unless_the_console_says_it_listens() {
+        let (err, took) = wait_on_stalling_backend(0, "Run /init\n").await;
+        assert!(matches!(err, SandboxError::AgentTimeout { .. }), "no answer, no hint, no stall: {err}");
+        assert!(took >= Duration::from_secs(4), "{took:?}");
+        // Kata's agent's line is a hint as good as ours.
+        let kata = r#"{"msg":"ttRPC server started","level":"INFO","address":"vsock://-1:1024"}"#;
+        let (err, took) = wait_on_stalling_backend(0, kata).await;
+        assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    #[test]
+    fn a_stall_counts_from_the_last_sign_of_the_guest() {
+        let long_ago = Instant::now().checked_sub(STALL_AFTER_READY * 2);
+        let just_now = Some(Instant::now());
+        assert_eq!(stalled_for(None, None), None, "no sign of the guest yet");
+        assert!(stalled_for(long_ago, None).is_some());
+        assert!(stalled_for(None, long_ago).is_some());
+        assert_eq!(stalled_for(long_ago, just_now), None, "a later hint restarts the window");
+        assert_eq!(stalled_for(just_now, long_ago), None, "a later refusal too: the agent is not up yet");
     }
 
     #[test]

@@ -52,11 +52,14 @@ use crate::state::SandboxKey;
 use crate::volumes;
 
 mod guest;
+#[cfg(test)]
+mod kata_conformance;
+mod namespaces;
 mod oom;
 mod process;
 mod stats;
 
-use guest::{guest_spec, mount_rootfs};
+use guest::mount_rootfs;
 use process::{Container, Exit, Proc, Status, Stdio};
 use stats::{metrics_of, volume_stats_json};
 
@@ -351,7 +354,10 @@ impl Inner {
             .live_sandbox()
             .await
             .ok_or_else(|| format!("the VM of sandbox {:?} is not running", self.sandbox_id))?;
-        let client = sandbox.agent().block_volume();
+        // Kata's agent has no such service: say so before QMP plugs anything.
+        let conn = sandbox.agent();
+        conn.offers().require_block_volume(conn).await.map_err(|err| err.to_string())?;
+        let client = conn.block_volume();
         match request {
             side::Request::BlockHotPlug { container, block_volume, device_path, mount, fstype, options } => {
                 {
@@ -465,12 +471,7 @@ impl Inner {
                     .map_err(|err| agent_error("StartContainer", &proc.container, err))?;
             }
             Some(spec) => {
-                let request = pb::ExecProcessRequest {
-                    container_id: proc.container.clone(),
-                    exec_id: proc.exec_id.clone(),
-                    process: Some(spec.clone()).into(),
-                    ..Default::default()
-                };
+                let request = guest::exec_request(&proc.container, &proc.exec_id, spec);
                 agent
                     .exec_process(context::with_duration(CALL_TIMEOUT), &request)
                     .await
@@ -716,11 +717,11 @@ impl Task for TaskService {
                 })?,
                 None => volumes::rootfs::guest_mount_point(&cid),
             };
-            let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
+            let mut request = guest::create_request(&cid, &spec, &bundle, rootfs_guest, |name, source| {
                 sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
             })?;
-            let mut devices = Vec::new();
-            let mut storages = Vec::new();
+            let pb::CreateContainerRequest { OCI: pb_spec, devices, storages, .. } = &mut request;
+            let pb_spec = pb_spec.mut_or_insert_default();
             for (attach, id) in attaches.iter().zip(&ids) {
                 let (done, mmio) = match sandbox.boot_disk(id) {
                     Some(done) => (done, true),
@@ -779,15 +780,6 @@ impl Task for TaskService {
                     }),
                 }
             }
-            let request = pb::CreateContainerRequest {
-                container_id: cid.clone(),
-                exec_id: cid.clone(),
-                OCI: Some(pb_spec).into(),
-                sandbox_pidns: pod.sandbox_pidns(),
-                devices,
-                storages,
-                ..Default::default()
-            };
             sandbox
                 .agent()
                 .agent()
@@ -967,8 +959,7 @@ impl Task for TaskService {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
             };
-            let mut process = to_pb::process(&spec);
-            process.Terminal = req.terminal;
+            let process = guest::exec_process(&spec, req.terminal);
             container.execs.insert(req.exec_id.clone(), Proc::new(&req.id, &req.exec_id, stdio, Some(process)));
         }
         let event =

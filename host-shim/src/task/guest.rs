@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::api;
 use containerd_shim_protos::ttrpc::Code;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use protocols::agent as pb;
 use protocols::convert::to_pb;
 
-use super::{error, TtrpcResult};
+use super::{error, namespaces, TtrpcResult};
 use crate::volumes;
 
 /// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
@@ -49,8 +50,47 @@ pub(super) fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<
     Ok(())
 }
 
+/// The CreateContainer request for container `cid`, as Kata's runtime sends it: the spec
+/// adapted by [`guest_spec`], its namespaces by Kata's rule ([`namespaces::constrain`]), the
+/// pod's shared pid namespace asked for with `sandbox_pidns`, the container id as its init's
+/// exec id. Devices and storages are the caller's to add.
+pub(super) fn create_request(
+    cid: &str,
+    spec: &oci_spec::runtime::Spec,
+    bundle: &Path,
+    rootfs_guest: String,
+    share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
+) -> TtrpcResult<pb::CreateContainerRequest> {
+    let mut oci = guest_spec(spec, bundle, rootfs_guest, share)?;
+    let sandbox_pidns = oci.Linux.as_mut().is_some_and(namespaces::constrain);
+    Ok(pb::CreateContainerRequest {
+        container_id: cid.to_owned(),
+        exec_id: cid.to_owned(),
+        OCI: Some(oci).into(),
+        sandbox_pidns,
+        ..Default::default()
+    })
+}
+
+/// The process of `ctr exec` / `kubectl exec` as ExecProcess carries it.
+pub(super) fn exec_process(spec: &oci_spec::runtime::Process, terminal: bool) -> protocols::oci::Process {
+    let mut process = to_pb::process(spec);
+    process.Terminal = terminal;
+    process
+}
+
+/// The ExecProcess request that starts exec `exec_id` of container `cid`.
+pub(super) fn exec_request(cid: &str, exec_id: &str, process: &protocols::oci::Process) -> pb::ExecProcessRequest {
+    pb::ExecProcessRequest {
+        container_id: cid.to_owned(),
+        exec_id: exec_id.to_owned(),
+        process: Some(process.clone()).into(),
+        ..Default::default()
+    }
+}
+
 /// Adapts a config.json spec for the guest: the rootfs and host bind-mount sources point into
-/// the shared directory, host-only parts (hooks, host namespace paths) are dropped.
+/// the shared directory, host hooks are dropped. The namespaces are [`create_request`]'s.
 pub(super) fn guest_spec(
     spec: &oci_spec::runtime::Spec,
     bundle: &Path,
@@ -61,16 +101,6 @@ pub(super) fn guest_spec(
     pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
     // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
     pb_spec.Hooks = None.into();
-    if let Some(linux) = pb_spec.Linux.as_mut() {
-        // A network namespace given by path is the pod's (CRI) or one the host prepared: in
-        // the guest that is the VM's own network, where every container of the sandbox meets
-        // (one localhost per pod, as Kata does). Only a new one stays a new one.
-        linux.Namespaces.retain(|ns| ns.Type != "network" || ns.Path.is_empty());
-        for ns in &mut linux.Namespaces {
-            // A path names a host namespace, which does not exist in the guest.
-            ns.Path.clear();
-        }
-    }
     for (index, m) in pb_spec.Mounts.iter_mut().enumerate() {
         if volumes::direct::VOLUME_TYPES.contains(&m.type_.as_str()) {
             // A direct volume: plugged as a disk, not shared.
@@ -129,11 +159,6 @@ mod tests {
         assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
         assert_eq!(pb.Mounts[4].source, "/run/../sys", "a path that leads to /sys is not shared");
         assert_eq!(shared, [("mounts/1-data".to_owned(), data)], "nor a symlink to /proc");
-        assert!(pb.Linux.Namespaces.iter().all(|ns| ns.Path.is_empty()));
-        assert!(
-            pb.Linux.Namespaces.iter().all(|ns| ns.Type != "network"),
-            "a network namespace by path is the sandbox's: the VM's own"
-        );
         assert_eq!(pb.Process.Args, ["sh"]);
     }
 }
