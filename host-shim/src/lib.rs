@@ -10,6 +10,8 @@
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
 //! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
 //! | [`netns`] | commands and a tap inside a network namespace named by path |
+//! | [`share`] | the share: a host-only mount tree and the guest's read-only view of it |
+//! | [`state_dir`] | a sandbox state directory's permissions (0700, sockets 0600) |
 //! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
 
 pub mod accel;
@@ -22,7 +24,9 @@ pub mod netns;
 pub mod pod;
 pub mod pod_network;
 pub mod sandbox;
+pub mod share;
 pub mod shim;
+pub mod state_dir;
 pub mod task;
 pub mod volumes;
 

@@ -680,21 +680,18 @@ impl Task for TaskService {
         };
         let mut plugged: Vec<String> = Vec::new();
         let mut used_volumes: Vec<(String, String, String)> = Vec::new();
+        let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
         let result = async {
             let rootfs_guest = match &host_rootfs {
-                Some(host_rootfs) => sandbox.share(&cid, "rootfs", host_rootfs).map_err(|err| {
-                    error(
-                        Code::INTERNAL,
-                        format!(
-                            "{err}: {}",
-                            std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()
-                        ),
-                    )
-                })?,
+                Some(host_rootfs) => sandbox
+                    .share(&cid, "rootfs", host_rootfs, read_only_root)
+                    .map_err(|err| error(Code::INTERNAL, crate::error_chain(&err)))?,
                 None => volumes::rootfs::guest_mount_point(&cid),
             };
-            let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source| {
-                sandbox.share(&cid, name, source).map_err(|err| error(Code::INTERNAL, err.to_string()))
+            let mut pb_spec = guest_spec(&spec, &bundle, rootfs_guest, |name, source, read_only| {
+                sandbox
+                    .share(&cid, name, source, read_only)
+                    .map_err(|err| error(Code::INTERNAL, crate::error_chain(&err)))
             })?;
             let mut devices = Vec::new();
             let mut storages = Vec::new();
