@@ -211,8 +211,10 @@ impl ShareTree {
         }
         for name in [SHARED_DIR, MOUNTS_DIR] {
             let path = self.dir.join(name);
-            if let Err(err) = umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
-                warn!(log, "cannot unmount"; "path" => %path.display(), "error" => %err);
+            match umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                // Not (or no longer) a mount point: a second teardown.
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                Err(err) => warn!(log, "cannot unmount"; "path" => %path.display(), "error" => %err),
             }
         }
     }
