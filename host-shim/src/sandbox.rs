@@ -11,7 +11,7 @@
 //!
 //! The guest is untrusted, and the share is the one host directory it can write through, so
 //! it is built in two trees ([`crate::share`], Kata's design): container rootfs and bind-mount
-//! sources are bind-mounted (nosuid, nodev, and read-only when the spec says so) into the
+//! sources are bind-mounted (nosuid, nodev, and a `ro` bind source read-only) into the
 //! host-only `mounts/<container>/`, which propagates into `shared/`, the read-only slave bind
 //! of `mounts/` that virtiofsd or QEMU's 9p serves and the guest mounts under
 //! [`GUEST_SHARED_DIR`]. The guest can write inside a rw bind but cannot rename, replace or

@@ -4,7 +4,7 @@
 //! ```text
 //! <state>/                 0700, the shim's
 //!   mounts/                0700, host only: a bind of itself, MS_SHARED; every host bind is made here
-//!     <cid>/rootfs         the container's rootfs, bound nosuid,nodev (and ro when the spec says so)
+//!     <cid>/rootfs         the container's rootfs, bound nosuid,nodev
 //!     <cid>/mounts/<i>-<n> a bind-mount source of the container, nosuid,nodev (ro when `ro`)
 //!   shared/                what virtiofsd or QEMU's 9p serves: a read-only, MS_SLAVE bind of mounts/
 //! ```
