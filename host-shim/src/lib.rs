@@ -13,6 +13,8 @@
 //! | [`netns`] | commands and a tap inside a network namespace named by path |
 //! | [`state`] | a sandbox's key (namespace + id), its state directory's name and owner |
 //! | [`gc`] | finding and removing sandboxes whose shim is gone (`wisp gc`, shim start) |
+//! | [`share`] | the share: a host-only mount tree and the guest's read-only view of it |
+//! | [`state_dir`] | a sandbox state directory's permissions (0700, sockets 0600) |
 //! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
 
 pub mod accel;
@@ -27,8 +29,10 @@ pub mod netns;
 pub mod pod;
 pub mod pod_network;
 pub mod sandbox;
+pub mod share;
 pub mod shim;
 pub mod state;
+pub mod state_dir;
 pub mod task;
 pub mod volumes;
 

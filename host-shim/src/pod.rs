@@ -129,16 +129,7 @@ mod tests {
                 "io.kubernetes.cri.sandbox-cpu-period": "100000"}}"#,
         );
         let pod = PodSpec::of(&s);
-        assert_eq!(
-            pod,
-            PodSpec {
-                role: Role::Sandbox,
-                memory_mib: 128,
-                vcpus: 2,
-                netns: None,
-                cgroups_path: None
-            }
-        );
+        assert_eq!(pod, PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, netns: None, cgroups_path: None });
         let config = pod.vm_config(&Config::default());
         assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));
     }

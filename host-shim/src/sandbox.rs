@@ -4,19 +4,26 @@
 //!
 //! Everything a sandbox creates on the host lives under `<state root>/<namespace>_<id>-<hash>`
 //! (state root: `$WISP_STATE_DIR`, else `/run/wisp`; the name and its owner record are
-//! [`crate::state`]'s): QEMU's console and logs, the pid files of QEMU and
-//! its helpers, every socket (QMP, vhost-user, hybrid vsock, serial) and `shared/`, the
-//! directory the guest mounts by virtio-fs or 9p. Container rootfs and bind-mount sources are
-//! bind-mounted into `shared/<container>/`, as Kata does, and appear in the guest under
-//! [`GUEST_SHARED_DIR`]. One cleanup path ([`Sandbox::shutdown`], or [`cleanup_dir`] for a
-//! crashed shim's leftovers) unmounts them, stops every process, and removes the directory.
+//! [`crate::state`]'s; the directory is 0700 and its sockets 0600, see [`crate::state_dir`]):
+//! QEMU's console and logs, the pid files of QEMU and its helpers, every socket (QMP,
+//! vhost-user, hybrid vsock, serial), `mounts/` and `shared/`.
+//!
+//! # The share
+//!
+//! The guest is untrusted, and the share is the one host directory it can write through, so
+//! it is built in two trees ([`crate::share`], Kata's design): container rootfs and bind-mount
+//! sources are bind-mounted (nosuid, nodev, and a `ro` bind source read-only) into the
+//! host-only `mounts/<container>/`, which propagates into `shared/`, the read-only slave bind
+//! of `mounts/` that virtiofsd or QEMU's 9p serves and the guest mounts under
+//! [`GUEST_SHARED_DIR`]. The guest can write inside a rw bind but cannot rename, replace or
+//! plant an entry in a directory the shim made. One cleanup path ([`Sandbox::shutdown`], or
+//! [`cleanup_dir`] for a crashed shim's leftovers) unmounts them without following a symlink,
+//! stops every process, and removes the directory without crossing a mount point.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use protocols::agent::{
     CreateSandboxRequest, DestroySandboxRequest, Routes, Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
@@ -32,6 +39,8 @@ use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
 use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
 use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
 use crate::pod_network::{PodNetwork, PodNetworkError};
+pub use crate::share::mounts_under;
+use crate::share::{ShareError, ShareTree};
 use crate::state::{self, ProcFs, SandboxKey, StateError};
 
 /// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
@@ -122,6 +131,9 @@ pub enum SandboxError {
     /// The state directory is another live shim's, or cannot be made.
     #[error("cannot take the sandbox state directory")]
     State(#[from] StateError),
+    /// The share (host-only tree and the guest's view of it) could not be set up.
+    #[error("cannot share with the guest")]
+    Share(#[from] ShareError),
     /// Host filesystem work failed.
     #[error("{what} {path}")]
     Io {
@@ -165,7 +177,7 @@ pub struct Sandbox {
     vm_pid: u32,
     agent: AgentConn,
     shared_fs: SharedFs,
-    mounts: std::sync::Mutex<Vec<PathBuf>>,
+    share: ShareTree,
     /// Disks attached at boot (microvm), by id.
     boot_disks: HashMap<String, Plugged>,
     log: Logger,
@@ -212,6 +224,13 @@ impl Sandbox {
             let done = cleanup_dir(leftover, &log);
             info!(log, "a dead shim's leftovers removed"; "dir" => %leftover.display(), "done" => ?done);
         })?;
+        let share = match ShareTree::create(&dir) {
+            Ok(share) => share,
+            Err(err) => {
+                cleanup_dir(&dir, &log);
+                return Err(err.into());
+            }
+        };
         let paths = VmPaths::new(&dir);
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
@@ -252,6 +271,8 @@ impl Sandbox {
             }
         };
         info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr);
+        // QEMU and its helpers have made their sockets by now.
+        crate::state_dir::restrict_sockets(&dir, &log);
         let sandbox = Self {
             id: id.to_owned(),
             paths,
@@ -260,7 +281,7 @@ impl Sandbox {
             vm_pid,
             agent,
             shared_fs,
-            mounts: std::sync::Mutex::new(Vec::new()),
+            share,
             boot_disks: attached,
             log,
         };
@@ -367,44 +388,17 @@ impl Sandbox {
         }
     }
 
-    /// Bind-mounts host path `source` (a directory or a file) into the shared directory as
-    /// `<container>/<name>` and returns its path in the guest.
-    pub fn share(&self, container: &str, name: &str, source: &Path) -> Result<String, SandboxError> {
-        let rel = Path::new(container).join(name);
-        let target = self.paths.shared_dir().join(&rel);
-        fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
-            move |source| SandboxError::Io { what, path: path.to_owned(), source }
-        }
-        let parent = target.parent().unwrap_or(&target).to_owned();
-        fs::create_dir_all(&parent).map_err(io("cannot create", &parent))?;
-        let meta = fs::metadata(source).map_err(io("cannot share", source))?;
-        if meta.is_dir() {
-            fs::create_dir_all(&target).map_err(io("cannot create", &target))?;
-        } else {
-            fs::write(&target, b"").map_err(io("cannot create", &target))?;
-        }
-        mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(
-            |errno| SandboxError::Io {
-                what: "cannot bind-mount into the shared dir",
-                path: source.to_owned(),
-                source: errno.into(),
-            },
-        )?;
-        self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(target);
+    /// Bind-mounts host path `source` (a directory or a file) into the share as
+    /// `<container>/<name>` (read-only on the host when `read_only`) and returns its path in the
+    /// guest.
+    pub fn share(&self, container: &str, name: &str, source: &Path, read_only: bool) -> Result<String, SandboxError> {
+        let rel = self.share.bind(container, name, source, read_only)?;
         Ok(format!("{GUEST_SHARED_DIR}/{}", rel.display()))
     }
 
     /// Unmounts and removes everything shared for `container`.
     pub fn unshare(&self, container: &str) {
-        let prefix = self.paths.shared_dir().join(container);
-        let mut mounts = self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for target in mounts.iter().rev().filter(|t| t.starts_with(&prefix)) {
-            if let Err(err) = umount2(target, MntFlags::MNT_DETACH) {
-                warn!(self.log, "cannot unmount"; "path" => %target.display(), "error" => %err, "container" => container);
-            }
-        }
-        mounts.retain(|t| !t.starts_with(&prefix));
-        let _ = fs::remove_dir_all(&prefix);
+        self.share.release(container, &self.log);
     }
 
     /// Stops the sandbox: DestroySandbox (best effort, while the VM runs), QEMU and helpers
@@ -427,11 +421,7 @@ impl Sandbox {
             }
         }
         self.vm.lock().await.stop().await;
-        let targets: Vec<PathBuf> =
-            self.mounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
-        for target in targets.iter().rev() {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-        }
+        self.share.teardown(&self.log);
         cleanup_dir(self.paths.dir(), &self.log);
         info!(self.log, "sandbox stopped and cleaned up");
     }
@@ -532,8 +522,10 @@ async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) ->
 }
 
 /// Removes a sandbox state directory and everything in it: kills recorded processes, unmounts
-/// whatever is mounted below it (deepest first), deletes the files. Harmless when `dir` does
-/// not exist. Only a directory this process or a dead one owns is touched ([`state`]); another
+/// whatever is mounted below it (deepest first), deletes the files. Nothing is followed out of
+/// `dir`: unmounts and removal never follow a symlink, and removal never enters a mount point
+/// that is still there (what the guest could have planted in its share stays harmless).
+/// Harmless when `dir` does not exist. Only a directory this process or a dead one owns is touched ([`state`]); another
 /// is left alone and said so. Returns what it did, for logs.
 pub fn cleanup_dir(dir: &Path, log: &Logger) -> Vec<String> {
     let mut done = Vec::new();
@@ -550,48 +542,14 @@ pub fn cleanup_dir(dir: &Path, log: &Logger) -> Vec<String> {
     for killed in lifecycle::kill_recorded(dir) {
         done.push(format!("killed {killed}"));
     }
-    let mut mounted = mounts_under(dir);
-    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for target in mounted {
-        match umount2(&target, MntFlags::MNT_DETACH) {
-            Ok(()) => done.push(format!("unmounted {}", target.display())),
-            Err(err) => warn!(log, "cannot unmount"; "path" => %target.display(), "error" => %err),
-        }
-    }
-    match fs::remove_dir_all(dir) {
-        Ok(()) => done.push(format!("removed {}", dir.display())),
+    done.extend(crate::share::unmount_all(dir, log));
+    match crate::share::remove_tree(dir) {
+        Ok(kept) if kept.is_empty() => done.push(format!("removed {}", dir.display())),
+        Ok(kept) => warn!(log, "mount points left in the state dir, not entered"; "path" => %dir.display(),
+                          "kept" => ?kept),
         Err(err) => warn!(log, "cannot remove state dir"; "path" => %dir.display(), "error" => %err),
     }
     done
-}
-
-/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let value = bytes[i + 1..i + 4].iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
-            out.push(u8::try_from(value).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -601,13 +559,6 @@ mod tests {
 
     fn key(id: &str) -> SandboxKey {
         SandboxKey::containerd("default", id)
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/run/a\040b"), "/run/a b");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
     }
 
     /// A fake QEMU: writes `console` to the file given by `-serial file:PATH`, then runs `then`.

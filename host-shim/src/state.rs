@@ -23,9 +23,9 @@
 //! path, so a sweep and a Create of the same key never remove each other's directory.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -255,7 +255,8 @@ pub fn claim(
         let path = path.to_owned();
         move |source| StateError::Io { what, path, source }
     };
-    fs::create_dir_all(root).map_err(io("create", root))?;
+    // The root enterable but not listable, each sandbox's directory private (crate::state_dir).
+    DirBuilder::new().recursive(true).mode(crate::state_dir::ROOT_MODE).create(root).map_err(io("create", root))?;
     let dir = key.dir(root);
     let owner = Owner::me(key, procs);
     let record = serde_json::to_vec(&owner).map_err(|err| StateError::Io {
@@ -273,7 +274,7 @@ pub fn claim(
         }
         let staging = root.join(format!(".{}.{}.claim", key.dir_name(), owner.pid));
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir(&staging).map_err(io("create", &staging))?;
+        DirBuilder::new().mode(crate::state_dir::DIR_MODE).create(&staging).map_err(io("create", &staging))?;
         let staged = fs::write(staging.join(OWNER_FILE), &record).map_err(io("write the owner of", &staging));
         match staged.and_then(|()| fs::rename(&staging, &dir).map_err(io("rename into place", &dir))) {
             Ok(()) => return Ok(dir),

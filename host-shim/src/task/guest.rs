@@ -59,7 +59,7 @@ pub(super) fn create_request(
     spec: &oci_spec::runtime::Spec,
     bundle: &Path,
     rootfs_guest: String,
-    share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
+    share: impl FnMut(&str, &Path, bool) -> TtrpcResult<String>,
 ) -> TtrpcResult<pb::CreateContainerRequest> {
     let mut oci = guest_spec(spec, bundle, rootfs_guest, share)?;
     let sandbox_pidns = oci.Linux.as_mut().is_some_and(namespaces::constrain);
@@ -95,7 +95,7 @@ pub(super) fn guest_spec(
     spec: &oci_spec::runtime::Spec,
     bundle: &Path,
     rootfs_guest: String,
-    mut share: impl FnMut(&str, &Path) -> TtrpcResult<String>,
+    mut share: impl FnMut(&str, &Path, bool) -> TtrpcResult<String>,
 ) -> TtrpcResult<protocols::oci::Spec> {
     let mut pb_spec = to_pb::spec(spec);
     pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
@@ -115,7 +115,9 @@ pub(super) fn guest_spec(
         let host_only = ["/proc", "/sys", "/dev"].iter().any(|p| source.starts_with(p));
         if bind && !host_only {
             let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            m.source = share(&format!("mounts/{index}-{name}"), &source)?;
+            // `ro` is enforced on the host: a guest that remounts its view rw still cannot write.
+            let read_only = m.options.iter().any(|o| o == "ro");
+            m.source = share(&format!("mounts/{index}-{name}"), &source, read_only)?;
         }
     }
     Ok(pb_spec)
@@ -135,7 +137,7 @@ mod tests {
                 "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}},
                 "hooks": {{"prestart": [{{"path": "/usr/bin/host-hook"}}]}},
                 "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}},
-                           {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind"]}},
+                           {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind", "ro"]}},
                            {{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]}},
                            {{"destination": "/a", "type": "bind", "source": "{}/to-proc", "options": ["rbind"]}},
                            {{"destination": "/b", "type": "bind", "source": "/run/../sys", "options": ["rbind"]}}],
@@ -147,8 +149,8 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), json).unwrap();
         let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
         let mut shared = Vec::new();
-        let pb = guest_spec(&spec, dir.path(), "/guest/c1/rootfs".into(), |name, source| {
-            shared.push((name.to_owned(), source.to_owned()));
+        let pb = guest_spec(&spec, dir.path(), "/guest/c1/rootfs".into(), |name, source, read_only| {
+            shared.push((name.to_owned(), source.to_owned(), read_only));
             Ok(format!("/guest/c1/{name}"))
         })
         .unwrap();
@@ -158,7 +160,11 @@ mod tests {
         assert_eq!(pb.Mounts[1].source, "/guest/c1/mounts/1-data");
         assert_eq!(pb.Mounts[2].source, "/dev/shm", "host device paths are not shared");
         assert_eq!(pb.Mounts[4].source, "/run/../sys", "a path that leads to /sys is not shared");
-        assert_eq!(shared, [("mounts/1-data".to_owned(), data)], "nor a symlink to /proc");
+        assert_eq!(
+            shared,
+            [("mounts/1-data".to_owned(), data, true)],
+            "nor a symlink to /proc; `ro` reaches the host bind"
+        );
         assert_eq!(pb.Process.Args, ["sh"]);
     }
 }

@@ -173,7 +173,8 @@ fn cri_container(shares_pid: bool) -> serde_json::Value {
 fn request_for(cid: &str, json: &serde_json::Value) -> (oci_spec::runtime::Spec, pb::CreateContainerRequest) {
     let spec: oci_spec::runtime::Spec = serde_json::from_value(json.clone()).unwrap();
     let bundle = tempfile::tempdir().unwrap();
-    let share = |name: &str, _: &Path| Ok(format!("/run/kata-containers/shared/containers/{cid}/{name}"));
+    let share =
+        |name: &str, _: &Path, _read_only: bool| Ok(format!("/run/kata-containers/shared/containers/{cid}/{name}"));
     let rootfs = format!("/run/kata-containers/shared/containers/{cid}/rootfs");
     let req = guest::create_request(cid, &spec, bundle.path(), rootfs, share).unwrap();
     (spec, req)

@@ -1,0 +1,227 @@
+//! A hostile guest against the share, through the shim under a real containerd (issue 14).
+//!
+//! The container stands for a guest whose kernel is owned: it runs as root with
+//! CAP_SYS_ADMIN and CAP_MKNOD and has the guest's whole share
+//! (`/run/kata-containers/shared/containers`, which virtiofsd or QEMU's 9p serves from the
+//! sandbox's state directory) bind-mounted at `/share`. From there it
+//! - writes a read-only volume through the share and after remounting its own view rw;
+//! - renames its own share directory and plants `<cid>/rootfs -> a host tmpfs mount` and
+//!   `<cid>/mounts/<volume> -> a host file` (the CVE-2020-2026 exploit), then the container
+//!   is deleted and the sandbox stopped;
+//! - makes a set-uid root file and a device node in its rw rootfs.
+//!
+//! The host must come out unchanged: the tmpfs still mounted, the files as they were, nothing
+//! outside the sandbox's state removed, the share unreachable by another local user and bound
+//! nosuid,nodev. Each test prints what every attack achieved (the before/after record).
+//!
+//! Needs root, `make deps` and `make all`; compiled only with `containerd-tests` and
+//! `vm-tests` (`make test-shim`).
+#![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use wisp_tests::shim_setup::{describe, s, text, Setup, RUNTIME};
+
+const CID: &str = "hostile";
+/// Where the guest mounts the share (Kata's path; absent on the host, so the shim leaves a
+/// bind of it to the guest).
+const GUEST_SHARE: &str = "/run/kata-containers/shared/containers";
+/// The read-only volume's index among the spec's mounts, hence its name in the share.
+const VOLUME_INDEX: usize = 0;
+
+/// What the guest does; each line it prints names an attack that worked.
+fn script(victim_mount: &Path, victim_file: &Path) -> String {
+    let vol = format!("/share/{CID}/mounts/{VOLUME_INDEX}-volume");
+    format!(
+        "exec >/result 2>&1
+         echo pwned-through-share > {vol}/data && echo ATTACK wrote the ro volume through the share
+         mount -o remount,rw,bind /vol && echo pwned-remount > /vol/data && echo ATTACK wrote the ro volume after a remount
+         mv /share/{CID} /share/{CID}.old && echo ATTACK renamed the share dir
+         mkdir -p /share/{CID}/mounts && ln -s {mount} /share/{CID}/rootfs && ln -s {file} {vol} \
+           && echo ATTACK planted symlinks
+         cp /bin/busybox /suid && chmod 4755 /suid && echo made a set-uid file
+         mknod /dev-null-copy c 1 3 && chmod 666 /dev-null-copy && echo made a device node
+         echo DONE",
+        mount = victim_mount.display(),
+        file = victim_file.display(),
+    )
+}
+
+/// The host side: a tmpfs mount and a file the guest aims at, and the ro volume.
+struct Victims {
+    mount: PathBuf,
+    file: PathBuf,
+    volume: PathBuf,
+}
+
+impl Victims {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let v = Self { mount: dir.join("kubelet"), file: dir.join("shadow"), volume: dir.join("volume") };
+        std::fs::create_dir_all(&v.mount)?;
+        std::fs::create_dir_all(&v.volume)?;
+        mount(Some("tmpfs"), &v.mount, Some("tmpfs"), MsFlags::empty(), None::<&str>).context("tmpfs")?;
+        std::fs::write(v.mount.join("pod-volume"), "keep")?;
+        std::fs::write(&v.file, "secret")?;
+        std::fs::write(v.volume.join("data"), "original")?;
+        Ok(v)
+    }
+
+    /// Whether the host mount is still there.
+    fn mounted(&self) -> bool {
+        let needle = format!(" {} ", self.mount.display());
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.contains(&needle))
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+    }
+}
+
+impl Drop for Victims {
+    fn drop(&mut self) {
+        let _ = umount2(&self.mount, MntFlags::MNT_DETACH);
+    }
+}
+
+/// `ctr t exec` of `args` in the hostile container.
+fn exec(t: &Setup, exec_id: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut argv = vec!["tasks", "exec", "--exec-id", exec_id, CID];
+    argv.extend_from_slice(args);
+    let out = t.ctr(&argv)?;
+    ensure!(out.status.success(), "ctr t exec {args:?}: {}", describe(&out));
+    Ok(text(&out.stdout))
+}
+
+/// The mount options of the mount at `path` (the last one there), from mountinfo.
+fn mount_options(path: &Path) -> String {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&needle.as_str())).then(|| f.get(5).map(ToString::to_string).unwrap_or_default())
+        })
+        .unwrap_or_else(|| "<not a mount point>".to_owned())
+}
+
+/// Whether `nobody` can stat `path` on the host.
+fn nobody_reaches(path: &Path) -> bool {
+    Command::new("stat").arg(path).uid(65534).gid(65534).output().is_ok_and(|o| o.status.success())
+}
+
+fn run_attacks(qemu: &str) -> anyhow::Result<()> {
+    ensure!(!Path::new(GUEST_SHARE).exists(), "{GUEST_SHARE} exists on this host: the test needs it absent");
+    let t = Setup::with_config(qemu, "")?;
+    let victims = Victims::new(t.dir.path())?;
+    let config = t.bundle(CID, &["sh", "-c", "sleep 3600"])?;
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
+    let script = script(&victims.mount, &victims.file);
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", format!("{script}\nsleep 3600")]);
+    let caps = ["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_SETFCAP", "CAP_KILL"];
+    for set in ["bounding", "effective", "permitted", "inheritable"] {
+        spec["process"]["capabilities"][set] = serde_json::json!(caps);
+    }
+    if let Some(c) = spec["process"]["capabilities"].as_object_mut() {
+        c.remove("ambient");
+    }
+    spec["process"]["noNewPrivileges"] = serde_json::json!(false);
+    if let Some(linux) = spec["linux"].as_object_mut() {
+        linux.remove("seccomp");
+        linux.remove("maskedPaths");
+        linux.remove("readonlyPaths");
+    }
+    let mounts = spec["mounts"].as_array_mut().context("the bundle has no mounts")?;
+    mounts.insert(
+        VOLUME_INDEX,
+        serde_json::json!({"destination": "/vol", "type": "bind", "source": s(&victims.volume), "options": ["rbind", "ro"]}),
+    );
+    mounts.push(
+        serde_json::json!({"destination": "/share", "type": "bind", "source": GUEST_SHARE, "options": ["rbind"]}),
+    );
+    std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
+
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), CID])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    let start = Instant::now();
+    let result = loop {
+        let result = exec(&t, "cat", &["cat", "/result"]).unwrap_or_default();
+        if result.contains("DONE") {
+            break result;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the guest script did not finish: {result}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let sandboxes: Vec<PathBuf> =
+        std::fs::read_dir(t.state())?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let sandbox = sandboxes.iter().find(|p| p.join("shared").is_dir()).context("no sandbox state dir")?.clone();
+    // Where the rootfs is now (a guest that could rename its share dir moved it).
+    let moved = sandbox.join("shared").join(format!("{CID}.old"));
+    let shared_rootfs = if moved.is_dir() { moved } else { sandbox.join("shared").join(CID) }.join("rootfs");
+    let host_rootfs = sandbox.join("mounts").join(CID).join("rootfs");
+    let state_mode = std::fs::metadata(&sandbox)?.permissions().mode() & 0o7777;
+    let suid_reached = nobody_reaches(&shared_rootfs.join("suid"));
+    let node_reached = nobody_reaches(&shared_rootfs.join("dev-null-copy"));
+    let opts = mount_options(if host_rootfs.exists() { &host_rootfs } else { &shared_rootfs });
+    let volume_during = Victims::read(&victims.volume.join("data"));
+
+    let _ = t.ctr(&["tasks", "kill", "-s", "KILL", CID])?;
+    let start = Instant::now();
+    while !t.ctr(&["tasks", "delete", CID])?.status.success() {
+        ensure!(start.elapsed() < Duration::from_secs(15), "ctr t delete did not succeed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = t.ctr(&["containers", "delete", CID])?;
+    ensure!(out.status.success(), "ctr c delete: {}", describe(&out));
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+
+    eprintln!(
+        "hostile guest ({}):\n  guest said:\n    {}\n  state dir mode {state_mode:o}; nobody reaches the set-uid file: \
+         {suid_reached}, the device node: {node_reached}\n  host bind options: {opts}\n  ro volume while running: \
+         {volume_during:?}, after: {:?}\n  host tmpfs still mounted: {}, its file: {:?}, host file: {:?}\n  left: {left:?}",
+        if qemu.is_empty() { "virtio-fs" } else { qemu },
+        result.trim().replace('\n', "\n    "),
+        Victims::read(&victims.volume.join("data")),
+        victims.mounted(),
+        Victims::read(&victims.mount.join("pod-volume")),
+        Victims::read(&victims.file),
+    );
+    assert!(victims.mounted(), "the guest made the shim detach a host mount");
+    assert_eq!(Victims::read(&victims.mount.join("pod-volume")), "keep");
+    assert_eq!(Victims::read(&victims.file), "secret", "the guest changed a host file");
+    assert_eq!(Victims::read(&victims.volume.join("data")), "original", "the guest wrote a read-only volume");
+    assert_eq!(volume_during, "original");
+    assert!(!result.contains("ATTACK"), "attacks that worked:\n{result}");
+    // The set-uid file proves the guest wrote in its rw share; a device node is refused by
+    // QEMU's 9p (ENXIO, before and after this change) and made through virtio-fs.
+    assert!(result.contains("made a set-uid file"), "{result}");
+    if qemu.is_empty() {
+        assert!(result.contains("made a device node"), "{result}");
+    }
+    assert_eq!(state_mode, 0o700, "the sandbox state dir is private");
+    assert!(!suid_reached && !node_reached, "another local user reaches what the guest made");
+    for flag in ["nosuid", "nodev"] {
+        assert!(opts.split(',').any(|o| o == flag), "the host bind of the rootfs is not {flag}: {opts}");
+    }
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+#[test]
+fn a_hostile_guest_cannot_turn_the_virtio_fs_share_against_the_host() -> anyhow::Result<()> {
+    run_attacks("")
+}
+
+#[test]
+fn a_hostile_guest_cannot_turn_the_9p_share_against_the_host() -> anyhow::Result<()> {
+    run_attacks("shared_fs = \"virtio-9p\"")
+}
