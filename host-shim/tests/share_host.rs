@@ -92,11 +92,12 @@ impl Host {
     }
 }
 
-/// The host side and a sandbox's share under `root/state/sb1`.
+/// The host side and a sandbox's share in a state directory under `root/state`, claimed by
+/// this process as a shim claims it (only an owned directory is ever cleaned up).
 fn sandbox(root: &Path) -> (Host, PathBuf, ShareTree) {
     let host = Host::new(root);
-    let state = root.join("state/sb1");
-    fs::create_dir_all(&state).unwrap();
+    let key = wisp_shim::state::SandboxKey::containerd("default", "sb1");
+    let state = wisp_shim::state::claim(&root.join("state"), &key, &wisp_shim::state::ProcFs, |_| {}).unwrap();
     let share = ShareTree::create(&state).unwrap();
     (host, state, share)
 }
