@@ -23,6 +23,7 @@ use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::config::MachineType;
+use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
@@ -52,6 +53,8 @@ pub struct Qemu {
     plugged: HashMap<String, PlugRecord>,
     /// Disks given on the command line (microvm).
     boot_disks: u32,
+    /// Copies the guest console into its bounded log while QEMU runs.
+    console: Option<ConsoleDrain>,
 }
 
 impl Qemu {
@@ -69,6 +72,7 @@ impl Qemu {
             exited_rx,
             plugged: HashMap::new(),
             boot_disks: 0,
+            console: None,
         }
     }
 
@@ -154,6 +158,11 @@ impl Hypervisor for Qemu {
             self.guest_cid = Some(claimed);
         }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
+        self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
+            what: "cannot drain the guest console into",
+            path: self.paths.console(),
+            source,
+        })?);
         let inherit: Vec<i32> =
             self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
@@ -174,6 +183,10 @@ impl Hypervisor for Qemu {
     }
 
     fn console_tail(&self, lines: usize) -> String {
+        // Once QEMU is gone, what it wrote last may still be in the FIFO: let the drain end.
+        if let Some(console) = self.console.as_ref().filter(|_| self.exited_rx.borrow().is_some()) {
+            console.wait_ended(CONSOLE_SETTLE);
+        }
         tail(&self.paths.console(), lines)
     }
 
@@ -211,6 +224,7 @@ impl Hypervisor for Qemu {
         for name in PROCESS_NAMES {
             let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));
         }
+        self.console.take();
         self.plugged.clear();
     }
 

@@ -20,6 +20,7 @@ use super::cmdline::{self, BlockDevice};
 use super::StratoVirtSpec;
 use crate::agent_dial::AgentAddr;
 use crate::agent_dial::AGENT_VSOCK_PORT;
+use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
 use crate::hypervisor::qemu::qmp::Qmp;
@@ -43,13 +44,15 @@ pub struct StratoVirt {
     pid: Option<u32>,
     exited_tx: watch::Sender<Option<String>>,
     exited_rx: watch::Receiver<Option<String>>,
+    /// Copies the guest console into its bounded log while StratoVirt runs.
+    console: Option<ConsoleDrain>,
 }
 
 impl StratoVirt {
     /// A VM described by `spec`, `blocks` attached at boot, files in `paths`.
     pub fn new(spec: StratoVirtSpec, paths: VmPaths, blocks: Vec<BlockDevice>, log: Logger) -> Self {
         let (exited_tx, exited_rx) = watch::channel(None);
-        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx }
+        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx, console: None }
     }
 
     /// The full argv, for logs and `wisp check`.
@@ -122,6 +125,11 @@ impl StratoVirt {
 
     async fn spawn(&mut self) -> Result<(), HypervisorError> {
         let args = cmdline::stratovirt_args(&self.spec, &self.paths, &self.blocks);
+        self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
+            what: "cannot drain the guest console into",
+            path: self.paths.console(),
+            source,
+        })?);
         let inherit: Vec<i32> = self.spec.vhost_fd.into_iter().collect();
         let launch = Launch {
             name: NAME,
@@ -155,6 +163,10 @@ impl Hypervisor for StratoVirt {
     }
 
     fn console_tail(&self, lines: usize) -> String {
+        // Once StratoVirt is gone, what it wrote last may still be in the FIFO: let the drain end.
+        if let Some(console) = self.console.as_ref().filter(|_| self.exited_rx.borrow().is_some()) {
+            console.wait_ended(CONSOLE_SETTLE);
+        }
         tail(&self.paths.console(), lines)
     }
 
@@ -176,6 +188,7 @@ impl Hypervisor for StratoVirt {
             let _ = tokio::time::timeout(QUIT_TIMEOUT * 2, exited.wait_for(Option::is_some)).await;
         }
         let _ = fs::remove_file(self.paths.dir().join(format!("{NAME}.pid")));
+        self.console.take();
     }
 }
 
