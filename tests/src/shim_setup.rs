@@ -134,6 +134,21 @@ impl Setup {
             .to_owned())
     }
 
+    /// SIGKILLs detached task `id`, waits (10 s at most) for it to be STOPPED, and deletes the
+    /// task and the container.
+    pub fn kill_and_delete(&self, id: &str) -> anyhow::Result<()> {
+        let out = self.ctr(&["tasks", "kill", "-s", "KILL", id])?;
+        ensure!(out.status.success(), "ctr t kill {id}: {}", describe(&out));
+        let start = std::time::Instant::now();
+        while self.task_status(id)? != "STOPPED" {
+            ensure!(start.elapsed() < Duration::from_secs(10), "{id} not STOPPED 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.ctr(&["tasks", "delete", id])?;
+        self.ctr(&["containers", "delete", id])?;
+        Ok(())
+    }
+
     /// The wisp shim daemons serving this containerd (not their QEMU and helpers).
     pub fn shims(&self) -> Vec<u32> {
         self.ctd
