@@ -13,7 +13,8 @@
 //! no reader and QEMU's writes fail (EPIPE) instead of blocking. The shim's memory does not
 //! grow with the guest's output: the buffer is the only allocation. [`tail`] reads at most
 //! [`TAIL_MAX_BYTES`] from the end, so an error message quotes only the tail, however long
-//! the log or its lines.
+//! the log or its lines. The console's lines also reach the shim's debug log, at most 20 a
+//! second (Kata logs them the same way), with a count of those left out.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::stat::Mode;
-use slog::{warn, Logger};
+use slog::{debug, warn, Logger};
 
 use super::VmPaths;
 
@@ -36,6 +37,12 @@ pub const CONSOLE_CAP: u64 = 1 << 20;
 pub const TAIL_MAX_BYTES: u64 = 16 << 10;
 /// How long a reader waits for the drain to copy a dead VMM's last words.
 pub const CONSOLE_SETTLE: Duration = Duration::from_millis(500);
+/// At most this many guest console lines reach the shim's debug log per [`LOG_WINDOW`].
+const LOG_LINES_PER_WINDOW: u32 = 20;
+/// The window of [`LOG_LINES_PER_WINDOW`].
+const LOG_WINDOW: Duration = Duration::from_secs(1);
+/// Longer console lines are cut to this many bytes in the shim's log.
+const LOG_LINE_MAX: usize = 240;
 /// The drain's read buffer.
 const CHUNK: usize = 64 << 10;
 
@@ -206,6 +213,7 @@ impl Drop for ConsoleDrain {
 /// waits for the VMM without spinning.
 fn drain(mut input: File, mut ring: Ring, stop: OwnedFd, log: &Logger) {
     let mut buf = vec![0u8; CHUNK];
+    let mut lines = LineLog::new(log.clone(), LOG_LINES_PER_WINDOW, LOG_WINDOW);
     let mut failed = false;
     loop {
         let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
@@ -225,6 +233,7 @@ fn drain(mut input: File, mut ring: Ring, stop: OwnedFd, log: &Logger) {
                     // Every writer closed (only reported once one has opened: see above).
                     Ok(0) => break ready,
                     Ok(n) => {
+                        lines.feed(&buf[..n]);
                         if let Err(err) = ring.write(&buf[..n]) {
                             if !failed {
                                 warn!(log, "cannot write the guest console; its output is dropped";
@@ -245,6 +254,58 @@ fn drain(mut input: File, mut ring: Ring, stop: OwnedFd, log: &Logger) {
                 return;
             }
         }
+    }
+}
+
+/// The guest console in the shim's debug log, at a bounded rate: at most `budget` lines per
+/// `window`, each cut to [`LOG_LINE_MAX`] bytes, and one line saying how many were left out.
+/// Holds one line at most, whatever the guest writes.
+#[derive(Debug)]
+struct LineLog {
+    log: Logger,
+    line: Vec<u8>,
+    budget: u32,
+    left: u32,
+    window: Duration,
+    since: Instant,
+    skipped: u64,
+}
+
+impl LineLog {
+    fn new(log: Logger, budget: u32, window: Duration) -> Self {
+        Self { log, line: Vec::new(), budget, left: budget, window, since: Instant::now(), skipped: 0 }
+    }
+
+    /// Takes the next bytes of the console.
+    fn feed(&mut self, bytes: &[u8]) {
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let (text, ended) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            let room = LOG_LINE_MAX.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&text[..room.min(text.len())]);
+            if ended {
+                self.emit();
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        if self.since.elapsed() >= self.window {
+            if self.skipped > 0 {
+                debug!(self.log, "guest console lines left out of this log (rate bound)"; "lines" => self.skipped);
+            }
+            (self.since, self.left, self.skipped) = (Instant::now(), self.budget, 0);
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            let text = String::from_utf8_lossy(&self.line);
+            debug!(self.log, "guest console"; "line" => text.trim_end_matches('\r'));
+        } else {
+            self.skipped += 1;
+        }
+        self.line.clear();
     }
 }
 
@@ -357,6 +418,52 @@ mod tests {
         assert_eq!(fs::read(&out).unwrap(), b"");
     }
 
+    /// A slog drain that keeps each record's message and key-values as one line.
+    #[derive(Debug, Clone, Default)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl slog::Drain for Recorder {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            struct Line(String);
+            impl slog::Serializer for Line {
+                fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+                    self.0.push_str(&format!(" {key}={val}"));
+                    Ok(())
+                }
+            }
+            let mut line = Line(record.msg().to_string());
+            let _ = slog::KV::serialize(&record.kv(), record, &mut line);
+            let _ = slog::KV::serialize(values, record, &mut line);
+            self.0.lock().unwrap().push(line.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn console_lines_reach_the_debug_log_at_a_bounded_rate() {
+        let recorder = Recorder::default();
+        let mut lines = LineLog::new(Logger::root(recorder.clone(), slog::o!()), 3, Duration::from_millis(200));
+        let long = "z".repeat(10 * LOG_LINE_MAX);
+        lines.feed(b"first\r\nsec");
+        lines.feed(b"ond\n");
+        lines.feed(format!("{long}\n").as_bytes());
+        for i in 0..1000 {
+            lines.feed(format!("flood {i}\n").as_bytes());
+        }
+        thread::sleep(Duration::from_millis(250));
+        lines.feed(b"after the window\n");
+        let seen = recorder.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(seen[0], "guest console line=first");
+        assert_eq!(seen[1], "guest console line=second", "a line split across reads is one line");
+        assert_eq!(seen[2], format!("guest console line={}", &long[..LOG_LINE_MAX]), "a long line is cut");
+        assert_eq!(seen[3], "guest console lines left out of this log (rate bound) lines=1000");
+        assert_eq!(seen[4], "guest console line=after the window");
+        assert!(lines.line.capacity() <= 2 * LOG_LINE_MAX, "one cut line is all it holds");
+    }
+
     /// The drain's memory, measured alone in a child process (other tests of this binary
     /// allocate in parallel): see [`drain_rss_probe`].
     #[test]
@@ -373,7 +480,7 @@ mod tests {
     }
 
     /// The anonymous memory of this process (RssAnon: the heap and stacks, not the code pages
-    /// the test binary touches as it goes) after 32 MiB and after 256 MiB through a drain: the
+    /// the test binary touches as it goes) after 16 MiB and after 128 MiB through a drain: the
     /// drain keeps one 64 KiB buffer, whatever the guest writes. Run alone by the test above.
     #[test]
     #[ignore = "run in its own process by the_drain_memory_does_not_grow_with_the_output"]
@@ -390,15 +497,15 @@ mod tests {
         let block = vec![b'x'; 1 << 20];
         let mut write = |mib: usize| (0..mib).for_each(|_| writer.write_all(&block).unwrap());
         // The first megabytes touch the drain's buffer, its thread's stack and malloc arena.
-        write(32);
+        write(16);
         let early = rss();
-        write(224);
+        write(112);
         let late = rss();
         drop(writer);
         assert!(drain.wait_ended(Duration::from_secs(10)));
         drop(drain);
-        eprintln!("RssAnon after 32 MiB {early}, after 256 MiB {late} bytes");
-        assert!(late < early + (128 << 10), "RssAnon grew from {early} to {late} bytes over 224 MiB of console");
+        eprintln!("RssAnon after 16 MiB {early}, after 128 MiB {late} bytes");
+        assert!(late < early + (128 << 10), "RssAnon grew from {early} to {late} bytes over 112 MiB of console");
         assert!(size(&out) + size(&previous(&out)) <= CONSOLE_CAP);
     }
 }
