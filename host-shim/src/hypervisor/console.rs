@@ -8,8 +8,9 @@
 //! half the cap: when `console.log` is full it becomes `console.log.1` and a new one starts, so
 //! the last half-cap to cap bytes are always on disk for `cat`, [`tail`] and the test harness.
 //!
-//! The drain reads as fast as the guest writes (a poll loop, one 64 KiB buffer), so QEMU,
-//! whose chardev descriptor is non-blocking, never waits on it; if the shim dies the FIFO has
+//! The drain reads as fast as the guest writes (a poll loop, one 64 KiB buffer, reads batched
+//! every 5 ms while the guest streams: the pipe holds 64 KiB), so QEMU, whose chardev
+//! descriptor is non-blocking, never waits on it; if the shim dies the FIFO has
 //! no reader and QEMU's writes fail (EPIPE) instead of blocking. The shim's memory does not
 //! grow with the guest's output: the buffer is the only allocation. [`tail`] reads at most
 //! [`TAIL_MAX_BYTES`] from the end, so an error message quotes only the tail, however long
@@ -43,6 +44,10 @@ const LOG_LINES_PER_WINDOW: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(1);
 /// Longer console lines are cut to this many bytes in the shim's log.
 const LOG_LINE_MAX: usize = 240;
+/// While the guest streams (a read came less than this ago), the drain waits this long before
+/// the next read, so a read takes a batch, not a byte: a console line that follows a quiet
+/// spell is copied at once, one in a stream at most this late.
+const BATCH: Duration = Duration::from_millis(5);
 /// The drain's read buffer.
 const CHUNK: usize = 64 << 10;
 
@@ -214,6 +219,7 @@ impl Drop for ConsoleDrain {
 fn drain(mut input: File, mut ring: Ring, stop: OwnedFd, log: &Logger) {
     let mut buf = vec![0u8; CHUNK];
     let mut lines = LineLog::new(log.clone(), LOG_LINES_PER_WINDOW, LOG_WINDOW);
+    let mut last_read: Option<Instant> = None;
     let mut failed = false;
     loop {
         let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
@@ -227,6 +233,14 @@ fn drain(mut input: File, mut ring: Ring, stop: OwnedFd, log: &Logger) {
         }
         let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
         let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        // The UART hands QEMU one byte at a time: while the guest streams, let the pipe gather
+        // a batch instead of waking up (poll, read, write) for every byte.
+        if ready && !stopping && last_read.is_some_and(|at| at.elapsed() < BATCH) {
+            thread::sleep(BATCH);
+        }
+        if ready {
+            last_read = Some(Instant::now());
+        }
         if ready || stopping {
             let ended = loop {
                 match input.read(&mut buf) {
