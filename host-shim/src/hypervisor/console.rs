@@ -48,6 +48,8 @@ const LOG_LINE_MAX: usize = 240;
 /// the next read, so a read takes a batch, not a byte: a console line that follows a quiet
 /// spell is copied at once, one in a stream at most this late.
 const BATCH: Duration = Duration::from_millis(5);
+/// The console pipe's capacity (the kernel's default is 64 KiB).
+const PIPE_SIZE: i32 = 1 << 20;
 /// The drain's read buffer.
 const CHUNK: usize = 64 << 10;
 
@@ -174,6 +176,11 @@ impl ConsoleDrain {
         fs::set_permissions(fifo, fs::Permissions::from_mode(0o600))?;
         // Non-blocking: the open does not wait for a writer, nor does a read.
         let input = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fifo)?;
+        // A roomy pipe: QEMU's UART stalls for good after a write that found the pipe full
+        // (seen with QEMU 7.2 under load), so the drain must never let it fill.
+        if let Err(err) = nix::fcntl::fcntl(&input, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+            warn!(log, "cannot grow the console pipe"; "error" => %err);
+        }
         let ring = Ring::create(out, cap)?;
         let (stop_rx, stop_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let log = log.clone();
