@@ -176,8 +176,8 @@ impl ConsoleDrain {
         fs::set_permissions(fifo, fs::Permissions::from_mode(0o600))?;
         // Non-blocking: the open does not wait for a writer, nor does a read.
         let input = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fifo)?;
-        // A roomy pipe: QEMU's UART stalls for good after a write that found the pipe full
-        // (seen with QEMU 7.2 under load), so the drain must never let it fill.
+        // A roomy pipe: a drain that waits for the CPU on a loaded host does not make QEMU's
+        // UART wait (a full pipe slows the guest's console, never the host).
         if let Err(err) = nix::fcntl::fcntl(&input, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
             warn!(log, "cannot grow the console pipe"; "error" => %err);
         }
