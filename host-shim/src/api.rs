@@ -3,7 +3,9 @@
 //!
 //! One unix socket per sandbox, `api.sock` in its state directory (so it goes with the
 //! sandbox), one JSON request per line, one JSON [`Response`] line back. Only root can reach
-//! it: the state directory is root's.
+//! it: the state directory is root's. A request line is at most [`MAX_REQUEST_BYTES`]: a
+//! longer one is refused with an error line and the connection closed, so a client cannot make
+//! the shim buffer without end.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,13 +15,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 /// The socket's name in the sandbox state directory.
 pub const SOCKET_NAME: &str = "api.sock";
 /// How long the CLI waits for an answer (hot-plug waits for the guest).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest request line the shim reads (the largest real one is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
+/// How much of a bad request an error quotes.
+const QUOTED_BYTES: usize = 200;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,19 +153,52 @@ where
         let handler = handler.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let response = match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => handler(request).await,
-                    Err(err) => Response::fail(format!("bad request {line:?}: {err}")),
+            let mut reader = tokio::io::BufReader::new(read);
+            loop {
+                let (response, go_on) = match read_request(&mut reader).await {
+                    Ok(None) => return,
+                    Ok(Some(line)) => match serde_json::from_str::<Request>(&line) {
+                        Ok(request) => (handler(request).await, true),
+                        Err(err) => (Response::fail(format!("bad request {}: {err}", quote(&line))), true),
+                    },
+                    Err(refusal) => (Response::fail(refusal), false),
                 };
                 let mut out = serde_json::to_string(&response).unwrap_or_default();
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() {
+                if write.write_all(out.as_bytes()).await.is_err() || !go_on {
                     return;
                 }
             }
         });
+    }
+}
+
+/// The next request line (without its newline), `None` at the end of the connection, or why
+/// it is refused: longer than [`MAX_REQUEST_BYTES`], or not UTF-8. Reads at most
+/// [`MAX_REQUEST_BYTES`] + 1 bytes.
+async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<String>, String> {
+    let mut line = Vec::new();
+    let read = reader.take(MAX_REQUEST_BYTES + 1).read_until(b'\n', &mut line).await;
+    match read {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(err) => return Err(format!("cannot read the request: {err}")),
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() as u64 > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request refused: longer than {MAX_REQUEST_BYTES} bytes (one JSON request per line is expected)"
+        ));
+    }
+    String::from_utf8(line).map(Some).map_err(|_| "request refused: not UTF-8".to_owned())
+}
+
+/// `text` for an error message: debug-quoted, cut after [`QUOTED_BYTES`].
+fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_BYTES) {
+        Some((at, _)) => format!("{:?}... ({} bytes)", &text[..at], text.len()),
+        None => format!("{text:?}"),
     }
 }
 
@@ -196,5 +235,54 @@ mod tests {
         );
         let err = call(&dir.path().join("missing.sock"), &Request::VolumeStats { volume: "/v".into() }).unwrap_err();
         assert!(err.to_string().contains("is the sandbox running?"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_oversized_request_is_refused_and_the_shim_keeps_serving() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = socket_path(dir.path());
+        let listener = UnixListener::bind(&socket).unwrap();
+        let handler = Arc::new(|request: Request| async move { Response::ok(serde_json::to_value(request).unwrap()) });
+        tokio::spawn(serve(listener, handler));
+
+        // 16 MiB with no newline: refused after the bound, not buffered whole.
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (read, mut write) = stream.split();
+        let flood = async {
+            let block = vec![b'x'; 1 << 20];
+            for _ in 0..16 {
+                if write.write_all(&block).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let answer = async {
+            let mut answer = String::new();
+            tokio::io::BufReader::new(read).read_line(&mut answer).await.unwrap();
+            answer
+        };
+        let ((), answer) = tokio::join!(flood, answer);
+        let response: Response = serde_json::from_str(&answer).unwrap();
+        assert!(response.error.contains("longer than 65536 bytes"), "{answer}");
+        drop(stream);
+
+        // A long but bounded bad line is quoted only in part.
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut bad = "y".repeat(10_000);
+        bad.push('\n');
+        stream.write_all(bad.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::io::BufReader::new(&mut stream).read_line(&mut answer).await.unwrap();
+        assert!(answer.contains("bad request") && answer.len() < 1000, "{answer}");
+        drop(stream);
+
+        // The shim still answers.
+        let path = socket.clone();
+        let data = tokio::task::spawn_blocking(move || call(&path, &Request::VolumeStats { volume: "/v/2".into() }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(data["volume"], "/v/2");
     }
 }

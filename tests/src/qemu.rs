@@ -7,7 +7,7 @@
 //! Nothing here starts a process; [`crate::vm::Vm::boot`] does. Every VM gets:
 //! - `-nographic -nodefaults -no-reboot`: no default devices, and QEMU exits when the guest
 //!   powers off, reboots or panics (`panic=-1`);
-//! - the guest console (`ttyS0`) written to `console.log` in the VM's directory;
+//! - the guest console (`ttyS0`) written into `console.fifo`, drained into a bounded `console.log`;
 //! - `-accel kvm -cpu host`, or `-accel tcg,tb-size=64` (a 64 MiB translation cache instead of
 //!   QEMU's default 1 GiB, to bound host memory when several VMs run at once);
 //! - pc/q35: `-bios /usr/share/qemu/qboot.rom` when it exists (boots a bzImage as fast as
@@ -373,7 +373,7 @@ mod tests {
             argv(&config, Accel::Tcg),
             "qemu -machine q35 -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
-             -no-reboot -serial file:/run/vm/console.log -bios /fw/qboot.rom -kernel /k/bzImage \
+             -no-reboot -serial file:/run/vm/console.fifo -bios /fw/qboot.rom -kernel /k/bzImage \
              -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1'"
         );
         assert_eq!(config.agent_addr(&paths()), None);
@@ -393,7 +393,7 @@ mod tests {
             argv(&config, Accel::Kvm),
             "qemu -machine q35,memory-backend=mem -accel kvm -cpu host \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 512M -smp 2 \
-             -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
+             -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
              -qmp unix:/run/vm/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=512M,share=on -kernel /k/bzImage \
              -append 'console=ttyS0 panic=-1 printk.time=1 agent.log=debug' \
@@ -415,7 +415,7 @@ mod tests {
             argv(&config, Accel::Tcg),
             "qemu -machine microvm,memory-backend=mem -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 \
-             -nographic -nodefaults -no-reboot -serial file:/run/vm/console.log \
+             -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
              -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
              -append 'console=ttyS0 panic=-1 printk.time=1 tsc_early_khz=2000000 tsc=reliable' \
              -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0,event_idx=off"
@@ -449,7 +449,7 @@ mod tests {
     fn commas_in_paths_are_escaped_inside_options_only() {
         let config = VmConfig::new(Machine::Q35, "/k,1/bzImage").bios(Bios::QemuDefault).channel(Channel::Serial);
         let args = config.qemu_args(&VmPaths::new("/run/a,b"), Accel::Tcg);
-        assert!(args.contains(&"file:/run/a,,b/console.log".to_owned()), "{args:?}");
+        assert!(args.contains(&"file:/run/a,,b/console.fifo".to_owned()), "{args:?}");
         assert!(args.contains(&"/k,1/bzImage".to_owned()), "{args:?}");
         assert!(args.iter().any(|a| a.starts_with("socket,id=ch0,path=/run/a,,b/serial.sock,")), "{args:?}");
     }

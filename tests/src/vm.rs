@@ -6,7 +6,8 @@
 //! [`STOP_GRACE`]), reaps them and removes the directory.
 //!
 //! Every timeout error carries the last [`CONSOLE_TAIL_LINES`] lines of the guest console, since
-//! the directory holding the full log is gone once the test has failed.
+//! the directory holding the full log is gone once the test has failed. The console is the
+//! shim's: QEMU writes it into a FIFO that a [`ConsoleDrain`] copies into a bounded log.
 
 use std::fs::{self, File};
 use std::io;
@@ -19,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use wisp_shim::agent_dial::{self, AgentAddr, AgentConn, DialError};
+use wisp_shim::hypervisor::console::{self, ConsoleDrain};
 
 use crate::accel::{self, Accel, AccelError};
 use crate::qemu::{qemu_binary, shell_line, vhost_device_vsock_binary, VmConfig, VmPaths};
@@ -206,6 +208,8 @@ pub struct Vm {
     qemu: Owned,
     helpers: Vec<Owned>,
     spawned_at: Instant,
+    /// Dropped after the processes are stopped, so it copies their last words.
+    drain: ConsoleDrain,
     // Dropped last (fields drop in order, after `Drop::drop` has stopped the processes).
     dir: TempDir,
 }
@@ -243,6 +247,14 @@ impl Vm {
             helpers.push(helper);
         }
 
+        let discard = slog::Logger::root(slog::Discard, slog::o!());
+        let drain = match ConsoleDrain::start(&paths, &discard) {
+            Ok(drain) => drain,
+            Err(source) => {
+                helpers.iter_mut().for_each(Owned::stop);
+                return Err(VmError::Create { path: paths.console_fifo(), source });
+            }
+        };
         let qemu_args = config.qemu_args(&paths, accel);
         let mut command = Command::new(qemu_binary());
         command.args(&qemu_args);
@@ -254,7 +266,7 @@ impl Vm {
                 return Err(err);
             }
         };
-        Ok(Vm { config, accel, paths, qemu_args, qemu, helpers, spawned_at, dir })
+        Ok(Vm { config, accel, paths, qemu_args, qemu, helpers, spawned_at, drain, dir })
     }
 
     /// The configuration this VM was booted with.
@@ -307,14 +319,15 @@ impl Vm {
         self.config.has_qmp().then(|| self.paths.qmp_socket())
     }
 
-    /// Everything the guest printed on its console so far.
+    /// Everything the guest printed on its console so far (its last
+    /// [`console::CONSOLE_CAP`] bytes at most).
     pub fn console(&self) -> String {
-        read_lossy(&self.paths.console())
+        console::read_all(&self.paths.console())
     }
 
-    /// The last `lines` lines of the console.
+    /// The last `lines` lines of the console (from a bounded end of it).
     pub fn console_tail(&self, lines: usize) -> String {
-        tail(&self.console(), lines)
+        console::tail(&self.paths.console(), lines)
     }
 
     /// QEMU's own output (warnings, errors).
@@ -329,7 +342,7 @@ impl Vm {
         loop {
             // Look at the console before checking for an exit: the guest may print and power
             // off between two polls.
-            let exited = self.qemu.try_wait()?;
+            let exited = self.qemu_try_wait()?;
             if self.console().contains(pattern) {
                 return Ok(self.spawned_at.elapsed());
             }
@@ -361,7 +374,7 @@ impl Vm {
                     return Err(VmError::Agent { source, console: self.console_tail(CONSOLE_TAIL_LINES) })
                 }
                 Err(_) => {
-                    if let Some(status) = self.qemu.try_wait()? {
+                    if let Some(status) = self.qemu_try_wait()? {
                         return Err(self.qemu_exited(status, format!("the agent at {addr}")));
                     }
                 }
@@ -373,7 +386,7 @@ impl Vm {
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.qemu.try_wait()? {
+            if let Some(status) = self.qemu_try_wait()? {
                 return Ok(status);
             }
             if start.elapsed() >= timeout {
@@ -388,7 +401,7 @@ impl Vm {
 
     /// QEMU's exit status if it has exited.
     pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>, VmError> {
-        self.qemu.try_wait()
+        self.qemu_try_wait()
     }
 
     /// An error for QEMU having exited while `awaited` was expected; for callers waiting on
@@ -402,9 +415,19 @@ impl Vm {
         }
     }
 
+    /// QEMU's exit status if it has exited; then its last console output is in the log too.
+    fn qemu_try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        let status = self.qemu.try_wait()?;
+        if status.is_some() {
+            self.drain.wait_ended(console::CONSOLE_SETTLE);
+        }
+        Ok(status)
+    }
+
     /// Stops QEMU and the helpers now (dropping the VM does it too).
     pub fn kill(&mut self) {
         self.qemu.stop();
+        self.drain.wait_ended(console::CONSOLE_SETTLE);
         self.helpers.iter_mut().for_each(Owned::stop);
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 pub mod confine;
+pub mod console;
 pub mod process;
 pub mod qemu;
 pub mod stratovirt;
@@ -121,9 +122,15 @@ impl VmPaths {
         &self.dir
     }
 
-    /// What the guest wrote on `ttyS0`.
+    /// The end of what the guest wrote on `ttyS0` (a [`console::Ring`]: this file and
+    /// `console.log.1`, at most [`console::CONSOLE_CAP`] together).
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+
+    /// The FIFO the VMM writes the guest's `ttyS0` into, drained by a [`console::ConsoleDrain`].
+    pub fn console_fifo(&self) -> PathBuf {
+        self.dir.join("console.fifo")
     }
 
     /// QEMU's stdout and stderr.
@@ -308,9 +315,8 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     }
 }
 
-/// The last `lines` lines of a log file (lossy UTF-8), for error messages.
+/// The last `lines` lines of a log file (lossy UTF-8), for error messages: read from a
+/// bounded end of the file (and of its older half when it is a [`console::Ring`]).
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    console::tail(path, lines)
 }

@@ -1,8 +1,9 @@
 //! The exact argv of QEMU, vhost-device-vsock and virtiofsd for a [`QemuSpec`].
 //!
 //! Every VM gets `-nographic -nodefaults -no-reboot` (no default devices; QEMU exits when the
-//! guest powers off or panics, `panic=-1`), the console (`ttyS0`) in `console.log`, a QMP
-//! socket (kept for hot-plug), and:
+//! guest powers off or panics, `panic=-1`), the console (`ttyS0`) written into the FIFO
+//! `console.fifo` that the shim drains into a bounded `console.log` ([`crate::hypervisor::console`]),
+//! a QMP socket (kept for hot-plug), and:
 //! - `-accel kvm -cpu host`, or `-accel tcg,tb-size=N`: TCG's translation cache defaults to
 //!   1 GiB of host memory per VM; 64 MiB keeps a VM's RSS small at no measurable boot cost;
 //! - a shared memfd as guest RAM when a vhost-user device (vhost-user-vsock, virtio-fs,
@@ -87,7 +88,7 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
         "-nodefaults",
         "-no-reboot",
         "-serial",
-        &format!("file:{}", opt_path(&paths.console())),
+        &format!("file:{}", opt_path(&paths.console_fifo())),
     ]);
     if spec.qmp {
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket()))]);
@@ -283,7 +284,7 @@ mod tests {
             line(&s),
             "qemu -machine q35,memory-backend=mem -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
-             -no-reboot -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off \
+             -no-reboot -serial file:/run/s/console.fifo -qmp unix:/run/s/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=256M,share=on -bios /fw/qboot.rom -kernel /k/kernel \
              -initrd /k/wisp.initrd -append 'console=ttyS0 panic=-1 printk.time=1' \
              -chardev socket,id=vs0,path=/run/s/vhost.sock -device vhost-user-vsock-pci,chardev=vs0,event_idx=off \
@@ -320,7 +321,7 @@ mod tests {
             line(&s),
             "qemu -machine pc -accel kvm -cpu host \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
-             -serial file:/run/s/console.log -qmp unix:/run/s/qmp.sock,server=on,wait=off -bios /fw/qboot.rom \
+             -serial file:/run/s/console.fifo -qmp unix:/run/s/qmp.sock,server=on,wait=off -bios /fw/qboot.rom \
              -kernel /k/kernel -initrd /k/wisp.initrd \
              -append 'console=ttyS0 panic=-1 printk.time=1 agent.channel=serial agent.debug_console agent.log=debug' \
              -device virtio-serial-pci -chardev socket,id=ch0,path=/run/s/serial.sock,server=on,wait=off \
@@ -398,7 +399,7 @@ mod tests {
             line(&s),
             "qemu -machine q35 -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
-             -serial file:/run/s/console.log -bios /fw/qboot.rom -kernel /k/kernel \
+             -serial file:/run/s/console.fifo -bios /fw/qboot.rom -kernel /k/kernel \
              -append 'console=ttyS0 panic=-1 printk.time=1' -device virtio-rng-pci"
         );
         assert_eq!(agent_addr(&s, &VmPaths::new("/run/s")), None);
@@ -409,7 +410,7 @@ mod tests {
         let mut s = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
         s.kernel = "/k,1/bzImage".into();
         let args = qemu_args(&s, &VmPaths::new("/run/a,b"));
-        assert!(args.contains(&"file:/run/a,,b/console.log".to_owned()), "{args:?}");
+        assert!(args.contains(&"file:/run/a,,b/console.fifo".to_owned()), "{args:?}");
         assert!(args.contains(&"/k,1/bzImage".to_owned()), "{args:?}");
         assert!(args.contains(&"local,id=fs0,path=/run/a,,b/shared,security_model=none".to_owned()), "{args:?}");
     }

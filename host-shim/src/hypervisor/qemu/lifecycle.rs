@@ -32,6 +32,7 @@ use crate::agent_dial::AgentAddr;
 use crate::config::MachineType;
 use crate::hypervisor::cgroup::{self, SandboxCgroup};
 use crate::hypervisor::confine::{self, Confinement, RunAs};
+use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
@@ -65,6 +66,8 @@ pub struct Qemu {
     cgroup: Option<SandboxCgroup>,
     /// The sandbox's own ids in rootless mode, once claimed.
     run_as: Option<RunAs>,
+    /// Copies the guest console into its bounded log while QEMU runs.
+    console: Option<ConsoleDrain>,
 }
 
 impl Qemu {
@@ -84,6 +87,7 @@ impl Qemu {
             boot_disks: 0,
             cgroup: None,
             run_as: None,
+            console: None,
         }
     }
 
@@ -239,6 +243,20 @@ impl Hypervisor for Qemu {
             self.guest_cid = Some(claimed);
         }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
+        self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
+            what: "cannot drain the guest console into",
+            path: self.paths.console(),
+            source,
+        })?);
+        if let Some(ids) = self.run_as {
+            // A rootless QEMU opens the console FIFO by group, as it reaches virtiofsd's socket.
+            let fifo = self.paths.console_fifo();
+            confine::share_with_group(&fifo, ids, 0o660).map_err(|source| HypervisorError::Io {
+                what: "cannot open to the rootless group",
+                path: fifo.clone(),
+                source,
+            })?;
+        }
         let inherit: Vec<i32> =
             self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
@@ -259,6 +277,10 @@ impl Hypervisor for Qemu {
     }
 
     fn console_tail(&self, lines: usize) -> String {
+        // Once QEMU is gone, what it wrote last may still be in the FIFO: let the drain end.
+        if let Some(console) = self.console.as_ref().filter(|_| self.exited_rx.borrow().is_some()) {
+            console.wait_ended(CONSOLE_SETTLE);
+        }
         tail(&self.paths.console(), lines)
     }
 
@@ -297,6 +319,7 @@ impl Hypervisor for Qemu {
             let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));
         }
         self.release_confinement();
+        self.console.take();
         self.plugged.clear();
     }
 

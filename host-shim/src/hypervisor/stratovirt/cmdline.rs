@@ -2,7 +2,8 @@
 //! the syntax of StratoVirt's `docs/config_guidebook.md` and `docs/qmp.md`:
 //!
 //! - `-machine microvm` (or `q35[,mem-share=on]`), `-smp N`, `-m MiB`, `-kernel`, `-initrd`,
-//!   `-append`, `-qmp unix:PATH,server,nowait`, `-serial file,path=PATH`;
+//!   `-append`, `-qmp unix:PATH,server,nowait`, `-serial file,path=PATH` (the console FIFO the
+//!   shim drains into a bounded log, [`crate::hypervisor::console`]);
 //! - vsock: `-device vhost-vsock-device,id=vsock-0,guest-cid=N` (microvm) or
 //!   `vhost-vsock-pci,...,bus=pcie.0,addr=0xS.0x0` (q35);
 //! - block: `-drive id=ID,file=PATH,readonly=off,direct=off` +
@@ -80,7 +81,7 @@ pub fn stratovirt_args(spec: &StratoVirtSpec, paths: &VmPaths, blocks: &[BlockDe
         "-qmp",
         &format!("unix:{},server,nowait", p(&paths.qmp_socket())),
         "-serial",
-        &format!("file,path={}", p(&paths.console())),
+        &format!("file,path={}", p(&paths.console_fifo())),
     ]);
     let mut slot = 0u32;
     let pci = |slot: &mut u32| {
@@ -197,7 +198,7 @@ mod tests {
             line,
             "stratovirt -machine microvm -smp 1 -m 256 -kernel /k/vmlinux -initrd /k/wisp.initrd \
              -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable pci=off' \
-             -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.log \
+             -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.fifo \
              -device vhost-vsock-device,id=vsock-0,guest-cid=7 \
              -drive id=rootfs,file=/dev/mapper/rootfs,readonly=off,direct=off \
              -device virtio-blk-device,drive=rootfs,id=rootfs"
@@ -219,7 +220,7 @@ mod tests {
             "stratovirt -machine q35,mem-share=on -drive file=/fw/OVMF_CODE.fd,if=pflash,unit=0,readonly=true \
              -smp 1 -m 256 -kernel /k/vmlinux -initrd /k/wisp.initrd \
              -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable agent.debug_console' \
-             -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.log \
+             -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.fifo \
              -device vhost-vsock-pci,id=vsock-0,guest-cid=7,bus=pcie.0,addr=0x1.0x0 \
              -drive id=d1,file=/dev/mapper/d1,readonly=off,direct=off \
              -device virtio-blk-pci,drive=d1,id=d1,bus=pcie.0,addr=0x2.0x0 \

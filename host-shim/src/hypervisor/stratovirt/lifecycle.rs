@@ -22,6 +22,7 @@ use crate::agent_dial::AgentAddr;
 use crate::agent_dial::AGENT_VSOCK_PORT;
 use crate::hypervisor::cgroup::{self, SandboxCgroup};
 use crate::hypervisor::confine::Confinement;
+use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
 use crate::hypervisor::qemu::qmp::Qmp;
@@ -47,13 +48,15 @@ pub struct StratoVirt {
     exited_rx: watch::Receiver<Option<String>>,
     /// The sandbox cgroup, once started.
     cgroup: Option<SandboxCgroup>,
+    /// Copies the guest console into its bounded log while StratoVirt runs.
+    console: Option<ConsoleDrain>,
 }
 
 impl StratoVirt {
     /// A VM described by `spec`, `blocks` attached at boot, files in `paths`.
     pub fn new(spec: StratoVirtSpec, paths: VmPaths, blocks: Vec<BlockDevice>, log: Logger) -> Self {
         let (exited_tx, exited_rx) = watch::channel(None);
-        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx, cgroup: None }
+        Self { spec, paths, blocks, log, guest_cid: None, pid: None, exited_tx, exited_rx, cgroup: None, console: None }
     }
 
     /// The full argv, for logs and `wisp check`.
@@ -134,6 +137,11 @@ impl StratoVirt {
             Confinement { cgroup_procs: created.procs_files().map_err(|err| confine_err(&err))?, ..Default::default() };
         self.cgroup = Some(created);
         let args = cmdline::stratovirt_args(&self.spec, &self.paths, &self.blocks);
+        self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
+            what: "cannot drain the guest console into",
+            path: self.paths.console(),
+            source,
+        })?);
         let inherit: Vec<i32> = self.spec.vhost_fd.into_iter().collect();
         let launch = Launch {
             name: NAME,
@@ -167,6 +175,10 @@ impl Hypervisor for StratoVirt {
     }
 
     fn console_tail(&self, lines: usize) -> String {
+        // Once StratoVirt is gone, what it wrote last may still be in the FIFO: let the drain end.
+        if let Some(console) = self.console.as_ref().filter(|_| self.exited_rx.borrow().is_some()) {
+            console.wait_ended(CONSOLE_SETTLE);
+        }
         tail(&self.paths.console(), lines)
     }
 
@@ -192,6 +204,7 @@ impl Hypervisor for StratoVirt {
             cgroup.remove();
             let _ = fs::remove_file(self.paths.dir().join("cgroup"));
         }
+        self.console.take();
     }
 }
 

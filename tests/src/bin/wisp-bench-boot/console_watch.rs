@@ -43,6 +43,10 @@ impl ConsoleWatcher {
                 // Read the stop flag first, so the final pass sees everything written before it.
                 let last_pass = stopping.load(Ordering::Acquire);
                 if let Ok(mut file) = fs::File::open(&path) {
+                    // The console log is a ring: a file shorter than what was read is a new one.
+                    if file.metadata().is_ok_and(|m| m.len() < offset) {
+                        offset = 0;
+                    }
                     if file.seek(SeekFrom::Start(offset)).is_ok() {
                         bytes.clear();
                         if let Ok(n) = file.read_to_end(&mut bytes) {
