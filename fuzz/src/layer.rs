@@ -35,23 +35,33 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Creates BASE; with `confine` and as root, chroots into it.
+    /// Creates BASE in `$TMPDIR`; with `confine` and as root, chroots into it (BASE then stays
+    /// behind on the host: a chrooted process cannot name it; `fuzz/run.sh` points `TMPDIR`
+    /// under `target/` and removes it).
     pub fn new(confine: bool) -> io::Result<Self> {
         let tmp = tempfile::Builder::new().prefix("wisp-fuzz-layer.").tempdir()?;
-        fs::create_dir_all(tmp.path().join("a/b/root"))?;
-        fs::create_dir_all(tmp.path().join("a/b/outside"))?;
+        let mut harness = Self::in_dir(tmp.path(), confine)?;
+        if harness.base == tmp.path() {
+            harness._tmp = Some(tmp);
+        } else {
+            let _ = tmp.keep();
+        }
+        Ok(harness)
+    }
+
+    /// Uses `base` (an existing, empty directory) as BASE; with `confine` and as root,
+    /// chroots into it.
+    pub fn in_dir(base: &Path, confine: bool) -> io::Result<Self> {
+        fs::create_dir_all(base.join("a/b/root"))?;
+        fs::create_dir_all(base.join("a/b/outside"))?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         if confine && root {
-            std::os::unix::fs::chroot(tmp.path())?;
+            std::os::unix::fs::chroot(base)?;
             std::env::set_current_dir("/")?;
-            // The directory stays behind on the host (a chrooted process cannot name it);
-            // it holds at most the last input's tree.
-            let _ = tmp.keep();
             return Ok(Self { _tmp: None, base: PathBuf::from("/"), chown: true });
         }
-        let base = tmp.path().to_owned();
-        Ok(Self { _tmp: Some(tmp), base, chown: false })
+        Ok(Self { _tmp: None, base: base.to_owned(), chown: false })
     }
 
     fn root(&self) -> PathBuf {
