@@ -3,5 +3,7 @@
 fn main() {
     wisp_fuzz::agent_rpc::run_agent_child_if_asked();
     let harness = std::panic::AssertUnwindSafe(wisp_fuzz::agent_rpc::Harness::new().expect("agent harness"));
-    afl::fuzz!(|data: &[u8]| harness.run(data));
+    afl::fuzz!(|data: &[u8]| {
+        harness.run(data);
+    });
 }

@@ -3,5 +3,7 @@
 
 fn main() {
     let harness = wisp_fuzz::layer::Harness::new(true).expect("layer harness");
-    afl::fuzz!(|data: &[u8]| harness.run(data));
+    afl::fuzz!(|data: &[u8]| {
+        harness.run(data);
+    });
 }
