@@ -38,6 +38,7 @@ pub struct Harness {
 impl Harness {
     /// Creates the state directory, drops root, starts the runtime.
     pub fn new() -> std::io::Result<Self> {
+        detach_from_afl();
         let state = tempfile::Builder::new().prefix("wisp-fuzz-agent.").tempdir()?;
         crate::privileges::drop_root(&[state.path()])?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -92,6 +93,22 @@ async fn dispatch(services: &HashMap<String, Service>, msg: GenMessage) -> Optio
         connection_data: Arc::default(),
     };
     tokio::time::timeout(HANDLER_TIMEOUT, method.handler(ctx, req_msg.payload)).await.ok()
+}
+
+/// The agent starts copies of itself (`/proc/self/exe __launch`): under afl-fuzz they would
+/// inherit the fork-server pipes (fds 198 and 199) and the coverage map, start a fork server
+/// of their own and break afl-fuzz's ("unable to request new process from fork server").
+/// So the pipes are closed on exec and the map's id is not passed on.
+fn detach_from_afl() {
+    for fd in [198, 199] {
+        // SAFETY: F_SETFD on a descriptor number only changes its close-on-exec flag; an fd
+        // that is not open makes fcntl fail with EBADF, which is ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    for var in ["__AFL_SHM_ID", "__AFL_SHM_FUZZ_ID", "__AFL_CMPLOG_SHM_ID"] {
+        // SAFETY: called from Harness::new, before this process starts any thread.
+        unsafe { std::env::remove_var(var) };
+    }
 }
 
 /// What `wisp-agent`'s `main` does first: a process started as `/proc/self/exe __launch`
