@@ -125,7 +125,9 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
-/// The inverse of [`encode`]; `None` for anything else.
+/// The inverse of [`encode`]; `None` for anything else: padding only in the last group and
+/// at most `==`, no bits set past the last byte (so a directory listing never finds one
+/// volume under two names, or a volume under a name kata-ctl would not write).
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let value = |c: u8| match c {
         b'A'..=b'Z' => Some(c - b'A'),
@@ -138,16 +140,24 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 4 != 0 {
         return None;
     }
+    let groups = text.len() / 4;
     let mut out = Vec::new();
-    for chunk in text.as_bytes().chunks(4) {
+    for (i, chunk) in text.as_bytes().chunks(4).enumerate() {
         let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && i + 1 != groups) {
+            return None;
+        }
         let mut n = 0u32;
         for &c in &chunk[..4 - pad] {
             n = (n << 6) | u32::from(value(c)?);
         }
         n <<= 6 * pad;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad.min(2)]);
+        let (data, rest) = bytes.split_at(3 - pad);
+        if rest.iter().any(|&b| b != 0) {
+            return None;
+        }
+        out.extend_from_slice(data);
     }
     Some(out)
 }
@@ -340,6 +350,19 @@ mod tests {
         }
         assert_eq!(decode("L2E"), None);
         assert_eq!(decode("L2E+"), None, "standard alphabet is not URL-safe");
+    }
+
+    #[test]
+    fn only_what_encode_writes_decodes() {
+        // Caught by the direct_volume fuzz target's property (fuzz/regressions/direct_volume/):
+        // each of these decoded to bytes whose encoding is another name.
+        for text in ["====", "A===", "AA==AAAA", "L2E=L2E=", "L2F=", "AB=="] {
+            assert_eq!(decode(text), None, "{text}");
+        }
+        for bytes in [&b""[..], b"\0", b"/a", b"/ab", b"\xff\xfe\xfd\xfc"] {
+            let name = encode(bytes);
+            assert_eq!(decode(&name).as_deref(), Some(bytes), "{name}");
+        }
     }
 
     #[test]
