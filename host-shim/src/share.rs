@@ -45,18 +45,20 @@ const MODE: libc::mode_t = 0o700;
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_RDONLY` of `<linux/mount.h>`.
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// `struct mount_attr` of mount_setattr(2).
+/// `struct mount_attr` of mount_setattr(2) (also the helpers' read-only view, in
+/// `hypervisor::confine`).
 #[repr(C)]
 #[derive(Debug, Default)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub(crate) attr_set: u64,
+    pub(crate) attr_clr: u64,
+    pub(crate) propagation: u64,
+    pub(crate) userns_fd: u64,
 }
 
 /// What can go wrong with the share.

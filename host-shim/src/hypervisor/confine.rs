@@ -26,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::vhost_vsock;
+use crate::share::{MountAttr, MOUNT_ATTR_RDONLY};
 
 /// The highest capability number the kernel may know (CAP_LAST_CAP is 40 on 6.x); dropping a
 /// number the kernel does not know fails with EINVAL, which is ignored.
@@ -63,18 +64,6 @@ pub struct ChildSetup {
     writable_only: Option<CString>,
     inherit: Vec<RawFd>,
 }
-
-/// `struct mount_attr` of `<linux/mount.h>` (mount_setattr(2)).
-#[repr(C)]
-#[derive(Debug, Default)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
 /// The error a failed call left in errno, without allocating.
 fn errno() -> io::Error {
