@@ -39,6 +39,7 @@ mod agent_src {
     pub(crate) mod container;
     pub(crate) mod device;
     pub(crate) mod error;
+    pub(crate) mod guest_path;
     pub(crate) mod hotplug;
     pub(crate) mod launch;
     pub(crate) mod logging;
@@ -54,6 +55,6 @@ mod agent_src {
 
 #[allow(unused_imports)]
 use agent_src::{
-    cgroups, channel, container, device, error, hotplug, launch, logging, metrics, mountinfo, network, process, rpc,
-    sandbox, server, storage,
+    cgroups, channel, container, device, error, guest_path, hotplug, launch, logging, metrics, mountinfo, network,
+    process, rpc, sandbox, server, storage,
 };

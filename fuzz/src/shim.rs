@@ -34,7 +34,7 @@ pub fn shim_config(data: &[u8]) {
             let _ = sv_cmdline::stratovirt_args(&spec, &paths, &[]);
         }
         None => {
-            if let Ok(spec) = QemuSpec::resolve(&config, dir) {
+            if let Ok(spec) = QemuSpec::resolve(&config, dir, false) {
                 let _ = cmdline::kernel_cmdline(&spec);
                 let args = cmdline::qemu_args(&spec, &paths);
                 let _ = cmdline::shell_line("qemu", &args);
