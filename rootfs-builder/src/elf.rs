@@ -116,9 +116,9 @@ impl<'a> Elf<'a> {
                 continue;
             }
             let (off, size) = if self.is64 {
-                (self.u64_at(base + 8)?, self.u64_at(base + 32)?)
+                (self.u64_at(field(base, 8)?)?, self.u64_at(field(base, 32)?)?)
             } else {
-                (u64::from(self.u32_at(base + 4)?), u64::from(self.u32_at(base + 16)?))
+                (u64::from(self.u32_at(field(base, 4)?)?), u64::from(self.u32_at(field(base, 16)?)?))
             };
             let bytes = self.slice(off, size)?;
             let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -151,7 +151,7 @@ impl<'a> Elf<'a> {
             let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
             if &rest[..end] == name.as_bytes() {
                 // SHT_NOBITS sections occupy no bytes in the file.
-                if self.u32_at(base + 4)? == 8 {
+                if self.u32_at(field(base, 4)?)? == 8 {
                     return Ok(Some(&[]));
                 }
                 let (off, size) = self.section_range(i)?;
@@ -164,9 +164,9 @@ impl<'a> Elf<'a> {
     fn section_range(&self, index: u64) -> Result<(u64, u64), ElfError> {
         let base = offset(self.shoff, index, self.shentsize)?;
         if self.is64 {
-            Ok((self.u64_at(base + 24)?, self.u64_at(base + 32)?))
+            Ok((self.u64_at(field(base, 24)?)?, self.u64_at(field(base, 32)?)?))
         } else {
-            Ok((u64::from(self.u32_at(base + 16)?), u64::from(self.u32_at(base + 20)?)))
+            Ok((u64::from(self.u32_at(field(base, 16)?)?), u64::from(self.u32_at(field(base, 20)?)?)))
         }
     }
 
@@ -205,6 +205,12 @@ fn offset(table: u64, index: u64, entsize: u16) -> Result<u64, ElfError> {
         .checked_mul(u64::from(entsize))
         .and_then(|o| o.checked_add(table))
         .ok_or(ElfError::Malformed("table offset overflows"))
+}
+
+/// The offset of a field `delta` bytes into the table entry at `base` (an entry the file
+/// places near the end of the address space must not wrap around).
+fn field(base: u64, delta: u64) -> Result<u64, ElfError> {
+    base.checked_add(delta).ok_or(ElfError::Malformed("field offset overflows"))
 }
 
 /// The `key=value` strings of a kernel module's `.modinfo` section.
