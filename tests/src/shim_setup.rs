@@ -126,13 +126,7 @@ impl Setup {
 
     /// The `ctr t ls` STATUS of task `id`.
     pub fn task_status(&self, id: &str) -> anyhow::Result<String> {
-        let out = self.ctr(&["tasks", "ls"])?;
-        Ok(text(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .unwrap_or("")
-            .to_owned())
+        Ok(status_in_listing(&self.ctr(&["tasks", "ls"])?, id))
     }
 
     /// Kills a detached task, deletes it and its container, and checks nothing of the sandbox
@@ -174,4 +168,14 @@ impl Setup {
             cmdline.contains(&needle).then_some(pid)
         })
     }
+}
+
+/// The STATUS column of task `id` in the output of `ctr tasks ls` (empty if it is not listed).
+pub fn status_in_listing(ls: &Output, id: &str) -> String {
+    text(&ls.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
 }

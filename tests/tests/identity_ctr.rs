@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use wisp_shim::state::{Owner, SandboxKey, OWNER_FILE};
 use wisp_tests::containerd::process_running;
 use wisp_tests::leftovers;
-use wisp_tests::shim_setup::{describe, s, shim_binary, text, Setup, RUNTIME};
+use wisp_tests::shim_setup::{describe, s, shim_binary, status_in_listing, text, Setup, RUNTIME};
 
 /// `ctr` against the test's containerd in namespace `ns`.
 fn ctr(t: &Setup, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
@@ -27,13 +27,7 @@ fn ctr(t: &Setup, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
 
 /// The `ctr t ls` STATUS of task `id` in namespace `ns`.
 fn status(t: &Setup, ns: &str, id: &str) -> anyhow::Result<String> {
-    let out = ctr(t, ns, &["tasks", "ls"])?;
-    Ok(text(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned())
+    Ok(status_in_listing(&ctr(t, ns, &["tasks", "ls"])?, id))
 }
 
 /// Runs a detached `sleep` container `id` in namespace `ns` from bundle `bundle`.
