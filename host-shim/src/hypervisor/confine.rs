@@ -326,14 +326,46 @@ pub fn release_ids(vm_dir: &Path) {
 }
 
 /// Hands `path` to the rootless `ids` by group: `root:<gid>`, mode `mode`.
+///
+/// The VM's directory is writable by that group (sticky), and a rootless helper that a guest
+/// took over could plant `virtiofsd.sock -> /etc/shadow` before virtiofsd makes the socket: only
+/// an entry root made is changed. In the sticky directory the group cannot remove or rename a
+/// root-owned entry, so what was checked is what chown and chmod then reach.
 pub fn share_with_group(path: &Path, ids: RunAs, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() || meta.uid() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not an entry root made (uid {}, symlink: {})",
+                path.display(),
+                meta.uid(),
+                meta.is_symlink()
+            ),
+        ));
+    }
     std::os::unix::fs::chown(path, Some(0), Some(ids.gid))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_planted_symlink_is_not_handed_to_the_rootless_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        fs::write(&target, b"x").unwrap();
+        let planted = dir.path().join("virtiofsd.sock");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let ids = RunAs { uid: ROOTLESS_FIRST_ID, gid: ROOTLESS_FIRST_ID, group: None };
+        let before = fs::metadata(&target).unwrap();
+        assert!(share_with_group(&planted, ids, 0o660).is_err());
+        let after = fs::metadata(&target).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((before.gid(), before.mode()), (after.gid(), after.mode()), "the target is untouched");
+    }
+
     use std::os::unix::process::CommandExt;
     use std::process::Command;
 
