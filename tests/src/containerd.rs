@@ -10,7 +10,8 @@
 //! `-address` argument in `/proc`) and their container processes (SIGTERM, so a wisp shim
 //! cleans up what it made on the host, then SIGKILL after [`STOP_GRACE`]), then containerd
 //! itself (SIGTERM, then SIGKILL after [`STOP_GRACE`]); then it detaches every mount still under
-//! its root or state (overlay snapshots, rootfs binds) and removes the directory.
+//! its root or state (overlay snapshots, rootfs binds), forgets runc's records of its containers
+//! ([`crate::runc_state`]) and removes the directory.
 //!
 //! The CRI plugin is disabled unless [`ContainerdOptions::cri`] asks for it: it opens a
 //! streaming port and looks for CNI. When on, it listens on the same socket, its streaming
@@ -160,6 +161,7 @@ impl Containerd {
                 return Err(ContainerdError::Missing { program });
             }
         }
+        crate::runc_state::forget_stale();
         let dir = tempfile::Builder::new()
             .prefix("wisp-ctd-")
             .tempdir()
@@ -338,6 +340,7 @@ impl Containerd {
         for mount in mounts_under(&[&self.root, &self.state]) {
             let _ = umount2(&mount, MntFlags::MNT_DETACH);
         }
+        crate::runc_state::forget_under(&self.state);
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_owned();
             if dir.close().is_err() {

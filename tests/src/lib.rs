@@ -36,6 +36,8 @@
 //!   plugin, used by the pod tests.
 //! - `loop_snapshotter` (feature `containerd-tests`): a containerd proxy snapshotter whose
 //!   snapshots are ext4 images on loop devices, standing in for devmapper (block-device rootfs).
+//! - [`runc_state`]: forgets runc's records of the containers a private containerd ran, so an
+//!   id can be reused by the next test.
 //! - [`leftovers`]: what a sandbox left under the shim's state root (processes, mounts, files).
 //! - [`floor`]: the boot floor, a busybox `/init` that prints the uptime and powers off, and its
 //!   initrd.
@@ -70,6 +72,7 @@ pub mod leftovers;
 pub mod loop_snapshotter;
 pub mod qemu;
 pub mod rootfs_builder;
+pub mod runc_state;
 pub mod sandbox_vm;
 pub mod shim_setup;
 pub mod timeline;
