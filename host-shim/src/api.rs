@@ -71,6 +71,35 @@ pub enum Request {
     },
 }
 
+/// What a request returns when it works (the `data` of its [`Response`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// [`Request::VolumeStats`]: the agent's usage and condition, as kata-ctl prints them.
+    VolumeStats(Value),
+    /// [`Request::VolumeResize`] done.
+    Resized {
+        /// The volume path.
+        volume: String,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// [`Request::BlockHotPlug`] done.
+    Plugged {
+        /// The VM's device id.
+        id: String,
+        /// Where the guest found it.
+        pci_path: String,
+        /// The node in the container.
+        device_path: String,
+    },
+    /// [`Request::BlockHotUnplug`] done.
+    Unplugged {
+        /// The VM's device id.
+        id: String,
+    },
+}
+
 /// The answer: `error` empty when it worked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -91,6 +120,17 @@ impl Response {
     /// A failure.
     pub fn fail(error: impl Into<String>) -> Self {
         Self { error: error.into(), data: Value::Null }
+    }
+
+    /// The answer to a handled request: its reply, or its error with the cause chain.
+    pub fn of(result: Result<Reply, crate::error::Error>) -> Self {
+        match result {
+            Ok(reply) => match serde_json::to_value(reply) {
+                Ok(data) => Self::ok(data),
+                Err(err) => Self::fail(format!("cannot encode the reply: {err}")),
+            },
+            Err(err) => Self::fail(crate::error_chain(&err)),
+        }
     }
 }
 

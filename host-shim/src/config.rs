@@ -433,6 +433,12 @@ impl Config {
         }
     }
 
+    /// Whether the VM cannot hot-plug, so the container that boots it brings its disks along
+    /// (QEMU's microvm machine).
+    pub fn disks_at_boot(&self) -> bool {
+        self.stratovirt.is_none() && self.qemu.machine_type == MachineType::Microvm
+    }
+
     /// Loads the configuration in the documented order (see the module docs).
     pub fn load() -> Result<Self, ConfigError> {
         let env_path = env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);

@@ -8,6 +8,8 @@
 //! | [`agent_services`] | which of our own services (`wisp.v1.*`) the guest agent offers (Kata's offers none) |
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
+//! | [`container`] | the sandbox core: a container's plan, creation with one rollback, hot-plug (no containerd) |
+//! | [`error`] | the shim's one error type and the ttrpc code of each variant |
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
 //! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
 //! | [`netns`] | commands and a tap inside a network namespace named by path |
@@ -22,6 +24,8 @@ pub mod agent_dial;
 pub mod agent_services;
 pub mod api;
 pub mod config;
+pub mod container;
+pub mod error;
 pub mod gc;
 pub mod hypervisor;
 pub mod io;
@@ -37,13 +41,4 @@ pub mod task;
 pub mod volumes;
 
 /// An error and its causes on one line, for messages that cross a process boundary.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+pub use protocols::error::chain as error_chain;

@@ -36,6 +36,7 @@
 //! | [`csi`] | volume statistics |
 //! | [`convert`] | the agent's protobuf `oci.Spec` <-> the `oci-spec` crate's `Spec` (config.json) |
 //! | [`empty`] | `google.protobuf.Empty`, an alias of the protobuf well-known type |
+//! | [`error`] | an error and its causes on one line, as both ends render them |
 //!
 //! Service traits are async (`#[async_trait]`); every method has a default
 //! body that answers `ttrpc::Code::UNIMPLEMENTED`, so a server only overrides
@@ -134,6 +135,7 @@ generated_module!(
 );
 
 pub mod convert;
+pub mod error;
 pub mod id;
 
 /// `google.protobuf.Empty`.

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::ttrpc::Code;
 use tokio::sync::{watch, Notify};
 
-use super::{error, TtrpcResult};
+use crate::container::UsedVolume;
+use crate::error::Error;
 
 /// The life of one process as containerd sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,19 +101,31 @@ pub(super) struct Container {
     pub(super) execs: HashMap<String, Arc<Proc>>,
     /// Disks plugged for it (QEMU device ids), unplugged when it is deleted.
     pub(super) plugged: Vec<String>,
-    /// Direct volumes it uses: (volume path, guest mount point, device id).
-    pub(super) volumes: Vec<(String, String, String)>,
-    /// Disks hot-plugged while it runs: (device path in the container, mount point, device id).
-    pub(super) hot: Vec<(String, String, String)>,
+    /// Direct volumes it uses.
+    pub(super) volumes: Vec<UsedVolume>,
+    /// Disks hot-plugged while it runs.
+    pub(super) hot: Vec<HotDisk>,
+}
+
+/// A disk hot-plugged into a running container.
+#[derive(Debug, Clone)]
+pub(super) struct HotDisk {
+    /// The node in the container.
+    pub(super) device_path: String,
+    /// Where it is mounted in the container (empty: not mounted).
+    pub(super) mount: String,
+    /// The VM's device id.
+    pub(super) id: String,
 }
 
 impl Container {
-    pub(super) fn process(&self, exec_id: &str) -> TtrpcResult<Arc<Proc>> {
+    pub(super) fn process(&self, exec_id: &str) -> Result<Arc<Proc>, Error> {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        self.execs.get(exec_id).cloned().ok_or_else(|| {
-            error(Code::NOT_FOUND, format!("exec {exec_id:?} of container {:?} not found", self.init.container))
-        })
+        self.execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::ExecNotFound { container: self.init.container.clone(), exec: exec_id.to_owned() })
     }
 }

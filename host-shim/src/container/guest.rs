@@ -1,66 +1,27 @@
-//! The container's spec and rootfs as the guest needs them: containerd's rootfs mounts
-//! mounted on the host when they are not a disk, and a config.json rewritten so its rootfs and
-//! bind-mount sources point into the shared directory.
+//! The container's spec and processes as the guest needs them: a config.json rewritten so its
+//! rootfs and bind-mount sources point into the shared directory, and the agent requests that
+//! carry them, as Kata's runtime builds them.
 
 use std::path::{Path, PathBuf};
 
-use containerd_shim_protos::api;
-use containerd_shim_protos::ttrpc::Code;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use protocols::agent as pb;
 use protocols::convert::to_pb;
 
-use super::{error, namespaces, TtrpcResult};
+use super::namespaces;
+use crate::error::Error;
 use crate::volumes;
-
-/// Mounts containerd's rootfs mounts (a snapshotter's overlay, bind, ...) at `target`.
-pub(super) fn mount_rootfs(mounts: &[api::Mount], target: &Path) -> TtrpcResult<()> {
-    std::fs::create_dir_all(target)
-        .map_err(|err| error(Code::INTERNAL, format!("cannot create {}: {err}", target.display())))?;
-    for (done, m) in mounts.iter().enumerate() {
-        let mut flags = MsFlags::empty();
-        let mut data = Vec::new();
-        for option in &m.options {
-            match option.as_str() {
-                "ro" => flags |= MsFlags::MS_RDONLY,
-                "rw" => {}
-                "bind" => flags |= MsFlags::MS_BIND,
-                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-                "nosuid" => flags |= MsFlags::MS_NOSUID,
-                "nodev" => flags |= MsFlags::MS_NODEV,
-                "noexec" => flags |= MsFlags::MS_NOEXEC,
-                other => data.push(other.to_owned()),
-            }
-        }
-        let data = data.join(",");
-        let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
-        if let Err(errno) =
-            mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
-        {
-            // The mounts so far stack on `target`: take them all down, leave nothing behind.
-            for _ in 0..done {
-                let _ = umount2(target, MntFlags::MNT_DETACH);
-            }
-            return Err(error(
-                Code::INTERNAL,
-                format!("cannot mount {} ({}) at {}: {errno}", m.source, m.type_, target.display()),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// The CreateContainer request for container `cid`, as Kata's runtime sends it: the spec
 /// adapted by [`guest_spec`], its namespaces by Kata's rule ([`namespaces::constrain`]), the
 /// pod's shared pid namespace asked for with `sandbox_pidns`, the container id as its init's
 /// exec id. Devices and storages are the caller's to add.
-pub(super) fn create_request(
+pub fn create_request(
     cid: &str,
     spec: &oci_spec::runtime::Spec,
     bundle: &Path,
     rootfs_guest: String,
-    share: impl FnMut(&str, &Path, bool) -> TtrpcResult<String>,
-) -> TtrpcResult<pb::CreateContainerRequest> {
+    share: impl FnMut(&str, &Path, bool) -> Result<String, Error>,
+) -> Result<pb::CreateContainerRequest, Error> {
     let mut oci = guest_spec(spec, bundle, rootfs_guest, share)?;
     let sandbox_pidns = oci.Linux.as_mut().is_some_and(namespaces::constrain);
     Ok(pb::CreateContainerRequest {
@@ -73,14 +34,14 @@ pub(super) fn create_request(
 }
 
 /// The process of `ctr exec` / `kubectl exec` as ExecProcess carries it.
-pub(super) fn exec_process(spec: &oci_spec::runtime::Process, terminal: bool) -> protocols::oci::Process {
+pub fn exec_process(spec: &oci_spec::runtime::Process, terminal: bool) -> protocols::oci::Process {
     let mut process = to_pb::process(spec);
     process.Terminal = terminal;
     process
 }
 
 /// The ExecProcess request that starts exec `exec_id` of container `cid`.
-pub(super) fn exec_request(cid: &str, exec_id: &str, process: &protocols::oci::Process) -> pb::ExecProcessRequest {
+pub fn exec_request(cid: &str, exec_id: &str, process: &protocols::oci::Process) -> pb::ExecProcessRequest {
     pb::ExecProcessRequest {
         container_id: cid.to_owned(),
         exec_id: exec_id.to_owned(),
@@ -91,12 +52,12 @@ pub(super) fn exec_request(cid: &str, exec_id: &str, process: &protocols::oci::P
 
 /// Adapts a config.json spec for the guest: the rootfs and host bind-mount sources point into
 /// the shared directory, host hooks are dropped. The namespaces are [`create_request`]'s.
-pub(super) fn guest_spec(
+pub fn guest_spec(
     spec: &oci_spec::runtime::Spec,
     bundle: &Path,
     rootfs_guest: String,
-    mut share: impl FnMut(&str, &Path, bool) -> TtrpcResult<String>,
-) -> TtrpcResult<protocols::oci::Spec> {
+    mut share: impl FnMut(&str, &Path, bool) -> Result<String, Error>,
+) -> Result<protocols::oci::Spec, Error> {
     let mut pb_spec = to_pb::spec(spec);
     pb_spec.Root.mut_or_insert_default().Path = rootfs_guest;
     // Host hooks cannot run in the guest; guest hooks come from CreateSandbox.guest_hook_path.
