@@ -212,11 +212,7 @@ impl Sandbox {
         let root = root.to_owned();
         let id = key.id.as_str();
         let log = log.new(slog::o!("sandbox" => id.to_owned(), "namespace" => key.namespace.clone()));
-        // Resolving reads files and may start a KVM probe: keep the task API answering meanwhile.
-        let (resolve_config, resolve_root) = (config.clone(), root.clone());
-        let mut spec = tokio::task::spawn_blocking(move || QemuSpec::resolve(&resolve_config, &resolve_root, false))
-            .await
-            .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))??;
+        let mut spec = resolve_spec(config, &root).await?;
         let mut network = wire_network(config, netns, &mut spec, &log).await?;
         // A previous shim of the same key may have died: its leftovers go first. A live one's
         // directory is refused and left alone.
@@ -235,24 +231,12 @@ impl Sandbox {
         info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
               "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
         let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
-        let mut vm = new_vm(config, spec, &paths, &log);
-        let mut attached = HashMap::new();
-        for (disk, source) in boot_disks {
-            match vm.cold_plug(disk, source) {
-                Ok(plugged) => attached.insert(disk.clone(), plugged),
-                Err(err) => {
-                    cleanup_dir(&dir, &log);
-                    return Err(err.into());
-                }
-            };
-        }
         let started = Instant::now();
-        let addr = match vm.start().await {
-            Ok(addr) => addr,
+        let (mut vm, attached, addr) = match start_vm(new_vm(config, spec, &paths, &log), boot_disks).await {
+            Ok(started) => started,
             Err(err) => {
-                vm.stop().await;
                 cleanup_dir(&dir, &log);
-                return Err(err.into());
+                return Err(err);
             }
         };
         // QEMU holds the tap now: it goes when QEMU does.
@@ -285,24 +269,27 @@ impl Sandbox {
             boot_disks: attached,
             log,
         };
-        let request = CreateSandboxRequest {
-            hostname: String::new(),
-            storages: vec![sandbox.shared_storage()],
-            sandbox_id: id.to_owned(),
-            ..Default::default()
-        };
-        let created = sandbox.agent.agent().create_sandbox(context::with_duration(SETUP_CALL_TIMEOUT), &request).await;
-        if let Err(source) = created {
+        if let Err(err) = sandbox.create_in_guest(network.as_ref()).await {
             sandbox.shutdown().await;
-            return Err(SandboxError::Agent { call: "CreateSandbox", source });
-        }
-        if let Some(network) = &network {
-            if let Err(err) = sandbox.configure_network(network).await {
-                sandbox.shutdown().await;
-                return Err(err);
-            }
+            return Err(err);
         }
         Ok(sandbox)
+    }
+
+    /// CreateSandbox with the shared directory as a storage, then the pod network if any.
+    async fn create_in_guest(&self, network: Option<&PodNetwork>) -> Result<(), SandboxError> {
+        let request = CreateSandboxRequest {
+            hostname: String::new(),
+            storages: vec![self.shared_storage()],
+            sandbox_id: self.id.clone(),
+            ..Default::default()
+        };
+        let created = self.agent.agent().create_sandbox(context::with_duration(SETUP_CALL_TIMEOUT), &request).await;
+        created.map_err(|source| SandboxError::Agent { call: "CreateSandbox", source })?;
+        match network {
+            Some(network) => self.configure_network(network).await,
+            None => Ok(()),
+        }
     }
 
     /// Gives the guest NIC the pod interface's addresses and MTU, then its routes.
@@ -478,6 +465,34 @@ async fn channel_stalled(vm: &dyn Hypervisor, signs: &DialSigns) -> Duration {
         }
         if let Some(silent) = stalled_for(signs.last_answer(), hinted) {
             return silent;
+        }
+    }
+}
+
+/// The VM `config` asks for, resolved against the host off the async threads: resolving reads
+/// files and may start a KVM probe, and the task API keeps answering meanwhile.
+async fn resolve_spec(config: &Config, root: &Path) -> Result<QemuSpec, SandboxError> {
+    let (config, root) = (config.clone(), root.to_owned());
+    let resolved = tokio::task::spawn_blocking(move || QemuSpec::resolve(&config, &root, false))
+        .await
+        .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))?;
+    Ok(resolved?)
+}
+
+/// Attaches `boot_disks` to `vm` and starts it; a VM that failed to start is stopped again.
+async fn start_vm(
+    mut vm: Box<dyn Hypervisor>,
+    boot_disks: &[(String, BlockSource)],
+) -> Result<(Box<dyn Hypervisor>, HashMap<String, Plugged>, AgentAddr), SandboxError> {
+    let mut attached = HashMap::new();
+    for (disk, source) in boot_disks {
+        attached.insert(disk.clone(), vm.cold_plug(disk, source)?);
+    }
+    match vm.start().await {
+        Ok(addr) => Ok((vm, attached, addr)),
+        Err(err) => {
+            vm.stop().await;
+            Err(err.into())
         }
     }
 }

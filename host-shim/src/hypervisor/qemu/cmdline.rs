@@ -106,6 +106,16 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
     push(&["-append", &kernel_cmdline(spec)]);
 
     let suffix = virtio_suffix(spec.machine);
+    args.extend(channel_args(spec, paths, suffix));
+    args.extend(device_args(spec, paths, suffix));
+    args.extend(spec.extra_args.iter().cloned());
+    args
+}
+
+/// The agent channel's devices.
+fn channel_args(spec: &QemuSpec, paths: &VmPaths, suffix: &str) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
     match spec.channel {
         None => {}
         Some(AgentChannel::VhostVsock { cid }) => {
@@ -132,6 +142,13 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
             &format!("virtserialport,chardev=ch0,name={SERIAL_PORT_NAME}"),
         ]),
     }
+    args
+}
+
+/// The shared file system, the pod's NIC and q35's hot-plug root ports.
+fn device_args(spec: &QemuSpec, paths: &VmPaths, suffix: &str) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
     match spec.shared_fs {
         None => {}
         Some(SharedFs::VirtioFs) => push(&[
@@ -160,7 +177,6 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
             push(&["-device", &format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}")]);
         }
     }
-    args.extend(spec.extra_args.iter().cloned());
     args
 }
 
