@@ -6,17 +6,17 @@
 //! [`Hypervisor::stop`] ends them all. The shim talks to the agent, never to the VMM, for
 //! everything else.
 //!
-//! Backends: [`qemu`] (`qemu/{config,cmdline,qmp,lifecycle}.rs`) and [`stratovirt`] (its
-//! microvm/standard argv, QMP through the QEMU client, a lifecycle). A backend
-//! fits the seam with its own `config.rs` (from `[hypervisor.<name>]`), `cmdline.rs`
-//! (its machine syntax), its QMP, and a lifecycle that hands back an
-//! [`AgentAddr`].
+//! Backends: [`qemu`] (`qemu/{config,cmdline,hotplug,lifecycle}.rs`) and [`stratovirt`] (its
+//! microvm/standard argv, a lifecycle). Both speak QMP through the one client in [`qmp`]. A
+//! backend fits the seam with its own `config.rs` (from `[hypervisor.<name>]`), `cmdline.rs`
+//! (its machine syntax), and a lifecycle that hands back an [`AgentAddr`].
 
 pub mod cgroup;
 pub mod confine;
 pub mod console;
 pub mod process;
 pub mod qemu;
+pub mod qmp;
 pub mod stratovirt;
 pub mod vhost_vsock;
 
@@ -225,7 +225,7 @@ pub enum HypervisorError {
     Confine(String),
     /// QMP failed.
     #[error("QMP")]
-    Qmp(#[from] qemu::qmp::QmpError),
+    Qmp(#[from] qmp::QmpError),
 }
 
 /// What backs a disk plugged into a running VM.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::qmp::Qmp;
 use crate::config::MachineType;
+use crate::hypervisor::qmp::{Qmp, QmpError};
 use crate::hypervisor::{BlockSource, HypervisorError, Plugged};
 
 /// How long an unplug may take before the backend is left to QEMU's exit.
@@ -200,10 +200,8 @@ pub async fn unplug(qmp: &mut Qmp, id: &str, record: &PlugRecord) -> Result<(), 
         loop {
             match qmp.execute(command, Some(args.clone())).await {
                 Ok(_) => break,
-                Err(err @ super::qmp::QmpError::Command { .. }) if start.elapsed() >= UNPLUG_TIMEOUT => {
-                    return Err(err.into())
-                }
-                Err(super::qmp::QmpError::Command { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(err @ QmpError::Command { .. }) if start.elapsed() >= UNPLUG_TIMEOUT => return Err(err.into()),
+                Err(QmpError::Command { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(err) => return Err(err.into()),
             }
         }

@@ -26,7 +26,6 @@ use tokio::sync::watch;
 
 use super::cmdline;
 use super::hotplug::{self, PlugRecord};
-use super::qmp::Qmp;
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
 use crate::config::MachineType;
@@ -34,6 +33,7 @@ use crate::hypervisor::cgroup::{self, SandboxCgroup};
 use crate::hypervisor::confine::{self, Confinement, RunAs};
 use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
+use crate::hypervisor::qmp::Qmp;
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
 

@@ -4,7 +4,6 @@
 //!   agent channel, shared filesystem, binaries);
 //! - [`cmdline`]: the exact argv of QEMU and of its helpers, a pure function of a spec;
 //! - [`hotplug`]: disks and VFIO functions plugged into a running VM over QMP;
-//! - [`qmp`]: a QMP client (capabilities, execute, quit), kept for hot-plug;
 //! - [`lifecycle`]: [`Qemu`], the [`Hypervisor`](super::Hypervisor) that spawns, watches and
 //!   stops QEMU, vhost-device-vsock and virtiofsd.
 
@@ -12,7 +11,6 @@ pub mod cmdline;
 pub mod config;
 pub mod hotplug;
 pub mod lifecycle;
-pub mod qmp;
 
 pub use config::QemuSpec;
 pub use lifecycle::Qemu;

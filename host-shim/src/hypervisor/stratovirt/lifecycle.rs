@@ -25,7 +25,7 @@ use crate::hypervisor::confine::Confinement;
 use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
-use crate::hypervisor::qemu::qmp::Qmp;
+use crate::hypervisor::qmp::Qmp;
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE};
 use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
 
