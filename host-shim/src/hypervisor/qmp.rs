@@ -137,15 +137,16 @@ impl Qmp {
     }
 }
 
+/// A scripted QEMU on the QMP socket, for the tests of what speaks QMP.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
+    use serde_json::Value;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
-
-    use super::*;
 
     /// A fake QEMU: greets, then answers each request line with the next scripted reply lines,
     /// and records what it received.
-    async fn fake_qemu(listener: UnixListener, script: Vec<Vec<&'static str>>) -> Vec<Value> {
+    pub(crate) async fn fake_qemu(listener: UnixListener, script: Vec<Vec<&'static str>>) -> Vec<Value> {
         let (stream, _) = listener.accept().await.unwrap();
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
@@ -163,6 +164,14 @@ mod tests {
         }
         seen
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::UnixListener;
+
+    use super::fake::fake_qemu;
+    use super::*;
 
     #[tokio::test]
     async fn dialogue_capabilities_execute_error_quit() {

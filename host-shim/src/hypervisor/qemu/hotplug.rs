@@ -170,13 +170,24 @@ pub async fn plug(
         }
         done.push(command);
     }
+    match pci_path(qmp, id, port.as_deref()).await {
+        Ok(pci_path) => Ok((Plugged { id: id.to_owned(), pci_path }, record)),
+        Err(err) => {
+            // Plugged but not found where the guest would look: take it out again.
+            let _ = unplug(qmp, id, &record).await;
+            Err(err)
+        }
+    }
+}
+
+/// Kata's PCI path of device `id` plugged onto root port `port` (q35), or onto the root bus.
+async fn pci_path(qmp: &mut Qmp, id: &str, port: Option<&str>) -> Result<String, HypervisorError> {
     let pci = qmp.execute("query-pci", None).await?;
-    let slot_of = port.as_deref().unwrap_or(id);
+    let slot_of = port.unwrap_or(id);
     let slot = root_slot(&pci, slot_of).ok_or_else(|| {
         HypervisorError::Unsupported(format!("{slot_of} is not on the root PCI bus after plugging {id}"))
     })?;
-    let pci_path = if port.is_some() { format!("{slot:02x}/00") } else { format!("{slot:02x}") };
-    Ok((Plugged { id: id.to_owned(), pci_path }, record))
+    Ok(if port.is_some() { format!("{slot:02x}/00") } else { format!("{slot:02x}") })
 }
 
 /// Unplugs `id` (`device_del`), waits until the guest let go of it, then frees its backend.
@@ -212,6 +223,10 @@ pub async fn unplug(qmp: &mut Qmp, id: &str, record: &PlugRecord) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use tokio::net::UnixListener;
+
+    use crate::hypervisor::qmp::fake::fake_qemu;
 
     use super::*;
 
@@ -288,5 +303,47 @@ mod tests {
         let err = refuse(MachineType::Microvm).unwrap().to_string();
         assert!(err.contains("microvm machines cannot hot-plug"), "{err}");
         assert!(refuse(MachineType::Q35).is_none() && refuse(MachineType::Pc).is_none());
+    }
+
+    const OK: &str = r#"{"return": {}}"#;
+
+    /// Plugs a file-backed disk on pc into a scripted QEMU; returns the result and the commands
+    /// QEMU received.
+    async fn plug_into_fake(
+        script: Vec<Vec<&'static str>>,
+    ) -> (Result<(Plugged, PlugRecord), HypervisorError>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let qemu = tokio::spawn(fake_qemu(listener, script));
+        let mut qmp = Qmp::connect(&socket).await.unwrap();
+        let source = BlockSource::File { path: image, read_only: false };
+        let plugged = plug(&mut qmp, MachineType::Pc, 0, &[], "wisp-blk0", &source).await;
+        drop(qmp);
+        let seen = qemu.await.unwrap();
+        (plugged, seen.iter().map(|v| v["execute"].as_str().unwrap_or_default().to_owned()).collect())
+    }
+
+    #[tokio::test]
+    async fn a_device_refused_after_blockdev_add_leaves_no_backend() {
+        let refused = r#"{"error": {"class": "GenericError", "desc": "Bus 'pci.0' is full"}}"#;
+        let script = vec![vec![OK], vec![OK], vec![refused], vec![OK]];
+        let (plugged, seen) = plug_into_fake(script).await;
+        assert!(matches!(plugged, Err(HypervisorError::Qmp(_))), "{plugged:?}");
+        assert_eq!(seen, ["qmp_capabilities", "blockdev-add", "device_add", "blockdev-del"]);
+    }
+
+    #[tokio::test]
+    async fn a_device_missing_from_the_bus_after_plugging_is_unplugged_again() {
+        let empty_bus = r#"{"return": [{"bus": 0, "devices": []}]}"#;
+        let script = vec![vec![OK], vec![OK], vec![OK], vec![empty_bus], vec![OK], vec![empty_bus], vec![OK]];
+        let (plugged, seen) = plug_into_fake(script).await;
+        assert!(matches!(plugged, Err(HypervisorError::Unsupported(_))), "{plugged:?}");
+        assert_eq!(
+            seen,
+            ["qmp_capabilities", "blockdev-add", "device_add", "query-pci", "device_del", "query-pci", "blockdev-del"]
+        );
     }
 }
