@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 
 /// The environment variable that overrides the choice.
-pub const ACCEL_ENV: &str = "WISP_ACCEL";
+pub use crate::env::ACCEL_ENV;
 /// How long the KVM probe guest gets to print its first kernel line.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the probe waits for on the console.
@@ -99,7 +99,7 @@ pub struct Decision {
 
 /// [`ACCEL_ENV`] if it is set and not empty.
 pub fn from_env() -> Option<Result<Accel, AccelError>> {
-    env::var(ACCEL_ENV).ok().filter(|v| !v.is_empty()).map(|v| v.parse())
+    crate::env::text(ACCEL_ENV).map(|v| v.parse())
 }
 
 /// Decides KVM or TCG for `qemu`, probing with `kernel` (a bzImage) and caching the answer for

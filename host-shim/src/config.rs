@@ -73,7 +73,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The environment variable naming the configuration file.
-pub const CONFIG_ENV: &str = "WISP_CONFIG";
+pub use crate::env::CONFIG_ENV;
 /// The administrator's configuration file.
 pub const ETC_CONFIG: &str = "/etc/wisp/configuration.toml";
 /// The distribution's configuration file.
@@ -441,7 +441,7 @@ impl Config {
 
     /// Loads the configuration in the documented order (see the module docs).
     pub fn load() -> Result<Self, ConfigError> {
-        let env_path = env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env_path = crate::env::path(CONFIG_ENV);
         Self::load_from(env_path.as_deref(), &[Path::new(ETC_CONFIG), Path::new(DEFAULTS_CONFIG)])
     }
 

@@ -9,6 +9,7 @@
 //! | [`accel`] | KVM or TCG, decided by a probe guest (shared with the test harness) |
 //! | [`config`] | the TOML configuration in Kata's vocabulary and its lookup order |
 //! | [`container`] | the sandbox core: a container's plan, creation with one rollback, hot-plug (no containerd) |
+//! | [`env`] | the environment variables that override the configuration, read in one place |
 //! | [`error`] | the shim's one error type and the ttrpc code of each variant |
 //! | [`hypervisor`] | the VMM seam and its QEMU backend (argv, QMP, hot-plug, process lifecycle) |
 //! | [`volumes`] | block storage of a container: the vhost-user store and Kata's direct volumes |
@@ -25,6 +26,7 @@ pub mod agent_services;
 pub mod api;
 pub mod config;
 pub mod container;
+pub mod env;
 pub mod error;
 pub mod gc;
 pub mod hypervisor;

@@ -57,7 +57,7 @@ fn new_vm(config: &Config, spec: QemuSpec, paths: &VmPaths, log: &Logger) -> Box
 }
 
 /// The environment variable naming the state root.
-pub const STATE_DIR_ENV: &str = "WISP_STATE_DIR";
+pub use crate::env::STATE_DIR_ENV;
 /// The state root without [`STATE_DIR_ENV`].
 pub const DEFAULT_STATE_DIR: &str = "/run/wisp";
 /// Where the guest mounts the shared directory (Kata's path).
@@ -157,9 +157,7 @@ pub fn describe_ttrpc(err: &protocols::ttrpc::Error) -> String {
 
 /// The state root: `$WISP_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
 pub fn state_root() -> PathBuf {
-    std::env::var_os(STATE_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
+    crate::env::path(STATE_DIR_ENV).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// The state directory of sandbox `key` under `root` (named as [`crate::state`] says).

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::hypervisor::BlockSource;
 
 /// The environment variable naming the root.
-pub const ROOT_ENV: &str = "WISP_DIRECT_VOLUMES_DIR";
+pub use crate::env::DIRECT_VOLUMES_ENV as ROOT_ENV;
 /// The file in each volume's directory.
 pub const MOUNT_INFO: &str = "mountInfo.json";
 /// The mount types `ctr run --mount type=...` uses for direct volumes.
@@ -102,9 +102,7 @@ pub struct MountInfo {
 
 /// The root directory for `config`.
 pub fn root(config: &Config) -> PathBuf {
-    std::env::var_os(ROOT_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| config.runtime.direct_volumes_dir.clone(), PathBuf::from)
+    crate::env::path(ROOT_ENV).unwrap_or_else(|| config.runtime.direct_volumes_dir.clone())
 }
 
 /// Base64 with the URL-safe alphabet and `=` padding (Go's `base64.URLEncoding`).

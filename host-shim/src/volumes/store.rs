@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 
 /// The environment variable naming the store directory.
-pub const STORE_ENV: &str = "WISP_VHOST_USER_STORE";
+pub use crate::env::VHOST_USER_STORE_ENV as STORE_ENV;
 /// Kata's major number for vhost-user-blk devices.
 pub const VHOST_USER_BLK_MAJOR: i64 = 241;
 /// Kata's major number for vhost-user-scsi devices.
@@ -64,9 +64,7 @@ pub enum StoreError {
 
 /// The store directory for `config`.
 pub fn store_dir(config: &Config) -> PathBuf {
-    std::env::var_os(STORE_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| config.qemu.vhost_user_store_path.clone(), PathBuf::from)
+    crate::env::path(STORE_ENV).unwrap_or_else(|| config.qemu.vhost_user_store_path.clone())
 }
 
 /// Whether `(type, major)` names a vhost-user device of the store.
