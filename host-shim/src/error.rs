@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use containerd_shim_protos::ttrpc::{self as shim_ttrpc, Code};
+use protocols::ttrpc::{self, Code};
 
 use crate::agent_services::ServiceError;
 use crate::hypervisor::HypervisorError;
@@ -215,9 +215,9 @@ pub enum Error {
 
 impl Error {
     /// An agent RPC's failure, its status code kept.
-    pub fn agent(call: &'static str, id: &str, err: &protocols::ttrpc::Error) -> Self {
+    pub fn agent(call: &'static str, id: &str, err: &ttrpc::Error) -> Self {
         let (code, detail) = match err {
-            protocols::ttrpc::Error::RpcStatus(status) => (status.code(), status.message.clone()),
+            ttrpc::Error::RpcStatus(status) => (status.code(), status.message.clone()),
             other => (Code::UNAVAILABLE, describe_ttrpc(other)),
         };
         Self::Agent { call, id: id.to_owned(), code, detail }
@@ -257,9 +257,10 @@ impl Error {
     }
 }
 
-impl From<Error> for shim_ttrpc::Error {
+/// The status a ttrpc front end answers with (the containerd task API's ttrpc is the same crate).
+impl From<Error> for ttrpc::Error {
     fn from(err: Error) -> Self {
-        shim_ttrpc::Error::RpcStatus(shim_ttrpc::get_status(err.code(), protocols::error::chain(&err)))
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), protocols::error::chain(&err)))
     }
 }
 
@@ -268,18 +269,15 @@ mod tests {
     use super::*;
 
     fn status(err: Error) -> (Code, String) {
-        match shim_ttrpc::Error::from(err) {
-            shim_ttrpc::Error::RpcStatus(status) => (status.code(), status.message),
+        match ttrpc::Error::from(err) {
+            ttrpc::Error::RpcStatus(status) => (status.code(), status.message),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn agent_status_codes_survive() {
-        let err = protocols::ttrpc::Error::RpcStatus(protocols::ttrpc::get_status(
-            protocols::ttrpc::Code::NOT_FOUND,
-            "no such container",
-        ));
+        let err = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no such container"));
         let (code, message) = status(Error::agent("StartContainer", "c1", &err));
         assert_eq!(code, Code::NOT_FOUND);
         assert_eq!(message, "agent StartContainer of \"c1\": no such container");
@@ -287,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_lost_agent_is_unavailable() {
-        let err = protocols::ttrpc::Error::LocalClosed;
+        let err = ttrpc::Error::LocalClosed;
         let (code, message) = status(Error::agent("WaitProcess", "c1", &err));
         assert_eq!(code, Code::UNAVAILABLE);
         assert!(message.starts_with("agent WaitProcess of \"c1\": "), "{message}");
