@@ -27,7 +27,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-clou
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
   cpio containerd runc containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
 
-.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot fmt clippy lint clean
+.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot load fmt clippy lint clean
 
 all: agent tools kernel initrd ## Build every binary (release), the guest kernel and the initrds
 
@@ -81,8 +81,8 @@ test-containerd: tools ## ctr tests against a private containerd (root; runc bun
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, a short load (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test load_ctr -- --test-threads=1
 
 # Fuzzing (docs/testing.md): AFL++ through cargo-afl on stable Rust, one target at a time on
 # one core. The instrumented build has a target dir of its own (its RUSTFLAGS differ) and no
@@ -127,6 +127,11 @@ uninstall: ## Remove what `make install` put in $(PREFIX)
 bench bench-boot: deps all ## Boot-time, size and container benchmarks: tables, target/bench/boot.{json,svg}
 	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 	$(TARGET_DIR)/release/wisp-bench-containers
+
+LOAD_AT_ONCE ?= 20
+LOAD_CYCLES ?= 200
+load: all ## The full load: LOAD_AT_ONCE (20) sandboxes at once, LOAD_CYCLES (200) ctr run cycles; leak counts and timings
+	WISP_LOAD_AT_ONCE=$(LOAD_AT_ONCE) WISP_LOAD_CYCLES=$(LOAD_CYCLES) cargo test -p wisp-tests --features containerd-tests,vm-tests --test load_ctr -- --test-threads=1 --nocapture
 
 fmt: ## Format the code
 	cargo fmt --all
