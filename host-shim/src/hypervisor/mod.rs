@@ -15,6 +15,7 @@
 pub mod cgroup;
 pub mod confine;
 pub mod console;
+pub mod helper_watch;
 pub mod process;
 pub mod qemu;
 pub mod stratovirt;
