@@ -145,6 +145,9 @@ pub struct Containerd {
     root: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    config: PathBuf,
+    /// The `PATH` containerd runs with (the shim directories first).
+    path: OsString,
     dir: Option<TempDir>,
 }
 
@@ -184,32 +187,70 @@ impl Containerd {
                 .and_then(|()| fs::write(&conflist, &cni.conflist))
                 .map_err(|source| ContainerdError::Create { path: conflist, source })?;
         }
-        let log_file = File::create(&log).map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
-        let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
-
         let mut path = options.shim_dirs.clone();
         path.extend(env::var_os("PATH").iter().flat_map(env::split_paths));
         let path = env::join_paths(path).unwrap_or_else(|_| env::var_os("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| ContainerdError::Spawn { program: "containerd".into(), source })?;
         let mut containerd = Self {
-            child: Some(child),
+            child: None,
             address,
             namespace: options.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
             root,
             state,
             log,
+            config,
+            path,
             dir: Some(dir),
         };
+        containerd.spawn_daemon()?;
         containerd.wait_ready()?;
         Ok(containerd)
+    }
+
+    /// Starts the containerd process on this directory (its log appended to).
+    fn spawn_daemon(&mut self) -> Result<(), ContainerdError> {
+        let log = &self.log;
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
+        let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", &self.path)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| ContainerdError::Spawn { program: "containerd".into(), source })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the containerd process alone (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and
+    /// starts it again on the same directory: its shims and their containers run on, as when
+    /// an operator restarts containerd.
+    pub fn restart(&mut self) -> Result<(), ContainerdError> {
+        self.stop_daemon();
+        self.spawn_daemon()?;
+        self.wait_ready()
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < STOP_GRACE {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                thread::sleep(POLL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn wait_ready(&mut self) -> Result<(), ContainerdError> {
@@ -320,19 +361,7 @@ impl Containerd {
             }
             thread::sleep(POLL);
         }
-        if let Some(mut child) = self.child.take() {
-            let pid = Pid::from_raw(child.id() as i32);
-            let _ = kill(pid, Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < STOP_GRACE {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                thread::sleep(POLL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_daemon();
         // Shims may have been forked while containerd was stopping.
         for pid in self.shim_processes() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);

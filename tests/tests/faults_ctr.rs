@@ -221,3 +221,81 @@ fn a_missing_virtiofsd_fails_create_clearly_and_leaves_nothing() -> anyhow::Resu
     ensure!(left.is_empty(), "a failed Create left: {left:#?}");
     Ok(())
 }
+
+#[test]
+fn containerd_restarted_under_three_sandboxes_leaves_them_running_and_manageable() -> anyhow::Result<()> {
+    let mut t = Setup::new()?;
+    let config = t.bundle("sleeper", &["sleep", "3600"])?;
+    let ids = ["keep-0", "keep-1", "keep-2"];
+    for id in ids {
+        run_detached(&t, &config, id)?;
+    }
+    t.ctd.restart().map_err(|err| anyhow::anyhow!("restarting containerd: {err}"))?;
+    for (n, id) in ids.iter().enumerate() {
+        ensure!(t.task_status(id)? == "RUNNING", "{id} after the restart: {:?}", t.task_status(id)?);
+        let out = t.ctr(&["tasks", "exec", "--exec-id", &format!("after-{n}"), id, "echo", "reattached"])?;
+        ensure!(text(&out.stdout).trim() == "reattached", "exec in {id} after the restart: {}", describe(&out));
+    }
+    for id in ids {
+        t.kill_and_delete(id).or_else(|err| {
+            // kill_and_delete checks the whole state root: the others may still run.
+            let left = traces(&t, id);
+            if left.is_empty() && t.task_status(id)?.is_empty() {
+                Ok(())
+            } else {
+                Err(err.context(format!("{id}: {left:#?}")))
+            }
+        })?;
+    }
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    ensure!(left.is_empty(), "after deleting every sandbox: {left:#?}");
+    Ok(())
+}
+
+/// A small tmpfs mounted over the shim's state root, unmounted when dropped.
+struct FullStateRoot(PathBuf);
+
+impl FullStateRoot {
+    fn mount(state: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            state,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=256k,mode=0711"),
+        )?;
+        let mounted = Self(state.to_owned());
+        // Fill it: every later write there fails with ENOSPC.
+        let mut filler = std::fs::File::create(state.join("filler"))?;
+        let chunk = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        Ok(mounted)
+    }
+}
+
+impl Drop for FullStateRoot {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_state_root_fails_create_clearly_and_leaves_nothing() -> anyhow::Result<()> {
+    let t = Setup::new()?;
+    let config = t.bundle("echo", &["echo", "never"])?;
+    let full = FullStateRoot::mount(&t.state())?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "no-space"])?;
+    ensure!(!out.status.success(), "ran with a full state root: {}", describe(&out));
+    let why = text(&out.stderr);
+    ensure!(why.contains("No space left on device"), "the error says the disk is full: {}", describe(&out));
+    println!("fault: a full state root at Create: {}", why.trim());
+    // The test's own tmpfs and filler are not the shim's.
+    let own_mount = format!(" {} ", t.state().display());
+    let left: Vec<String> = leftovers::wait_until_empty(Duration::from_secs(10), || {
+        t.leftovers().into_iter().filter(|l| !l.ends_with("/filler") && !l.contains(&own_mount)).collect()
+    });
+    ensure!(left.is_empty(), "a Create on a full disk left: {left:#?}");
+    drop(full);
+    Ok(())
+}
