@@ -171,9 +171,12 @@ impl Qemu {
                 let _ = child.wait().await;
                 return Err(HypervisorError::HelperNotReady {
                     helper: format!("{name} ({})", program.display()),
+                    exited: exited.map(|status| format!(": it exited ({status})")).unwrap_or_default(),
                     socket,
                     waited_ms: start.elapsed().as_millis(),
-                    log: tail(&self.paths.helper_log(name), 5),
+                    log: Some(tail(&self.paths.helper_log(name), 5))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "(nothing)".into()),
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
