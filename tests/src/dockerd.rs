@@ -9,9 +9,11 @@
 //! own in there (`exec/containerd/containerd.sock`), whose containerd-shim-runc-v2 keeps the
 //! runtimes' state under `exec/runtime-*`.
 //!
-//! What it leaves alone on the host: no default bridge, iptables rules, ip_forward or
-//! masquerading (`--bridge=none --iptables=false --ip-forward=false ...`: containers get a
-//! loopback only, unless a test adds flags of its own with [`DockerdOptions::args`]); no trust
+//! What it leaves alone on the host: no `docker0`, iptables rules, ip_forward or masquerading
+//! (`--iptables=false --ip-forward=false ...`); containers get a loopback only
+//! (`--bridge=none`) unless [`DockerdOptions::bridge`] asks for a network: then the harness makes
+//! a bridge of its own (`wd-XXXXXX`, the host address given) and dockerd attaches containers
+//! to it (`--bridge=NAME`), so a container reaches the host at that address; no trust
 //! key written to `/etc/docker` (`deprecated-key-path` in a `--config-file` of its own, so
 //! `/etc/docker/daemon.json` is not read either); container cgroups under a parent of its own
 //! (`--cgroup-parent /wisp-dockerd-XXXXXX`, cgroupfs driver).
@@ -22,7 +24,7 @@
 //! until none is left: every process whose argv names the directory (dockerd, containerd, the
 //! shims, runc) with its descendants, and every process in the cgroup parent (a container whose
 //! shim died). Then it detaches every mount under the directory (overlay2 layers, netns files,
-//! the data root's private bind), removes the cgroup parent in every hierarchy, the sockets
+//! the data root's private bind), removes the bridge, the cgroup parent in every hierarchy, the sockets
 //! that containerd keeps in `/run/containerd/s` for the shims killed, `/run/docker/plugins`
 //! (dockerd makes it whatever its exec root) when it was not there before, and the directory.
 //!
@@ -83,6 +85,16 @@ pub enum DockerdError {
         #[source]
         source: io::Error,
     },
+    /// The bridge could not be made.
+    #[error("cannot make bridge {name} with address {address}: {output}")]
+    Bridge {
+        /// The bridge.
+        name: String,
+        /// Its address.
+        address: String,
+        /// What `ip` said.
+        output: String,
+    },
     /// dockerd could not be started.
     #[error("cannot start {}", program.display())]
     Spawn {
@@ -123,6 +135,10 @@ pub struct DockerdOptions {
     pub runtimes: Vec<(String, PathBuf)>,
     /// `--default-runtime NAME`; runc when `None`.
     pub default_runtime: Option<String>,
+    /// A network for the containers: the host's address on a bridge the harness makes, with
+    /// its prefix (e.g. `10.213.7.1/24`); dockerd gives containers addresses in that subnet.
+    /// `None`: no network but the loopback (`--bridge=none`).
+    pub bridge: Option<String>,
     /// More dockerd arguments, after the harness's own (for a flag given twice the later wins,
     /// e.g. `--bridge=NAME` for a bridge the test made).
     pub args: Vec<OsString>,
@@ -140,6 +156,8 @@ pub struct Dockerd {
     server_version: String,
     /// `/run/docker` and `/run/docker/plugins` that were not there before the start.
     made_run_dirs: Vec<PathBuf>,
+    /// The bridge the harness made, if any.
+    bridge: Option<String>,
     dir: Option<TempDir>,
 }
 
@@ -183,16 +201,10 @@ impl Dockerd {
         let log_err = log_file.try_clone().map_err(|source| DockerdError::Create { path: log.clone(), source })?;
         let made_run_dirs =
             [RUN_DOCKER, "/run/docker/plugins"].iter().map(PathBuf::from).filter(|p| !p.exists()).collect();
-
-        let child = Command::new(&dockerd)
-            .args(dockerd_args(&base, &cgroup_parent, &options))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| DockerdError::Spawn { program: dockerd.clone(), source })?;
-        let mut dockerd = Self {
-            child: Some(child),
+        let suffix = cgroup_parent.rsplit('-').next().unwrap_or_default().to_owned();
+        // From here on, dropping `this` on an error undoes what was made.
+        let mut this = Self {
+            child: None,
             docker,
             socket: base.join("docker.sock"),
             base,
@@ -200,10 +212,29 @@ impl Dockerd {
             cgroup_parent,
             server_version: String::new(),
             made_run_dirs,
+            bridge: None,
             dir: Some(dir),
         };
-        dockerd.wait_ready()?;
-        Ok(dockerd)
+        if let Some(address) = &options.bridge {
+            let name = format!("wd-{suffix}");
+            this.bridge = Some(name.clone());
+            make_bridge(&name, address)?;
+        }
+        let child = Command::new(&dockerd)
+            .args(dockerd_args(&this.base, &this.cgroup_parent, this.bridge.as_deref(), &options))
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| DockerdError::Spawn { program: dockerd.clone(), source })?;
+        this.child = Some(child);
+        this.wait_ready()?;
+        Ok(this)
+    }
+
+    /// The bridge containers are attached to, when [`DockerdOptions::bridge`] asked for one.
+    pub fn bridge(&self) -> Option<&str> {
+        self.bridge.as_deref()
     }
 
     fn wait_ready(&mut self) -> Result<(), DockerdError> {
@@ -363,6 +394,9 @@ impl Dockerd {
             }
             thread::sleep(POLL);
         }
+        if let Some(bridge) = self.bridge.take() {
+            let _ = Command::new("ip").args(["link", "del", &bridge]).stderr(Stdio::null()).status();
+        }
         // Shims that were killed could not remove their sockets; a name is this daemon's
         // alone (its address is in the hash).
         for socket in sockets {
@@ -387,9 +421,28 @@ impl Drop for Dockerd {
     }
 }
 
-/// dockerd's arguments: everything inside `base`, no host networking changes, cgroups under
-/// `cgroup_parent`, then the options' runtimes and extra arguments.
-fn dockerd_args(base: &Path, cgroup_parent: &str, options: &DockerdOptions) -> Vec<OsString> {
+/// Makes the bridge `name` with the host address `address` (`A.B.C.D/N`), up.
+fn make_bridge(name: &str, address: &str) -> Result<(), DockerdError> {
+    let steps: [&[&str]; 3] = [
+        &["link", "add", name, "type", "bridge"],
+        &["addr", "add", address, "dev", name],
+        &["link", "set", name, "up"],
+    ];
+    for args in steps {
+        let failed =
+            |output: String| DockerdError::Bridge { name: name.to_owned(), address: address.to_owned(), output };
+        let out = Command::new("ip").args(args).output().map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// dockerd's arguments: everything inside `base`, no host networking changes, containers on
+/// `bridge` (none: loopback only), cgroups under `cgroup_parent`, then the options' runtimes
+/// and extra arguments.
+fn dockerd_args(base: &Path, cgroup_parent: &str, bridge: Option<&str>, options: &DockerdOptions) -> Vec<OsString> {
     let path = |flag: &str, name: &str| {
         let mut arg = OsString::from(format!("--{flag}="));
         arg.push(base.join(name));
@@ -407,7 +460,7 @@ fn dockerd_args(base: &Path, cgroup_parent: &str, options: &DockerdOptions) -> V
         },
         format!("--cgroup-parent={cgroup_parent}").into(),
         "--exec-opt=native.cgroupdriver=cgroupfs".into(),
-        "--bridge=none".into(),
+        format!("--bridge={}", bridge.unwrap_or("none")).into(),
         "--iptables=false".into(),
         "--ip6tables=false".into(),
         "--ip-forward=false".into(),
@@ -492,7 +545,7 @@ mod tests {
     #[test]
     fn every_path_is_inside_the_directory_and_the_host_network_is_left_alone() {
         let base = Path::new("/tmp/wisp-dockerd-x");
-        let args = dockerd_args(base, "/wisp-dockerd-x", &DockerdOptions::default());
+        let args = dockerd_args(base, "/wisp-dockerd-x", None, &DockerdOptions::default());
         let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         for flag in ["--config-file=", "--data-root=", "--exec-root=", "--pidfile="] {
             let arg = args.iter().find(|a| a.starts_with(flag)).unwrap_or_else(|| panic!("{flag} missing: {args:?}"));
@@ -517,13 +570,16 @@ mod tests {
         let options = DockerdOptions {
             runtimes: vec![("wisp".into(), "/opt/wisp/bin/wisp-runtime".into())],
             default_runtime: Some("wisp".into()),
-            args: vec!["--bridge=wbr0".into()],
+            args: vec!["--ipv6".into()],
+            ..DockerdOptions::default()
         };
-        let args = dockerd_args(Path::new("/tmp/d"), "/d", &options);
+        let args = dockerd_args(Path::new("/tmp/d"), "/d", Some("wd-abc"), &options);
+        assert!(args.iter().any(|a| a == "--bridge=wd-abc"), "{args:?}");
+        assert!(!args.iter().any(|a| a == "--bridge=none"), "{args:?}");
         let n = args.len();
         assert_eq!(args[n - 3], "--add-runtime=wisp=/opt/wisp/bin/wisp-runtime");
         assert_eq!(args[n - 2], "--default-runtime=wisp");
-        assert_eq!(args[n - 1], "--bridge=wbr0", "a test's own flag follows (and overrides) the harness's");
+        assert_eq!(args[n - 1], "--ipv6", "a test's own flag follows (and overrides) the harness's");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use wisp_tests::containerd::{describe, mounts_under, process_running, s, text};
-use wisp_tests::{artifacts, Dockerd};
+use wisp_tests::{artifacts, Dockerd, DockerdOptions};
 
 /// Writes the busybox image `name` with rootfs-builder into `dir`; returns the tarball.
 fn image(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -108,5 +108,27 @@ fn dropping_a_dockerd_killed_half_way_leaves_nothing() -> anyhow::Result<()> {
     if !run_docker_before {
         assert!(!Path::new("/run/docker").exists(), "/run/docker remains");
     }
+    Ok(())
+}
+
+#[test]
+fn a_container_on_the_harness_bridge_reaches_the_host() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let image = image(dir.path(), "wisp-bb:net")?;
+    // A subnet of this test process's own, should two runs overlap.
+    let net = format!("10.213.{}", std::process::id() % 200 + 20);
+    let options = DockerdOptions { bridge: Some(format!("{net}.1/24")), ..DockerdOptions::default() };
+    let docker = Dockerd::start_with(options)?;
+    let bridge = docker.bridge().unwrap_or_default().to_owned();
+    load(&docker, &image, "wisp-bb:net")?;
+    let script = format!("ip -4 addr show eth0 && ping -c 1 -W 5 {net}.1");
+    let out = docker.docker(["run", "--rm", "wisp-bb:net", "sh", "-c", &script])?;
+    let context = || format!("{}\ndaemon log:\n{}", describe(&out), docker.log_tail(40));
+    assert!(out.status.success(), "{}", context());
+    assert!(text(&out.stdout).contains(&format!("inet {net}.")), "an address on the bridge: {}", context());
+    assert!(text(&out.stdout).contains("1 packets received"), "{}", context());
+    drop(docker);
+    let link = Command::new("ip").args(["link", "show", &bridge]).output()?;
+    assert!(!link.status.success(), "bridge {bridge} outlived the drop: {}", describe(&link));
     Ok(())
 }
