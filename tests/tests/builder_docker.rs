@@ -7,13 +7,15 @@
 //! `containerd-tests` (`make test-containerd`).
 #![cfg(feature = "containerd-tests")]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use wisp_tests::containerd::{describe, mounts_under, process_running, s, text};
+use wisp_tests::containerd::{describe, find_on_path, mounts_under, process_running, s, text};
 use wisp_tests::{artifacts, Dockerd, DockerdOptions};
 
 /// Writes the busybox image `name` with rootfs-builder into `dir`; returns the tarball.
@@ -41,7 +43,10 @@ fn load(docker: &Dockerd, image: &Path, name: &str) -> anyhow::Result<()> {
 fn oci_image_loads_into_docker_and_runs_under_runc() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let image = image(dir.path(), "wisp-bb:docker")?;
-    let docker = Dockerd::start()?;
+    // runc once more under a name of its own, as `--runtime wisp` will be registered.
+    let runc = find_on_path(OsStr::new("runc")).context("runc not on PATH (make deps)")?;
+    let options = DockerdOptions { runtimes: vec![("alt-runc".into(), runc)], ..DockerdOptions::default() };
+    let docker = Dockerd::start_with(options)?;
     assert!(docker.server_version().starts_with("20.10."), "Debian 12's dockerd: {}", docker.server_version());
     load(&docker, &image, "wisp-bb:docker")?;
     let listed = docker.docker(["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
@@ -54,9 +59,12 @@ fn oci_image_loads_into_docker_and_runs_under_runc() -> anyhow::Result<()> {
     let left = docker.docker(["ps", "-a", "-q"])?;
     assert_eq!(text(&left.stdout).trim(), "", "--rm removed the container: {}", describe(&left));
 
-    // The image's Cmd is the default process.
-    let out = docker.docker(["run", "--rm", "wisp-bb:docker", "echo", "from", "docker"])?;
-    assert_eq!(text(&out.stdout), "from docker\n", "{}", describe(&out));
+    // Through the runtime added with --add-runtime.
+    let out =
+        docker.docker(["run", "--rm", "--runtime", "alt-runc", "wisp-bb:docker", "sh", "-c", "echo alt; exit 4"])?;
+    assert_eq!((text(&out.stdout).as_str(), out.status.code()), ("alt\n", Some(4)), "{}", describe(&out));
+    let out = docker.docker(["run", "--rm", "--runtime", "no-such-runtime", "wisp-bb:docker", "true"])?;
+    assert!(!out.status.success(), "an unregistered runtime is refused: {}", describe(&out));
     Ok(())
 }
 
