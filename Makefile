@@ -25,7 +25,7 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
+  cpio containerd runc docker.io containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
 
 .PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot load fmt clippy lint clean
 
@@ -75,7 +75,7 @@ test: deps all test-unit test-fuzz test-containerd test-vm test-shim ## Everythi
 test-unit: ## Unit and protocol tests (no VM, unprivileged)
 	cargo test --workspace
 
-test-containerd: tools ## ctr tests against a private containerd (root; runc bundles, imported images)
+test-containerd: tools ## ctr and docker tests against a private containerd / dockerd (root; runc bundles, imported and loaded images)
 	cargo test -p wisp-tests --features containerd-tests -- --test-threads=1
 
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)

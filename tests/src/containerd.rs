@@ -348,19 +348,7 @@ impl Containerd {
         while !shims.is_empty() && asked.elapsed() < STOP_GRACE && shims.iter().any(|pid| process_running(*pid)) {
             thread::sleep(POLL);
         }
-        // A SIGKILLed process takes a moment to die on a loaded host: keep at it until none is
-        // left (zombies do not count) or the bound has passed.
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        loop {
-            let leftovers: Vec<u32> = self.shim_processes().into_iter().filter(|pid| process_running(*pid)).collect();
-            if leftovers.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for pid in leftovers {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            thread::sleep(POLL);
-        }
+        kill_until_gone(|| self.shim_processes(), KILL_TIMEOUT);
         self.stop_daemon();
         // Shims may have been forked while containerd was stopping.
         for pid in self.shim_processes() {
@@ -471,6 +459,23 @@ pub fn find_on_path(program: &OsStr) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// SIGKILLs what `find` lists until none of it runs or `timeout` has passed: a SIGKILLed
+/// process takes a moment to die on a loaded host, and a parent may fork meanwhile (zombies do
+/// not count).
+pub(crate) fn kill_until_gone(find: impl Fn() -> Vec<u32>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leftovers: Vec<u32> = find().into_iter().filter(|pid| process_running(*pid)).collect();
+        if leftovers.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for pid in leftovers {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        thread::sleep(POLL);
+    }
+}
+
 /// Whether `pid` runs: a zombie waiting for its reaper does not count, nor a reaped process.
 pub fn process_running(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -479,14 +484,15 @@ pub fn process_running(pid: u32) -> bool {
     }
 }
 
+/// A process's parent and argv, as [`process_table`] read them.
 #[derive(Debug)]
-struct ProcInfo {
-    ppid: u32,
-    cmdline: Vec<Vec<u8>>,
+pub(crate) struct ProcInfo {
+    pub(crate) ppid: u32,
+    pub(crate) cmdline: Vec<Vec<u8>>,
 }
 
 /// Every process's parent and argv, from `/proc` (processes that vanish while read are skipped).
-fn process_table() -> BTreeMap<u32, ProcInfo> {
+pub(crate) fn process_table() -> BTreeMap<u32, ProcInfo> {
     let mut table = BTreeMap::new();
     let Ok(entries) = fs::read_dir("/proc") else { return table };
     for entry in entries.flatten() {
@@ -506,7 +512,7 @@ fn process_table() -> BTreeMap<u32, ProcInfo> {
 }
 
 /// `roots` and all their descendants, children first (so parents cannot respawn them).
-fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>) -> Vec<u32> {
+pub(crate) fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>) -> Vec<u32> {
     let mut found: Vec<u32> = roots.collect();
     let mut seen: BTreeSet<u32> = found.iter().copied().collect();
     let mut i = 0;
@@ -524,7 +530,7 @@ fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>
 }
 
 /// Mount points at or under any of `dirs`, deepest first, from `/proc/self/mountinfo`.
-fn mounts_under(dirs: &[&Path]) -> Vec<PathBuf> {
+pub fn mounts_under(dirs: &[&Path]) -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
     let mut mounts: Vec<PathBuf> = info
         .lines()
