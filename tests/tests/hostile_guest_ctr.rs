@@ -332,3 +332,36 @@ fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cann
     assert!(left.is_empty(), "{left:#?}");
     Ok(())
 }
+
+/// The mount options of every mount whose path ends with `suffix`, from mountinfo.
+fn options_of_mounts_ending_with(suffix: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').map(ToString::to_string).collect::<Vec<_>>())
+        .filter(|f| f.get(4).is_some_and(|p| p.ends_with(suffix)))
+        .map(|f| (f[4].clone(), f.get(5).cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// `ctr run --read-only` of an image: the spec says `root.readonly` (containerd 1.6's ctr still
+/// hands over a rw snapshot); the share's bind of the rootfs is read-only on the host.
+#[test]
+fn ctr_run_read_only_shares_the_image_read_only() -> anyhow::Result<()> {
+    const ID: &str = "hostile-image-ro";
+    let t = Setup::new()?;
+    let image = t.import_busybox("ro")?;
+    let out = t.ctr(&["run", "-d", "--read-only", "--runtime", RUNTIME, &image, ID, "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run --read-only: {}", describe(&out));
+    let binds = options_of_mounts_ending_with(&format!("/{ID}/rootfs"));
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "w", ID, "sh", "-c", "echo x > /written; echo rc=$?"])?;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    kill_and_remove(&t, ID)?;
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    eprintln!("ctr run --read-only: mounts {binds:#?}\n  the guest said {said:?}\n  left: {left:?}");
+    let share = binds.iter().find(|(p, _)| p.contains("/mounts/")).context("no bind of the rootfs in the share")?;
+    assert!(share.1.split(',').any(|o| o == "ro"), "the rootfs bind in the share: {share:?}");
+    assert!(said.contains("Read-only file system") && said.contains("rc=1"), "{said}");
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
