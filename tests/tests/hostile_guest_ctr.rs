@@ -276,10 +276,9 @@ fn pod_bundle(t: &Setup, cid: &str, script: &str) -> anyhow::Result<(PathBuf, se
 /// `root.readonly` (CRI's pause container, `ctr run --read-only`) holds on the host against a
 /// guest with CAP_SYS_ADMIN, and the path where the shim will bind the pod's next container's
 /// volume cannot be planted before that container comes: the next container gets its volume.
-#[test]
-fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cannot_be_planted() -> anyhow::Result<()> {
+fn read_only_rootfs(qemu: &str) -> anyhow::Result<()> {
     ensure!(!Path::new(GUEST_SHARE).exists(), "{GUEST_SHARE} exists on this host: the test needs it absent");
-    let t = Setup::new()?;
+    let t = Setup::with_config(qemu, "")?;
     let victims = Victims::new(t.dir.path())?;
     let (config, mut spec) = pod_bundle(&t, RO_CID, &format!("{}\nsleep 3600", read_only_script(&victims.file)))?;
     make_hostile(&mut spec)?;
@@ -312,8 +311,9 @@ fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cann
     let left = t.wait_no_leftovers(Duration::from_secs(10));
 
     eprintln!(
-        "read-only rootfs (virtio-fs):\n  guest said:\n    {}\n  host bind options: {opts}\n  rootfs written: {}, \
+        "read-only rootfs ({}):\n  guest said:\n    {}\n  host bind options: {opts}\n  rootfs written: {}, \
          through the share: {}\n  next container said {next_said:?}; host file: {:?}; the volume got: {:?}\n  left: {left:?}",
+        if qemu.is_empty() { "virtio-fs" } else { qemu },
         result.trim().replace('\n', "\n    "),
         host_rootfs.join("pwned").exists(),
         host_rootfs.join("pwned-share").exists(),
@@ -330,6 +330,15 @@ fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cann
     assert_eq!(Victims::read(&victims.file), "secret", "the guest changed a host file");
     assert!(victims.mounted());
     assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+/// Through virtio-fs, then QEMU's 9p.
+#[test]
+fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cannot_be_planted() -> anyhow::Result<()> {
+    for qemu in ["", "shared_fs = \"virtio-9p\""] {
+        read_only_rootfs(qemu)?;
+    }
     Ok(())
 }
 
