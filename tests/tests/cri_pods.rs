@@ -269,8 +269,10 @@ impl Pods {
             .collect()
     }
 
+    /// How many of the shims' processes have `needle` in their command line; the KVM probe
+    /// guest a shim may run in the background (once per state root) is not a pod's VM.
     fn count(&self, needle: &str) -> usize {
-        self.shim_cmdlines().iter().filter(|(_, c)| c.contains(needle)).count()
+        self.shim_cmdlines().iter().filter(|(_, c)| c.contains(needle) && !c.contains("wisp-kvm-probe")).count()
     }
 
     /// Everything of the wisp pods still on the host: shims, and what
