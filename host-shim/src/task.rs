@@ -67,11 +67,6 @@ type TtrpcResult<T> = Result<T, shim_ttrpc::Error>;
 
 /// Bound on ordinary agent calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// A container's rootfs is bound rw on the host even when `root.readonly` (as Kata does): the
-/// agent creates the spec's mount points in it (`/etc/resolv.conf` of a CRI pause container)
-/// before it makes the root read-only in the guest, as runc does. What a guest can write there
-/// is the container's own copy-on-write layer; read-only volumes are read-only on the host.
-const ROOTFS_READ_ONLY_ON_HOST: bool = false;
 /// How long a finished process's output pumps may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit status reported when the VM died under a process.
@@ -711,9 +706,17 @@ impl Task for TaskService {
         let mut used_volumes: Vec<(String, String, String)> = Vec::new();
         let result = async {
             let rootfs_guest = match &host_rootfs {
-                Some(host_rootfs) => sandbox
-                    .share(&cid, "rootfs", host_rootfs, ROOTFS_READ_ONLY_ON_HOST)
-                    .map_err(|err| error(Code::INTERNAL, crate::error_chain(&err)))?,
+                Some(host_rootfs) => {
+                    // `root.readonly`: read-only on the host, its mount points made first.
+                    let access = crate::share::mount_points::prepare(host_rootfs, &spec, &bundle)
+                        .map_err(|err| error(Code::FAILED_PRECONDITION, crate::error_chain(&err)))?;
+                    if let crate::share::mount_points::RootfsAccess::GuestReadOnly { why } = &access {
+                        warn!(inner.log, "the rootfs is read-only in the guest only"; "container" => &cid, "why" => why);
+                    }
+                    sandbox
+                        .share(&cid, "rootfs", host_rootfs, access.on_host())
+                        .map_err(|err| error(Code::INTERNAL, crate::error_chain(&err)))?
+                }
                 None => volumes::rootfs::guest_mount_point(&cid),
             };
             let mut request = guest::create_request(&cid, &spec, &bundle, rootfs_guest, |name, source, read_only| {
