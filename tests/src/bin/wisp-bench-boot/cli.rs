@@ -133,6 +133,8 @@ pub enum ConfigName {
     Q35Serial,
     MicrovmSerial,
     Q35Zstd,
+    Q35Lz4,
+    Q35Xz,
     Q35Raw,
     Q35VirtioFs,
     MicrovmVirtioFs,
@@ -148,6 +150,8 @@ impl ConfigName {
             Self::Q35Serial => "q35-serial",
             Self::MicrovmSerial => "microvm-serial",
             Self::Q35Zstd => "q35-zstd",
+            Self::Q35Lz4 => "q35-lz4",
+            Self::Q35Xz => "q35-xz",
             Self::Q35Raw => "q35-raw",
             Self::Q35VirtioFs => "q35-virtio-fs",
             Self::MicrovmVirtioFs => "microvm-virtio-fs",
@@ -193,7 +197,7 @@ mod tests {
         let args = Args::try_parse_from(["x", "--config", "cloud,q35", "--config", "cloud"]).unwrap();
         assert_eq!(selected(&args), [ConfigName::Cloud, ConfigName::Q35]);
         let args = Args::try_parse_from(["x", "--all"]).unwrap();
-        assert_eq!(selected(&args).len(), 10);
+        assert_eq!(selected(&args).len(), 12);
         let args = Args::try_parse_from(["x", "--quick"]).unwrap();
         assert_eq!(selected(&args), [ConfigName::Q35, ConfigName::Microvm]);
         assert_eq!(args.effective_runs(), 2);

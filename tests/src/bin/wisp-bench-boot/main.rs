@@ -3,7 +3,7 @@
 //! Run by `make bench` after `make` built the kernel, the agent and the initrds. See `--help`
 //! for what is measured and on which clock.
 //!
-//! This file is the orchestration: find and pack the inputs, boot every configuration's floor
+//! This file is the orchestration: find and pack the inputs, boot every configuration's floors
 //! and agent in turn, then print the tables and write the JSON. The modules hold one job each.
 
 mod agent_session;
@@ -11,6 +11,7 @@ mod cli;
 mod configs;
 mod console_watch;
 mod container;
+mod echo_session;
 mod host;
 mod inputs;
 mod json;
@@ -39,7 +40,7 @@ use crate::container::Share;
 use crate::inputs::{Inputs, Packed};
 use crate::json::{write_json, ConfigReport, Failure, HostInfo, Report, RunRecord};
 use crate::progress::Progress;
-use crate::runs::{agent_run, floor_run, Kind};
+use crate::runs::{agent_run, busybox_floor_run, true_floor_run, Kind};
 use crate::virtiofsd::Virtiofsd;
 
 /// Lines of console printed with a failed run.
@@ -67,7 +68,7 @@ fn run(args: Args) -> Result<usize> {
     // Kept after the run (a few MiB), so a number can be reproduced by hand.
     let work = artifacts::target_dir().join("bench");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    eprintln!("packing the floor and the zstd/uncompressed initrd variants in {}", work.display());
+    eprintln!("packing the floors and the initrd compression variants in {}", work.display());
     let packed = Packed::build(&inputs, &work)?;
     let sizes = sizes::sizes(&inputs, &packed)?;
     let accel = accel::detect()?;
@@ -94,7 +95,7 @@ fn run(args: Args) -> Result<usize> {
         table::print_boots(&host, args.effective_runs(), &reports);
     }
     let report = Report {
-        schema: 1,
+        schema: 2,
         generated_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         host,
         runs_per_config: if args.sizes_only { 0 } else { args.effective_runs() },
@@ -113,7 +114,7 @@ fn run(args: Args) -> Result<usize> {
     Ok(failed)
 }
 
-/// Boots every configuration [`Args::effective_runs`] times, floor and agent interleaved; returns the
+/// Boots every configuration [`Args::effective_runs`] times, the floors and the agent interleaved; returns the
 /// reports (not summarized yet) and how many runs failed. `packed_rootfs` is what virtiofsd serves.
 fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Result<(Vec<ConfigReport>, usize)> {
     let timeout = Duration::from_secs(args.timeout);
@@ -124,10 +125,10 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
     let started = Instant::now();
     let mut failed = 0;
     let runs = args.effective_runs();
-    let mut progress = Progress::new(configs.len() * 2 * runs as usize);
+    let mut progress = Progress::new(configs.len() * Kind::ALL.len() * runs as usize);
     for run_no in 1..=runs {
         for (config, report) in configs.iter().zip(reports.iter_mut()) {
-            for kind in [Kind::Floor, Kind::Agent] {
+            for kind in Kind::ALL {
                 let label = format!("run {run_no}/{runs} {} {}", config.name, kind.name());
                 progress.start(&label);
                 // virtio-fs: a fresh virtiofsd per boot (it exits with QEMU's disconnect).
@@ -135,7 +136,8 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
                     .then(|| Virtiofsd::start(&config.virtiofsd_socket, packed_rootfs))
                     .transpose()?;
                 let outcome = match kind {
-                    Kind::Floor => floor_run(config.floor.clone(), timeout),
+                    Kind::TrueFloor => true_floor_run(config.true_floor.clone(), timeout),
+                    Kind::BusyboxFloor => busybox_floor_run(config.busybox_floor.clone(), timeout),
                     Kind::Agent => agent_run(config.agent.clone(), timeout, config.container),
                 };
                 drop(virtiofsd);
@@ -147,7 +149,8 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
                     report.qemu_command_line = outcome.command_line.clone().unwrap_or_default();
                 }
                 let target = match kind {
-                    Kind::Floor => &mut report.floor,
+                    Kind::TrueFloor => &mut report.true_floor,
+                    Kind::BusyboxFloor => &mut report.busybox_floor,
                     Kind::Agent => &mut report.agent,
                 };
                 match outcome.result {
@@ -171,6 +174,6 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
         }
     }
     progress.finish();
-    eprintln!("{} boots in {:.0} s", configs.len() * 2 * runs as usize, started.elapsed().as_secs_f64());
+    eprintln!("{} boots in {:.0} s", configs.len() * Kind::ALL.len() * runs as usize, started.elapsed().as_secs_f64());
     Ok((reports, failed))
 }

@@ -17,7 +17,8 @@ pub mod key {
     pub const GUEST_MAIN: &str = "guest_agent_main_s";
     pub const GUEST_INIT_STARTED: &str = "guest_agent_init_started_s";
     pub const GUEST_MODULES: &str = "guest_agent_modules_loaded_s";
-    /// Floor: `/proc/uptime` at `/init`; agent: `agent ready`.
+    /// True floor: CLOCK_BOOTTIME once it listens; busybox floor: `/proc/uptime` at `/init`;
+    /// agent: `agent ready`.
     pub const GUEST_READY: &str = "guest_ready_s";
     /// GUEST_READY minus `Run /init` converted to CLOCK_BOOTTIME: the userspace part.
     pub const GUEST_EXEC_TO_READY: &str = "guest_init_exec_to_ready_s";
@@ -25,10 +26,12 @@ pub mod key {
     pub const GUEST_PRINTK_AHEAD: &str = "guest_printk_ahead_of_boottime_s";
     // Host clock, seconds since QEMU's spawn.
     pub const HOST_RUN_INIT_SEEN: &str = "host_console_run_init_s";
-    /// Floor: the WISP-FLOOR line; agent: the `agent ready` line.
+    /// Floors: the WISP-FLOOR line; agent: the `agent ready` line.
     pub const HOST_READY_SEEN: &str = "host_console_ready_s";
+    /// The vsock connection made (true floor and agent).
     pub const HOST_CONNECTED: &str = "host_agent_connected_s";
-    /// Floor: the WISP-FLOOR line; agent: the first Check answered.
+    /// True floor: the Health.Check frame echoed; busybox floor: the WISP-FLOOR line; agent:
+    /// the first Check answered.
     pub const HOST_SERVING: &str = "host_serving_s";
     pub const HOST_BEFORE_GUEST_CLOCK: &str = "host_before_guest_clock_s";
     pub const HOST_METRICS_RPC: &str = "host_get_metrics_rpc_s";
@@ -74,7 +77,7 @@ pub enum Unit {
     Count,
 }
 
-/// One table row: a floor metric beside an agent metric.
+/// One table row: the floors' metric beside the agent's (the same key).
 #[derive(Debug)]
 pub struct Row {
     pub label: &'static str,
@@ -88,21 +91,22 @@ const fn row(label: &'static str, clock: Clock, unit: Unit, floor: bool, agent: 
     Row { label, clock, unit, floor: if floor { Some(agent) } else { None }, agent: Some(agent) }
 }
 
-/// The boot table, top to bottom; `true` when the floor has the metric too.
+/// The boot table, top to bottom; `true` when the floors have the metric too (a floor that
+/// does not measure it shows `n/a`).
 #[rustfmt::skip]
 pub const ROWS: &[Row] = &[
     row("kernel runs /init", Clock::Printk, Unit::Seconds, true, key::GUEST_RUN_INIT),
     row("agent main() starts", Clock::Boot, Unit::Seconds, false, key::GUEST_MAIN),
     row("agent: init started (mounts, logger)", Clock::Boot, Unit::Seconds, false, key::GUEST_INIT_STARTED),
     row("agent: kernel modules loaded", Clock::Boot, Unit::Seconds, false, key::GUEST_MODULES),
-    row("READY: floor /init uptime | agent ready", Clock::Boot, Unit::Seconds, true, key::GUEST_READY),
+    row("READY: floor listens/uptime | agent ready", Clock::Boot, Unit::Seconds, true, key::GUEST_READY),
     row("  of which exec of /init -> READY", Clock::Both, Unit::Seconds, true, key::GUEST_EXEC_TO_READY),
     row("printk clock ahead of CLOCK_BOOTTIME", Clock::Both, Unit::Seconds, true, key::GUEST_PRINTK_AHEAD),
     row("before printk 0 (qemu, firmware, decomp.)", Clock::Host, Unit::Seconds, true, key::HOST_BEFORE_GUEST_CLOCK),
     row("console: Run /init", Clock::Host, Unit::Seconds, true, key::HOST_RUN_INIT_SEEN),
     row("console: WISP-FLOOR | agent ready", Clock::Host, Unit::Seconds, true, key::HOST_READY_SEEN),
-    row("agent socket connected (serial: at once)", Clock::Host, Unit::Seconds, false, key::HOST_CONNECTED),
-    row("SERVING: WISP-FLOOR | first Check", Clock::Host, Unit::Seconds, true, key::HOST_SERVING),
+    row("vsock connected (serial: at once)", Clock::Host, Unit::Seconds, true, key::HOST_CONNECTED),
+    row("SERVING: echo/WISP-FLOOR | first Check", Clock::Host, Unit::Seconds, true, key::HOST_SERVING),
     row("GetMetrics round trip", Clock::Host, Unit::Seconds, false, key::HOST_METRICS_RPC),
     row("container started (sandbox+create+start)", Clock::Host, Unit::Seconds, false, key::HOST_CONTAINER_STARTED),
     row("container first output", Clock::Host, Unit::Seconds, false, key::HOST_FIRST_OUTPUT),
