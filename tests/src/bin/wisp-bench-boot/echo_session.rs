@@ -12,10 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wisp_shim::agent_dial::{self, DialError};
 use wisp_tests::Vm;
 
+use crate::dial_attempt;
 use crate::metrics::{key, Sample};
-
-/// As the agent session's: one dial attempt, then the next.
-const DIAL_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// The bytes of a ttrpc Health.Check request on stream 1, as a runtime's first RPC sends them.
 pub fn health_check_frame() -> Result<Vec<u8>> {
@@ -44,6 +42,7 @@ pub fn echo_session(vm: &mut Vm, timeout: Duration) -> Result<Sample> {
     let mut values = Sample::new();
     runtime.block_on(async {
         let mut dials = 0u32;
+        let mut attempt = dial_attempt::SHORT;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -56,9 +55,12 @@ pub fn echo_session(vm: &mut Vm, timeout: Duration) -> Result<Sample> {
                 return Err(vm.qemu_exited(status, "the true floor's echo".to_owned()).into());
             }
             dials += 1;
-            let mut stream = match agent_dial::dial(&addr, DIAL_ATTEMPT.min(remaining)).await {
+            let mut stream = match agent_dial::dial(&addr, attempt.min(remaining)).await {
                 Ok(stream) => stream,
-                Err(DialError::Timeout { .. }) => continue,
+                Err(err @ DialError::Timeout { .. }) => {
+                    attempt = dial_attempt::after(&err);
+                    continue;
+                }
                 Err(err) => return Err(err).context("dialing the true floor"),
             };
             values.insert(key::HOST_CONNECTED, spawned.elapsed().as_secs_f64());

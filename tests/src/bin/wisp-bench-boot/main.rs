@@ -11,6 +11,7 @@ mod cli;
 mod configs;
 mod console_watch;
 mod container;
+mod dial_attempt;
 mod echo_session;
 mod host;
 mod inputs;
