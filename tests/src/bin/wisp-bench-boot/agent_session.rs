@@ -54,6 +54,7 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -
             let wanted = [
                 (key::AGENT_RSS, "wisp_agent_resident_memory_bytes"),
                 (key::AGENT_THREADS, "wisp_agent_threads"),
+                (key::AGENT_MINOR_FAULTS, "wisp_agent_minor_page_faults"),
                 (key::GUEST_MEM_TOTAL, "wisp_guest_memory_total_bytes"),
                 (key::GUEST_MEM_AVAILABLE, "wisp_guest_memory_available_bytes"),
             ];

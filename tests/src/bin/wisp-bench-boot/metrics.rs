@@ -46,6 +46,8 @@ pub mod key {
     // Memory.
     pub const AGENT_RSS: &str = "agent_rss_bytes";
     pub const AGENT_THREADS: &str = "agent_threads";
+    /// The agent's minor page faults when GetMetrics ran (right after the first Check).
+    pub const AGENT_MINOR_FAULTS: &str = "agent_minor_page_faults";
     pub const GUEST_MEM_TOTAL: &str = "guest_mem_total_bytes";
     pub const GUEST_MEM_AVAILABLE: &str = "guest_mem_available_bytes";
     /// MemTotal - MemAvailable.
@@ -115,6 +117,7 @@ pub const ROWS: &[Row] = &[
     row("qemu exit", Clock::Host, Unit::Seconds, true, key::HOST_EXIT),
     row("agent RSS (GetMetrics)", Clock::None, Unit::Bytes, false, key::AGENT_RSS),
     row("agent threads", Clock::None, Unit::Count, false, key::AGENT_THREADS),
+    row("agent minor page faults at first GetMetrics", Clock::None, Unit::Count, false, key::AGENT_MINOR_FAULTS),
     row("guest MemTotal", Clock::None, Unit::Bytes, false, key::GUEST_MEM_TOTAL),
     row("guest MemAvailable", Clock::None, Unit::Bytes, false, key::GUEST_MEM_AVAILABLE),
     row("guest memory used (Total - Available)", Clock::None, Unit::Bytes, false, key::GUEST_MEM_USED),
