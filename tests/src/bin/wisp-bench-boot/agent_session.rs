@@ -15,7 +15,7 @@ use wisp_tests::{Vm, VmError};
 
 use crate::container::Share;
 use crate::dial_attempt;
-use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes};
+use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes, qemu_cpu_seconds};
 use crate::metrics::{key, Sample};
 use crate::runs::Measured;
 
@@ -42,6 +42,7 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -
     notes.extend(check_notes);
     values.insert(key::HOST_CONNECTED, connected.as_secs_f64());
     values.insert(key::HOST_SERVING, spawned.elapsed().as_secs_f64());
+    values.extend(qemu_cpu_seconds(vm).map(|cpu| (key::HOST_QEMU_CPU_SERVING, cpu)));
 
     let asked = Instant::now();
     let answer = runtime.block_on(agent.agent().get_metrics(ctx(remaining()), &GetMetricsRequest::new()));

@@ -13,6 +13,7 @@ use wisp_shim::agent_dial::{self, DialError};
 use wisp_tests::Vm;
 
 use crate::dial_attempt;
+use crate::host::qemu_cpu_seconds;
 use crate::metrics::{key, Sample};
 
 /// The bytes of a ttrpc Health.Check request on stream 1, as a runtime's first RPC sends them.
@@ -72,6 +73,7 @@ pub fn echo_session(vm: &mut Vm, timeout: Duration) -> Result<Sample> {
             match tokio::time::timeout(remaining, exchange).await {
                 Ok(Ok(_)) => {
                     values.insert(key::HOST_SERVING, spawned.elapsed().as_secs_f64());
+                    values.extend(qemu_cpu_seconds(vm).map(|cpu| (key::HOST_QEMU_CPU_SERVING, cpu)));
                     ensure!(back == frame, "the true floor echoed other bytes than it was sent");
                     return Ok(());
                 }
