@@ -83,6 +83,7 @@ CONFIGURATIONS
   q35-xz          as q35 with it compressed with xz (crc32, 1 MiB dictionary)
   cloud           q35, Debian's cloud kernel (/boot/vmlinuz-*-cloud-amd64) with
                   target/initrd/wisp-cloud.initrd (virtio modules loaded by the agent), 512 MiB
+                  (no true floor: it loads no modules, so it cannot listen on vsock there)
 
   Every configuration but cloud and the -virtio-fs ones shares the container rootfs by
   virtio-9p; the floor VMs get the same share device (unused).

@@ -18,8 +18,9 @@ pub struct BenchConfig {
     pub name: &'static str,
     pub description: String,
     pub agent: VmConfig,
-    /// The agent VM booting the true floor's initrd.
-    pub true_floor: VmConfig,
+    /// The agent VM booting the true floor's initrd; `None` where the kernel has vsock only as
+    /// modules (Debian's cloud kernel): the true floor loads none, it cannot listen there.
+    pub true_floor: Option<VmConfig>,
     /// The agent VM booting the busybox floor's initrd.
     pub busybox_floor: VmConfig,
     /// The share the agent run's container uses (attached to both VMs); `None`: no container.
@@ -88,7 +89,7 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
         }
         None => (agent, format!("{description}, no container (no 9p in this kernel)")),
     };
-    let true_floor = agent.clone().initrd(&packed.true_floor_initrd);
+    let true_floor = (name != ConfigName::Cloud).then(|| agent.clone().initrd(&packed.true_floor_initrd));
     let busybox_floor = agent.clone().initrd(&packed.floor_initrd);
     Ok(BenchConfig { name: name.name(), description, agent, true_floor, busybox_floor, container, virtiofsd_socket })
 }

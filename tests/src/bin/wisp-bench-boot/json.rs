@@ -104,7 +104,7 @@ impl ConfigReport {
             machine: config.agent.machine_type().qemu_name(),
             kernel: config.agent.kernel_path().to_owned(),
             initrd: config.agent.initrd_path().map(Path::to_owned),
-            true_floor_initrd: config.true_floor.initrd_path().map(Path::to_owned),
+            true_floor_initrd: config.true_floor.as_ref().and_then(|vm| vm.initrd_path()).map(Path::to_owned),
             busybox_floor_initrd: config.busybox_floor.initrd_path().map(Path::to_owned),
             qemu_command_line: String::new(),
             true_floor: KindReport::default(),
