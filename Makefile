@@ -11,6 +11,10 @@ KERNEL      := $(TARGET_DIR)/kernel/bzImage
 INITRD_DIR  := $(TARGET_DIR)/initrd
 INITRD      := $(INITRD_DIR)/wisp.initrd
 INITRD_BB   := $(INITRD_DIR)/wisp-busybox.initrd
+FLOOR_INIT_DIR := $(TARGET_DIR)/floor-init
+# The true floor's /init is its own cargo workspace (no std, no libc, panic=abort even in
+# tests' dev builds): every cargo command for it runs in floor-init/ (its .cargo/config.toml).
+FLOOR_CARGO := cd floor-init && cargo
 CARGO_BIN   := $(HOME)/.cargo/bin
 export PATH := $(CARGO_BIN):$(PATH)
 
@@ -25,11 +29,11 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd protobuf-compiler
+  cpio containerd runc docker.io containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd lz4 protobuf-compiler
 
-.PHONY: all help deps agent tools kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot fmt clippy lint clean
+.PHONY: all help deps agent tools floor-init kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot load fmt clippy lint clean
 
-all: agent tools kernel initrd ## Build every binary (release), the guest kernel and the initrds
+all: agent tools floor-init kernel initrd ## Build every binary (release), the guest kernel and the initrds
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -54,6 +58,10 @@ agent: ## Build the static wisp-agent
 tools: ## Build the host binaries (shim, wisp CLI, rootfs-builder, test and bench drivers)
 	cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
 
+floor-init: ## Build the true boot floor's /init (a few KiB, no libc; the bench boots it)
+	$(FLOOR_CARGO) build --release --target-dir $(FLOOR_INIT_DIR)
+	@if readelf -l $(FLOOR_INIT_DIR)/release/wisp-floor-init | grep -q INTERP; then echo "wisp-floor-init is not statically linked" >&2; exit 1; fi
+
 kernel: ## Build (or take from ~/.cache/wisp) the minimal guest kernel
 	kernel/build.sh
 
@@ -74,15 +82,16 @@ test: deps all test-unit test-fuzz test-containerd test-vm test-shim ## Everythi
 
 test-unit: ## Unit and protocol tests (no VM, unprivileged)
 	cargo test --workspace
+	$(FLOOR_CARGO) test --target-dir $(FLOOR_INIT_DIR)
 
-test-containerd: tools ## ctr tests against a private containerd (root; runc bundles, imported images)
+test-containerd: tools ## ctr and docker tests against a private containerd / dockerd (root; runc bundles, imported and loaded images)
 	cargo test -p wisp-tests --features containerd-tests -- --test-threads=1
 
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr -- --test-threads=1
 
 # Fuzzing (docs/testing.md): AFL++ through cargo-afl on stable Rust, one target at a time on
 # one core. The instrumented build has a target dir of its own (its RUSTFLAGS differ) and no
@@ -128,12 +137,20 @@ bench bench-boot: deps all ## Boot-time, size and container benchmarks: tables, 
 	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 	$(TARGET_DIR)/release/wisp-bench-containers
 
+LOAD_AT_ONCE ?= 20
+LOAD_CYCLES ?= 200
+load: all ## The full load: LOAD_AT_ONCE (20) sandboxes at once, LOAD_CYCLES (200) ctr run cycles; leak counts and timings
+	WISP_LOAD_AT_ONCE=$(LOAD_AT_ONCE) WISP_LOAD_CYCLES=$(LOAD_CYCLES) cargo test -p wisp-tests --features containerd-tests,vm-tests --test load_ctr -- --test-threads=1 --nocapture
+
 fmt: ## Format the code
 	cargo fmt --all
+	$(FLOOR_CARGO) fmt --all
 
 clippy lint: ## Lint as CI does
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+	$(FLOOR_CARGO) fmt --all -- --check
+	$(FLOOR_CARGO) clippy --all-targets --target-dir $(FLOOR_INIT_DIR) -- -D warnings
 
 clean: ## Remove build outputs (the kernel cache in ~/.cache/wisp stays)
 	cargo clean

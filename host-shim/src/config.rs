@@ -637,8 +637,10 @@ fn build_time_cargo_bin() -> Option<PathBuf> {
 }
 
 /// Finds the program `name`: an absolute or relative path as is, a bare name in
-/// [`SYSTEM_BIN_DIRS`]; failing that, the same file name in the build-time `cargo install`
-/// directory (reported as a fallback). Never `PATH` or `$HOME`.
+/// [`SYSTEM_BIN_DIRS`]; failing that, for a bare name or one of our default paths only, the
+/// same file name in the build-time `cargo install` directory (reported as a fallback). A path
+/// the configuration spells out is that file or nothing: a binary found elsewhere would hide a
+/// typo. Never `PATH` or `$HOME`.
 pub fn locate_program(name: &Path) -> Option<Found> {
     let direct = if name.components().count() > 1 {
         name.is_file().then(|| name.to_owned())
@@ -647,6 +649,10 @@ pub fn locate_program(name: &Path) -> Option<Found> {
     };
     if let Some(path) = direct {
         return Some(Found { path, fallback: false });
+    }
+    let default = [DEFAULT_QEMU, DEFAULT_VIRTIOFSD, DEFAULT_VHOST_DEVICE_VSOCK].iter().any(|d| Path::new(d) == name);
+    if name.components().count() > 1 && !default {
+        return None;
     }
     let file_name = name.file_name()?;
     let path = build_time_cargo_bin()?.join(file_name);
@@ -661,6 +667,14 @@ pub fn find_program(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configured_path_that_is_missing_is_not_replaced_by_another_binary() {
+        assert_eq!(locate_program(Path::new("/nonexistent/virtiofsd")), None);
+        assert_eq!(locate_program(Path::new("/nonexistent/vhost-device-vsock")), None);
+        let sh = locate_program(Path::new("sh")).expect("sh is in a system directory");
+        assert!(!sh.fallback && sh.path.is_absolute(), "{sh:?}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/t/configuration.toml"))

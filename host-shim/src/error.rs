@@ -130,6 +130,15 @@ pub enum Error {
         /// Why.
         source: Box<SandboxError>,
     },
+    /// `root.readonly`: the spec's mount points cannot be made in the rootfs before it is
+    /// shared read-only.
+    #[error("container {cid:?}: cannot prepare the read-only rootfs")]
+    MountPoints {
+        /// The container.
+        cid: String,
+        /// Why.
+        source: Box<crate::share::mount_points::MountPointError>,
+    },
     /// A disk cannot be plugged.
     #[error("container {cid:?}: cannot plug {device}")]
     Plug {
@@ -239,9 +248,11 @@ impl Error {
             | Self::AlreadyFinished { .. }
             | Self::NotPlugged { .. }
             | Self::VolumeUnused { .. } => Code::NOT_FOUND,
-            Self::AlreadyStarted { .. } | Self::StillRunning { .. } | Self::NotRunning { .. } | Self::Plug { .. } => {
-                Code::FAILED_PRECONDITION
-            }
+            Self::AlreadyStarted { .. }
+            | Self::StillRunning { .. }
+            | Self::NotRunning { .. }
+            | Self::MountPoints { .. }
+            | Self::Plug { .. } => Code::FAILED_PRECONDITION,
             Self::Service(_) => Code::UNIMPLEMENTED,
             Self::Agent { code, .. } => *code,
             Self::Boot { source, .. } if matches!(**source, SandboxError::State(StateError::Busy { .. })) => {

@@ -4,7 +4,7 @@
 //! ```text
 //! <state>/                 0700, the shim's
 //!   mounts/                0700, host only: a bind of itself, MS_SHARED; every host bind is made here
-//!     <cid>/rootfs         the container's rootfs, bound nosuid,nodev
+//!     <cid>/rootfs         the container's rootfs, bound nosuid,nodev (ro when `root.readonly`)
 //!     <cid>/mounts/<i>-<n> a bind-mount source of the container, nosuid,nodev (ro when `ro`)
 //!   shared/                what virtiofsd or QEMU's 9p serves: a read-only, MS_SLAVE bind of mounts/
 //! ```
@@ -14,7 +14,9 @@
 //! bind, but cannot create, rename or replace an entry in a directory the shim made, since
 //! those are only reachable through the read-only `shared/`. A bind is made read-only, nosuid
 //! and nodev on a detached copy (`open_tree` + `mount_setattr`) before `move_mount` attaches
-//! it, so no guest ever sees it writable.
+//! it, so no guest ever sees it writable; the copy is made private there too, so a mount made
+//! later on the host under its source does not follow it into the share (Kata's choice; see
+//! `docs/security.md`). A read-only rootfs gets its mount points first ([`mount_points`]).
 //!
 //! Teardown never follows a symlink nor crosses a mount point it did not make: every path is
 //! opened beneath a directory descriptor with `openat2(RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH)`,
@@ -22,6 +24,8 @@
 //! the shim created, deepest first ([`ShareTree::release`]), or, for a crashed shim's state
 //! directory, walks it without following links and stops at any mount point left
 //! ([`unmount_all`], [`remove_tree`]).
+
+pub mod mount_points;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -180,7 +184,7 @@ impl ShareTree {
         if read_only {
             attr |= MOUNT_ATTR_RDONLY;
         }
-        set_attr(tree.as_fd(), attr).map_err(io_err("cannot restrict the bind of", source))?;
+        set_attr_private(tree.as_fd(), attr).map_err(io_err("cannot restrict the bind of", source))?;
         move_mount(tree.as_fd(), target.as_fd())
             .map_err(io_err("cannot bind-mount into the share", &self.host_path(&rel)))?;
         record.push((rel.clone(), Made::Bind));
@@ -411,12 +415,18 @@ fn make_entry(parent: BorrowedFd<'_>, name: &OsStr, dir: bool) -> io::Result<()>
 
 /// openat2(2) of `rel` below `base` with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | extra`.
 fn open_beneath(base: BorrowedFd<'_>, rel: &Path, flags: i32, extra: u64) -> io::Result<OwnedFd> {
+    openat2(base, rel, flags, 0, libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | extra)
+}
+
+/// openat2(2) of `rel` (`.` when empty) from `base` with `resolve`; `mode` for O_CREAT.
+fn openat2(base: BorrowedFd<'_>, rel: &Path, flags: i32, mode: libc::mode_t, resolve: u64) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let c = cstring(rel.as_os_str().as_bytes())?;
     // SAFETY: open_how is plain data; all-zero is its documented "no options" value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = u64::try_from(flags | libc::O_CLOEXEC).unwrap_or_default();
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | extra;
+    how.mode = u64::from(mode);
+    how.resolve = resolve;
     loop {
         // SAFETY: `c` is NUL-terminated and `how` a properly sized open_how; both outlive the
         // call and the kernel only reads them.
@@ -461,9 +471,11 @@ fn open_tree_clone(source: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) })
 }
 
-/// Sets `attr` on every mount of the detached tree `tree` (mount_setattr(2), AT_RECURSIVE).
-fn set_attr(tree: BorrowedFd<'_>, attr: u64) -> io::Result<()> {
-    let how = MountAttr { attr_set: attr, ..Default::default() };
+/// Sets `attr` and makes private every mount of the detached tree `tree` (mount_setattr(2),
+/// AT_RECURSIVE): the tree leaves the peer group of its source, so a mount made later under
+/// the source on the host does not propagate into it.
+fn set_attr_private(tree: BorrowedFd<'_>, attr: u64) -> io::Result<()> {
+    let how = MountAttr { attr_set: attr, propagation: libc::MS_PRIVATE, ..Default::default() };
     let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
     // SAFETY: `tree` is an open mount descriptor, the path is the empty NUL-terminated string
     // and `how` a properly sized mount_attr; the kernel only reads them.

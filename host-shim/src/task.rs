@@ -220,11 +220,12 @@ impl Inner {
         self: &Arc<Self>,
         plan: &container::ContainerPlan,
     ) -> Result<(Arc<Sandbox>, Created), Error> {
-        let mut rollback = Rollback::new(&self.log.new(slog::o!("container" => plan.cid.clone())));
+        let log = self.log.new(slog::o!("container" => plan.cid.clone()));
+        let mut rollback = Rollback::new(&log);
         let done = async {
             container::mount_planned_rootfs(plan, &mut rollback)?;
             let sandbox = self.sandbox(&plan.pod, plan.shared_memory, &plan.boot_disks).await?;
-            let created = container::create(&sandbox, plan, &mut rollback).await?;
+            let created = container::create(&sandbox, plan, &mut rollback, &log).await?;
             Ok((sandbox, created))
         }
         .await;

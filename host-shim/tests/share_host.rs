@@ -102,6 +102,14 @@ fn sandbox(root: &Path) -> (Host, PathBuf, ShareTree) {
     (host, state, share)
 }
 
+/// Stops the sandbox as the shim does and checks that the state went and the host is intact.
+fn stop(host: &Host, state: &Path, share: &ShareTree) {
+    share.teardown(&log());
+    let done = cleanup_dir(state, &log());
+    assert!(!state.exists(), "{done:?}");
+    host.assert_untouched();
+}
+
 #[test]
 fn a_read_only_bind_is_read_only_on_the_host_and_the_share_is_read_only_to_the_guest() {
     in_private_mounts(|root| {
@@ -228,5 +236,88 @@ fn removal_stops_at_a_mount_point_and_removes_links_not_targets() {
         assert!(!dir.exists());
         assert!(remove_tree(&dir).unwrap().is_empty(), "a second removal is harmless");
         assert_eq!(fs::read_dir(&host.volume).unwrap().count(), 1);
+    });
+}
+
+#[test]
+fn a_host_mount_made_later_under_a_volume_source_does_not_reach_the_guest() {
+    in_private_mounts(|root| {
+        let (host, state, share) = sandbox(root);
+        // The volume's source on a shared mount, as on a systemd host (`/` is shared there):
+        // a bind of it would be a peer of that mount, and receive what is mounted under it.
+        mount(Some(&host.volume), &host.volume, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        mount(None::<&str>, &host.volume, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+        fs::create_dir(host.volume.join("sub")).unwrap();
+        share.bind("c1", "mounts/1-volume", &host.volume, true).unwrap();
+        let shared = state.join("shared/c1/mounts/1-volume");
+        let private = state.join("mounts/c1/mounts/1-volume");
+        assert!(shared.join("sub").is_dir());
+
+        // Later, on the host, a writable mount under the (read-only) volume's source.
+        mount(Some("tmpfs"), &host.volume.join("sub"), Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+        fs::write(host.volume.join("sub/later"), b"host").unwrap();
+        for view in [&shared, &private] {
+            assert!(!is_mounted(&view.join("sub")), "{} received the host's later mount", view.display());
+            assert!(!view.join("sub/later").exists(), "{}", view.display());
+            let err = fs::write(view.join("sub/guest"), b"x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{}: {err}", view.display());
+        }
+        // The bind still reaches the guest, and goes with the container.
+        assert_eq!(fs::read(shared.join("data")).unwrap(), b"original");
+        share.release("c1", &log());
+        assert!(!shared.exists() && !private.exists());
+        assert!(is_mounted(&host.volume.join("sub")), "the host's own mount is left alone");
+        umount2(&host.volume.join("sub"), MntFlags::MNT_DETACH).unwrap();
+        umount2(&host.volume, MntFlags::MNT_DETACH).unwrap();
+        fs::remove_dir(host.volume.join("sub")).unwrap();
+        stop(&host, &state, &share);
+    });
+}
+
+#[test]
+fn a_path_planted_for_the_next_container_is_neither_followed_nor_mounted_through() {
+    in_private_mounts(|root| {
+        let (host, state, share) = sandbox(root);
+        share.bind("c1", "rootfs", &host.rootfs, false).unwrap();
+        let (shared, mounts) = (state.join("shared"), state.join("mounts"));
+        // What a guest can do: nothing outside its rw binds; the next container's path cannot
+        // be made.
+        for attempt in
+            [fs::create_dir_all(shared.join("c2/mounts/0-volume")), symlink(&host.victim_file, shared.join("c2"))]
+        {
+            assert_eq!(attempt.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        }
+        // Worse than any guest can do: plants in the host-only tree itself, one level at a time.
+        // Each bind of the next container is refused, nothing is mounted on or through a plant.
+        let plants: [(&str, &dyn Fn()); 4] = [
+            ("a link at the bind's path", &|| {
+                fs::create_dir_all(mounts.join("c2/mounts")).unwrap();
+                symlink(&host.victim_file, mounts.join("c2/mounts/0-volume")).unwrap();
+            }),
+            ("a directory at the bind's path", &|| {
+                fs::create_dir_all(mounts.join("c2/mounts/0-volume")).unwrap();
+            }),
+            ("a link for the container's mounts/", &|| {
+                fs::create_dir_all(mounts.join("c2")).unwrap();
+                symlink(&host.victim_mount, mounts.join("c2/mounts")).unwrap();
+            }),
+            ("a link for the container's directory", &|| symlink(&host.victim_mount, mounts.join("c2")).unwrap()),
+        ];
+        for (what, plant) in plants {
+            plant();
+            let err = share.bind("c2", "mounts/0-volume", &host.volume, false).unwrap_err();
+            let message = wisp_shim::error_chain(&err);
+            assert!(message.contains("c2"), "{what}: {message}");
+            assert!(mounts_under(&mounts).iter().all(|p| !p.starts_with(mounts.join("c2"))), "{what}: mounted");
+            assert!(mounts_under(&host.victim_mount).len() == 1, "{what}: mounted on the host");
+            assert_eq!(fs::read_dir(&host.victim_mount).unwrap().count(), 1, "{what}: made in the host mount");
+            share.release("c2", &log());
+            host.assert_untouched();
+            remove_tree(&mounts.join("c2")).unwrap();
+        }
+        // With the plants gone, the next container's bind is made.
+        share.bind("c2", "mounts/0-volume", &host.volume, false).unwrap();
+        assert_eq!(fs::read(shared.join("c2/mounts/0-volume/data")).unwrap(), b"original");
+        stop(&host, &state, &share);
     });
 }

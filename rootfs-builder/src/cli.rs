@@ -34,7 +34,7 @@ pub enum Command {
     /// for runc, `ctr run --config` or the wisp shim.
     #[command(long_about = BUNDLE_ABOUT, after_help = BUNDLE_AFTER)]
     Bundle(BundleArgs),
-    /// Build a local OCI image tarball from busybox that `ctr images import` accepts.
+    /// Build a local image tarball from busybox that `ctr images import` and `docker load` accept.
     #[command(long_about = OCI_IMAGE_ABOUT, after_help = OCI_IMAGE_AFTER)]
     OciImage(OciImageArgs),
 }
@@ -189,11 +189,15 @@ impl BundleArgs {
 }
 
 const OCI_IMAGE_ABOUT: &str = "\
-Build a local OCI image: an OCI image layout tarball (oci-layout, index.json, blobs) with
-one gzip layer holding a static busybox and its applet links, which `ctr images import`
-accepts, so `ctr run IMAGE ID` works without a registry. index.json carries the
+Build a local image: one tarball with one gzip layer holding a static busybox and its
+applet links, which both `ctr images import` and `docker load` accept, so `ctr run IMAGE ID`
+and `docker run IMAGE` work without a registry. It is an OCI image layout (oci-layout,
+index.json, blobs/sha256/) and a docker-archive at once: manifest.json names the same config
+and layer blobs, as `docker save` writes since Docker 25 (Docker 20.10's `docker load` reads
+only manifest.json; containerd prefers index.json). index.json carries the
 io.containerd.image.name annotation (the full reference, docker.io/library/NAME:TAG for a
-bare NAME:TAG) and org.opencontainers.image.ref.name (the TAG).
+bare NAME:TAG) and org.opencontainers.image.ref.name (the TAG); manifest.json's RepoTags
+holds NAME:TAG as docker prints it.
 
 The output is deterministic: entries sorted, owned by root, stamped with
 $SOURCE_DATE_EPOCH (or 0); the same inputs always give the same bytes.";
@@ -202,6 +206,7 @@ const OCI_IMAGE_AFTER: &str = "\
 Examples:
   rootfs-builder oci-image --from busybox --name wisp-busybox:1 -o bb.tar
   ctr images import bb.tar && ctr run --rm docker.io/library/wisp-busybox:1 demo echo hi
+  docker load -i bb.tar && docker run --rm wisp-busybox:1 echo hi
   rootfs-builder oci-image --from busybox --name example.com/tools/bb:v2 -o bb.tar --args sh -c 'uname -a'
   rootfs-builder oci-image --from busybox --name wisp-pause:1 --add-file ./pause:/pause -o pause.tar --args /pause";
 

@@ -128,7 +128,11 @@ fn run_oci_image(args: &OciImageArgs) -> anyhow::Result<()> {
         built.manifest_digest,
         size(usize::try_from(built.layer_size).unwrap_or(usize::MAX))
     );
-    eprintln!("rootfs-builder: import and run it with:");
+    eprintln!(
+        "rootfs-builder: import and run it with (or: docker load -i {0} && docker run --rm {1}):",
+        out.display(),
+        reference.familiar()
+    );
     println!("ctr images import {} && ctr run --rm {} ID", out.display(), reference.full());
     Ok(())
 }

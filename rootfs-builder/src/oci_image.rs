@@ -1,11 +1,17 @@
-//! Writing a local OCI image: an OCI image layout tarball that `ctr images import` accepts, so
-//! `ctr run IMAGE` works without a registry.
+//! Writing a local image: one tarball that both `ctr images import` and `docker load` accept,
+//! so `ctr run IMAGE` and `docker run IMAGE` work without a registry.
 //!
-//! The tarball holds `oci-layout`, `index.json` (one manifest, annotated with
+//! The tarball is an OCI image layout — `oci-layout`, `index.json` (one manifest, annotated with
 //! `io.containerd.image.name` = the full reference, e.g. `docker.io/library/NAME:TAG`, which ctr
 //! names the image after, and `org.opencontainers.image.ref.name` = the tag), and under
 //! `blobs/sha256/` the manifest, the config (whose `rootfs.diff_ids` is the sha256 of the
-//! uncompressed layer) and one gzip layer.
+//! uncompressed layer) and one gzip layer — and at the same time a docker-archive: a
+//! `manifest.json` naming the same config and layer blobs, with `RepoTags` = the reference as
+//! docker prints it (`NAME:TAG`). Docker 20.10's `docker load` reads only `manifest.json` (it
+//! fails with `blobs/json: no such file` on a bare OCI layout) and inflates a gzip layer itself;
+//! containerd prefers `index.json` when both are there. `docker save` writes the same pair since
+//! Docker 25, so one file serves both tools and no `--format` choice is needed. The legacy
+//! `repositories` file is not written: Docker reads it only when `manifest.json` is absent.
 //!
 //! Deterministic: the layer tar lists entries sorted, owned by 0:0, stamped with the given mtime
 //! (`SOURCE_DATE_EPOCH`), with no user or group names; gzip has a fixed header; JSON documents
@@ -97,6 +103,26 @@ impl Reference {
     pub fn full(&self) -> String {
         format!("{}:{}", self.repository, self.tag)
     }
+
+    /// The reference as docker prints it (`docker images`, `docker save`'s `RepoTags`): without
+    /// `docker.io/`, and without `library/` for an official-style one-part name.
+    pub fn familiar(&self) -> String {
+        let short = match self.repository.strip_prefix("docker.io/") {
+            Some(rest) => rest.strip_prefix("library/").filter(|name| !name.contains('/')).unwrap_or(rest),
+            None => &self.repository,
+        };
+        format!("{short}:{}", self.tag)
+    }
+}
+
+/// One image of a docker-archive's `manifest.json` (moby's `tarexport.manifestItem`): member
+/// paths of the config and of the layers, bottom first.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestItem {
+    config: String,
+    repo_tags: Vec<String>,
+    layers: Vec<String>,
 }
 
 /// What goes in the image besides the file tree.
@@ -114,7 +140,7 @@ pub struct ImageSpec {
 /// A written image.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
-    /// The OCI layout tarball.
+    /// The tarball (OCI layout and docker-archive at once).
     pub bytes: Vec<u8>,
     /// `sha256:` digest of the manifest (what `ctr images ls` shows).
     pub manifest_digest: String,
@@ -181,7 +207,7 @@ fn host_arch() -> Arch {
     }
 }
 
-/// Builds the OCI layout tarball of `tree` as `spec` says.
+/// Builds the image tarball of `tree` as `spec` says (both shapes, see the module docs).
 pub fn build(tree: &Archive, spec: &ImageSpec) -> Result<BuiltImage, OciImageError> {
     let layer = layer_tar(tree, spec.mtime)?;
     let diff_id = sha256_digest(&layer);
@@ -242,9 +268,15 @@ pub fn build(tree: &Archive, spec: &ImageSpec) -> Result<BuiltImage, OciImageErr
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
 
     let blob = |data: &[u8]| format!("blobs/sha256/{}", sha256_digest(data).trim_start_matches("sha256:"));
+    let docker_manifest = canonical_json(&[DockerManifestItem {
+        config: blob(&config_json),
+        repo_tags: vec![spec.reference.familiar()],
+        layers: vec![blob(&layer_gz)],
+    }])?;
     let mut outer = Archive::new();
     outer.add_file("oci-layout", 0o644, layout).map_err(archive_bug)?;
     outer.add_file("index.json", 0o644, index_json).map_err(archive_bug)?;
+    outer.add_file("manifest.json", 0o644, docker_manifest).map_err(archive_bug)?;
     outer.add_file(&blob(&manifest_json), 0o644, manifest_json.clone()).map_err(archive_bug)?;
     outer.add_file(&blob(&config_json), 0o644, config_json).map_err(archive_bug)?;
     let layer_size = layer_gz.len() as u64;
@@ -274,6 +306,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn familiar_names_are_what_docker_prints() {
+        let familiar = |name| Reference::parse(name).unwrap().familiar();
+        assert_eq!(familiar("busybox"), "busybox:latest");
+        assert_eq!(familiar("docker.io/library/bb:1"), "bb:1");
+        assert_eq!(familiar("wisp/bb:v1"), "wisp/bb:v1");
+        assert_eq!(familiar("docker.io/library/a/b:2"), "library/a/b:2");
+        assert_eq!(familiar("localhost:5000/x:y"), "localhost:5000/x:y");
+        assert_eq!(familiar("example.com/a/b"), "example.com/a/b:latest");
+    }
+
     fn tree() -> Archive {
         let mut a = Archive::new();
         a.add_file("bin/busybox", 0o755, b"bb".to_vec()).unwrap();
@@ -291,6 +334,73 @@ mod tests {
         }
     }
 
+    /// The members of an image tarball by name, each checked to be stamped `mtime`.
+    fn members(bytes: &[u8], mtime: u64) -> HashMap<String, Vec<u8>> {
+        let mut files = HashMap::new();
+        let mut outer = tar::Archive::new(bytes);
+        for e in outer.entries().unwrap() {
+            let mut e = e.unwrap();
+            assert_eq!(e.header().mtime().unwrap(), mtime);
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            files.insert(e.path().unwrap().to_string_lossy().trim_end_matches('/').to_owned(), data);
+        }
+        files
+    }
+
+    #[test]
+    fn docker_manifest_names_the_oci_blobs() {
+        let built = build(&tree(), &spec(5)).unwrap();
+        let files = members(&built.bytes, 5);
+        let (mut blobs, mut top): (Vec<&str>, Vec<&str>) =
+            files.keys().map(String::as_str).partition(|n| n.starts_with("blobs/sha256/"));
+        top.sort_unstable();
+        assert_eq!(top, ["blobs", "blobs/sha256", "index.json", "manifest.json", "oci-layout"]);
+        blobs.sort_unstable();
+        assert_eq!(blobs.len(), 3, "manifest, config and layer: {blobs:?}");
+
+        let json = |name: &str| -> serde_json::Value { serde_json::from_slice(&files[name]).unwrap() };
+        let index = json("index.json");
+        let oci = json(&format!("blobs/sha256/{}", &index["manifests"][0]["digest"].as_str().unwrap()[7..]));
+        let path_of = |d: &serde_json::Value| format!("blobs/sha256/{}", &d["digest"].as_str().unwrap()[7..]);
+        let docker = json("manifest.json");
+        let items = docker.as_array().unwrap();
+        assert_eq!(items.len(), 1, "{docker}");
+        let item = &items[0];
+        assert_eq!(item["Config"], path_of(&oci["config"]), "{docker}");
+        assert_eq!(item["Layers"], serde_json::json!([path_of(&oci["layers"][0])]), "{docker}");
+        assert_eq!(item["RepoTags"], serde_json::json!(["bb:t"]), "{docker}");
+        for name in [&item["Config"], &item["Layers"][0]] {
+            assert!(files.contains_key(name.as_str().unwrap()), "{name} is a member");
+        }
+    }
+
+    #[test]
+    fn the_docker_archive_alone_reads_as_one() {
+        // Without index.json and oci-layout, what remains is a docker-archive on its own: the
+        // reader (which prefers the OCI index) takes it as one, layer and Cmd included.
+        let built = build(&tree(), &spec(5)).unwrap();
+        let mut docker_only = tar::Builder::new(Vec::new());
+        let mut outer = tar::Archive::new(built.bytes.as_slice());
+        for e in outer.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            if name != "index.json" && name != "oci-layout" {
+                let mut header = e.header().clone();
+                docker_only.append_data(&mut header, &name, &mut e).unwrap();
+            }
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), docker_only.into_inner().unwrap()).unwrap();
+        let image = crate::image::ImageArchive::open(file.path(), None).unwrap();
+        assert_eq!(image.format, "docker-archive");
+        assert_eq!(image.layers.len(), 1);
+        assert_eq!(image.defaults.cmd, Some(vec!["sh".to_owned()]));
+        let mut layer = Vec::new();
+        std::io::Read::read_to_end(&mut image.layer_reader(&image.layers[0]).unwrap(), &mut layer).unwrap();
+        assert_eq!(layer, layer_tar(&tree(), 5).unwrap(), "the reader inflated and checked the layer");
+    }
+
     #[test]
     fn deterministic_and_consistent() {
         let a = build(&tree(), &spec(5)).unwrap();
@@ -298,15 +408,7 @@ mod tests {
         assert_eq!(a.bytes, b.bytes);
         assert_ne!(a.bytes, build(&tree(), &spec(6)).unwrap().bytes, "mtime matters");
 
-        let mut files = HashMap::new();
-        let mut outer = tar::Archive::new(a.bytes.as_slice());
-        for e in outer.entries().unwrap() {
-            let mut e = e.unwrap();
-            assert_eq!(e.header().mtime().unwrap(), 5);
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            files.insert(e.path().unwrap().to_string_lossy().into_owned(), data);
-        }
+        let files = members(&a.bytes, 5);
         let json = |name: &str| -> serde_json::Value { serde_json::from_slice(&files[name]).unwrap() };
         let index = json("index.json");
         let m = &index["manifests"][0];

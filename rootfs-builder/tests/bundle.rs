@@ -559,6 +559,12 @@ fn oci_image_is_deterministic_and_honours_source_date_epoch() {
     let config: serde_json::Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
     assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{}", sha(&layer)));
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["echo", "hi"]));
+    // The same blobs as a docker-archive, for `docker load`.
+    let docker: serde_json::Value = serde_json::from_slice(&m["manifest.json"].1).unwrap();
+    let path = |d: &serde_json::Value| format!("blobs/sha256/{}", &d.as_str().unwrap()[7..]);
+    assert_eq!(docker[0]["RepoTags"], serde_json::json!(["wisp-bb:test"]));
+    assert_eq!(docker[0]["Config"], path(&manifest["config"]["digest"]));
+    assert_eq!(docker[0]["Layers"], serde_json::json!([path(&manifest["layers"][0]["digest"])]));
 
     // The image is also a valid --from-archive input.
     let out = dir.path().join("bundle");

@@ -10,6 +10,7 @@
 //! | [`Artifact::Initrd`] | `target/initrd/wisp.initrd` (gzip newc cpio) | `WISP_INITRD` |
 //! | [`Artifact::Agent`] | `target/x86_64-unknown-linux-gnu/release/wisp-agent` | `WISP_AGENT` |
 //! | [`Artifact::RootfsBuilder`] | `target/release/rootfs-builder` (else `target/debug/`) | `WISP_ROOTFS_BUILDER` |
+//! | [`Artifact::FloorInit`] | `target/floor-init/release/wisp-floor-init` (the true floor's `/init`) | `WISP_FLOOR_INIT` |
 
 use std::env;
 use std::fmt;
@@ -43,11 +44,14 @@ pub enum Artifact {
     Agent,
     /// The host tool that packs initrds (`rootfs-builder`).
     RootfsBuilder,
+    /// The true floor's `/init` (`floor-init/`, built by `make floor-init`).
+    FloorInit,
 }
 
 impl Artifact {
     /// All artifacts.
-    pub const ALL: [Artifact; 5] = [Self::Kernel, Self::Vmlinux, Self::Initrd, Self::Agent, Self::RootfsBuilder];
+    pub const ALL: [Artifact; 6] =
+        [Self::Kernel, Self::Vmlinux, Self::Initrd, Self::Agent, Self::RootfsBuilder, Self::FloorInit];
 
     /// The environment variable overriding this artifact's path.
     pub fn env_var(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Artifact {
             Self::Initrd => "WISP_INITRD",
             Self::Agent => "WISP_AGENT",
             Self::RootfsBuilder => "WISP_ROOTFS_BUILDER",
+            Self::FloorInit => "WISP_FLOOR_INIT",
         }
     }
 
@@ -68,6 +73,7 @@ impl Artifact {
             Self::Initrd => "target/initrd/wisp.initrd",
             Self::Agent => "target/x86_64-unknown-linux-gnu/release/wisp-agent",
             Self::RootfsBuilder => "target/release/rootfs-builder",
+            Self::FloorInit => "target/floor-init/release/wisp-floor-init",
         }
     }
 
@@ -111,6 +117,7 @@ impl fmt::Display for Artifact {
             Self::Initrd => "guest initrd",
             Self::Agent => "agent binary",
             Self::RootfsBuilder => "rootfs-builder",
+            Self::FloorInit => "true floor /init (wisp-floor-init)",
         })
     }
 }
@@ -145,6 +152,11 @@ pub fn initrd() -> Result<PathBuf, ArtifactError> {
 /// The agent binary ([`Artifact::Agent`]).
 pub fn agent() -> Result<PathBuf, ArtifactError> {
     Artifact::Agent.path()
+}
+
+/// The true floor's `/init` ([`Artifact::FloorInit`]).
+pub fn floor_init() -> Result<PathBuf, ArtifactError> {
+    Artifact::FloorInit.path()
 }
 
 /// The `rootfs-builder` binary ([`Artifact::RootfsBuilder`]): the release build `make` makes,

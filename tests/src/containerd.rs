@@ -145,6 +145,9 @@ pub struct Containerd {
     root: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    config: PathBuf,
+    /// The `PATH` containerd runs with (the shim directories first).
+    path: OsString,
     dir: Option<TempDir>,
 }
 
@@ -184,32 +187,70 @@ impl Containerd {
                 .and_then(|()| fs::write(&conflist, &cni.conflist))
                 .map_err(|source| ContainerdError::Create { path: conflist, source })?;
         }
-        let log_file = File::create(&log).map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
-        let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
-
         let mut path = options.shim_dirs.clone();
         path.extend(env::var_os("PATH").iter().flat_map(env::split_paths));
         let path = env::join_paths(path).unwrap_or_else(|_| env::var_os("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| ContainerdError::Spawn { program: "containerd".into(), source })?;
         let mut containerd = Self {
-            child: Some(child),
+            child: None,
             address,
             namespace: options.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
             root,
             state,
             log,
+            config,
+            path,
             dir: Some(dir),
         };
+        containerd.spawn_daemon()?;
         containerd.wait_ready()?;
         Ok(containerd)
+    }
+
+    /// Starts the containerd process on this directory (its log appended to).
+    fn spawn_daemon(&mut self) -> Result<(), ContainerdError> {
+        let log = &self.log;
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
+        let log_err = log_file.try_clone().map_err(|source| ContainerdError::Create { path: log.clone(), source })?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", &self.path)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| ContainerdError::Spawn { program: "containerd".into(), source })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the containerd process alone (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and
+    /// starts it again on the same directory: its shims and their containers run on, as when
+    /// an operator restarts containerd.
+    pub fn restart(&mut self) -> Result<(), ContainerdError> {
+        self.stop_daemon();
+        self.spawn_daemon()?;
+        self.wait_ready()
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < STOP_GRACE {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                thread::sleep(POLL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn wait_ready(&mut self) -> Result<(), ContainerdError> {
@@ -307,32 +348,8 @@ impl Containerd {
         while !shims.is_empty() && asked.elapsed() < STOP_GRACE && shims.iter().any(|pid| process_running(*pid)) {
             thread::sleep(POLL);
         }
-        // A SIGKILLed process takes a moment to die on a loaded host: keep at it until none is
-        // left (zombies do not count) or the bound has passed.
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        loop {
-            let leftovers: Vec<u32> = self.shim_processes().into_iter().filter(|pid| process_running(*pid)).collect();
-            if leftovers.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for pid in leftovers {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            thread::sleep(POLL);
-        }
-        if let Some(mut child) = self.child.take() {
-            let pid = Pid::from_raw(child.id() as i32);
-            let _ = kill(pid, Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < STOP_GRACE {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                thread::sleep(POLL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_until_gone(|| self.shim_processes(), KILL_TIMEOUT);
+        self.stop_daemon();
         // Shims may have been forked while containerd was stopping.
         for pid in self.shim_processes() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -442,6 +459,23 @@ pub fn find_on_path(program: &OsStr) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// SIGKILLs what `find` lists until none of it runs or `timeout` has passed: a SIGKILLed
+/// process takes a moment to die on a loaded host, and a parent may fork meanwhile (zombies do
+/// not count).
+pub(crate) fn kill_until_gone(find: impl Fn() -> Vec<u32>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leftovers: Vec<u32> = find().into_iter().filter(|pid| process_running(*pid)).collect();
+        if leftovers.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for pid in leftovers {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        thread::sleep(POLL);
+    }
+}
+
 /// Whether `pid` runs: a zombie waiting for its reaper does not count, nor a reaped process.
 pub fn process_running(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -450,14 +484,15 @@ pub fn process_running(pid: u32) -> bool {
     }
 }
 
+/// A process's parent and argv, as [`process_table`] read them.
 #[derive(Debug)]
-struct ProcInfo {
-    ppid: u32,
-    cmdline: Vec<Vec<u8>>,
+pub(crate) struct ProcInfo {
+    pub(crate) ppid: u32,
+    pub(crate) cmdline: Vec<Vec<u8>>,
 }
 
 /// Every process's parent and argv, from `/proc` (processes that vanish while read are skipped).
-fn process_table() -> BTreeMap<u32, ProcInfo> {
+pub(crate) fn process_table() -> BTreeMap<u32, ProcInfo> {
     let mut table = BTreeMap::new();
     let Ok(entries) = fs::read_dir("/proc") else { return table };
     for entry in entries.flatten() {
@@ -477,7 +512,7 @@ fn process_table() -> BTreeMap<u32, ProcInfo> {
 }
 
 /// `roots` and all their descendants, children first (so parents cannot respawn them).
-fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>) -> Vec<u32> {
+pub(crate) fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>) -> Vec<u32> {
     let mut found: Vec<u32> = roots.collect();
     let mut seen: BTreeSet<u32> = found.iter().copied().collect();
     let mut i = 0;
@@ -495,7 +530,7 @@ fn descendants(table: &BTreeMap<u32, ProcInfo>, roots: impl Iterator<Item = u32>
 }
 
 /// Mount points at or under any of `dirs`, deepest first, from `/proc/self/mountinfo`.
-fn mounts_under(dirs: &[&Path]) -> Vec<PathBuf> {
+pub fn mounts_under(dirs: &[&Path]) -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
     let mut mounts: Vec<PathBuf> = info
         .lines()

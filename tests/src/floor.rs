@@ -1,7 +1,14 @@
-//! The boot floor: the smallest guest there is, a busybox `/init` that prints the guest's uptime
-//! and powers off. Booted on the same VM as the agent it is the cost of the kernel and QEMU alone,
-//! the best any `/init` could do; the harness tests and `wisp-bench-boot` both boot it, so it is
-//! defined once, here.
+//! The boot floors: the cost of the kernel and QEMU alone, booted on the same VM as the agent.
+//!
+//! - The **true floor** ([`true_floor_initrd`]): `floor-init/`'s static `/init` of a few KiB in
+//!   an initrd of about 2 KB, listening on the agent's vsock port and echoing; it prints
+//!   [`FLOOR_MARKER`](crate::timeline::FLOOR_MARKER) with its `CLOCK_BOOTTIME` once it listens.
+//!   The best any `/init` could do, with the kernel unpacking next to nothing.
+//! - The **busybox floor** ([`initrd`]): a busybox script in a 1 MB initrd that prints the
+//!   guest's uptime and powers off. Older, kept beside the true floor for comparison: its
+//!   initrd's size and the shell hide part of what a big initrd costs the agent.
+//!
+//! The harness tests and `wisp-bench-boot` both boot them, so they are defined once, here.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -9,6 +16,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::artifacts;
 use crate::rootfs_builder::{self, PackError};
 
 /// The floor's `/init`: mount proc, print the uptime on the console (the line
@@ -38,7 +46,18 @@ pub enum FloorError {
     Pack(#[from] PackError),
 }
 
-/// Packs the floor ([`FLOOR_INIT`]) into `out`; see [`busybox_initrd`].
+/// Packs the true floor's `/init` (`floor-init/`, [`artifacts::floor_init`]) alone into `out`,
+/// compressed as `compression` says (`gzip`, `zstd`, `none`: `rootfs-builder --compress`).
+pub fn true_floor_initrd(compression: &str, out: &Path) -> Result<(), FloorError> {
+    let init = artifacts::floor_init().map_err(PackError::from)?;
+    rootfs_builder::initrd(
+        [OsStr::new("--init"), init.as_os_str(), OsStr::new("--compress"), OsStr::new(compression)],
+        out,
+    )?;
+    Ok(())
+}
+
+/// Packs the busybox floor ([`FLOOR_INIT`]) into `out`; see [`busybox_initrd`].
 pub fn initrd(out: &Path) -> Result<(), FloorError> {
     busybox_initrd(FLOOR_INIT, out)
 }

@@ -30,6 +30,9 @@
 //! - [`rootfs_builder`]: packs initrds with the workspace's `rootfs-builder`.
 //! - [`containerd`]: [`Containerd`], a private containerd (own root, state, socket) with a
 //!   `ctr` wrapper, for the tests of feature `containerd-tests` (`make test-containerd`, root).
+//! - [`dockerd`]: [`Dockerd`], a private dockerd (Debian's docker.io: own data and exec roots,
+//!   socket, containerd, cgroup parent) with a `docker` wrapper and `--add-runtime`, for the
+//!   Docker tests of feature `containerd-tests` (`make test-containerd`, root).
 //! - [`shim_setup`]: a private containerd running our shim with its own configuration, for the
 //!   `ctr` tests of the shim on every machine type.
 //! - `cri` (feature `containerd-tests`): a CRI client (kubelet's side) for containerd's CRI
@@ -66,6 +69,7 @@ pub mod artifacts;
 pub mod containerd;
 #[cfg(feature = "containerd-tests")]
 pub mod cri;
+pub mod dockerd;
 pub mod floor;
 pub mod leftovers;
 #[cfg(feature = "containerd-tests")]
@@ -81,5 +85,6 @@ pub mod vm;
 pub use accel::Accel;
 pub use artifacts::{Artifact, ArtifactError};
 pub use containerd::{Containerd, ContainerdError, ContainerdOptions};
+pub use dockerd::{Dockerd, DockerdError, DockerdOptions};
 pub use qemu::{Bios, Channel, Machine, VmConfig, VmPaths};
 pub use vm::{Vm, VmError};

@@ -309,7 +309,7 @@ impl VmConfig {
     }
 
     /// The kernel command line under `accel` (the shim's: `console=ttyS0 panic=-1
-    /// printk.time=1`, the TSC fix for microvm under TCG, `agent.channel=serial` on a serial
+    /// printk.time=1 no_timer_check`, the TSC fix for microvm under TCG, `agent.channel=serial` on a serial
     /// channel, then the arguments of [`VmConfig::cmdline_arg`]).
     pub fn kernel_cmdline(&self, accel: Accel) -> String {
         cmdline::kernel_cmdline(&self.spec(accel))
@@ -374,7 +374,7 @@ mod tests {
             "qemu -machine q35 -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
              -no-reboot -serial file:/run/vm/console.fifo -bios /fw/qboot.rom -kernel /k/bzImage \
-             -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1'"
+             -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check'"
         );
         assert_eq!(config.agent_addr(&paths()), None);
         assert_eq!(config.vsock_helper_args(&paths()), None);
@@ -396,7 +396,7 @@ mod tests {
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
              -qmp unix:/run/vm/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=512M,share=on -kernel /k/bzImage \
-             -append 'console=ttyS0 panic=-1 printk.time=1 agent.log=debug' \
+             -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check agent.log=debug' \
              -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-pci,chardev=vs0,event_idx=off"
         );
         assert_eq!(
@@ -417,11 +417,11 @@ mod tests {
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 \
              -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
              -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
-             -append 'console=ttyS0 panic=-1 printk.time=1 tsc_early_khz=2000000 tsc=reliable' \
+             -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check tsc_early_khz=2000000 tsc=reliable' \
              -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0,event_idx=off"
         );
         // Under KVM the TSC is calibrated properly: no invented frequency.
-        assert_eq!(config.kernel_cmdline(Accel::Kvm), "console=ttyS0 panic=-1 printk.time=1");
+        assert_eq!(config.kernel_cmdline(Accel::Kvm), "console=ttyS0 panic=-1 printk.time=1 no_timer_check");
     }
 
     #[test]

@@ -109,6 +109,20 @@ impl Setup {
         Ok(bundle.join("config.json"))
     }
 
+    /// A busybox OCI image made by rootfs-builder and imported as `docker.io/library/wisp-bb:<tag>`;
+    /// its name.
+    pub fn import_busybox(&self, tag: &str) -> anyhow::Result<String> {
+        let image = self.dir.path().join(format!("image-{tag}.tar"));
+        let name = format!("wisp-bb:{tag}");
+        let out = Command::new(artifacts::rootfs_builder()?)
+            .args(["oci-image", "--from", "busybox", "--name", &name, "-o", crate::containerd::s(&image)])
+            .output()?;
+        ensure!(out.status.success(), "rootfs-builder oci-image: {}", describe(&out));
+        let out = self.ctr(&["images", "import", crate::containerd::s(&image)])?;
+        ensure!(out.status.success(), "ctr images import: {}", describe(&out));
+        Ok(format!("docker.io/library/{name}"))
+    }
+
     /// Runs `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<Output> {
         Ok(self.ctd.ctr(args)?)

@@ -112,6 +112,17 @@ impl Pods {
         self.dir.path().join("state")
     }
 
+    /// The mount options of the mount under the state root whose path ends with `suffix`.
+    fn state_mount_options(&self, suffix: &str) -> String {
+        let state = self.state();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        info.lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.get(4).is_some_and(|p| Path::new(p).starts_with(&state) && p.ends_with(suffix)))
+            .and_then(|f| f.get(5).map(ToString::to_string))
+            .unwrap_or_else(|| format!("<no mount ending with {suffix} under {}>", state.display()))
+    }
+
     /// A host-network pod's config; its log directory is created (kubelet's job).
     fn pod_config(
         &self,
@@ -258,8 +269,10 @@ impl Pods {
             .collect()
     }
 
+    /// How many of the shims' processes have `needle` in their command line; the KVM probe
+    /// guest a shim may run in the background (once per state root) is not a pod's VM.
     fn count(&self, needle: &str) -> usize {
-        self.shim_cmdlines().iter().filter(|(_, c)| c.contains(needle)).count()
+        self.shim_cmdlines().iter().filter(|(_, c)| c.contains(needle) && !c.contains("wisp-kvm-probe")).count()
     }
 
     /// Everything of the wisp pods still on the host: shims, and what
@@ -331,6 +344,10 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
         "the pause process runs in the guest, not on the host: {:#?}",
         t.shim_cmdlines()
     );
+    // CRI makes the pause container's root read-only: so is its rootfs's bind on the host, which
+    // the shim gave its mount points (`/etc/resolv.conf`, `/proc`, ...) first.
+    let pause_rootfs = t.state_mount_options(&format!("/mounts/{pod}/rootfs"));
+    assert!(pause_rootfs.split(',').any(|o| o == "ro"), "the pause rootfs on the host: {pause_rootfs:?}");
 
     let sleeper = t.start_container(&pod, &config, "sleeper", &["sh", "-c", "echo sleeper-up; exec sleep 3600"])?;
     let worker = t.start_container(

@@ -1,7 +1,8 @@
 #![cfg(feature = "vm-tests")]
 //! Proves the harness on the smallest guest there is: a busybox `/init` that prints the guest
 //! uptime and powers off (the "boot floor"), on q35 and on microvm; and a VM dropped mid-boot
-//! leaves no process and no directory behind.
+//! leaves no process and no directory behind; the true floor (`floor-init/`) echoes on vsock
+//! and powers off when the host hangs up.
 //!
 //! Needs the kernel and rootfs-builder (`make`); the floor initrd is packed here
 //! ([`wisp_tests::floor`]).
@@ -197,5 +198,35 @@ fn serial_port_is_named_and_reachable_on_microvm() -> Result<()> {
     );
     let addr = vm.agent_addr().context("no agent address")?;
     block_on(agent_dial::dial(&addr, Duration::from_secs(5)))??;
+    Ok(())
+}
+
+#[test]
+fn true_floor_echoes_on_vsock_and_powers_off_on_q35() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one = one_vm_at_a_time();
+    let dir = tempfile::Builder::new().prefix("wisp-true-floor-").tempdir()?;
+    let initrd = dir.path().join("true-floor.cpio");
+    floor::true_floor_initrd("none", &initrd)?;
+    ensure!(std::fs::metadata(&initrd)?.len() < 100_000, "the true floor's initrd is not tiny");
+    let config = VmConfig::for_machine(Machine::Q35)?.initrd(&initrd).channel(Channel::HybridVsock);
+    let mut vm = Vm::boot(config)?;
+    vm.wait_for_console(FLOOR_MARKER, BOOT_TIMEOUT)?;
+    let addr = vm.agent_addr().context("no agent address")?;
+    let sent = b"\x00\x00\x00\x05\x00\x00\x00\x01\x01\x00hello".to_vec();
+    let back = block_on(async {
+        let mut stream = agent_dial::dial(&addr, Duration::from_secs(20)).await?;
+        stream.write_all(&sent).await?;
+        let mut back = vec![0u8; sent.len()];
+        stream.read_exact(&mut back).await?;
+        anyhow::Ok(back)
+    })??;
+    ensure!(back == sent, "the true floor echoed {back:?}");
+    // Hanging up ends the session: the floor powers the VM off.
+    let status = vm.wait_exit(BOOT_TIMEOUT)?;
+    ensure!(status.success(), "qemu exited with {status}; its log:\n{}", vm.qemu_log());
+    let console = vm.console();
+    let line = console.lines().find(|l| l.contains(FLOOR_MARKER)).context("no WISP-FLOOR line")?;
+    ensure!(line.contains(" port=1024"), "{line}");
     Ok(())
 }

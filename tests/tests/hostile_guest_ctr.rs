@@ -8,7 +8,10 @@
 //! - renames its own share directory and plants `<cid>/rootfs -> a host tmpfs mount` and
 //!   `<cid>/mounts/<volume> -> a host file` (the CVE-2020-2026 exploit), then the container
 //!   is deleted and the sandbox stopped;
-//! - makes a set-uid root file and a device node in its rw rootfs.
+//! - makes a set-uid root file and a device node in its rw rootfs;
+//! - with a read-only rootfs (`root.readonly`), remounts its `/` rw and writes it, and plants
+//!   a directory and a link where the shim will bind the pod's next container's volume
+//!   (`<cid2>/mounts/0-volume`) before that container is created.
 //!
 //! The host must come out unchanged: the tmpfs still mounted, the files as they were, nothing
 //! outside the sandbox's state removed, the share unreachable by another local user and bound
@@ -89,15 +92,6 @@ impl Drop for Victims {
     }
 }
 
-/// `ctr t exec` of `args` in the hostile container.
-fn exec(t: &Setup, exec_id: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut argv = vec!["tasks", "exec", "--exec-id", exec_id, CID];
-    argv.extend_from_slice(args);
-    let out = t.ctr(&argv)?;
-    ensure!(out.status.success(), "ctr t exec {args:?}: {}", describe(&out));
-    Ok(text(&out.stdout))
-}
-
 /// The mount options of the mount at `path` (the last one there), from mountinfo.
 fn mount_options(path: &Path) -> String {
     let needle = path.to_string_lossy().into_owned();
@@ -110,6 +104,58 @@ fn mount_options(path: &Path) -> String {
             (f.get(4) == Some(&needle.as_str())).then(|| f.get(5).map(ToString::to_string).unwrap_or_default())
         })
         .unwrap_or_else(|| "<not a mount point>".to_owned())
+}
+
+/// Gives the container of `spec` root's powers over its guest (CAP_SYS_ADMIN, CAP_MKNOD, no
+/// seccomp, no masked paths) and the guest's whole share at `/share`.
+fn make_hostile(spec: &mut serde_json::Value) -> anyhow::Result<()> {
+    let caps = ["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_SETFCAP", "CAP_KILL"];
+    for set in ["bounding", "effective", "permitted", "inheritable"] {
+        spec["process"]["capabilities"][set] = serde_json::json!(caps);
+    }
+    if let Some(c) = spec["process"]["capabilities"].as_object_mut() {
+        c.remove("ambient");
+    }
+    spec["process"]["noNewPrivileges"] = serde_json::json!(false);
+    if let Some(linux) = spec["linux"].as_object_mut() {
+        linux.remove("seccomp");
+        linux.remove("maskedPaths");
+        linux.remove("readonlyPaths");
+    }
+    let mounts = spec["mounts"].as_array_mut().context("the bundle has no mounts")?;
+    mounts.push(
+        serde_json::json!({"destination": "/share", "type": "bind", "source": GUEST_SHARE, "options": ["rbind"]}),
+    );
+    Ok(())
+}
+
+/// Polls the guest script's output file `result` in container `cid` until it says DONE.
+fn wait_done(t: &Setup, cid: &str, result: &str) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        let out = t.ctr(&["tasks", "exec", "--exec-id", "cat", cid, "cat", result])?;
+        let text = text(&out.stdout);
+        if text.contains("DONE") {
+            return Ok(text);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the guest script did not finish: {text} {}", describe(&out));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Kills and deletes container `cid`.
+fn kill_and_remove(t: &Setup, cid: &str) -> anyhow::Result<()> {
+    let _ = t.ctr(&["tasks", "kill", "-s", "KILL", cid])?;
+    let start = Instant::now();
+    while !t.ctr(&["tasks", "delete", cid])?.status.success() {
+        ensure!(start.elapsed() < Duration::from_secs(15), "ctr t delete {cid} did not succeed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = t.ctr(&["containers", "delete", cid])?;
+    ensure!(out.status.success(), "ctr c delete {cid}: {}", describe(&out));
+    Ok(())
 }
 
 /// Whether `nobody` can stat `path` on the host.
@@ -125,42 +171,17 @@ fn run_attacks(qemu: &str) -> anyhow::Result<()> {
     let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
     let script = script(&victims.mount, &victims.file);
     spec["process"]["args"] = serde_json::json!(["sh", "-c", format!("{script}\nsleep 3600")]);
-    let caps = ["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_SETFCAP", "CAP_KILL"];
-    for set in ["bounding", "effective", "permitted", "inheritable"] {
-        spec["process"]["capabilities"][set] = serde_json::json!(caps);
-    }
-    if let Some(c) = spec["process"]["capabilities"].as_object_mut() {
-        c.remove("ambient");
-    }
-    spec["process"]["noNewPrivileges"] = serde_json::json!(false);
-    if let Some(linux) = spec["linux"].as_object_mut() {
-        linux.remove("seccomp");
-        linux.remove("maskedPaths");
-        linux.remove("readonlyPaths");
-    }
+    make_hostile(&mut spec)?;
     let mounts = spec["mounts"].as_array_mut().context("the bundle has no mounts")?;
     mounts.insert(
         VOLUME_INDEX,
         serde_json::json!({"destination": "/vol", "type": "bind", "source": s(&victims.volume), "options": ["rbind", "ro"]}),
     );
-    mounts.push(
-        serde_json::json!({"destination": "/share", "type": "bind", "source": GUEST_SHARE, "options": ["rbind"]}),
-    );
     std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
 
     let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), CID])?;
     ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
-    let start = Instant::now();
-    let result = loop {
-        let result = exec(&t, "cat", &["cat", "/result"]).unwrap_or_default();
-        if result.contains("DONE") {
-            break result;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the guest script did not finish: {result}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let result = wait_done(&t, CID, "/result")?;
     let sandboxes: Vec<PathBuf> =
         std::fs::read_dir(t.state())?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     let sandbox = sandboxes.iter().find(|p| p.join("shared").is_dir()).context("no sandbox state dir")?.clone();
@@ -174,14 +195,7 @@ fn run_attacks(qemu: &str) -> anyhow::Result<()> {
     let opts = mount_options(if host_rootfs.exists() { &host_rootfs } else { &shared_rootfs });
     let volume_during = Victims::read(&victims.volume.join("data"));
 
-    let _ = t.ctr(&["tasks", "kill", "-s", "KILL", CID])?;
-    let start = Instant::now();
-    while !t.ctr(&["tasks", "delete", CID])?.status.success() {
-        ensure!(start.elapsed() < Duration::from_secs(15), "ctr t delete did not succeed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = t.ctr(&["containers", "delete", CID])?;
-    ensure!(out.status.success(), "ctr c delete: {}", describe(&out));
+    kill_and_remove(&t, CID)?;
     let left = t.wait_no_leftovers(Duration::from_secs(10));
 
     eprintln!(
@@ -224,4 +238,139 @@ fn a_hostile_guest_cannot_turn_the_virtio_fs_share_against_the_host() -> anyhow:
 #[test]
 fn a_hostile_guest_cannot_turn_the_9p_share_against_the_host() -> anyhow::Result<()> {
     run_attacks("shared_fs = \"virtio-9p\"")
+}
+
+/// The read-only rootfs's container, and the pod's next container, whose volume path the
+/// first one tries to plant.
+const RO_CID: &str = "hostile-ro";
+const NEXT_CID: &str = "hostile-next";
+const POD: &str = "hostile-pod";
+
+/// What the container with a read-only rootfs does; each line it prints names an attack that
+/// worked. Its output goes to its own tmpfs `/dev`.
+fn read_only_script(victim_file: &Path) -> String {
+    let next = format!("/share/{NEXT_CID}/mounts/{VOLUME_INDEX}-volume");
+    format!(
+        "exec >/dev/result 2>&1
+         echo pwned > /pwned && echo ATTACK wrote the read-only rootfs
+         mount -o remount,rw,bind / && echo remounted / rw
+         echo pwned > /pwned && echo ATTACK wrote the read-only rootfs after a remount
+         mount -o remount,rw,bind /share && echo remounted /share rw
+         echo pwned > /share/{RO_CID}/rootfs/pwned-share && echo ATTACK wrote the rootfs through the share
+         mkdir -p {next} && echo ATTACK made the volume path of the next container
+         mkdir -p /share/{NEXT_CID}/mounts && ln -s {file} {next} && echo ATTACK planted a link at it
+         ln -s {file} /share/{NEXT_CID} && echo ATTACK planted a link for the next container
+         echo DONE",
+        file = victim_file.display(),
+    )
+}
+
+/// A bundle of `cid` in pod [`POD`] running `script`.
+fn pod_bundle(t: &Setup, cid: &str, script: &str) -> anyhow::Result<(PathBuf, serde_json::Value)> {
+    let config = t.bundle(cid, &["sh", "-c", script])?;
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
+    spec["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": POD});
+    Ok((config, spec))
+}
+
+/// `root.readonly` (CRI's pause container, `ctr run --read-only`) holds on the host against a
+/// guest with CAP_SYS_ADMIN, and the path where the shim will bind the pod's next container's
+/// volume cannot be planted before that container comes: the next container gets its volume.
+fn read_only_rootfs(qemu: &str) -> anyhow::Result<()> {
+    ensure!(!Path::new(GUEST_SHARE).exists(), "{GUEST_SHARE} exists on this host: the test needs it absent");
+    let t = Setup::with_config(qemu, "")?;
+    let victims = Victims::new(t.dir.path())?;
+    let (config, mut spec) = pod_bundle(&t, RO_CID, &format!("{}\nsleep 3600", read_only_script(&victims.file)))?;
+    make_hostile(&mut spec)?;
+    spec["root"]["readonly"] = serde_json::json!(true);
+    let host_rootfs = PathBuf::from(spec["root"]["path"].as_str().context("no root.path")?);
+    // `/share` binds a guest path: its mount point cannot be made on the host, the image has it.
+    std::fs::create_dir(host_rootfs.join("share"))?;
+    std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), RO_CID])?;
+    ensure!(out.status.success(), "ctr run -d (read-only rootfs): {}", describe(&out));
+    let result = wait_done(&t, RO_CID, "/dev/result")?;
+    let sandbox = std::fs::read_dir(t.state())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("shared").is_dir())
+        .context("no sandbox state dir")?;
+    let opts = mount_options(&sandbox.join("mounts").join(RO_CID).join("rootfs"));
+
+    // The pod's next container, with a rw volume where the first one tried to plant.
+    let (next_config, mut next) = pod_bundle(&t, NEXT_CID, "cat /vol/data && echo from-next > /vol/from-next")?;
+    let mounts = next["mounts"].as_array_mut().context("the bundle has no mounts")?;
+    mounts.insert(
+        VOLUME_INDEX,
+        serde_json::json!({"destination": "/vol", "type": "bind", "source": s(&victims.volume), "options": ["rbind"]}),
+    );
+    std::fs::write(&next_config, serde_json::to_string_pretty(&next)?)?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&next_config), NEXT_CID])?;
+    let next_said = text(&out.stdout);
+    kill_and_remove(&t, RO_CID)?;
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+
+    eprintln!(
+        "read-only rootfs ({}):\n  guest said:\n    {}\n  host bind options: {opts}\n  rootfs written: {}, \
+         through the share: {}\n  next container said {next_said:?}; host file: {:?}; the volume got: {:?}\n  left: {left:?}",
+        if qemu.is_empty() { "virtio-fs" } else { qemu },
+        result.trim().replace('\n', "\n    "),
+        host_rootfs.join("pwned").exists(),
+        host_rootfs.join("pwned-share").exists(),
+        Victims::read(&victims.file),
+        Victims::read(&victims.volume.join("from-next")),
+    );
+    assert!(result.contains("remounted / rw"), "the guest could not even remount: {result}");
+    assert!(!result.contains("ATTACK"), "attacks that worked:\n{result}");
+    assert!(!host_rootfs.join("pwned").exists() && !host_rootfs.join("pwned-share").exists());
+    assert!(opts.split(',').any(|o| o == "ro"), "the host bind of the rootfs is not read-only: {opts}");
+    assert!(out.status.success(), "the next container: {}", describe(&out));
+    assert_eq!(next_said.trim(), "original", "{}", describe(&out));
+    assert_eq!(Victims::read(&victims.volume.join("from-next")), "from-next\n");
+    assert_eq!(Victims::read(&victims.file), "secret", "the guest changed a host file");
+    assert!(victims.mounted());
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
+}
+
+/// Through virtio-fs, then QEMU's 9p.
+#[test]
+fn a_read_only_rootfs_is_read_only_on_the_host_and_the_next_containers_path_cannot_be_planted() -> anyhow::Result<()> {
+    for qemu in ["", "shared_fs = \"virtio-9p\""] {
+        read_only_rootfs(qemu)?;
+    }
+    Ok(())
+}
+
+/// The mount options of every mount whose path ends with `suffix`, from mountinfo.
+fn options_of_mounts_ending_with(suffix: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').map(ToString::to_string).collect::<Vec<_>>())
+        .filter(|f| f.get(4).is_some_and(|p| p.ends_with(suffix)))
+        .map(|f| (f[4].clone(), f.get(5).cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// `ctr run --read-only` of an image: the spec says `root.readonly` (containerd 1.6's ctr still
+/// hands over a rw snapshot); the share's bind of the rootfs is read-only on the host.
+#[test]
+fn ctr_run_read_only_shares_the_image_read_only() -> anyhow::Result<()> {
+    const ID: &str = "hostile-image-ro";
+    let t = Setup::new()?;
+    let image = t.import_busybox("ro")?;
+    let out = t.ctr(&["run", "-d", "--read-only", "--runtime", RUNTIME, &image, ID, "sleep", "3600"])?;
+    ensure!(out.status.success(), "ctr run --read-only: {}", describe(&out));
+    let binds = options_of_mounts_ending_with(&format!("/{ID}/rootfs"));
+    let out = t.ctr(&["tasks", "exec", "--exec-id", "w", ID, "sh", "-c", "echo x > /written; echo rc=$?"])?;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    kill_and_remove(&t, ID)?;
+    let left = t.wait_no_leftovers(Duration::from_secs(10));
+    eprintln!("ctr run --read-only: mounts {binds:#?}\n  the guest said {said:?}\n  left: {left:?}");
+    let share = binds.iter().find(|(p, _)| p.contains("/mounts/")).context("no bind of the rootfs in the share")?;
+    assert!(share.1.split(',').any(|o| o == "ro"), "the rootfs bind in the share: {share:?}");
+    assert!(said.contains("Read-only file system") && said.contains("rc=1"), "{said}");
+    assert!(left.is_empty(), "{left:#?}");
+    Ok(())
 }

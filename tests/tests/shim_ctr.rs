@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use wisp_tests::artifacts;
 use wisp_tests::shim_setup::{describe, s, text, Setup, RUNTIME};
 
 #[test]
@@ -108,20 +107,13 @@ fn qemu_killed_reports_the_exit_and_leaves_nothing() -> anyhow::Result<()> {
 #[test]
 fn image_from_the_snapshotter_runs() -> anyhow::Result<()> {
     let t = Setup::new()?;
-    let image = t.dir.path().join("image.tar");
-    let builder = artifacts::rootfs_builder()?;
-    let out = Command::new(&builder)
-        .args(["oci-image", "--from", "busybox", "--name", "wisp-bb:shim", "-o", s(&image)])
-        .output()?;
-    ensure!(out.status.success(), "rootfs-builder oci-image: {}", describe(&out));
-    let out = t.ctr(&["images", "import", s(&image)])?;
-    ensure!(out.status.success(), "ctr images import: {}", describe(&out));
+    let image = t.import_busybox("shim")?;
     let out = t.ctr(&[
         "run",
         "--rm",
         "--runtime",
         RUNTIME,
-        "docker.io/library/wisp-bb:shim",
+        &image,
         "wisp-img",
         "sh",
         "-c",

@@ -323,7 +323,7 @@ fn import_busybox(t: &Setup) -> anyhow::Result<&'static str> {
 
 /// `wisp direct-volume stats`: the byte usage's total.
 fn volume_total(t: &Setup, volume: &str) -> anyhow::Result<u64> {
-    let out = t.wisp(&["direct-volume", "stats", "--volume-path", volume])?;
+    let out = t.wisp(&["direct-volume", "stats", volume])?;
     ensure!(out.status.success(), "wisp direct-volume stats: {}", describe(&out));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     stats["usage"]
@@ -338,9 +338,10 @@ fn directvol_mounted_written_stats_and_resize() -> anyhow::Result<()> {
     let t = Setup::new()?;
     let img = ext4_image(&t, "vol.img", "16M", &[("hello.txt", "hello from the host\n")])?;
     let volume = "/kubelet/kata-test-vol-001/volume001";
-    let info = serde_json::json!({"volume_type": "directvol", "device": s(&img), "fs_type": "ext4",
+    // kata-ctl's arguments and mountInfo keys, as seed 001 types them.
+    let info = serde_json::json!({"volume-type": "directvol", "device": s(&img), "fstype": "ext4",
                                   "metadata": {}, "options": []});
-    let out = t.wisp(&["direct-volume", "add", "--volume-path", volume, "--mount-info", &info.to_string()])?;
+    let out = t.wisp(&["direct-volume", "add", volume, &info.to_string()])?;
     ensure!(out.status.success(), "wisp direct-volume add: {}", describe(&out));
     let image = import_busybox(&t)?;
     let mount = format!("type=directvol,src={volume},dst=/disk,options=rbind:rw");
@@ -355,7 +356,7 @@ fn directvol_mounted_written_stats_and_resize() -> anyhow::Result<()> {
     assert!(listed.contains(&format!("{volume}\tdirectvol\t{}\text4\tdv", img.display())), "{listed}");
 
     let before = volume_total(&t, volume)?;
-    let out = t.wisp(&["direct-volume", "resize", "--volume-path", volume, "--size", &(32u64 << 20).to_string()])?;
+    let out = t.wisp(&["direct-volume", "resize", volume, &(32u64 << 20).to_string()])?;
     ensure!(out.status.success(), "wisp direct-volume resize: {}", describe(&out));
     let after = volume_total(&t, volume)?;
     assert!(after > before + (12 << 20), "the guest file system grew: {before} -> {after}");
@@ -363,9 +364,9 @@ fn directvol_mounted_written_stats_and_resize() -> anyhow::Result<()> {
 
     t.remove("dv")?;
     assert_eq!(ext4_cat(&img, "new.txt")?, "written in the guest\n", "the guest's write is in the image");
-    let out = t.wisp(&["direct-volume", "stats", "--volume-path", volume])?;
+    let out = t.wisp(&["direct-volume", "stats", volume])?;
     assert!(text(&out.stderr).contains("not used by a running sandbox"), "{}", describe(&out));
-    let out = t.wisp(&["direct-volume", "remove", "--volume-path", volume])?;
+    let out = t.wisp(&["direct-volume", "remove", volume])?;
     ensure!(out.status.success(), "wisp direct-volume remove: {}", describe(&out));
     assert_eq!(std::fs::read_dir(t.path("direct-volumes"))?.count(), 0, "the volume's directory is gone");
     Ok(())

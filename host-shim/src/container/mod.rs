@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use protocols::ttrpc::context;
+use slog::{warn, Logger};
 
 use crate::error::Error;
 use crate::hypervisor::Plugged;
@@ -41,11 +42,6 @@ pub use rollback::Rollback;
 
 /// Bound on ordinary agent calls.
 pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// A container's rootfs is bound rw on the host even when `root.readonly` (as Kata does): the
-/// agent creates the spec's mount points in it (`/etc/resolv.conf` of a CRI pause container)
-/// before it makes the root read-only in the guest, as runc does. What a guest can write there
-/// is the container's own copy-on-write layer; read-only volumes are read-only on the host.
-const ROOTFS_READ_ONLY_ON_HOST: bool = false;
 
 /// What a created container holds in its sandbox, released when it is deleted.
 #[derive(Debug, Default)]
@@ -68,7 +64,12 @@ pub fn mount_planned_rootfs(plan: &ContainerPlan, rollback: &mut Rollback) -> Re
 /// Creates the planned container in `sandbox`: its rootfs and bind sources shared, its disks
 /// plugged (or taken from those attached at boot), then CreateContainer. Every step is
 /// recorded in `rollback`; the caller commits it or undoes it.
-pub async fn create(sandbox: &Arc<Sandbox>, plan: &ContainerPlan, rollback: &mut Rollback) -> Result<Created, Error> {
+pub async fn create(
+    sandbox: &Arc<Sandbox>,
+    plan: &ContainerPlan,
+    rollback: &mut Rollback,
+    log: &Logger,
+) -> Result<Created, Error> {
     let cid = plan.cid.as_str();
     rollback.sharing(sandbox.clone(), cid);
     let share = |what: &str, source: &Path, read_only: bool| {
@@ -79,7 +80,7 @@ pub async fn create(sandbox: &Arc<Sandbox>, plan: &ContainerPlan, rollback: &mut
         })
     };
     let rootfs_guest = match plan.rootfs.host_dir() {
-        Some(dir) => share("rootfs", dir, ROOTFS_READ_ONLY_ON_HOST)?,
+        Some(dir) => share("rootfs", dir, rootfs_on_host(dir, plan, log)?)?,
         None => volumes::rootfs::guest_mount_point(cid),
     };
     let mut request = guest::create_request(cid, &plan.spec, &plan.bundle, rootfs_guest, share)?;
@@ -96,6 +97,17 @@ pub async fn create(sandbox: &Arc<Sandbox>, plan: &ContainerPlan, rollback: &mut
         .await
         .map_err(|err| Error::agent("CreateContainer", cid, &err))?;
     Ok(created)
+}
+
+/// Whether the shared rootfs `dir` is read-only on the host: `root.readonly` makes it so, once
+/// the spec's mount points were made in it ([`crate::share::mount_points`]).
+fn rootfs_on_host(dir: &Path, plan: &ContainerPlan, log: &Logger) -> Result<bool, Error> {
+    let access = crate::share::mount_points::prepare(dir, &plan.spec, &plan.bundle)
+        .map_err(|source| Error::MountPoints { cid: plan.cid.clone(), source: Box::new(source) })?;
+    if let crate::share::mount_points::RootfsAccess::GuestReadOnly { why } = &access {
+        warn!(log, "the rootfs is read-only in the guest only"; "container" => &plan.cid, "why" => why);
+    }
+    Ok(access.on_host())
 }
 
 /// Disk `id` of container `cid`: attached at boot (virtio-mmio: `true`), else hot-plugged now

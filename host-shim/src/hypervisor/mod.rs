@@ -14,6 +14,7 @@
 pub mod cgroup;
 pub mod confine;
 pub mod console;
+pub mod helper_watch;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
@@ -191,11 +192,13 @@ pub enum HypervisorError {
         #[source]
         source: std::io::Error,
     },
-    /// A helper did not create its socket in time.
-    #[error("{helper} did not create {socket} within {waited_ms} ms; its log says: {log}")]
+    /// A helper did not create its socket in time, or exited first.
+    #[error("{helper} did not create {socket} within {waited_ms} ms{exited}; its log says: {log}")]
     HelperNotReady {
         /// The helper.
         helper: String,
+        /// `: it exited (<status>)` when it died first, else empty.
+        exited: String,
         /// The socket it should have created.
         socket: PathBuf,
         /// How long we waited.

@@ -130,7 +130,8 @@ pub fn spawn(
 }
 
 /// Waits for the VMM `child` in the background and sends one line on `exited` when it is gone:
-/// `<what> exited (<status>): <last line of its log>`.
+/// `<what> exited (<status>): <last line of its log>`, unless a cause was sent first (a helper
+/// that died and took the VM down: see [`super::helper_watch`]).
 pub fn watch_exit(
     mut child: Child,
     what: &'static str,
@@ -145,7 +146,12 @@ pub fn watch_exit(
             Ok(status) => format!("{what} exited ({status}): {last}"),
             Err(err) => format!("{what} could not be waited for: {err}"),
         };
-        let _ = exited.send(Some(description));
+        exited.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(description);
+                true
+            }
+        });
     });
 }
 

@@ -49,8 +49,13 @@ fn virtio_suffix(machine: MachineType) -> &'static str {
 }
 
 /// The guest kernel command line.
+///
+/// `no_timer_check` (as Kata's defaults): the kernel otherwise checks at boot that the IO-APIC
+/// timer ticks within a few busy loops, and a vCPU starved by a loaded host (TCG with many
+/// sandboxes booting at once) fails that check and panics ("IO-APIC + timer doesn't work").
 pub fn kernel_cmdline(spec: &QemuSpec) -> String {
-    let mut args: Vec<String> = ["console=ttyS0", "panic=-1", "printk.time=1"].map(str::to_owned).to_vec();
+    let mut args: Vec<String> =
+        ["console=ttyS0", "panic=-1", "printk.time=1", "no_timer_check"].map(str::to_owned).to_vec();
     if spec.machine == MachineType::Microvm && spec.accel == Accel::Tcg {
         args.extend(["tsc_early_khz=2000000", "tsc=reliable"].map(str::to_owned));
     }
@@ -302,7 +307,7 @@ mod tests {
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
              -no-reboot -serial file:/run/s/console.fifo -qmp unix:/run/s/qmp.sock,server=on,wait=off \
              -object memory-backend-memfd,id=mem,size=256M,share=on -bios /fw/qboot.rom -kernel /k/kernel \
-             -initrd /k/wisp.initrd -append 'console=ttyS0 panic=-1 printk.time=1' \
+             -initrd /k/wisp.initrd -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check' \
              -chardev socket,id=vs0,path=/run/s/vhost.sock -device vhost-user-vsock-pci,chardev=vs0,event_idx=off \
              -chardev socket,id=fs0,path=/run/s/virtiofsd.sock \
              -device vhost-user-fs-pci,chardev=fs0,tag=kataShared,queue-size=1024 \
@@ -339,7 +344,7 @@ mod tests {
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
              -serial file:/run/s/console.fifo -qmp unix:/run/s/qmp.sock,server=on,wait=off -bios /fw/qboot.rom \
              -kernel /k/kernel -initrd /k/wisp.initrd \
-             -append 'console=ttyS0 panic=-1 printk.time=1 agent.channel=serial agent.debug_console agent.log=debug' \
+             -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check agent.channel=serial agent.debug_console agent.log=debug' \
              -device virtio-serial-pci -chardev socket,id=ch0,path=/run/s/serial.sock,server=on,wait=off \
              -device virtserialport,chardev=ch0,name=agent.channel.0 \
              -fsdev local,id=fs0,path=/run/s/shared,security_model=none \
@@ -416,7 +421,7 @@ mod tests {
             "qemu -machine q35 -accel tcg,tb-size=64 \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults -no-reboot \
              -serial file:/run/s/console.fifo -bios /fw/qboot.rom -kernel /k/kernel \
-             -append 'console=ttyS0 panic=-1 printk.time=1' -device virtio-rng-pci"
+             -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check' -device virtio-rng-pci"
         );
         assert_eq!(agent_addr(&s, &VmPaths::new("/run/s")), None);
     }

@@ -32,6 +32,7 @@ use crate::config::MachineType;
 use crate::hypervisor::cgroup::{self, SandboxCgroup};
 use crate::hypervisor::confine::{self, Confinement, RunAs};
 use crate::hypervisor::console::{ConsoleDrain, CONSOLE_SETTLE};
+use crate::hypervisor::helper_watch::{self, VmmHandle, WatchedHelper};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qmp::Qmp;
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
@@ -53,7 +54,9 @@ pub struct Qemu {
     spec: QemuSpec,
     paths: VmPaths,
     log: Logger,
-    helpers: Vec<(&'static str, Child)>,
+    helpers: Vec<WatchedHelper>,
+    /// QEMU itself, once spawned (its helpers' watchers kill it if they die).
+    vmm: VmmHandle,
     /// The vhost-vsock context id, held until the VM is stopped.
     guest_cid: Option<GuestCid>,
     qemu_pid: Option<u32>,
@@ -79,6 +82,7 @@ impl Qemu {
             paths,
             log,
             helpers: Vec::new(),
+            vmm: VmmHandle::default(),
             guest_cid: None,
             qemu_pid: None,
             exited_tx,
@@ -167,14 +171,19 @@ impl Qemu {
                 let _ = child.wait().await;
                 return Err(HypervisorError::HelperNotReady {
                     helper: format!("{name} ({})", program.display()),
+                    exited: exited.map(|status| format!(": it exited ({status})")).unwrap_or_default(),
                     socket,
                     waited_ms: start.elapsed().as_millis(),
-                    log: tail(&self.paths.helper_log(name), 5),
+                    log: Some(tail(&self.paths.helper_log(name), 5))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "(nothing)".into()),
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.helpers.push((name, child));
+        let log_path = self.paths.helper_log(name);
+        let log = self.log.clone();
+        self.helpers.push(helper_watch::watch(child, name, log_path, self.exited_tx.clone(), self.vmm.clone(), log));
         if let Some(ids) = self.run_as.filter(|_| name == "virtiofsd") {
             // virtiofsd stays root: the rootless QEMU reaches its socket by group.
             confine::share_with_group(&socket, ids, 0o660).map_err(|source| HypervisorError::Io {
@@ -261,6 +270,9 @@ impl Hypervisor for Qemu {
             self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
         self.qemu_pid = child.id();
+        if let Some(pid) = child.id() {
+            self.vmm.set(pid);
+        }
         process::watch_exit(child, "QEMU", self.paths.helper_log("qemu"), self.exited_tx.clone());
         cmdline::agent_addr(&self.spec, &self.paths).ok_or_else(|| {
             let channel = self.spec.channel.map_or_else(|| "no channel".to_owned(), |c| c.to_string());
@@ -301,19 +313,14 @@ impl Hypervisor for Qemu {
                 Err(_) => info!(self.log, "QMP quit timed out; killing QEMU"),
             }
         }
-        if let Some(pid) = self.pid() {
-            let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-            if let Err(err) = kill(pid, Signal::SIGKILL) {
-                warn!(self.log, "cannot kill QEMU"; "pid" => pid.as_raw(), "error" => %err);
-            }
-            let mut exited = self.exited_rx.clone();
-            let _ = tokio::time::timeout(REAP_TIMEOUT, exited.wait_for(Option::is_some)).await;
+        // Through the pidfd: QEMU may already be reaped (a dead helper killed it), and its pid
+        // number anyone's.
+        self.vmm.kill();
+        if !self.vmm.wait_exited(REAP_TIMEOUT).await {
+            warn!(self.log, "QEMU did not exit after SIGKILL"; "pid" => self.qemu_pid);
         }
-        for (name, mut child) in self.helpers.drain(..) {
-            let _ = child.start_kill();
-            if tokio::time::timeout(REAP_TIMEOUT, child.wait()).await.is_err() {
-                warn!(self.log, "{name} did not exit after SIGKILL");
-            }
+        for helper in self.helpers.drain(..) {
+            helper.stop().await;
         }
         for name in PROCESS_NAMES {
             let _ = fs::remove_file(self.paths.dir().join(format!("{name}.pid")));

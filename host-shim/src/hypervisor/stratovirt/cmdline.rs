@@ -39,10 +39,12 @@ pub struct BlockDevice {
 }
 
 /// The guest kernel command line: ours plus what StratoVirt's guide boots with
-/// (`reboot=k panic=1`, `pci=off` on microvm, `tsc=reliable`).
+/// (`reboot=k panic=1`, `pci=off` on microvm, `tsc=reliable`, `no_timer_check`).
 pub fn kernel_cmdline(spec: &StratoVirtSpec) -> String {
     let mut args: Vec<String> =
-        ["console=ttyS0", "reboot=k", "panic=1", "printk.time=1", "tsc=reliable"].map(str::to_owned).to_vec();
+        ["console=ttyS0", "reboot=k", "panic=1", "printk.time=1", "tsc=reliable", "no_timer_check"]
+            .map(str::to_owned)
+            .to_vec();
     if spec.machine == StratoVirtMachine::Microvm {
         args.push("pci=off".to_owned());
     }
@@ -197,7 +199,7 @@ mod tests {
         assert_eq!(
             line,
             "stratovirt -machine microvm -smp 1 -m 256 -kernel /k/vmlinux -initrd /k/wisp.initrd \
-             -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable pci=off' \
+             -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable no_timer_check pci=off' \
              -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.fifo \
              -device vhost-vsock-device,id=vsock-0,guest-cid=7 \
              -drive id=rootfs,file=/dev/mapper/rootfs,readonly=off,direct=off \
@@ -219,7 +221,7 @@ mod tests {
             line,
             "stratovirt -machine q35,mem-share=on -drive file=/fw/OVMF_CODE.fd,if=pflash,unit=0,readonly=true \
              -smp 1 -m 256 -kernel /k/vmlinux -initrd /k/wisp.initrd \
-             -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable agent.debug_console' \
+             -append 'console=ttyS0 reboot=k panic=1 printk.time=1 tsc=reliable no_timer_check agent.debug_console' \
              -qmp unix:/run/s/qmp.sock,server,nowait -serial file,path=/run/s/console.fifo \
              -device vhost-vsock-pci,id=vsock-0,guest-cid=7,bus=pcie.0,addr=0x1.0x0 \
              -drive id=d1,file=/dev/mapper/d1,readonly=off,direct=off \

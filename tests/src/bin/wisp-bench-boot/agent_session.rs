@@ -14,15 +14,13 @@ use wisp_tests::timeline::parse_prometheus_text;
 use wisp_tests::{Vm, VmError};
 
 use crate::container::Share;
-use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes};
+use crate::dial_attempt;
+use crate::host::{proc_comm, proc_rollup_bytes, proc_status_bytes, qemu_cpu_seconds};
 use crate::metrics::{key, Sample};
 use crate::runs::Measured;
 
 /// An agent RSS below this is a misreading, not a measurement.
 const IMPLAUSIBLE_RSS_BYTES: f64 = 256.0 * 1024.0;
-/// How long one dial attempt may take before the next starts: bounds the polling slack in the
-/// host time to the first Check.
-const DIAL_ATTEMPT: Duration = Duration::from_millis(100);
 /// How long one Health.Check may go unanswered before the bench dials again.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +42,7 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -
     notes.extend(check_notes);
     values.insert(key::HOST_CONNECTED, connected.as_secs_f64());
     values.insert(key::HOST_SERVING, spawned.elapsed().as_secs_f64());
+    values.extend(qemu_cpu_seconds(vm).map(|cpu| (key::HOST_QEMU_CPU_SERVING, cpu)));
 
     let asked = Instant::now();
     let answer = runtime.block_on(agent.agent().get_metrics(ctx(remaining()), &GetMetricsRequest::new()));
@@ -56,6 +55,7 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -
             let wanted = [
                 (key::AGENT_RSS, "wisp_agent_resident_memory_bytes"),
                 (key::AGENT_THREADS, "wisp_agent_threads"),
+                (key::AGENT_MINOR_FAULTS, "wisp_agent_minor_page_faults"),
                 (key::GUEST_MEM_TOTAL, "wisp_guest_memory_total_bytes"),
                 (key::GUEST_MEM_AVAILABLE, "wisp_guest_memory_available_bytes"),
             ];
@@ -110,13 +110,15 @@ pub fn agent_session(vm: &mut Vm, timeout: Duration, container: Option<Share>) -
 }
 
 /// Dials until the agent answers a Health.Check with SERVING, as a runtime would: short dial
-/// attempts back to back, so the time measured is not inflated by a long back-off; a Check
+/// attempts back to back, so the time measured is not inflated by a long back-off (longer after
+/// a CONNECT went unanswered: [`dial_attempt`]); a Check
 /// unanswered for [`CHECK_TIMEOUT`] drops the connection and dials again. Returns the
 /// connection, when it was established (since QEMU's spawn), and notes on anything unusual.
 async fn first_check(vm: &mut Vm, deadline: Instant) -> Result<(AgentConn, Duration, Vec<String>)> {
     let mut dials = 0u32;
     let mut last_dial_error = None;
     let mut notes = Vec::new();
+    let mut attempt = dial_attempt::SHORT;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -128,9 +130,10 @@ async fn first_check(vm: &mut Vm, deadline: Instant) -> Result<(AgentConn, Durat
             );
         }
         dials += 1;
-        let agent = match vm.connect_agent(DIAL_ATTEMPT.min(remaining)).await {
+        let agent = match vm.connect_agent(attempt.min(remaining)).await {
             Ok(agent) => agent,
             Err(VmError::Agent { source: err @ DialError::Timeout { .. }, .. }) => {
+                attempt = dial_attempt::after(&err);
                 last_dial_error = Some(error_chain(&err));
                 continue;
             }

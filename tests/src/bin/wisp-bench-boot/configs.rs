@@ -1,5 +1,6 @@
-//! The VM configurations the bench boots, each an agent VM and its floor twin: the same machine,
-//! kernel, memory and devices, only the initrd differs.
+//! The VM configurations the bench boots, each an agent VM and its two floor twins (the true
+//! floor and the busybox floor): the same machine, kernel, memory, devices and QEMU command
+//! line, only the initrd differs.
 
 use std::fs;
 use std::path::PathBuf;
@@ -11,20 +12,25 @@ use crate::cli::ConfigName;
 use crate::container::{share_args, Share};
 use crate::inputs::Packed;
 
-/// A configuration ready to boot: the agent VM and its floor twin.
+/// A configuration ready to boot: the agent VM and its floor twins.
 #[derive(Debug)]
 pub struct BenchConfig {
     pub name: &'static str,
     pub description: String,
     pub agent: VmConfig,
-    pub floor: VmConfig,
+    /// The agent VM booting the true floor's initrd; `None` where the kernel has vsock only as
+    /// modules (Debian's cloud kernel): the true floor loads none, it cannot listen there.
+    pub true_floor: Option<VmConfig>,
+    /// The agent VM booting the busybox floor's initrd.
+    pub busybox_floor: VmConfig,
     /// The share the agent run's container uses (attached to both VMs); `None`: no container.
     pub container: Option<Share>,
     /// virtiofsd's socket, for [`Share::VirtioFs`] (a virtiofsd must serve it during each boot).
     pub virtiofsd_socket: PathBuf,
 }
 
-/// The configuration `name`: its agent VM, and the same VM booting `packed.floor_initrd`.
+/// The configuration `name`: its agent VM, and the same VM booting `packed.true_floor_initrd`
+/// and `packed.floor_initrd`.
 pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
     let (agent, description) = match name {
         ConfigName::Q35 => (VmConfig::wisp(Machine::Q35)?.channel(Channel::HybridVsock), "our bzImage, hybrid vsock"),
@@ -49,6 +55,14 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
         ConfigName::Q35Zstd => (
             VmConfig::wisp(Machine::Q35)?.initrd(&packed.zstd_initrd).channel(Channel::HybridVsock),
             "our bzImage, zstd initrd, hybrid vsock",
+        ),
+        ConfigName::Q35Lz4 => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.lz4_initrd).channel(Channel::HybridVsock),
+            "our bzImage, lz4 initrd, hybrid vsock",
+        ),
+        ConfigName::Q35Xz => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.xz_initrd).channel(Channel::HybridVsock),
+            "our bzImage, xz initrd, hybrid vsock",
         ),
         ConfigName::Cloud => {
             let release = cloud_kernel_release()?;
@@ -75,8 +89,9 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
         }
         None => (agent, format!("{description}, no container (no 9p in this kernel)")),
     };
-    let floor = agent.clone().initrd(&packed.floor_initrd);
-    Ok(BenchConfig { name: name.name(), description, agent, floor, container, virtiofsd_socket })
+    let true_floor = (name != ConfigName::Cloud).then(|| agent.clone().initrd(&packed.true_floor_initrd));
+    let busybox_floor = agent.clone().initrd(&packed.floor_initrd);
+    Ok(BenchConfig { name: name.name(), description, agent, true_floor, busybox_floor, container, virtiofsd_socket })
 }
 
 fn cloud_kernel_release() -> Result<String> {

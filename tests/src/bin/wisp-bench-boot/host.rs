@@ -42,6 +42,28 @@ pub fn proc_comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_owned())
 }
 
+/// Clock ticks per second of `/proc/PID/stat`'s times (`USER_HZ`: 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds QEMU (`pid`, all its threads, live and gone) has run so far: the boot's cost in
+/// work rather than wall time, which a loaded host inflates far less (10 ms resolution).
+pub fn qemu_cpu_seconds(vm: &wisp_tests::Vm) -> Option<f64> {
+    let pid = vm.pids().into_iter().find(|&pid| proc_comm(pid).is_some_and(|n| n.starts_with("qemu")))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ticks(&stat).map(|ticks| ticks as f64 / USER_HZ)
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line, counted after the command
+/// name's closing parenthesis.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts at field 3: utime is its 12th field, stime the 13th.
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// A `kB` field of `/proc/PID/status`, in bytes.
 pub fn proc_status_bytes(pid: u32, field: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -64,6 +86,15 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system() {
+        let stat = "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194304 9000 0 3 0 130 27 0 0 20 0 6 0 77 1 2";
+        assert_eq!(stat_cpu_ticks(stat), Some(157));
+        assert_eq!(stat_cpu_ticks("1 (x) S 0 1"), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_cpu_ticks(&own).is_some(), "{own}");
+    }
 
     #[test]
     fn proc_status_fields_are_read_in_kib() {

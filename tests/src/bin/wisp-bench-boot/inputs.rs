@@ -3,7 +3,9 @@
 //! reproduced by hand).
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
 use wisp_tests::{agent_client, artifacts, floor, rootfs_builder};
@@ -12,6 +14,8 @@ use wisp_tests::{agent_client, artifacts, floor, rootfs_builder};
 #[derive(Debug)]
 pub struct Inputs {
     pub agent: PathBuf,
+    /// The true floor's `/init` (`make floor-init`).
+    pub floor_init: PathBuf,
     pub initrd: PathBuf,
     pub busybox_initrd: PathBuf,
     pub cloud_initrd: PathBuf,
@@ -27,6 +31,7 @@ impl Inputs {
         let target = artifacts::target_dir();
         let inputs = Inputs {
             agent: artifacts::agent()?,
+            floor_init: artifacts::floor_init()?,
             initrd: artifacts::initrd()?,
             busybox_initrd: target.join("initrd/wisp-busybox.initrd"),
             cloud_initrd: target.join("initrd/wisp-cloud.initrd"),
@@ -46,8 +51,16 @@ impl Inputs {
 /// The initrds packed here.
 #[derive(Debug)]
 pub struct Packed {
-    /// The floor ([`floor::FLOOR_INIT`] and busybox), gzip; its script is kept beside it.
+    /// The true floor (`floor-init/`'s `/init` alone), uncompressed: a few KiB, nothing to
+    /// decompress.
+    pub true_floor_initrd: PathBuf,
+    /// The busybox floor ([`floor::FLOOR_INIT`] and busybox), gzip; its script is kept beside it.
     pub floor_initrd: PathBuf,
+    /// The agent-only initrd compressed with lz4 (legacy frame, `lz4 -l`, the kernel's format).
+    pub lz4_initrd: PathBuf,
+    /// The agent-only initrd compressed with xz (CRC32, 1 MiB dictionary, as the kernel's own
+    /// `usr/Makefile` packs one).
+    pub xz_initrd: PathBuf,
     /// The agent-only initrd compressed with zstd instead of gzip.
     pub zstd_initrd: PathBuf,
     /// The agent-only initrd uncompressed.
@@ -60,7 +73,10 @@ impl Packed {
     /// Packs them into `dir`.
     pub fn build(inputs: &Inputs, dir: &Path) -> Result<Packed> {
         let packed = Packed {
+            true_floor_initrd: dir.join("true-floor.cpio"),
             floor_initrd: dir.join("floor.initrd"),
+            lz4_initrd: dir.join("wisp-lz4.initrd"),
+            xz_initrd: dir.join("wisp-xz.initrd"),
             zstd_initrd: dir.join("wisp-zstd.initrd"),
             raw_initrd: dir.join("wisp.cpio"),
             rootfs: dir.join("busybox-rootfs"),
@@ -69,6 +85,7 @@ impl Packed {
             agent_client::busybox_rootfs(&packed.rootfs)
                 .with_context(|| format!("building a busybox rootfs in {}", packed.rootfs.display()))?;
         }
+        floor::true_floor_initrd("none", &packed.true_floor_initrd)?;
         floor::initrd(&packed.floor_initrd)?;
         let agent_initrd = |compression: &str, out: &Path| {
             let args =
@@ -77,6 +94,25 @@ impl Packed {
         };
         agent_initrd("zstd", &packed.zstd_initrd)?;
         agent_initrd("none", &packed.raw_initrd)?;
+        // rootfs-builder writes gzip, zstd or nothing: the other formats the kernel reads are
+        // packed from the uncompressed archive with the usual tools, to measure them.
+        compress(&packed.raw_initrd, &packed.lz4_initrd, "lz4", &["-l", "-9", "-c", "-q"])?;
+        compress(&packed.raw_initrd, &packed.xz_initrd, "xz", &["--check=crc32", "--lzma2=dict=1MiB", "-c"])?;
         Ok(packed)
     }
+}
+
+/// Runs `tool ARGS < input > output`.
+fn compress(input: &Path, output: &Path, tool: &str, args: &[&str]) -> Result<()> {
+    let stdin = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let stdout = File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    let status = Command::new(tool)
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {tool} (make deps installs it)"))?;
+    ensure!(status.success(), "{tool} {args:?} < {} failed with {status}", input.display());
+    Ok(())
 }

@@ -50,29 +50,46 @@ pub struct ConfigReport {
     pub machine: &'static str,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    pub floor_initrd: Option<PathBuf>,
+    pub true_floor_initrd: Option<PathBuf>,
+    pub busybox_floor_initrd: Option<PathBuf>,
+    /// The agent's; the floors' differ only in `-initrd`.
     pub qemu_command_line: String,
-    pub floor: KindReport,
+    pub true_floor: KindReport,
+    pub busybox_floor: KindReport,
     pub agent: KindReport,
-    /// Agent median / floor median, per metric both have.
-    pub ratios: BTreeMap<&'static str, f64>,
+    /// Agent median / true floor median, per metric both have.
+    pub ratios_true_floor: BTreeMap<&'static str, f64>,
+    /// Agent median / busybox floor median, per metric both have.
+    pub ratios_busybox_floor: BTreeMap<&'static str, f64>,
     pub goals: Goals,
 }
 
-/// The project's targets, from the summaries (computed in [`crate::stats`]).
+/// The agent against one floor.
 #[derive(Debug, Default, Serialize)]
-pub struct Goals {
-    /// Agent ready / floor `/init` uptime, both guest CLOCK_BOOTTIME: medians.
+pub struct FloorRatios {
+    /// Agent ready / floor ready (true floor: listening; busybox: `/proc/uptime` at `/init`),
+    /// both guest CLOCK_BOOTTIME: medians.
     pub ready_ratio_medians: Option<f64>,
     /// The same with the fastest run of each (the least disturbed by the host).
     pub ready_ratio_minimums: Option<f64>,
     /// The floor's median plus the agent's extra time from the exec of `/init` (kernel noise
     /// removed), over the floor's median.
     pub ready_ratio_init_part: Option<f64>,
-    pub ready_ratio_goal: f64,
-    /// First Check answered / WISP-FLOOR line seen, host clock: medians and minimums.
+    /// First Check answered / floor serving (true floor: the Check frame echoed; busybox: its
+    /// WISP-FLOOR line seen), host clock: medians and minimums.
     pub serving_ratio_medians: Option<f64>,
     pub serving_ratio_minimums: Option<f64>,
+}
+
+/// The project's targets, from the summaries (computed in [`crate::stats`]).
+#[derive(Debug, Default, Serialize)]
+pub struct Goals {
+    /// Against the true floor: the goal's measure.
+    pub true_floor: FloorRatios,
+    /// Against the busybox floor, for comparison with earlier reports.
+    pub busybox_floor: FloorRatios,
+    /// The goal for `true_floor.serving_ratio_medians` (first Check / echo, host clock).
+    pub ready_ratio_goal: f64,
     pub agent_rss_median_bytes: Option<f64>,
     pub agent_rss_goal_bytes: f64,
     pub agent_rss_target_bytes: f64,
@@ -87,17 +104,20 @@ impl ConfigReport {
             machine: config.agent.machine_type().qemu_name(),
             kernel: config.agent.kernel_path().to_owned(),
             initrd: config.agent.initrd_path().map(Path::to_owned),
-            floor_initrd: config.floor.initrd_path().map(Path::to_owned),
+            true_floor_initrd: config.true_floor.as_ref().and_then(|vm| vm.initrd_path()).map(Path::to_owned),
+            busybox_floor_initrd: config.busybox_floor.initrd_path().map(Path::to_owned),
             qemu_command_line: String::new(),
-            floor: KindReport::default(),
+            true_floor: KindReport::default(),
+            busybox_floor: KindReport::default(),
             agent: KindReport::default(),
-            ratios: BTreeMap::new(),
+            ratios_true_floor: BTreeMap::new(),
+            ratios_busybox_floor: BTreeMap::new(),
             goals: Goals::default(),
         }
     }
 }
 
-/// The floor's or the agent's runs of one configuration.
+/// One kind's runs (a floor's or the agent's) of one configuration.
 #[derive(Debug, Default, Serialize)]
 pub struct KindReport {
     pub runs: Vec<RunRecord>,

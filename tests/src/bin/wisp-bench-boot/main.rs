@@ -3,7 +3,7 @@
 //! Run by `make bench` after `make` built the kernel, the agent and the initrds. See `--help`
 //! for what is measured and on which clock.
 //!
-//! This file is the orchestration: find and pack the inputs, boot every configuration's floor
+//! This file is the orchestration: find and pack the inputs, boot every configuration's floors
 //! and agent in turn, then print the tables and write the JSON. The modules hold one job each.
 
 mod agent_session;
@@ -11,6 +11,8 @@ mod cli;
 mod configs;
 mod console_watch;
 mod container;
+mod dial_attempt;
+mod echo_session;
 mod host;
 mod inputs;
 mod json;
@@ -39,7 +41,7 @@ use crate::container::Share;
 use crate::inputs::{Inputs, Packed};
 use crate::json::{write_json, ConfigReport, Failure, HostInfo, Report, RunRecord};
 use crate::progress::Progress;
-use crate::runs::{agent_run, floor_run, Kind};
+use crate::runs::{agent_run, busybox_floor_run, true_floor_run, Kind};
 use crate::virtiofsd::Virtiofsd;
 
 /// Lines of console printed with a failed run.
@@ -67,7 +69,7 @@ fn run(args: Args) -> Result<usize> {
     // Kept after the run (a few MiB), so a number can be reproduced by hand.
     let work = artifacts::target_dir().join("bench");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    eprintln!("packing the floor and the zstd/uncompressed initrd variants in {}", work.display());
+    eprintln!("packing the floors and the initrd compression variants in {}", work.display());
     let packed = Packed::build(&inputs, &work)?;
     let sizes = sizes::sizes(&inputs, &packed)?;
     let accel = accel::detect()?;
@@ -94,7 +96,7 @@ fn run(args: Args) -> Result<usize> {
         table::print_boots(&host, args.effective_runs(), &reports);
     }
     let report = Report {
-        schema: 1,
+        schema: 2,
         generated_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         host,
         runs_per_config: if args.sizes_only { 0 } else { args.effective_runs() },
@@ -113,7 +115,12 @@ fn run(args: Args) -> Result<usize> {
     Ok(failed)
 }
 
-/// Boots every configuration [`Args::effective_runs`] times, floor and agent interleaved; returns the
+/// The kinds `config` boots, in order (no true floor where it cannot run).
+fn kinds(config: &BenchConfig) -> Vec<Kind> {
+    Kind::ALL.into_iter().filter(|&k| k != Kind::TrueFloor || config.true_floor.is_some()).collect()
+}
+
+/// Boots every configuration [`Args::effective_runs`] times, the floors and the agent interleaved; returns the
 /// reports (not summarized yet) and how many runs failed. `packed_rootfs` is what virtiofsd serves.
 fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Result<(Vec<ConfigReport>, usize)> {
     let timeout = Duration::from_secs(args.timeout);
@@ -124,10 +131,11 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
     let started = Instant::now();
     let mut failed = 0;
     let runs = args.effective_runs();
-    let mut progress = Progress::new(configs.len() * 2 * runs as usize);
+    let boots = configs.iter().map(|c| kinds(c).len()).sum::<usize>() * runs as usize;
+    let mut progress = Progress::new(boots);
     for run_no in 1..=runs {
         for (config, report) in configs.iter().zip(reports.iter_mut()) {
-            for kind in [Kind::Floor, Kind::Agent] {
+            for kind in kinds(config) {
                 let label = format!("run {run_no}/{runs} {} {}", config.name, kind.name());
                 progress.start(&label);
                 // virtio-fs: a fresh virtiofsd per boot (it exits with QEMU's disconnect).
@@ -135,7 +143,11 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
                     .then(|| Virtiofsd::start(&config.virtiofsd_socket, packed_rootfs))
                     .transpose()?;
                 let outcome = match kind {
-                    Kind::Floor => floor_run(config.floor.clone(), timeout),
+                    Kind::TrueFloor => match &config.true_floor {
+                        Some(vm) => true_floor_run(vm.clone(), timeout),
+                        None => continue,
+                    },
+                    Kind::BusyboxFloor => busybox_floor_run(config.busybox_floor.clone(), timeout),
                     Kind::Agent => agent_run(config.agent.clone(), timeout, config.container),
                 };
                 drop(virtiofsd);
@@ -147,7 +159,8 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
                     report.qemu_command_line = outcome.command_line.clone().unwrap_or_default();
                 }
                 let target = match kind {
-                    Kind::Floor => &mut report.floor,
+                    Kind::TrueFloor => &mut report.true_floor,
+                    Kind::BusyboxFloor => &mut report.busybox_floor,
                     Kind::Agent => &mut report.agent,
                 };
                 match outcome.result {
@@ -171,6 +184,6 @@ fn run_boots(configs: &[BenchConfig], args: &Args, packed_rootfs: &Path) -> Resu
         }
     }
     progress.finish();
-    eprintln!("{} boots in {:.0} s", configs.len() * 2 * runs as usize, started.elapsed().as_secs_f64());
+    eprintln!("{boots} boots in {:.0} s", started.elapsed().as_secs_f64());
     Ok((reports, failed))
 }

@@ -17,7 +17,8 @@ pub mod key {
     pub const GUEST_MAIN: &str = "guest_agent_main_s";
     pub const GUEST_INIT_STARTED: &str = "guest_agent_init_started_s";
     pub const GUEST_MODULES: &str = "guest_agent_modules_loaded_s";
-    /// Floor: `/proc/uptime` at `/init`; agent: `agent ready`.
+    /// True floor: CLOCK_BOOTTIME once it listens; busybox floor: `/proc/uptime` at `/init`;
+    /// agent: `agent ready`.
     pub const GUEST_READY: &str = "guest_ready_s";
     /// GUEST_READY minus `Run /init` converted to CLOCK_BOOTTIME: the userspace part.
     pub const GUEST_EXEC_TO_READY: &str = "guest_init_exec_to_ready_s";
@@ -25,12 +26,17 @@ pub mod key {
     pub const GUEST_PRINTK_AHEAD: &str = "guest_printk_ahead_of_boottime_s";
     // Host clock, seconds since QEMU's spawn.
     pub const HOST_RUN_INIT_SEEN: &str = "host_console_run_init_s";
-    /// Floor: the WISP-FLOOR line; agent: the `agent ready` line.
+    /// Floors: the WISP-FLOOR line; agent: the `agent ready` line.
     pub const HOST_READY_SEEN: &str = "host_console_ready_s";
+    /// The vsock connection made (true floor and agent).
     pub const HOST_CONNECTED: &str = "host_agent_connected_s";
-    /// Floor: the WISP-FLOOR line; agent: the first Check answered.
+    /// True floor: the Health.Check frame echoed; busybox floor: the WISP-FLOOR line; agent:
+    /// the first Check answered.
     pub const HOST_SERVING: &str = "host_serving_s";
     pub const HOST_BEFORE_GUEST_CLOCK: &str = "host_before_guest_clock_s";
+    /// CPU seconds QEMU ran until SERVING (true floor: the echo; agent: the first Check;
+    /// the busybox floor has no such moment): the boot's work, less inflated by a loaded host than wall time.
+    pub const HOST_QEMU_CPU_SERVING: &str = "host_qemu_cpu_to_serving_s";
     pub const HOST_METRICS_RPC: &str = "host_get_metrics_rpc_s";
     /// CreateSandbox + CreateContainer + StartContainer of a busybox echo (9p rootfs) answered.
     pub const HOST_CONTAINER_STARTED: &str = "host_container_started_s";
@@ -43,6 +49,8 @@ pub mod key {
     // Memory.
     pub const AGENT_RSS: &str = "agent_rss_bytes";
     pub const AGENT_THREADS: &str = "agent_threads";
+    /// The agent's minor page faults when GetMetrics ran (right after the first Check).
+    pub const AGENT_MINOR_FAULTS: &str = "agent_minor_page_faults";
     pub const GUEST_MEM_TOTAL: &str = "guest_mem_total_bytes";
     pub const GUEST_MEM_AVAILABLE: &str = "guest_mem_available_bytes";
     /// MemTotal - MemAvailable.
@@ -74,7 +82,7 @@ pub enum Unit {
     Count,
 }
 
-/// One table row: a floor metric beside an agent metric.
+/// One table row: the floors' metric beside the agent's (the same key).
 #[derive(Debug)]
 pub struct Row {
     pub label: &'static str,
@@ -88,21 +96,23 @@ const fn row(label: &'static str, clock: Clock, unit: Unit, floor: bool, agent: 
     Row { label, clock, unit, floor: if floor { Some(agent) } else { None }, agent: Some(agent) }
 }
 
-/// The boot table, top to bottom; `true` when the floor has the metric too.
+/// The boot table, top to bottom; `true` when the floors have the metric too (a floor that
+/// does not measure it shows `n/a`).
 #[rustfmt::skip]
 pub const ROWS: &[Row] = &[
     row("kernel runs /init", Clock::Printk, Unit::Seconds, true, key::GUEST_RUN_INIT),
     row("agent main() starts", Clock::Boot, Unit::Seconds, false, key::GUEST_MAIN),
     row("agent: init started (mounts, logger)", Clock::Boot, Unit::Seconds, false, key::GUEST_INIT_STARTED),
     row("agent: kernel modules loaded", Clock::Boot, Unit::Seconds, false, key::GUEST_MODULES),
-    row("READY: floor /init uptime | agent ready", Clock::Boot, Unit::Seconds, true, key::GUEST_READY),
+    row("READY: floor listens/uptime | agent ready", Clock::Boot, Unit::Seconds, true, key::GUEST_READY),
     row("  of which exec of /init -> READY", Clock::Both, Unit::Seconds, true, key::GUEST_EXEC_TO_READY),
     row("printk clock ahead of CLOCK_BOOTTIME", Clock::Both, Unit::Seconds, true, key::GUEST_PRINTK_AHEAD),
     row("before printk 0 (qemu, firmware, decomp.)", Clock::Host, Unit::Seconds, true, key::HOST_BEFORE_GUEST_CLOCK),
     row("console: Run /init", Clock::Host, Unit::Seconds, true, key::HOST_RUN_INIT_SEEN),
     row("console: WISP-FLOOR | agent ready", Clock::Host, Unit::Seconds, true, key::HOST_READY_SEEN),
-    row("agent socket connected (serial: at once)", Clock::Host, Unit::Seconds, false, key::HOST_CONNECTED),
-    row("SERVING: WISP-FLOOR | first Check", Clock::Host, Unit::Seconds, true, key::HOST_SERVING),
+    row("vsock connected (serial: at once)", Clock::Host, Unit::Seconds, true, key::HOST_CONNECTED),
+    row("SERVING: echo/WISP-FLOOR | first Check", Clock::Host, Unit::Seconds, true, key::HOST_SERVING),
+    row("QEMU CPU seconds to SERVING (not busybox)", Clock::Host, Unit::Seconds, true, key::HOST_QEMU_CPU_SERVING),
     row("GetMetrics round trip", Clock::Host, Unit::Seconds, false, key::HOST_METRICS_RPC),
     row("container started (sandbox+create+start)", Clock::Host, Unit::Seconds, false, key::HOST_CONTAINER_STARTED),
     row("container first output", Clock::Host, Unit::Seconds, false, key::HOST_FIRST_OUTPUT),
@@ -111,6 +121,7 @@ pub const ROWS: &[Row] = &[
     row("qemu exit", Clock::Host, Unit::Seconds, true, key::HOST_EXIT),
     row("agent RSS (GetMetrics)", Clock::None, Unit::Bytes, false, key::AGENT_RSS),
     row("agent threads", Clock::None, Unit::Count, false, key::AGENT_THREADS),
+    row("agent minor page faults at first GetMetrics", Clock::None, Unit::Count, false, key::AGENT_MINOR_FAULTS),
     row("guest MemTotal", Clock::None, Unit::Bytes, false, key::GUEST_MEM_TOTAL),
     row("guest MemAvailable", Clock::None, Unit::Bytes, false, key::GUEST_MEM_AVAILABLE),
     row("guest memory used (Total - Available)", Clock::None, Unit::Bytes, false, key::GUEST_MEM_USED),

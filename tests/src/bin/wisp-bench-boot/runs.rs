@@ -1,5 +1,6 @@
 //! One boot of a floor or an agent VM and the values it yields: the guest's timeline from the
-//! console, the host's times from the console watcher and (agent runs) the agent session.
+//! console, the host's times from the console watcher and the host's session (the agent's RPCs,
+//! the true floor's echo).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,19 +12,27 @@ use wisp_tests::{Vm, VmConfig};
 use crate::agent_session::agent_session;
 use crate::console_watch::ConsoleWatcher;
 use crate::container::Share;
+use crate::echo_session::echo_session;
 use crate::metrics::{key, Sample};
 
-/// Which initrd a run boots: the busybox floor or the agent.
+/// Which initrd a run boots: one of the floors or the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Floor,
+    /// `floor-init/`'s echoing `/init` alone (`wisp_tests::floor::true_floor_initrd`).
+    TrueFloor,
+    /// The busybox script that prints its uptime (`wisp_tests::floor::FLOOR_INIT`).
+    BusyboxFloor,
     Agent,
 }
 
 impl Kind {
+    /// Every kind, in the order each run boots them.
+    pub const ALL: [Kind; 3] = [Kind::TrueFloor, Kind::BusyboxFloor, Kind::Agent];
+
     pub fn name(self) -> &'static str {
         match self {
-            Self::Floor => "floor",
+            Self::TrueFloor => "true-floor",
+            Self::BusyboxFloor => "busybox-floor",
             Self::Agent => "agent",
         }
     }
@@ -40,8 +49,31 @@ pub struct Outcome {
     pub command_line: Option<String>,
 }
 
-/// Boots the floor: waits for QEMU to exit by itself.
-pub fn floor_run(config: VmConfig, timeout: Duration) -> Outcome {
+/// Boots the true floor: dials it, times its echo of a Health.Check, hangs up (it powers off)
+/// and waits for QEMU's exit.
+pub fn true_floor_run(config: VmConfig, timeout: Duration) -> Outcome {
+    let mut vm = match Vm::boot(config) {
+        Ok(vm) => vm,
+        Err(err) => return Outcome { result: Err(err.into()), console: None, command_line: None },
+    };
+    let watcher = ConsoleWatcher::start(&vm, &[KERNEL_RUN_INIT, FLOOR_MARKER]);
+    let result = echo_session(&mut vm, timeout);
+    let seen = watcher.finish();
+    let console = vm.console();
+    let result = result.and_then(|mut values| {
+        let timeline = BootTimeline::parse(&console);
+        values.insert(key::GUEST_READY, timeline.floor_uptime.context("no WISP-FLOOR line on the console")?);
+        if let Some(at) = seen.get(FLOOR_MARKER) {
+            values.insert(key::HOST_READY_SEEN, at.as_secs_f64());
+        }
+        insert_run_init(&mut values, &timeline, &seen);
+        Ok((values, BTreeMap::new(), Vec::new()))
+    });
+    Outcome { result, console: Some(console), command_line: Some(vm.qemu_command_line()) }
+}
+
+/// Boots the busybox floor: waits for QEMU to exit by itself.
+pub fn busybox_floor_run(config: VmConfig, timeout: Duration) -> Outcome {
     let mut vm = match Vm::boot(config) {
         Ok(vm) => vm,
         Err(err) => return Outcome { result: Err(err.into()), console: None, command_line: None },

@@ -13,6 +13,8 @@ use crate::json::SizeEntry;
 const AGENT_TARGET_BYTES: u64 = 3 * 1024 * 1024;
 /// Target: the agent-only initrd.
 const INITRD_TARGET_BYTES: u64 = 3 * 1024 * 1024 / 2;
+/// Target: the true floor's initrd (issue 18: under 100 KB, no busybox).
+const TRUE_FLOOR_TARGET_BYTES: u64 = 100 * 1000;
 
 /// Every artifact's size, in the table's order.
 pub fn sizes(inputs: &Inputs, packed: &Packed) -> Result<Vec<SizeEntry>> {
@@ -20,13 +22,21 @@ pub fn sizes(inputs: &Inputs, packed: &Packed) -> Result<Vec<SizeEntry>> {
         size_entry("agent binary (static)", &inputs.agent, Some(AGENT_TARGET_BYTES))?,
         size_entry("initrd agent-only, gzip (make)", &inputs.initrd, Some(INITRD_TARGET_BYTES))?,
         size_entry("initrd agent-only, zstd -19", &packed.zstd_initrd, Some(INITRD_TARGET_BYTES))?,
+        size_entry("initrd agent-only, lz4 -l -9", &packed.lz4_initrd, Some(INITRD_TARGET_BYTES))?,
+        size_entry("initrd agent-only, xz (crc32, 1 MiB dict)", &packed.xz_initrd, Some(INITRD_TARGET_BYTES))?,
         size_entry("initrd agent-only, uncompressed", &packed.raw_initrd, None)?,
         size_entry("initrd agent + busybox, gzip", &inputs.busybox_initrd, None)?,
     ];
     if inputs.cloud_initrd.is_file() {
         sizes.push(size_entry("initrd agent + cloud modules, gzip", &inputs.cloud_initrd, None)?);
     }
-    sizes.push(size_entry("initrd floor (busybox script), gzip", &packed.floor_initrd, None)?);
+    sizes.push(size_entry("true floor /init (floor-init, static)", &inputs.floor_init, None)?);
+    sizes.push(size_entry(
+        "initrd true floor, uncompressed",
+        &packed.true_floor_initrd,
+        Some(TRUE_FLOOR_TARGET_BYTES),
+    )?);
+    sizes.push(size_entry("initrd busybox floor (script), gzip", &packed.floor_initrd, None)?);
     sizes.push(size_entry("kernel bzImage (q35)", &inputs.kernel, None)?);
     sizes.push(size_entry("kernel vmlinux (microvm, PVH)", &inputs.vmlinux, None)?);
     Ok(sizes)

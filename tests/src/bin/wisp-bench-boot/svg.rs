@@ -1,4 +1,4 @@
-//! The SVG chart (`target/bench/boot.svg`): per configuration, a floor bar and an agent bar,
+//! The SVG chart (`target/bench/boot.svg`): per configuration, a bar per floor and the agent's,
 //! each stacked from the host-clock phases (medians of the times since QEMU's spawn), so a
 //! person sees where the time goes and what the agent adds over the floor. Written by hand:
 //! a few rects and texts, no plotting dependency.
@@ -16,7 +16,7 @@ use crate::metrics::key;
 const PHASES: &[(&str, &str, &str)] = &[
     (key::HOST_BEFORE_GUEST_CLOCK, "QEMU spawn -> kernel start", "#9e9e9e"),
     (key::HOST_RUN_INIT_SEEN, "kernel -> /init entered", "#5c6bc0"),
-    (key::HOST_SERVING, "/init -> agent ready (floor: /init line)", "#26a69a"),
+    (key::HOST_SERVING, "/init -> agent ready (floors: echo / line)", "#26a69a"),
     (key::HOST_CONTAINER_STARTED, "-> container started", "#ffa726"),
     (key::HOST_FIRST_OUTPUT, "-> first output", "#ef5350"),
     (key::HOST_CONTAINER_EXIT, "-> container exit", "#ab47bc"),
@@ -51,7 +51,11 @@ pub fn render(reports: &[ConfigReport], runs: u32) -> String {
     let bars: Vec<(String, Vec<Segment>)> = reports
         .iter()
         .flat_map(|r| {
-            [(format!("{} floor", r.name), segments(&r.floor)), (format!("{} agent", r.name), segments(&r.agent))]
+            [
+                (format!("{} true floor", r.name), segments(&r.true_floor)),
+                (format!("{} busybox floor", r.name), segments(&r.busybox_floor)),
+                (format!("{} agent", r.name), segments(&r.agent)),
+            ]
         })
         .collect();
     let max = bars.iter().flat_map(|(_, s)| s.last().map(|l| l.1)).fold(0.1_f64, f64::max);
@@ -149,17 +153,21 @@ mod tests {
             machine: "q35",
             kernel: "/k".into(),
             initrd: None,
-            floor_initrd: None,
+            true_floor_initrd: None,
+            busybox_floor_initrd: None,
             qemu_command_line: String::new(),
-            floor: kind(&[(key::HOST_EXIT, 1.0)]),
+            true_floor: kind(&[(key::HOST_SERVING, 0.8), (key::HOST_EXIT, 0.9)]),
+            busybox_floor: kind(&[(key::HOST_EXIT, 1.0)]),
             agent: kind(&[(key::HOST_SERVING, 1.2), (key::HOST_EXIT, 1.5)]),
-            ratios: Default::default(),
+            ratios_true_floor: Default::default(),
+            ratios_busybox_floor: Default::default(),
             goals: Default::default(),
         };
         let svg = render(&[report("q35"), report("a<b")], 3);
         assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"), "{svg}");
-        assert_eq!(svg.matches("<title>").count(), 6, "1 + 2 segments per configuration");
-        assert!(svg.contains("a&lt;b agent") && svg.contains("medians of 3 run(s)"), "{svg}");
+        assert_eq!(svg.matches("<title>").count(), 10, "2 + 1 + 2 segments per configuration");
+        assert!(svg.contains("a&lt;b agent") && svg.contains("a&lt;b true floor"), "{svg}");
+        assert!(svg.contains("medians of 3 run(s)"), "{svg}");
         assert!(svg.contains("1.50 s"), "{svg}");
     }
 }

@@ -1,7 +1,7 @@
 //! What a person reads: the sizes and boot tables on stdout (cells `median [min..max]`, the
-//! agent/floor ratio, the goals' verdicts) and the one-line progress per run on stderr.
+//! agent's ratio to each floor, the goals' verdicts) and the one-line progress per run on stderr.
 
-use crate::json::{ConfigReport, HostInfo, KindReport, SizeEntry, Stats};
+use crate::json::{ConfigReport, FloorRatios, HostInfo, KindReport, SizeEntry, Stats};
 use crate::metrics::{key, Clock, Sample, Unit, MIB, ROWS};
 use crate::runs::Kind;
 use crate::stats::{READY_RATIO_GOAL, RSS_GOAL_BYTES, RSS_TARGET_BYTES};
@@ -10,7 +10,13 @@ use crate::stats::{READY_RATIO_GOAL, RSS_GOAL_BYTES, RSS_TARGET_BYTES};
 pub fn progress_summary(kind: Kind, values: &Sample) -> String {
     let get = |k| values.get(k).map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
     match kind {
-        Kind::Floor => format!(
+        Kind::TrueFloor => format!(
+            "guest listening at {} s; host: echo at {} s, exit at {} s",
+            get(key::GUEST_READY),
+            get(key::HOST_SERVING),
+            get(key::HOST_EXIT)
+        ),
+        Kind::BusyboxFloor => format!(
             "guest /init at {} s, host: WISP-FLOOR at {} s, exit at {} s",
             get(key::GUEST_READY),
             get(key::HOST_SERVING),
@@ -83,21 +89,28 @@ pub fn print_boots(host: &HostInfo, runs: u32, reports: &[ConfigReport]) {
     );
     println!("  {runs} runs per configuration and kind; cells are median [min..max], seconds unless a size;");
     println!("  clocks: printk = guest kernel stamps, boot = guest CLOCK_BOOTTIME, host = host monotonic since");
-    println!("  QEMU's spawn; a/f = agent median / floor median");
+    println!("  QEMU's spawn; TRUE = the true floor (floor-init/: a 3 KiB static /init that echoes on vsock");
+    println!("  1024), BUSYBOX = the busybox floor (a shell script in a 1 MB initrd); a/T, a/B = agent median /");
+    println!("  true floor median, / busybox floor median. All three boot the same QEMU command line bar -initrd.");
     for report in reports {
         let ok = |k: &KindReport| format!("{}/{}", k.runs.len(), k.runs.len() + k.failures.len());
         println!(
-            "\n{} ({}): floor runs ok {}, agent runs ok {}",
+            "\n{} ({}): runs ok: true floor {}, busybox floor {}, agent {}",
             report.name,
             report.description,
-            ok(&report.floor),
+            ok(&report.true_floor),
+            ok(&report.busybox_floor),
             ok(&report.agent)
         );
-        println!("  {:<43} {:<6} {:<25} {:<25} {:>6}", "phase", "clock", "floor", "agent", "a/f");
+        println!(
+            "  {:<43} {:<6} {:<24} {:<24} {:<24} {:>6} {:>6}",
+            "phase", "clock", "TRUE floor", "BUSYBOX floor", "agent", "a/T", "a/B"
+        );
         for row in ROWS {
             let agent = row.agent.and_then(|k| report.agent.summary.get(k));
-            // A row no run of either kind produced (modules on our kernel) is left out.
-            if agent.is_none() && row.floor.and_then(|k| report.floor.summary.get(k)).is_none() {
+            let floors = [&report.true_floor, &report.busybox_floor];
+            // A row no run of any kind produced (modules on our kernel) is left out.
+            if agent.is_none() && floors.iter().all(|f| row.floor.and_then(|k| f.summary.get(k)).is_none()) {
                 continue;
             }
             let clock = match row.clock {
@@ -108,11 +121,20 @@ pub fn print_boots(host: &HostInfo, runs: u32, reports: &[ConfigReport]) {
                 Clock::None => "",
             };
             let floor =
-                row.floor.map_or_else(|| "-".to_owned(), |k| format_stats(row.unit, report.floor.summary.get(k)));
-            let ratio = row.floor.and(row.agent).and_then(|k| report.ratios.get(k));
-            let ratio = ratio.map_or_else(String::new, |r| format!("{r:.3}"));
-            let agent = format_stats(row.unit, agent);
-            println!("  {:<43} {:<6} {:<25} {:<25} {:>6}", row.label, clock, floor, agent, ratio);
+                |f: &KindReport| row.floor.map_or_else(|| "-".to_owned(), |k| format_stats(row.unit, f.summary.get(k)));
+            let ratio = |ratios: &std::collections::BTreeMap<&'static str, f64>| {
+                row.floor.and(row.agent).and_then(|k| ratios.get(k)).map_or_else(String::new, |r| format!("{r:.3}"))
+            };
+            println!(
+                "  {:<43} {:<6} {:<24} {:<24} {:<24} {:>6} {:>6}",
+                row.label,
+                clock,
+                floor(&report.true_floor),
+                floor(&report.busybox_floor),
+                format_stats(row.unit, agent),
+                ratio(&report.ratios_true_floor),
+                ratio(&report.ratios_busybox_floor)
+            );
         }
         let g = &report.goals;
         let r = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
@@ -121,17 +143,26 @@ pub fn print_boots(host: &HostInfo, runs: u32, reports: &[ConfigReport]) {
             Some(false) => "MISSED",
             None => "n/a",
         };
+        let t = &g.true_floor;
         println!(
-            "  GOAL agent ready / floor /init (guest) <= {READY_RATIO_GOAL}: {} ({}); minimums {}, /init part only {}",
-            r(g.ready_ratio_medians),
-            verdict(g.ready_ratio_medians.map(|v| v <= READY_RATIO_GOAL)),
-            r(g.ready_ratio_minimums),
-            r(g.ready_ratio_init_part),
+            "  GOAL first Check / TRUE floor echo (host clock since QEMU's spawn) <= {READY_RATIO_GOAL}: {} ({}); minimums {}",
+            r(t.serving_ratio_medians),
+            verdict(t.serving_ratio_medians.map(|v| v <= READY_RATIO_GOAL)),
+            r(t.serving_ratio_minimums)
         );
         println!(
-            "       first Check / WISP-FLOOR line (host): {}; minimums {}",
-            r(g.serving_ratio_medians),
-            r(g.serving_ratio_minimums)
+            "       agent ready / TRUE floor listening (guest clock, blind to what happens before printk 0): {}; minimums {}, /init part only {}",
+            r(t.ready_ratio_medians),
+            r(t.ready_ratio_minimums),
+            r(t.ready_ratio_init_part),
+        );
+        let b: &FloorRatios = &g.busybox_floor;
+        println!(
+            "       (busybox floor: first Check / WISP-FLOOR line {}; guest ready {}, minimums {}, /init part only {})",
+            r(b.serving_ratio_medians),
+            r(b.ready_ratio_medians),
+            r(b.ready_ratio_minimums),
+            r(b.ready_ratio_init_part)
         );
         let rss = g.agent_rss_median_bytes;
         let rss_verdict = match rss {
@@ -144,7 +175,9 @@ pub fn print_boots(host: &HostInfo, runs: u32, reports: &[ConfigReport]) {
             "       agent RSS <= 2 MiB (goal) / 3 MiB (target): {} ({rss_verdict})",
             rss.map_or_else(|| "n/a".to_owned(), format_bytes)
         );
-        for (kind, k) in [("floor", &report.floor), ("agent", &report.agent)] {
+        for (kind, k) in
+            [("true floor", &report.true_floor), ("busybox floor", &report.busybox_floor), ("agent", &report.agent)]
+        {
             for f in &k.failures {
                 println!("  FAILED {kind} run {}: {}", f.run, f.error.lines().next().unwrap_or_default());
             }
