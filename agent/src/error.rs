@@ -122,17 +122,8 @@ fn cgroup_code(e: &crate::cgroups::CgroupError) -> Code {
     }
 }
 
-/// `error: cause: cause`, the form a person reading a ctr or kata log needs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+/// `error: cause: cause`: the shim renders its errors the same way (one helper for both ends).
+pub use protocols::error::chain;
 
 impl From<AgentError> for ttrpc::Error {
     fn from(e: AgentError) -> Self {

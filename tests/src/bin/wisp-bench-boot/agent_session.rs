@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use protocols::agent::{DestroySandboxRequest, GetMetricsRequest};
+use protocols::error::chain as error_chain;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use protocols::ttrpc::{self, context, Code};
 use wisp_shim::agent_dial::{AgentConn, DialError};
@@ -161,18 +162,6 @@ async fn first_check(vm: &mut Vm, deadline: Instant) -> Result<(AgentConn, Durat
             }
         }
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A ttrpc error, short.
