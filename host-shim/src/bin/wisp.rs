@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use wisp_shim::config::{find_program, locate_program, Config, StratoVirtSection};
+use wisp_shim::config::{find_program, locate_program, Config, QemuSection, StratoVirtSection};
 use wisp_shim::hypervisor::qemu::config::QemuSpec;
 use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use wisp_shim::sandbox::{cleanup_dir, state_root};
@@ -144,6 +144,21 @@ fn check(config_path: Option<&Path>) -> bool {
             return false;
         }
     };
+    check_qemu(&mut r, &config);
+    check_host_devices(&mut r);
+    check_helpers(&mut r, &config.qemu);
+    if let Some(section) = &config.stratovirt {
+        check_stratovirt(&mut r, section);
+    }
+    check_sandbox_vm(&mut r, &config);
+    if !r.failed {
+        println!("wisp is ready: ctr run --runtime io.containerd.wisp.v2 ...");
+    }
+    !r.failed
+}
+
+/// QEMU's binary and version, and the guest kernel and initrd it boots.
+fn check_qemu(r: &mut Report, config: &Config) {
     let q = &config.qemu;
     match find_program(&q.path) {
         Some(qemu) => {
@@ -172,6 +187,10 @@ fn check(config_path: Option<&Path>) -> bool {
             );
         }
     }
+}
+
+/// `/dev/kvm` and `/dev/vhost-vsock`: what the host kernel offers.
+fn check_host_devices(r: &mut Report) {
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => r.ok("/dev/kvm", "opens (whether a guest really runs under KVM is probed below)"),
         Err(err) => r.warn("/dev/kvm", format!("{err} — VMs run under TCG (slower); load kvm_intel/kvm_amd for KVM")),
@@ -188,18 +207,17 @@ fn check(config_path: Option<&Path>) -> bool {
     } else {
         r.ok(VHOST_VSOCK_DEVICE, "absent (fine: vhost-user-vsock or virtio-serial is used)");
     }
+}
+
+/// The helper binaries and, when asked for, rootless mode.
+fn check_helpers(r: &mut Report, q: &QemuSection) {
     helper(
-        &mut r,
+        r,
         "vhost-device-vsock",
         &q.vhost_device_vsock,
         "the agent channel falls back to virtio-serial; `make deps install` for vsock",
     );
-    helper(
-        &mut r,
-        "virtiofsd",
-        &q.virtio_fs_daemon,
-        "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs",
-    );
+    helper(r, "virtiofsd", &q.virtio_fs_daemon, "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs");
     if q.rootless {
         r.ok(
             "rootless",
@@ -210,9 +228,10 @@ fn check(config_path: Option<&Path>) -> bool {
             ),
         );
     }
-    if let Some(section) = &config.stratovirt {
-        check_stratovirt(&mut r, section);
-    }
+}
+
+/// The state root, and the VM a sandbox would boot (the KVM probe included).
+fn check_sandbox_vm(r: &mut Report, config: &Config) {
     let root = state_root();
     match std::fs::create_dir_all(&root) {
         Ok(()) => r.ok("state dir", root.display().to_string()),
@@ -220,7 +239,7 @@ fn check(config_path: Option<&Path>) -> bool {
             r.fail("state dir", format!("cannot create {}: {err} — run as root or set WISP_STATE_DIR", root.display()))
         }
     }
-    match QemuSpec::resolve(&config, &root, true) {
+    match QemuSpec::resolve(config, &root, true) {
         Ok(spec) => r.ok(
             "sandbox VM",
             format!(
@@ -235,10 +254,6 @@ fn check(config_path: Option<&Path>) -> bool {
         ),
         Err(err) => r.fail("sandbox VM", wisp_shim::error_chain(&err)),
     }
-    if !r.failed {
-        println!("wisp is ready: ctr run --runtime io.containerd.wisp.v2 ...");
-    }
-    !r.failed
 }
 
 /// The configuration at `path`, else the shim's lookup order.
