@@ -321,3 +321,31 @@ fn a_path_planted_for_the_next_container_is_neither_followed_nor_mounted_through
         stop(&host, &state, &share);
     });
 }
+
+#[test]
+fn a_read_only_bind_rootfs_from_a_snapshotter_is_read_only_on_the_host() {
+    use wisp_shim::container::{mount_rootfs, plan::RootfsMount};
+    in_private_mounts(|root| {
+        let snapshot = root.join("snapshot");
+        fs::create_dir_all(&snapshot).unwrap();
+        fs::write(snapshot.join("file"), b"image").unwrap();
+        let target = root.join("bundle/rootfs");
+        let bind = |options: &[&str]| RootfsMount {
+            fstype: "bind".into(),
+            source: snapshot.to_string_lossy().into_owned(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        };
+        mount_rootfs(&[bind(&["rbind", "ro", "nosuid"])], &target).expect("mount the rootfs");
+        let options = mount_options(&target).expect("the rootfs is mounted");
+        assert!(options.split(',').any(|o| o == "ro"), "a ro bind is ro: {options}");
+        assert!(options.split(',').any(|o| o == "nosuid"), "{options}");
+        let err = fs::write(target.join("file"), b"written").expect_err("a write through a ro bind");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        assert_eq!(fs::read(snapshot.join("file")).unwrap(), b"image");
+        umount2(&target, MntFlags::MNT_DETACH).unwrap();
+
+        mount_rootfs(&[bind(&["rbind", "rw"])], &target).expect("mount rw");
+        fs::write(target.join("file"), b"written").expect("a rw bind stays writable");
+        umount2(&target, MntFlags::MNT_DETACH).unwrap();
+    });
+}

@@ -162,9 +162,21 @@ pub fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<(), Error> 
         }
         let data = data.join(",");
         let fstype = if m.fstype == "bind" { None } else { Some(m.fstype.as_str()) };
-        if let Err(source) =
+        // A new bind ignores every flag but MS_REC: `ro`, nosuid, nodev and noexec take a
+        // remount of the bind (as runc does), or a read-only snapshot would be bound writable.
+        let per_mount = flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+        let mounted =
             mount(Some(m.source.as_str()), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
-        {
+                .and_then(|()| {
+                    if !flags.contains(MsFlags::MS_BIND) || per_mount.is_empty() {
+                        return Ok(());
+                    }
+                    let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | per_mount;
+                    mount(None::<&str>, target, None::<&str>, remount, None::<&str>).inspect_err(|_| {
+                        let _ = umount2(target, MntFlags::MNT_DETACH);
+                    })
+                });
+        if let Err(source) = mounted {
             // The mounts so far stack on `target`: take them all down, leave nothing behind.
             for _ in 0..done {
                 let _ = umount2(target, MntFlags::MNT_DETACH);
