@@ -144,27 +144,32 @@ fn a_helper_killed_during_boot_fails_the_run_clearly_and_leaves_nothing() -> any
 }
 
 #[test]
-fn qemu_killed_during_delete_still_deletes_and_leaves_nothing() -> anyhow::Result<()> {
+fn a_process_killed_during_delete_still_deletes_and_leaves_nothing() -> anyhow::Result<()> {
     let t = Setup::new()?;
     let config = t.bundle("sleeper", &["sleep", "3600"])?;
-    run_detached(&t, &config, "doomed")?;
-    let out = t.ctr(&["tasks", "kill", "-s", "KILL", "doomed"])?;
-    ensure!(out.status.success(), "kill: {}", describe(&out));
-    wait_stopped(&t, "doomed", Instant::now())?;
-    let qemu = process_of(&t, "doomed", "qemu-system").context("no QEMU to kill")?;
-    let deleting = t.ctd.ctr_command().args(["tasks", "delete", "doomed"]).stderr(Stdio::piped()).spawn()?;
-    kill(Pid::from_raw(i32::try_from(qemu)?), Signal::SIGKILL)?;
-    let out = deleting.wait_with_output()?;
-    // Either the delete won the race or the VM's death answered it: both must end the task.
-    if !out.status.success() {
-        let again = t.ctr(&["tasks", "delete", "doomed"])?;
-        ensure!(again.status.success() || text(&again.stderr).contains("not found"), "{}", describe(&again));
+    run_detached(&t, &config, "bystander")?;
+    for (n, program) in VICTIMS.iter().enumerate() {
+        let id = format!("doomed-{n}");
+        run_detached(&t, &config, &id)?;
+        let out = t.ctr(&["tasks", "kill", "-s", "KILL", &id])?;
+        ensure!(out.status.success(), "kill: {}", describe(&out));
+        wait_stopped(&t, &id, Instant::now())?;
+        let pid = process_of(&t, &id, program).with_context(|| format!("no {program} of {id} to kill"))?;
+        let deleting = t.ctd.ctr_command().args(["tasks", "delete", &id]).stderr(Stdio::piped()).spawn()?;
+        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+        let out = deleting.wait_with_output()?;
+        // Either the delete won the race or the VM's death answered it: both must end the task.
+        if !out.status.success() {
+            let again = t.ctr(&["tasks", "delete", &id])?;
+            ensure!(again.status.success() || text(&again.stderr).contains("not found"), "{}", describe(&again));
+        }
+        let out = t.ctr(&["containers", "delete", &id])?;
+        ensure!(out.status.success(), "containers delete after {program} died: {}", describe(&out));
+        let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(&t, &id));
+        ensure!(left.is_empty(), "after {program} died during delete: {left:#?}");
+        bystander_answers(&t, &format!("d{n}"))?;
     }
-    let out = t.ctr(&["containers", "delete", "doomed"])?;
-    ensure!(out.status.success(), "containers delete: {}", describe(&out));
-    let left = t.wait_no_leftovers(Duration::from_secs(10));
-    ensure!(left.is_empty(), "after QEMU died during delete: {left:#?}");
-    Ok(())
+    t.kill_and_delete("bystander")
 }
 
 #[test]
