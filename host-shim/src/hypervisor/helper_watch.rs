@@ -85,7 +85,6 @@ impl VmmHandle {
 /// One helper process whose unexpected exit ends its VM.
 #[derive(Debug)]
 pub struct WatchedHelper {
-    name: &'static str,
     stop: Option<oneshot::Sender<()>>,
     watcher: JoinHandle<()>,
 }
@@ -119,15 +118,10 @@ pub fn watch(
             }
         }
     });
-    WatchedHelper { name, stop: Some(stop), watcher }
+    WatchedHelper { stop: Some(stop), watcher }
 }
 
 impl WatchedHelper {
-    /// The helper's name (`virtiofsd`, ...).
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// Kills the helper (it is expected to go now) and waits until it was reaped.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
