@@ -55,13 +55,24 @@ fn run_detached(t: &Setup, config: &Path, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The exit status `ctr tasks ls` cannot show, from `ctr tasks delete` (which prints nothing on
-/// success): the task must be deletable, i.e. stopped.
+/// Deletes task and container `id` (the task must have stopped).
 fn delete(t: &Setup, id: &str) -> anyhow::Result<()> {
     for what in ["tasks", "containers"] {
         let out = t.ctr(&[what, "delete", id])?;
         ensure!(out.status.success(), "ctr {what} delete {id}: {}", describe(&out));
     }
+    Ok(())
+}
+
+/// SIGKILLs `pid`.
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    Ok(kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?)
+}
+
+/// Waits until nothing of sandbox `id` is on the host; fails naming `after` if something stays.
+fn nothing_left_of(t: &Setup, id: &str, after: &str) -> anyhow::Result<()> {
+    let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(t, id));
+    ensure!(left.is_empty(), "{after}, {id} left: {left:#?}");
     Ok(())
 }
 
@@ -96,12 +107,11 @@ fn a_helper_killed_under_a_running_container_ends_its_task_and_spares_the_sandbo
         let pid =
             process_of(&t, &id, program).with_context(|| format!("no {program} of {id}: {:#?}", t.leftovers()))?;
         let killed = Instant::now();
-        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+        sigkill(pid)?;
         let took = wait_stopped(&t, &id, killed).with_context(|| format!("after SIGKILL of {program}"))?;
         println!("fault: SIGKILL of {program} under a running container: task stopped after {took:.2?}");
         delete(&t, &id)?;
-        let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(&t, &id));
-        ensure!(left.is_empty(), "after SIGKILL of {program} and delete: {left:#?}");
+        nothing_left_of(&t, &id, &format!("after SIGKILL of {program} and delete"))?;
         bystander_answers(&t, &format!("e{n}"))?;
     }
     t.kill_and_delete("bystander")
@@ -129,14 +139,13 @@ fn a_helper_killed_during_boot_fails_the_run_clearly_and_leaves_nothing() -> any
             ensure!(start.elapsed() < STOP_BOUND, "{program} of {id} never started");
             std::thread::sleep(Duration::from_millis(10));
         };
-        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+        sigkill(pid)?;
         let out = child.wait_with_output()?;
         ensure!(!out.status.success(), "{id} ran although its {program} was killed during boot: {}", describe(&out));
         let why = text(&out.stderr);
         ensure!(why.contains("failed to create shim task"), "no clear error after {program} died: {}", describe(&out));
         println!("fault: SIGKILL of {program} during boot: ctr failed after {:.2?}: {}", start.elapsed(), why.trim());
-        let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(&t, &id));
-        ensure!(left.is_empty(), "after SIGKILL of {program} during boot: {left:#?}");
+        nothing_left_of(&t, &id, &format!("after SIGKILL of {program} during boot"))?;
         let listed = text(&t.ctr(&["containers", "ls", "-q"])?.stdout);
         ensure!(!listed.lines().any(|l| l == id), "--rm left container {id}: {listed}");
     }
@@ -156,7 +165,7 @@ fn a_process_killed_during_delete_still_deletes_and_leaves_nothing() -> anyhow::
         wait_stopped(&t, &id, Instant::now())?;
         let pid = process_of(&t, &id, program).with_context(|| format!("no {program} of {id} to kill"))?;
         let deleting = t.ctd.ctr_command().args(["tasks", "delete", &id]).stderr(Stdio::piped()).spawn()?;
-        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+        sigkill(pid)?;
         let out = deleting.wait_with_output()?;
         // Either the delete won the race or the VM's death answered it: both must end the task.
         if !out.status.success() {
@@ -165,8 +174,7 @@ fn a_process_killed_during_delete_still_deletes_and_leaves_nothing() -> anyhow::
         }
         let out = t.ctr(&["containers", "delete", &id])?;
         ensure!(out.status.success(), "containers delete after {program} died: {}", describe(&out));
-        let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(&t, &id));
-        ensure!(left.is_empty(), "after {program} died during delete: {left:#?}");
+        nothing_left_of(&t, &id, &format!("after {program} died during delete"))?;
         bystander_answers(&t, &format!("d{n}"))?;
     }
     t.kill_and_delete("bystander")
@@ -178,7 +186,6 @@ fn a_sigkilled_shim_is_cleaned_up_by_containerd_and_the_sandbox_beside_runs_on()
     let config = t.bundle("sleeper", &["sleep", "3600"])?;
     run_detached(&t, &config, "bystander")?;
     run_detached(&t, &config, "orphan")?;
-    let dir = sandbox_dir(&t, "orphan").to_string_lossy().into_owned();
     let shim = t
         .shims()
         .into_iter()
@@ -189,7 +196,7 @@ fn a_sigkilled_shim_is_cleaned_up_by_containerd_and_the_sandbox_beside_runs_on()
         })
         .with_context(|| format!("no shim of orphan among {:?}", t.shims()))?;
     let killed = Instant::now();
-    kill(Pid::from_raw(i32::try_from(shim)?), Signal::SIGKILL)?;
+    sigkill(shim)?;
     // containerd runs the shim's `delete` and forgets the task: it is no longer listed.
     let took = loop {
         let status = t.task_status("orphan")?;
@@ -203,10 +210,7 @@ fn a_sigkilled_shim_is_cleaned_up_by_containerd_and_the_sandbox_beside_runs_on()
     let _ = t.ctr(&["tasks", "delete", "orphan"])?;
     let out = t.ctr(&["containers", "delete", "orphan"])?;
     ensure!(out.status.success(), "containers delete: {}", describe(&out));
-    let left = leftovers::wait_until_empty(Duration::from_secs(10), || {
-        t.leftovers().into_iter().filter(|l| l.contains(&dir)).collect()
-    });
-    ensure!(left.is_empty(), "containerd's cleanup of the dead shim left: {left:#?}");
+    nothing_left_of(&t, "orphan", "after containerd's cleanup of the dead shim")?;
     bystander_answers(&t, "after-shim")?;
     t.kill_and_delete("bystander")
 }
