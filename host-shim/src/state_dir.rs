@@ -7,7 +7,8 @@
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use slog::{warn, Logger};
@@ -39,11 +40,25 @@ pub fn create(dir: &Path) -> io::Result<()> {
 pub fn restrict_sockets(dir: &Path, log: &Logger) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
-        if is_socket {
-            if let Err(err) = fs::set_permissions(entry.path(), Permissions::from_mode(SOCKET_MODE)) {
-                warn!(log, "cannot restrict a socket"; "path" => %entry.path().display(), "error" => %err);
-            }
+        if !entry.file_type().is_ok_and(|t| t.is_socket()) {
+            continue;
+        }
+        // A rootless helper can swap its socket for a symlink between the listing and the
+        // chmod: the entry is opened without following, checked, and changed through that
+        // descriptor's /proc link (which names the inode, not the path).
+        let path = entry.path();
+        let restricted = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|file| {
+                if !file.metadata()?.file_type().is_socket() {
+                    return Err(io::Error::other("no longer a socket"));
+                }
+                fs::set_permissions(format!("/proc/self/fd/{}", file.as_raw_fd()), Permissions::from_mode(SOCKET_MODE))
+            });
+        if let Err(err) = restricted {
+            warn!(log, "cannot restrict a socket"; "path" => %path.display(), "error" => %err);
         }
     }
 }

@@ -75,7 +75,14 @@ impl Ring {
     /// (at least 2).
     pub fn create(path: &Path, cap: u64) -> io::Result<Self> {
         let _ = fs::remove_file(previous(path));
-        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        // O_NOFOLLOW: a rootless helper shares the directory (see process::create_nofollow).
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
         Ok(Self { path: path.to_owned(), file, len: 0, segment: (cap / 2).max(1) })
     }
 

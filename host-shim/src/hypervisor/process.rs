@@ -14,7 +14,7 @@
 //! request), so the caller gets an ordinary [`tokio::process::Child`].
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
@@ -88,7 +88,9 @@ pub fn spawn(
     let Launch { name, program, args, env, inherit } = launch;
     let log_path = paths.helper_log(name);
     let io = |source| HypervisorError::Io { what: "cannot create log", path: log_path.clone(), source };
-    let out = File::create(&log_path).map_err(io)?;
+    // O_NOFOLLOW: in rootless mode the VM directory is writable by the sandbox's group, so a
+    // helper taken over before this one starts could plant `<name>.log` -> a host file.
+    let out = create_nofollow(&log_path).map_err(io)?;
     let err = out.try_clone().map_err(io)?;
     let spawn_err = |source| HypervisorError::Spawn { program: program.to_owned(), source };
     info!(log, "starting {name}"; "argv" => shell_line(&program.to_string_lossy(), args),
@@ -120,13 +122,17 @@ pub fn spawn(
     drop(binary);
     if let Some(pid) = child.id() {
         let pid_file = paths.dir().join(format!("{name}.pid"));
-        fs::write(&pid_file, pid.to_string()).map_err(|source| HypervisorError::Io {
-            what: "cannot write",
-            path: pid_file,
-            source,
-        })?;
+        create_nofollow(&pid_file)
+            .and_then(|mut f| f.write_all(pid.to_string().as_bytes()))
+            .map_err(|source| HypervisorError::Io { what: "cannot write", path: pid_file, source })?;
     }
     Ok(child)
+}
+
+/// Creates (or truncates) `path` for writing, refusing a symlink in its place.
+pub fn create_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 /// Waits for the VMM `child` in the background and sends one line on `exited` when it is gone:
