@@ -49,7 +49,7 @@ impl VmmHandle {
     }
 
     /// Whether the VMM has exited (or was never recorded).
-    fn exited(&self) -> bool {
+    pub fn exited(&self) -> bool {
         let Ok(slot) = self.0.lock() else { return true };
         let Some(fd) = slot.as_ref() else { return true };
         // A pidfd polls readable once its process has exited.
@@ -103,6 +103,11 @@ pub fn watch(
     let watcher = tokio::spawn(async move {
         tokio::select! {
             status = child.wait() => {
+                // After QEMU (a stop, or QEMU's own death) a helper exits because its client
+                // went away: QEMU's exit is the reason, not this.
+                if vmm.exited() {
+                    return;
+                }
                 let status = status.map_or_else(|err| format!("could not be waited for: {err}"), |s| s.to_string());
                 let last = tail(&log_path, 1);
                 let description = format!("{name} exited ({status}) under the running VM: {last}");
