@@ -50,6 +50,8 @@ pub(super) async fn relay(
             Ok(event) => {
                 warn!(log, "the guest reported an OOM kill of a container this shim did not create; not published";
                     "container" => &event.container_id);
+                // A hostile guest answers at once, forever: bound the log and the loop.
+                tokio::time::sleep(RETRY).await;
             }
             Err(ttrpc::Error::RpcStatus(status)) if unsupported(status.code()) => return,
             Err(_) => tokio::time::sleep(RETRY).await,
