@@ -37,8 +37,13 @@ pub fn text(name: &str) -> Option<String> {
 mod tests {
     #[test]
     fn unset_and_empty_are_the_same() {
-        // A name no test sets: reading it never races another test's `set_var`.
-        assert_eq!(super::path("WISP_ENV_TEST_NEVER_SET"), None);
-        assert_eq!(super::text("WISP_ENV_TEST_NEVER_SET"), None);
+        // Names of this test only: no other test's `set_var` races them.
+        assert_eq!(super::path("WISP_ENV_TEST_UNSET"), None);
+        std::env::set_var("WISP_ENV_TEST_EMPTY", "");
+        assert_eq!(super::path("WISP_ENV_TEST_EMPTY"), None);
+        assert_eq!(super::text("WISP_ENV_TEST_EMPTY"), None);
+        std::env::set_var("WISP_ENV_TEST_SET", "/x");
+        assert_eq!(super::path("WISP_ENV_TEST_SET"), Some("/x".into()));
+        assert_eq!(super::text("WISP_ENV_TEST_SET").as_deref(), Some("/x"));
     }
 }

@@ -54,6 +54,8 @@ pub fn survey(root: &Path, procs: &dyn Processes) -> Vec<Found> {
         .flatten()
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        // The rootless id claims (hypervisor::confine) live beside the sandboxes.
+        .filter(|entry| entry.file_name() != ".rootless")
         .map(|entry| entry.path())
         .collect();
     dirs.sort();
