@@ -133,7 +133,9 @@ fn footprint(t: &Setup) -> Footprint {
         .flatten()
         .flatten()
         .map(|controller| count_subdirs(&controller.path().join("wisp")))
-        .sum();
+        .sum::<usize>()
+        // cgroup v2: one hierarchy, the sandboxes right under /sys/fs/cgroup/wisp.
+        + count_subdirs(&cgroups.join("wisp"));
     Footprint {
         mounts: mounts_of(t),
         containerd_fds: t.ctd.pid().map_or(0, |pid| count_dir(&PathBuf::from(format!("/proc/{pid}/fd")))),
