@@ -36,6 +36,15 @@ pub enum Output {
     Stderr,
 }
 
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
 /// Starts pumping one output stream of `container`/`exec_id` into the FIFO at `fifo`.
 pub fn pump_output(
     agent: AgentServiceClient,
@@ -46,14 +55,9 @@ pub fn pump_output(
     log: Logger,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut sink = match open_fifo(&fifo, true).await.and_then(pipe::Sender::from_file) {
-            Ok(sink) => Some(sink),
-            Err(err) => {
-                warn!(log, "cannot open output FIFO; output is dropped"; "fifo" => %fifo.display(), "error" => %err,
-                      "container" => &container, "exec" => &exec_id);
-                None
-            }
-        };
+        let log =
+            log.new(slog::o!("container" => container.clone(), "exec" => exec_id.clone(), "stream" => stream.name()));
+        let mut sink = OutputSink::new(fifo);
         let request = ReadStreamRequest {
             container_id: container.clone(),
             exec_id: exec_id.clone(),
@@ -70,19 +74,60 @@ pub fn pump_output(
                 Ok(answer) if !answer.data.is_empty() => answer.data,
                 Ok(_) => break,
                 Err(err) => {
-                    debug!(log, "output stream ended"; "stream" => ?stream, "reason" => %err, "container" => &container, "exec" => &exec_id);
+                    debug!(log, "output stream ended"; "reason" => %err);
                     break;
                 }
             };
-            if let Some(writer) = sink.as_mut() {
-                if let Err(err) = writer.write_all(&data).await {
-                    warn!(log, "containerd's reader went away; dropping further output"; "error" => %err,
-                          "container" => &container, "exec" => &exec_id);
-                    sink = None;
+            sink.write(&data, &log).await;
+        }
+    })
+}
+
+/// The shim's end of an output FIFO, opened without waiting for a reader.
+///
+/// containerd's clients (ctr, CRI, dockerd) open their read end before they ask for the task,
+/// so a reader is there when the shim opens, unless the client has gone: `ctr run -d` exits
+/// right after Start. A blocking open would then wait forever, the pump would stop draining
+/// the agent, the process would block on a full pipe and its exit would wait for the drain
+/// timeout. Without a reader the output is dropped, and the open is tried again with the
+/// next output, so a reader that comes later gets the output from then on.
+struct OutputSink {
+    fifo: PathBuf,
+    writer: Option<pipe::Sender>,
+    /// Whether the last attempt found no reader (logged once, not per chunk).
+    readerless: bool,
+}
+
+impl OutputSink {
+    fn new(fifo: PathBuf) -> Self {
+        Self { fifo, writer: None, readerless: false }
+    }
+
+    async fn write(&mut self, data: &[u8], log: &Logger) {
+        if self.writer.is_none() {
+            match pipe::OpenOptions::new().open_sender(&self.fifo) {
+                Ok(writer) => {
+                    self.writer = Some(writer);
+                    self.readerless = false;
+                }
+                Err(err) => {
+                    if !self.readerless {
+                        debug!(log, "no reader on the output FIFO; output is dropped until one comes";
+                               "fifo" => %self.fifo.display(), "error" => %err);
+                    }
+                    self.readerless = true;
+                    return;
                 }
             }
         }
-    })
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(err) = writer.write_all(data).await {
+                debug!(log, "containerd's reader went away; dropping output until another comes"; "error" => %err);
+                self.writer = None;
+                self.readerless = true;
+            }
+        }
+    }
 }
 
 /// How long a CloseIO waits for the stdin FIFO's open to return before deciding no writer came.
@@ -217,6 +262,18 @@ mod tests {
         }
     }
 
+    /// Serves `fake` on a socket in `dir` and connects to it.
+    async fn serve(dir: &Path, fake: Fake) -> (Server, crate::agent_dial::AgentConn) {
+        let sock = dir.join("agent.sock");
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_agent_service(Arc::new(fake)));
+        server.start().await.unwrap();
+        let conn = connect(&AgentAddr::Unix { path: sock }, Duration::from_secs(5)).await.unwrap();
+        (server, conn)
+    }
+
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     }
@@ -224,7 +281,6 @@ mod tests {
     #[tokio::test]
     async fn output_is_delivered_whole_and_stdin_eof_becomes_close_stdin() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
         let stdin = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(Mutex::new(false));
         let big = vec![b'x'; 200_000];
@@ -233,19 +289,17 @@ mod tests {
             stdin: stdin.clone(),
             closed: closed.clone(),
         };
-        let mut server = Server::new()
-            .bind(&format!("unix://{}", sock.display()))
-            .unwrap()
-            .register_service(create_agent_service(Arc::new(fake)));
-        server.start().await.unwrap();
-        let conn = connect(&AgentAddr::Unix { path: sock }, Duration::from_secs(5)).await.unwrap();
+        let (mut server, conn) = serve(dir.path(), fake).await;
         let log = Logger::root(slog::Discard, slog::o!());
 
-        // stdout: containerd's reader opens the FIFO; the pump ends only after the EOF error.
+        // stdout: containerd's reader opens the FIFO first (without waiting for a writer, as
+        // containerd's cio does); the pump ends only after the EOF error.
         let out_fifo = dir.path().join("stdout");
         mkfifo(&out_fifo);
+        let early_reader = pipe::OpenOptions::new().open_receiver(&out_fifo).unwrap();
         let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, out_fifo.clone(), log.clone());
         let mut reader = pipe::Receiver::from_file(open_fifo(&out_fifo, false).await.unwrap()).unwrap();
+        drop(early_reader);
         let mut got = Vec::new();
         let (read, pumped) = tokio::join!(reader.read_to_end(&mut got), pump);
         read.unwrap();
@@ -290,6 +344,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
         assert_eq!(stdin.lock().unwrap().as_slice(), b"late\n");
         assert!(*closed.lock().unwrap(), "CloseStdin was sent");
+        server.shutdown().await.unwrap();
+    }
+
+    /// `ctr run -d` exits right after Start: the pump finds no reader and must still drain
+    /// the agent to its end, or the process blocks on a full pipe and its exit waits.
+    #[tokio::test]
+    async fn output_without_a_reader_is_drained_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = Mutex::new(vec![vec![b'x'; 100_000], vec![b'y'; 100_000], b"last\n".to_vec()]);
+        let fake = Fake { chunks, stdin: Arc::default(), closed: Arc::default() };
+        let (mut server, conn) = serve(dir.path(), fake).await;
+        let fifo = dir.path().join("stdout");
+        mkfifo(&fifo);
+        let log = Logger::root(slog::Discard, slog::o!());
+        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, fifo, log);
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("a pump without a reader still reaches the end of the stream")
+            .unwrap();
         server.shutdown().await.unwrap();
     }
 }

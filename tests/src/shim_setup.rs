@@ -93,6 +93,32 @@ impl Setup {
         Ok(Self { dir, ctd })
     }
 
+    /// The last `lines` lines of containerd's log, where the shim's log lines land: for
+    /// failure messages of waits that timed out.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.ctd.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Polls until task `id` is STOPPED; fails after `within` with the log's tail.
+    pub fn wait_stopped(&self, id: &str, within: Duration) -> anyhow::Result<Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            let status = self.task_status(id)?;
+            if status == "STOPPED" {
+                return Ok(start.elapsed());
+            }
+            ensure!(
+                start.elapsed() < within,
+                "{id} is {status:?}, not STOPPED, after {} s; the log:\n{}",
+                within.as_secs(),
+                self.log_tail(60)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The shim's state root (`WISP_STATE_DIR`).
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")

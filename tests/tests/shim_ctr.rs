@@ -56,11 +56,7 @@ fn detached_exec_and_kill() -> anyhow::Result<()> {
 
     let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-tail"])?;
     ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
-    let start = Instant::now();
-    while t.task_status("wisp-tail")? != "STOPPED" {
-        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_stopped("wisp-tail", Duration::from_secs(10))?;
     let out = t.ctr(&["tasks", "delete", "wisp-tail"])?;
     ensure!(out.status.success(), "ctr t delete: {}", describe(&out));
     let out = t.ctr(&["containers", "delete", "wisp-tail"])?;
@@ -142,11 +138,7 @@ fn pause_resume_metrics_and_ls() -> anyhow::Result<()> {
     ensure!(out.status.success() && text(&out.stdout).contains("memory"), "ctr t metrics: {}", describe(&out));
     let out = t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-pause"])?;
     ensure!(out.status.success(), "ctr t kill: {}", describe(&out));
-    let start = Instant::now();
-    while t.task_status("wisp-pause")? != "STOPPED" {
-        ensure!(start.elapsed() < Duration::from_secs(10), "task not STOPPED 10 s after SIGKILL");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_stopped("wisp-pause", Duration::from_secs(10))?;
     t.ctr(&["tasks", "delete", "wisp-pause"])?;
     t.ctr(&["containers", "delete", "wisp-pause"])?;
     Ok(())
@@ -240,11 +232,7 @@ fn containers_of_one_pod_share_one_shim_and_vm() -> anyhow::Result<()> {
     assert_eq!(t.task_status("pod-a")?, "RUNNING", "the first container outlives the second");
     let out = t.ctr(&["tasks", "kill", "-s", "KILL", "pod-a"])?;
     ensure!(out.status.success(), "{}", describe(&out));
-    let start = Instant::now();
-    while t.task_status("pod-a")? != "STOPPED" {
-        ensure!(start.elapsed() < Duration::from_secs(10), "pod-a not STOPPED");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_stopped("pod-a", Duration::from_secs(10))?;
     t.ctr(&["tasks", "delete", "pod-a"])?;
     t.ctr(&["containers", "delete", "pod-a"])?;
     let left = t.wait_no_leftovers(Duration::from_secs(5));
@@ -267,5 +255,21 @@ fn tail_f_dev_null_keeps_running_detached() -> anyhow::Result<()> {
         "tail -f /dev/null exited (is /dev/null usable in the container?)"
     );
     t.ctr(&["tasks", "kill", "-s", "KILL", "wisp-devnull"])?;
+    Ok(())
+}
+
+#[test]
+fn a_detached_container_writing_more_than_the_pipes_hold_is_not_blocked() -> anyhow::Result<()> {
+    // `ctr run -d` leaves nobody reading the output FIFOs once it exits: the shim must keep
+    // draining the guest, or the writer blocks on a full pipe and never reaches its exit.
+    let t = Setup::new()?;
+    let config = t.bundle("chatty", &["sh", "-c", "sleep 1; yes wisp | head -c 4000000; exit 7"])?;
+    let out = t.ctr(&["run", "-d", "--runtime", RUNTIME, "--config", s(&config), "wisp-chatty"])?;
+    ensure!(out.status.success(), "ctr run -d: {}", describe(&out));
+    t.wait_stopped("wisp-chatty", Duration::from_secs(30))?;
+    t.ctr(&["tasks", "delete", "wisp-chatty"])?;
+    t.ctr(&["containers", "delete", "wisp-chatty"])?;
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
     Ok(())
 }
