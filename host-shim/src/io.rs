@@ -17,7 +17,7 @@ use protocols::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest}
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::ttrpc::context;
 use slog::{debug, warn, Logger};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -45,19 +45,29 @@ impl Output {
     }
 }
 
-/// Starts pumping one output stream of `container`/`exec_id` into the FIFO at `fifo`.
+/// Where a process's output goes, where its input comes from.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// A FIFO of containerd's, opened by path.
+    Fifo(PathBuf),
+    /// A descriptor handed to us (`wisp-runtime`'s caller's pipe, file or terminal), used
+    /// through blocking reads and writes on tokio's blocking pool, which suit all of them.
+    File(std::fs::File),
+}
+
+/// Starts pumping one output stream of `container`/`exec_id` into `target`.
 pub fn pump_output(
     agent: AgentServiceClient,
     container: String,
     exec_id: String,
     stream: Output,
-    fifo: PathBuf,
+    target: Endpoint,
     log: Logger,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let log =
             log.new(slog::o!("container" => container.clone(), "exec" => exec_id.clone(), "stream" => stream.name()));
-        let mut sink = OutputSink::new(fifo);
+        let mut sink = OutputSink::new(target, &log);
         let request = ReadStreamRequest {
             container_id: container.clone(),
             exec_id: exec_id.clone(),
@@ -91,37 +101,61 @@ pub fn pump_output(
 /// the agent, the process would block on a full pipe and its exit would wait for the drain
 /// timeout. Without a reader the output is dropped, and the open is tried again with the
 /// next output, so a reader that comes later gets the output from then on.
+/// A descriptor it was given is written as it is, and dropped once writing fails.
 struct OutputSink {
-    fifo: PathBuf,
-    writer: Option<pipe::Sender>,
+    /// The FIFO to (re)open, `None` for a given descriptor.
+    fifo: Option<PathBuf>,
+    writer: Option<Box<dyn AsyncWrite + Unpin + Send>>,
     /// Whether the last attempt found no reader (logged once, not per chunk).
     readerless: bool,
 }
 
 impl OutputSink {
-    fn new(fifo: PathBuf) -> Self {
-        Self { fifo, writer: None, readerless: false }
+    /// Opens the FIFO at once: a stream that never writes must still reach its reader as an
+    /// open then a close (containerd's reader waits for that EOF, CRI's ExecSync with it).
+    fn new(target: Endpoint, log: &Logger) -> Self {
+        let mut sink = match target {
+            Endpoint::Fifo(fifo) => Self { fifo: Some(fifo), writer: None, readerless: false },
+            Endpoint::File(file) => {
+                Self { fifo: None, writer: Some(Box::new(tokio::fs::File::from_std(file))), readerless: false }
+            }
+        };
+        sink.open(log);
+        sink
     }
 
-    async fn write(&mut self, data: &[u8], log: &Logger) {
-        if self.writer.is_none() {
-            match pipe::OpenOptions::new().open_sender(&self.fifo) {
+    /// Opens the FIFO without waiting if it is not open; whether a writer is there.
+    fn open(&mut self, log: &Logger) -> bool {
+        if let (None, Some(fifo)) = (&self.writer, &self.fifo) {
+            match pipe::OpenOptions::new().open_sender(fifo) {
                 Ok(writer) => {
-                    self.writer = Some(writer);
+                    self.writer = Some(Box::new(writer));
                     self.readerless = false;
                 }
                 Err(err) => {
                     if !self.readerless {
                         debug!(log, "no reader on the output FIFO; output is dropped until one comes";
-                               "fifo" => %self.fifo.display(), "error" => %err);
+                               "fifo" => %fifo.display(), "error" => %err);
                     }
                     self.readerless = true;
-                    return;
                 }
             }
         }
+        self.writer.is_some()
+    }
+
+    async fn write(&mut self, data: &[u8], log: &Logger) {
+        if !self.open(log) {
+            return;
+        }
         if let Some(writer) = self.writer.as_mut() {
-            if let Err(err) = writer.write_all(data).await {
+            // A file of tokio's completes a write only on flush.
+            if let Err(err) = async {
+                writer.write_all(data).await?;
+                writer.flush().await
+            }
+            .await
+            {
                 debug!(log, "containerd's reader went away; dropping output until another comes"; "error" => %err);
                 self.writer = None;
                 self.readerless = true;
@@ -133,31 +167,21 @@ impl OutputSink {
 /// How long a CloseIO waits for the stdin FIFO's open to return before deciding no writer came.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Starts relaying the FIFO at `fifo` to the process's stdin; `close` (CloseIO) ends it once
-/// what the FIFO holds was relayed.
+/// Starts relaying `source` to the process's stdin; `close` (CloseIO) ends it once what the
+/// source holds was relayed.
 pub fn pump_stdin(
     agent: AgentServiceClient,
     container: String,
     exec_id: String,
-    fifo: PathBuf,
+    source: Endpoint,
     close: std::sync::Arc<Notify>,
     log: Logger,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // containerd opens its end of the FIFO in the background: wait for it. CloseIO can
-        // overtake the open's result (the writer wrote, closed and called CloseIO before this
-        // task saw its open return): then give the open a moment and relay what the writer
-        // left in the FIFO; only a writer that never came means there is nothing to relay.
-        let mut open = std::pin::pin!(open_fifo(&fifo, false));
-        let source = tokio::select! {
-            biased;
-            file = &mut open => Some((file, false)),
-            () = close.notified() => match tokio::time::timeout(CLOSE_GRACE, &mut open).await {
-                Ok(file) => Some((file, true)),
-                Err(_) => None,
-            },
+        let source = match source {
+            Endpoint::Fifo(fifo) => open_stdin_fifo(&fifo, &close).await,
+            Endpoint::File(file) => Some(Ok((Box::new(tokio::fs::File::from_std(file)) as Input, false))),
         };
-        let source = source.map(|(file, closing)| file.and_then(pipe::Receiver::from_file).map(|f| (f, closing)));
         match source.transpose() {
             Ok(None) => {}
             Ok(Some((mut source, closing_already))) => {
@@ -198,7 +222,7 @@ pub fn pump_stdin(
                 }
             }
             Err(err) => {
-                warn!(log, "cannot open stdin FIFO"; "fifo" => %fifo.display(), "error" => %err, "container" => &container, "exec" => &exec_id);
+                warn!(log, "cannot open stdin"; "error" => %err, "container" => &container, "exec" => &exec_id);
             }
         }
         let request =
@@ -207,6 +231,27 @@ pub fn pump_stdin(
             debug!(log, "CloseStdin failed"; "error" => %err, "container" => &container, "exec" => &exec_id);
         }
     })
+}
+
+/// A process's input, as read.
+type Input = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Opens containerd's stdin FIFO; with it whether CloseIO came already. containerd opens its end
+/// of the FIFO in the background: wait for it. CloseIO can overtake the open's result (the
+/// writer wrote, closed and called CloseIO before this task saw its open return): then give
+/// the open a moment and relay what the writer left in the FIFO; only a writer that never came
+/// means there is nothing to relay (`None`).
+async fn open_stdin_fifo(fifo: &Path, close: &Notify) -> Option<std::io::Result<(Input, bool)>> {
+    let mut open = std::pin::pin!(open_fifo(fifo, false));
+    let opened = tokio::select! {
+        biased;
+        file = &mut open => Some((file, false)),
+        () = close.notified() => match tokio::time::timeout(CLOSE_GRACE, &mut open).await {
+            Ok(file) => Some((file, true)),
+            Err(_) => None,
+        },
+    };
+    opened.map(|(file, closing)| file.and_then(pipe::Receiver::from_file).map(|f| (Box::new(f) as Input, closing)))
 }
 
 /// Opens a FIFO the blocking way (an open for reading waits for a writer and vice versa, which
@@ -297,7 +342,14 @@ mod tests {
         let out_fifo = dir.path().join("stdout");
         mkfifo(&out_fifo);
         let early_reader = pipe::OpenOptions::new().open_receiver(&out_fifo).unwrap();
-        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, out_fifo.clone(), log.clone());
+        let pump = pump_output(
+            conn.agent(),
+            "c1".into(),
+            "c1".into(),
+            Output::Stdout,
+            Endpoint::Fifo(out_fifo.clone()),
+            log.clone(),
+        );
         let mut reader = pipe::Receiver::from_file(open_fifo(&out_fifo, false).await.unwrap()).unwrap();
         drop(early_reader);
         let mut got = Vec::new();
@@ -314,7 +366,7 @@ mod tests {
         let in_fifo = dir.path().join("stdin");
         mkfifo(&in_fifo);
         let close = Arc::new(Notify::new());
-        let pump = pump_stdin(conn.agent(), "c1".into(), "c1".into(), in_fifo.clone(), close, log);
+        let pump = pump_stdin(conn.agent(), "c1".into(), "c1".into(), Endpoint::Fifo(in_fifo.clone()), close, log);
         let mut writer = pipe::Sender::from_file(open_fifo(&in_fifo, true).await.unwrap()).unwrap();
         writer.write_all(b"hi\n").await.unwrap();
         drop(writer);
@@ -334,7 +386,7 @@ mod tests {
             conn.agent(),
             "c1".into(),
             "c1".into(),
-            late_fifo.clone(),
+            Endpoint::Fifo(late_fifo.clone()),
             close,
             Logger::root(slog::Discard, slog::o!()),
         );
@@ -344,6 +396,29 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
         assert_eq!(stdin.lock().unwrap().as_slice(), b"late\n");
         assert!(*closed.lock().unwrap(), "CloseStdin was sent");
+        server.shutdown().await.unwrap();
+    }
+
+    /// A stream that never writes still opens and closes the FIFO: its reader sees EOF (CRI's
+    /// ExecSync waits for it on stderr of a process that wrote only to stdout).
+    #[tokio::test]
+    async fn a_silent_stream_ends_its_reader() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake { chunks: Mutex::default(), stdin: Arc::default(), closed: Arc::default() };
+        let (mut server, conn) = serve(dir.path(), fake).await;
+        let fifo = dir.path().join("stderr");
+        mkfifo(&fifo);
+        let reader = pipe::OpenOptions::new().open_receiver(&fifo).unwrap();
+        let log = Logger::root(slog::Discard, slog::o!());
+        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stderr, Endpoint::Fifo(fifo), log);
+        tokio::time::timeout(Duration::from_secs(5), pump).await.unwrap().unwrap();
+        // A FIFO's reader polls POLLHUP only once a writer came and went, not before any came.
+        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap();
+        let events = fds[0].revents().unwrap_or(PollFlags::empty());
+        assert!(events.contains(PollFlags::POLLHUP), "the reader of a silent stream saw no writer come and go");
         server.shutdown().await.unwrap();
     }
 
@@ -358,7 +433,7 @@ mod tests {
         let fifo = dir.path().join("stdout");
         mkfifo(&fifo);
         let log = Logger::root(slog::Discard, slog::o!());
-        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, fifo, log);
+        let pump = pump_output(conn.agent(), "c1".into(), "c1".into(), Output::Stdout, Endpoint::Fifo(fifo), log);
         tokio::time::timeout(Duration::from_secs(5), pump)
             .await
             .expect("a pump without a reader still reaches the end of the stream")

@@ -34,6 +34,7 @@ pub mod io;
 pub mod netns;
 pub mod pod;
 pub mod pod_network;
+pub mod runtime;
 pub mod sandbox;
 pub mod share;
 pub mod shim;

@@ -22,20 +22,42 @@ pub use crate::containerd::{describe, s, text};
 
 /// The shim binary: `WISP_SHIM`, else the release build, else the debug build.
 pub fn shim_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WISP_SHIM").filter(|v| !v.is_empty()) {
+    host_binary("containerd-shim-wisp-v2", "WISP_SHIM")
+}
+
+/// The `wisp-runtime` binary: `WISP_RUNTIME`, else the release build, else the debug build.
+pub fn runtime_binary() -> anyhow::Result<PathBuf> {
+    host_binary("wisp-runtime", "WISP_RUNTIME")
+}
+
+/// Host binary `name`: the path in `var`, else the release build, else the debug build.
+fn host_binary(name: &str, var: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(path));
     }
     let target = artifacts::target_dir();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("containerd-shim-wisp-v2"))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "containerd-shim-wisp-v2 not found in {}/{{release,debug}}: run `make tools` (or set WISP_SHIM)",
-                target.display()
-            )
-        })
+    ["release", "debug"].iter().map(|profile| target.join(profile).join(name)).find(|p| p.is_file()).with_context(
+        || format!("{name} not found in {}/{{release,debug}}: run `make tools` (or set {var})", target.display()),
+    )
+}
+
+/// Writes the shim's and the runtime's configuration into `dir` (`kernel`, our initrd, the
+/// extra lines for `[hypervisor.qemu]` and `[agent.wisp]`) and points `WISP_CONFIG` at it and
+/// `WISP_STATE_DIR` at `dir/state`, for every process started from here on (containerd and
+/// dockerd pass their environment down to shims and runtimes).
+pub fn configure(dir: &Path, kernel: &Path, qemu: &str, agent: &str) -> anyhow::Result<PathBuf> {
+    let config = dir.join("configuration.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n{agent}\n",
+            kernel.display(),
+            artifacts::initrd()?.display()
+        ),
+    )?;
+    std::env::set_var("WISP_STATE_DIR", dir.join("state"));
+    std::env::set_var("WISP_CONFIG", &config);
+    Ok(config)
 }
 
 /// A private containerd that finds our shim, with the shim's state and config in `dir`.
@@ -74,19 +96,7 @@ impl Setup {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-shim-").tempdir()?;
         let shim = shim_binary()?;
-        let state = dir.path().join("state");
-        let config = dir.path().join("configuration.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n{qemu}\n\n[agent.wisp]\ndial_timeout = 90\n{agent}\n",
-                kernel.display(),
-                artifacts::initrd()?.display()
-            ),
-        )?;
-        // containerd passes its environment on to the shims it starts.
-        std::env::set_var("WISP_STATE_DIR", &state);
-        std::env::set_var("WISP_CONFIG", &config);
+        configure(dir.path(), kernel, qemu, agent)?;
         let shim_dir = shim.parent().context("shim path has no directory")?.to_owned();
         options.shim_dirs.push(shim_dir);
         let ctd = Containerd::start_with(options)?;

@@ -63,18 +63,7 @@ impl Pods {
     fn start(cni: Option<CniOptions>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-cri-").tempdir()?;
         let shim = shim_binary()?;
-        let config = dir.path().join("configuration.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[agent.wisp]\ndial_timeout = 90\n",
-                artifacts::kernel()?.display(),
-                artifacts::initrd()?.display()
-            ),
-        )?;
-        // containerd passes its environment on to the shims it starts.
-        std::env::set_var("WISP_STATE_DIR", dir.path().join("state"));
-        std::env::set_var("WISP_CONFIG", &config);
+        wisp_tests::shim_setup::configure(dir.path(), &artifacts::kernel()?, "", "")?;
 
         let pause = dir.path().join("pause");
         let source = artifacts::workspace_root().join("tests/pause/pause.c");

@@ -15,6 +15,7 @@
 //! | [`guest`] | the spec and process requests as the guest agent takes them |
 //! | [`hotplug`] | a disk plugged into or out of a running container |
 //! | `namespaces` | the namespaces a spec keeps in the guest (Kata's rule) |
+//! | [`vm`] | the VM a plan needs, booted |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ mod kata_conformance;
 mod namespaces;
 pub mod plan;
 pub mod rollback;
+pub mod vm;
 
 pub use plan::{ContainerPlan, Rootfs, RootfsMount, UsedVolume};
 pub use rollback::Rollback;

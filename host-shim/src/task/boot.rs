@@ -8,10 +8,11 @@ use slog::warn;
 
 use super::{Inner, Proc, VM_DIED_STATUS};
 use crate::api as side;
+use crate::container;
 use crate::error::Error;
 use crate::hypervisor::BlockSource;
 use crate::pod::PodSpec;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::Sandbox;
 use crate::state::SandboxKey;
 
 impl Inner {
@@ -31,16 +32,9 @@ impl Inner {
             }
             return Ok(sandbox.clone());
         }
-        let mut config = pod.vm_config(&self.config);
-        config.qemu.enable_vhost_user_store |= shared_memory;
-        let netns = pod.netns.as_deref();
+        let config = container::vm::config_for(&self.config, pod, shared_memory);
         let key = SandboxKey::containerd(&self.namespace, &self.sandbox_id);
-        let mut booted = Sandbox::boot(&config, &key, netns, boot_disks, &self.log).await;
-        if let Err(err @ SandboxError::AgentStalled { .. }) = &booted {
-            // The first VM and its helpers are gone already; a fresh one gets a fresh channel.
-            warn!(self.log, "the agent channel stalled; booting the VM once more"; "error" => %err);
-            booted = Sandbox::boot(&config, &key, netns, boot_disks, &self.log).await;
-        }
+        let booted = container::vm::boot(&config, &key, pod.netns.as_deref(), boot_disks, &self.log).await;
         let sandbox =
             Arc::new(booted.map_err(|source| Error::Boot { id: self.sandbox_id.clone(), source: Box::new(source) })?);
         *slot = Some(sandbox.clone());

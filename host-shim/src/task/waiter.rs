@@ -74,15 +74,36 @@ impl Inner {
         let mut pumps: Vec<JoinHandle<()>> = Vec::new();
         if !proc.stdio.stdout.is_empty() {
             let fifo = PathBuf::from(&proc.stdio.stdout);
-            pumps.push(io::pump_output(agent.clone(), cid.clone(), eid.clone(), Output::Stdout, fifo, log.clone()));
+            pumps.push(io::pump_output(
+                agent.clone(),
+                cid.clone(),
+                eid.clone(),
+                Output::Stdout,
+                io::Endpoint::Fifo(fifo),
+                log.clone(),
+            ));
         }
         if !proc.stdio.stderr.is_empty() && !proc.stdio.terminal {
             let fifo = PathBuf::from(&proc.stdio.stderr);
-            pumps.push(io::pump_output(agent.clone(), cid.clone(), eid.clone(), Output::Stderr, fifo, log.clone()));
+            pumps.push(io::pump_output(
+                agent.clone(),
+                cid.clone(),
+                eid.clone(),
+                Output::Stderr,
+                io::Endpoint::Fifo(fifo),
+                log.clone(),
+            ));
         }
         let stdin = (!proc.stdio.stdin.is_empty()).then(|| {
             let fifo = PathBuf::from(&proc.stdio.stdin);
-            io::pump_stdin(agent.clone(), cid.clone(), eid.clone(), fifo, proc.stdin_close.clone(), log.clone())
+            io::pump_stdin(
+                agent.clone(),
+                cid.clone(),
+                eid.clone(),
+                io::Endpoint::Fifo(fifo),
+                proc.stdin_close.clone(),
+                log.clone(),
+            )
         });
         let me = self.clone();
         tokio::spawn(async move {

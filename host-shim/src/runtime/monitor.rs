@@ -1,0 +1,343 @@
+//! The monitor: the process `wisp-runtime create` leaves running for a container, and the pid
+//! its caller waits for (the pid file's). Docker's containerd-shim-runc-v2 and podman's conmon
+//! are child subreapers that learn of the exit only by `wait4` on that pid, so the monitor is a
+//! child of `create`, and it exits with the container's status.
+//!
+//! It boots the container's VM through the sandbox core, creates the container in it, binds
+//! the control socket ([`super::control`]) and only then tells `create` (a line on the pipe
+//! at [`READY_FD`]). Then it relays the container's stdio from the descriptors it inherited,
+//! forwards the signals it receives to the container, and when the container exits, stops the
+//! VM and exits with the status (128+N when signal N killed it). QEMU dies with it
+//! (`PR_SET_PDEATHSIG`), so a SIGKILLed monitor leaves only files, which `delete` removes.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocols::agent as pb;
+use protocols::ttrpc::context;
+use slog::{info, warn, Logger};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Mutex};
+
+use super::control::{self, Answer, Request};
+use super::status::{self, Status};
+use crate::config::{Config, ConfigError};
+use crate::container::{self, Rollback};
+use crate::error::Error;
+use crate::io::{self, Endpoint, Output};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::state::SandboxKey;
+
+/// The descriptor on which the monitor tells `create` that the container exists (or why not).
+pub const READY_FD: RawFd = 3;
+/// The status reported when the VM died under the container (as the shim reports it).
+const VM_DIED_STATUS: i32 = 255;
+/// How long a finished process's output may take to reach the caller.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on ordinary agent calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The signals a caller sends the pid-file process that the container gets instead.
+const FORWARDED: [i32; 7] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT];
+
+/// What the monitor is started with (`wisp-runtime __monitor`).
+#[derive(Debug, Clone)]
+pub struct MonitorArgs {
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+    /// The container id.
+    pub id: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+}
+
+impl MonitorArgs {
+    fn dir(&self) -> PathBuf {
+        self.root.join(&self.id)
+    }
+}
+
+/// The sandbox of container `id` of the runtime root `root` (its state directory's key).
+pub fn sandbox_key(root: &std::path::Path, id: &str) -> SandboxKey {
+    SandboxKey { scope: root.display().to_string(), namespace: String::new(), id: id.to_owned() }
+}
+
+/// Why a container could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot read the configuration")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Container(#[from] Error),
+    #[error("cannot boot the container's VM")]
+    Boot(#[from] SandboxError),
+    #[error("cannot serve the control socket {}", path.display())]
+    Control { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the monitor's event loop")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The monitor's life; returns its exit code.
+pub fn main(args: &MonitorArgs, log: &Logger) -> i32 {
+    // Its own session: a signal the caller sends `create`'s group does not reach it, and a
+    // terminal can become its controlling one.
+    let _ = nix::unistd::setsid();
+    // SAFETY: `create` put the write end of its pipe at READY_FD for this process alone and
+    // nothing else here opens or owns that number.
+    let ready = unsafe { File::from(OwnedFd::from_raw_fd(READY_FD)) };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tell(ready, Err(&MonitorError::Runtime(err)));
+            return 1;
+        }
+    };
+    let log = log.new(slog::o!("container" => args.id.clone()));
+    runtime.block_on(run(args, ready, &log))
+}
+
+/// Tells `create` how the creation went, and closes the pipe.
+fn tell(mut ready: File, outcome: Result<(), &MonitorError>) {
+    let line = match outcome {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(err) => serde_json::json!({"error": protocols::error::chain(err)}),
+    };
+    let _ = writeln!(ready, "{line}");
+}
+
+async fn run(args: &MonitorArgs, ready: File, log: &Logger) -> i32 {
+    let monitor = match setup(args, log).await {
+        Ok(monitor) => monitor,
+        Err(err) => {
+            warn!(log, "the container was not created"; "error" => protocols::error::chain(&err));
+            tell(ready, Err(&err));
+            return 1;
+        }
+    };
+    let listener = match control::bind(&args.dir()) {
+        Ok(listener) => listener,
+        Err(source) => {
+            let err = MonitorError::Control { path: args.dir().join(control::SOCKET), source };
+            tell(ready, Err(&err));
+            monitor.sandbox.shutdown().await;
+            return 1;
+        }
+    };
+    status::record(&args.dir(), Status::Created, None, log);
+    tell(ready, Ok(()));
+    info!(log, "container created"; "vm_pid" => monitor.sandbox.vm_pid());
+    let code = monitor.serve(listener).await;
+    status::record(&args.dir(), Status::Stopped, Some(code), log);
+    let _ = std::fs::remove_file(args.dir().join(control::SOCKET));
+    code
+}
+
+/// Boots the VM and creates the container in it; undoes all of it on a failure.
+async fn setup(args: &MonitorArgs, log: &Logger) -> Result<Arc<Monitor>, MonitorError> {
+    let config = Config::load()?;
+    let spec = container::plan::load_spec(&args.bundle)?;
+    let mut next = 0;
+    let plan = container::plan::plan(&args.id, &args.bundle, spec, &[], &config, || {
+        next += 1;
+        format!("wisp-blk{next}")
+    })?;
+    let key = sandbox_key(&args.root, &args.id);
+    let vm = container::vm::config_for(&config, &plan.pod, plan.shared_memory);
+    let sandbox = Arc::new(container::vm::boot(&vm, &key, plan.pod.netns.as_deref(), &plan.boot_disks, log).await?);
+    let mut rollback = Rollback::new(log);
+    match container::create(&sandbox, &plan, &mut rollback, log).await {
+        Ok(_) => rollback.commit(),
+        Err(err) => {
+            rollback.undo().await;
+            sandbox.shutdown().await;
+            return Err(err.into());
+        }
+    }
+    let (exit_tx, _) = watch::channel(None);
+    let (cid, dir, log) = (args.id.clone(), args.dir(), log.clone());
+    Ok(Arc::new(Monitor { sandbox, cid, dir, log, started: Mutex::new(false), exit_tx }))
+}
+
+/// A created container and its VM.
+struct Monitor {
+    sandbox: Arc<Sandbox>,
+    cid: String,
+    /// The container's directory (`<root>/<id>`).
+    dir: PathBuf,
+    log: Logger,
+    /// Whether Start ran (a second one is refused).
+    started: Mutex<bool>,
+    /// The container's status once it exited; `Some(None)`-like shutdown is [`Request::Shutdown`].
+    exit_tx: watch::Sender<Option<i32>>,
+}
+
+impl Monitor {
+    /// Serves the control socket and forwards signals until the container exits, the VM dies
+    /// or a Shutdown comes; then stops the VM. Returns the exit code.
+    async fn serve(self: Arc<Self>, listener: UnixListener) -> i32 {
+        for signo in FORWARDED {
+            let me = self.clone();
+            tokio::spawn(async move { me.forward(signo).await });
+        }
+        let mut exit = self.exit_tx.subscribe();
+        let mut vm_exit = self.sandbox.exited();
+        let code = loop {
+            let vm_died = tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.answer(stream).await });
+                    }
+                    continue;
+                }
+                code = exit.wait_for(Option::is_some) => break code.ok().and_then(|c| *c).unwrap_or(VM_DIED_STATUS),
+                _ = vm_exit.wait_for(Option::is_some) => true,
+            };
+            if vm_died {
+                warn!(self.log, "the VM exited"; "exit" => vm_exit.borrow().clone(), "console" => self.sandbox.console_tail());
+                // The waiter reports a running container's end itself; give it a moment.
+                let late = tokio::time::timeout(Duration::from_secs(1), exit.wait_for(Option::is_some)).await;
+                break late.ok().and_then(Result::ok).and_then(|c| *c).unwrap_or(VM_DIED_STATUS);
+            }
+        };
+        self.sandbox.shutdown().await;
+        info!(self.log, "container exited; VM stopped"; "status" => code);
+        code
+    }
+
+    /// Sends every `signo` the monitor receives to the container's init.
+    async fn forward(self: Arc<Self>, signo: i32) {
+        let Ok(mut signals) = signal(SignalKind::from_raw(signo)) else { return };
+        while signals.recv().await.is_some() {
+            if let Err(err) = self.kill(signo).await {
+                warn!(self.log, "a signal was not forwarded"; "signal" => signo, "error" => err);
+            }
+        }
+    }
+
+    async fn answer(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
+        let Some(request) = control::read_request(&mut stream).await else { return };
+        let answer = match request {
+            Request::Start => self.start().await.map(|()| Answer::Ok),
+            Request::Kill { signal, .. } => self.kill(signal).await.map(|()| Answer::Ok),
+            Request::Pause => self.pause(true).await.map(|()| Answer::Ok),
+            Request::Resume => self.pause(false).await.map(|()| Answer::Ok),
+            Request::Ps => Err("ps is not supported yet".to_owned()),
+            Request::Shutdown => {
+                let _ =
+                    self.exit_tx.send_if_modified(|code| code.is_none() && code.replace(128 + libc::SIGKILL).is_none());
+                Ok(Answer::Ok)
+            }
+        };
+        control::write_answer(stream, &answer.unwrap_or_else(Answer::Error)).await;
+    }
+
+    /// StartContainer, then the stdio relays and the waiter.
+    async fn start(self: &Arc<Self>) -> Result<(), String> {
+        let mut started = self.started.lock().await;
+        if *started {
+            return Err(format!("container {} is already started", self.cid));
+        }
+        let agent = self.sandbox.agent().agent();
+        let request = pb::StartContainerRequest { container_id: self.cid.clone(), ..Default::default() };
+        agent
+            .start_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map_err(|err| format!("StartContainer: {}", crate::sandbox::describe_ttrpc(&err)))?;
+        *started = true;
+        status::record(&self.dir, Status::Running, None, &self.log);
+        let mut pumps = Vec::new();
+        for (fd, stream) in [(1, Output::Stdout), (2, Output::Stderr)] {
+            if let Some(file) = inherited(fd) {
+                let pump = io::pump_output(
+                    agent.clone(),
+                    self.cid.clone(),
+                    String::new(),
+                    stream,
+                    Endpoint::File(file),
+                    self.log.clone(),
+                );
+                pumps.push(pump);
+            }
+        }
+        let stdin = inherited(0).map(|file| {
+            let close = Arc::new(tokio::sync::Notify::new());
+            io::pump_stdin(
+                agent.clone(),
+                self.cid.clone(),
+                String::new(),
+                Endpoint::File(file),
+                close,
+                self.log.clone(),
+            )
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let request = pb::WaitProcessRequest { container_id: me.cid.clone(), ..Default::default() };
+            let forever = context::with_duration(Duration::from_secs(365 * 24 * 3600));
+            let code = match agent.wait_process(forever, &request).await {
+                Ok(answer) => answer.status,
+                Err(err) => {
+                    warn!(me.log, "WaitProcess failed"; "error" => %err);
+                    VM_DIED_STATUS
+                }
+            };
+            for pump in pumps {
+                if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
+                    warn!(me.log, "output not drained; the rest is dropped");
+                }
+            }
+            if let Some(stdin) = stdin {
+                stdin.abort();
+            }
+            let _ = me.exit_tx.send_if_modified(|slot| slot.is_none() && slot.replace(code).is_none());
+        });
+        Ok(())
+    }
+
+    async fn kill(&self, signal: i32) -> Result<(), String> {
+        let request = pb::SignalProcessRequest {
+            container_id: self.cid.clone(),
+            signal: u32::try_from(signal).map_err(|_| format!("invalid signal {signal}"))?,
+            ..Default::default()
+        };
+        let agent = self.sandbox.agent().agent();
+        agent
+            .signal_process(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map(drop)
+            .map_err(|err| format!("SignalProcess: {}", crate::sandbox::describe_ttrpc(&err)))
+    }
+
+    async fn pause(&self, pause: bool) -> Result<(), String> {
+        let agent = self.sandbox.agent().agent();
+        let ctx = context::with_duration(CALL_TIMEOUT);
+        let done = if pause {
+            let request = pb::PauseContainerRequest { container_id: self.cid.clone(), ..Default::default() };
+            agent.pause_container(ctx, &request).await
+        } else {
+            let request = pb::ResumeContainerRequest { container_id: self.cid.clone(), ..Default::default() };
+            agent.resume_container(ctx, &request).await
+        };
+        done.map_err(|err| crate::sandbox::describe_ttrpc(&err))?;
+        status::record(&self.dir, if pause { Status::Paused } else { Status::Running }, None, &self.log);
+        Ok(())
+    }
+}
+
+/// A copy of inherited descriptor `fd`, if it is open.
+fn inherited(fd: RawFd) -> Option<File> {
+    // SAFETY: F_GETFD only asks whether `fd` is open; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and stays open for the process's life: nothing here
+    // closes 0-2; it is only borrowed to duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.as_fd().try_clone_to_owned().ok().map(File::from)
+}
