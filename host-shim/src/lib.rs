@@ -19,6 +19,7 @@
 //! | [`share`] | the share: a host-only mount tree and the guest's read-only view of it |
 //! | [`state_dir`] | a sandbox state directory's permissions (0700, sockets 0600) |
 //! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
+//! | [`runtime`] | `wisp-runtime`: runc's command line (flags, state records, `state`/`list`/`spec`/`features`) |
 
 pub mod accel;
 pub mod agent_dial;
@@ -34,6 +35,7 @@ pub mod io;
 pub mod netns;
 pub mod pod;
 pub mod pod_network;
+pub mod runtime;
 pub mod sandbox;
 pub mod share;
 pub mod shim;
