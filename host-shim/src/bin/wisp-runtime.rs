@@ -60,7 +60,10 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
         Command::List(args) => list(&store, &args).map(|()| 0),
         Command::Spec(args) => spec_template::write(&args.bundle, args.rootless).map(|_| 0),
         Command::Features => out(&(features::features_json()? + "\n")).map(|()| 0),
-        Command::Create(args) => lifecycle::create(ctx, &args).map(|()| 0),
+        Command::Create(args) => {
+            preflight::creatable(&store, &args)?;
+            lifecycle::create(ctx, &args).map(|()| 0)
+        }
         Command::Start(args) => {
             preflight::existing(&store, &args.id)?;
             lifecycle::start(ctx, &args).map(|()| 0)
@@ -94,7 +97,10 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
             preflight::existing(&store, &args.id)?;
             lifecycle::update(ctx, &args).map(|()| 0)
         }
-        Command::Run(args) => lifecycle::run(ctx, &args),
+        Command::Run(args) => {
+            preflight::creatable(&store, &args.create)?;
+            lifecycle::run(ctx, &args)
+        }
     }
 }
 

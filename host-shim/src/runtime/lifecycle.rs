@@ -8,8 +8,9 @@
 //! `ContainerState::from_bundle`, `Monitor::of`), errors callers match are
 //! [`RuntimeError::NotExist`], [`RuntimeError::Exists`] and [`RuntimeError::NotRunning`].
 //!
-//! Before these run, the binary has checked (runtime::preflight) that the container exists,
-//! that `kill`'s is not stopped, and handled `delete` of an id that has no record.
+//! Before these run, the binary has checked (runtime::preflight) that `create`'s id, bundle and
+//! pid file's directory are usable, that the container of the other commands exists, that
+//! `kill`'s is not stopped, and handled `delete` of an id that has no record.
 
 use super::cli::{CreateArgs, DeleteArgs, ExecArgs, IdArgs, KillArgs, PsArgs, RunArgs, UpdateArgs};
 use super::{Ctx, RuntimeError};

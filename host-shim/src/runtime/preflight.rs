@@ -3,10 +3,35 @@
 //! container that is not stopped (`container not running`, which containerd's runc shim maps to
 //! "not found" and so to success on a stop), and `delete` of an id with a directory but no
 //! record (a `create` that died half-way) removes that directory, succeeding with `--force`.
+//! `create` is refused before anything is made for a bad or used id, a bundle without a
+//! config.json that parses, or a pid file whose directory is missing (so it leaves nothing).
 
-use super::store::{ContainerState, Status, Store};
+use std::io;
+use std::path::Path;
+
+use super::cli::CreateArgs;
+use super::store::{validate_id, ContainerState, Status, Store};
 use super::RuntimeError;
 use crate::state::Processes;
+
+/// `create`'s checks; the record the new container starts with.
+pub fn creatable(store: &Store, args: &CreateArgs) -> Result<ContainerState, RuntimeError> {
+    validate_id(&args.id)?;
+    if std::fs::symlink_metadata(store.dir(&args.id)).is_ok() {
+        return Err(RuntimeError::Exists(args.id.clone()));
+    }
+    if let Some(pid_file) = &args.pid_file {
+        let dir = pid_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(RuntimeError::Io {
+                what: "no directory for the pid file",
+                path: pid_file.clone(),
+                source: io::ErrorKind::NotFound.into(),
+            });
+        }
+    }
+    ContainerState::from_bundle(&args.id, &args.bundle)
+}
 
 /// The record of a container a command acts on.
 pub fn existing(store: &Store, id: &str) -> Result<ContainerState, RuntimeError> {
@@ -52,6 +77,38 @@ mod tests {
 
     fn save(store: &Store, id: &str, monitor: Option<Monitor>, status: Status) {
         store.create(id).unwrap().save(&record(id, monitor, status)).unwrap();
+    }
+
+    fn create_args(id: &str, bundle: &Path, pid_file: Option<&Path>) -> CreateArgs {
+        CreateArgs {
+            bundle: bundle.to_owned(),
+            console_socket: None,
+            pid_file: pid_file.map(Path::to_owned),
+            no_pivot: false,
+            no_new_keyring: false,
+            preserve_fds: 0,
+            id: id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn create_is_refused_before_anything_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(&tmp.path().join("root"));
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let err = creatable(&store, &create_args("c1", &bundle, None)).unwrap_err();
+        assert!(matches!(err, RuntimeError::NoSpec(_)), "{err}");
+        std::fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#).unwrap();
+        let ok = creatable(&store, &create_args("c1", &bundle, Some(&tmp.path().join("pid")))).unwrap();
+        assert_eq!((ok.id.as_str(), ok.rootfs.clone()), ("c1", bundle.join("rootfs")));
+        assert!(creatable(&store, &create_args("c1", &bundle, Some(Path::new("pid")))).is_ok(), "a relative pid file");
+        let err = creatable(&store, &create_args("c1", &bundle, Some(&tmp.path().join("missing/pid")))).unwrap_err();
+        assert!(err.to_string().starts_with("no directory for the pid file"), "{err}");
+        assert!(matches!(creatable(&store, &create_args("a/b", &bundle, None)), Err(RuntimeError::InvalidId(_))));
+        drop(store.create("c1").unwrap());
+        assert!(matches!(creatable(&store, &create_args("c1", &bundle, None)), Err(RuntimeError::Exists(_))));
+        assert!(!store.dir("a").exists() && std::fs::read_dir(store.root()).unwrap().count() == 1, "nothing else made");
     }
 
     #[test]
