@@ -55,8 +55,11 @@ agent: ## Build the static wisp-agent
 	$(AGENT_ENV) cargo build --release --target $(TRIPLE) -p wisp-agent
 	@if readelf -l $(AGENT) | grep -q INTERP; then echo "wisp-agent is not statically linked" >&2; exit 1; fi
 
-tools: ## Build the host binaries (shim, wisp CLI, rootfs-builder, test and bench drivers)
-	cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
+# `wisp-runtime --version` prints the commit it was built from (runc's shape; docker info shows it).
+GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+tools: ## Build the host binaries (shim, wisp CLI, wisp-runtime, rootfs-builder, test and bench drivers)
+	WISP_COMMIT=$(GIT_COMMIT) cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
 
 floor-init: ## Build the true boot floor's /init (a few KiB, no libc; the bench boots it)
 	$(FLOOR_CARGO) build --release --target-dir $(FLOOR_INIT_DIR)
@@ -117,9 +120,10 @@ test-fuzz: fuzz-build ## The short fuzz run of `make test`: FUZZ_TEST_SECONDS (1
 	FUZZ_CRASHES_FAIL=0 fuzz/run.sh $(FUZZ_TEST_SECONDS) $(FUZZ_TEST_TARGETS)
 
 PREFIX ?= /usr/local
-install: all ## Put containerd-shim-wisp-v2, wisp, virtiofsd and vhost-device-vsock in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
+install: all ## Put containerd-shim-wisp-v2, wisp, wisp-runtime, virtiofsd and vhost-device-vsock in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
 	install -D -m 0755 $(TARGET_DIR)/release/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2
 	install -D -m 0755 $(TARGET_DIR)/release/wisp $(DESTDIR)$(PREFIX)/bin/wisp
+	install -D -m 0755 $(TARGET_DIR)/release/wisp-runtime $(DESTDIR)$(PREFIX)/bin/wisp-runtime
 	@# The helpers `make deps` built with cargo install: the shim's configured default paths.
 	@for helper in virtiofsd vhost-device-vsock; do 	  if [ -x $(CARGO_BIN)/$$helper ]; then install -D -m 0755 $(CARGO_BIN)/$$helper $(DESTDIR)$(PREFIX)/bin/$$helper; 	  else echo "install: $(CARGO_BIN)/$$helper missing (make deps); the shim falls back without it"; fi; 	done
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/wisp/bzImage
@@ -128,7 +132,7 @@ install: all ## Put containerd-shim-wisp-v2, wisp, virtiofsd and vhost-device-vs
 	@echo "installed: ctr run --runtime io.containerd.wisp.v2 ... (check the host with: wisp check)"
 
 uninstall: ## Remove what `make install` put in $(PREFIX)
-	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp $(DESTDIR)$(PREFIX)/bin/wisp-runtime
 	rm -f $(DESTDIR)$(PREFIX)/bin/virtiofsd $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 
