@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr as _;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::log::LogFormat;
 use super::store::DEFAULT_ROOT;
@@ -236,7 +237,7 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub cpu_period: Option<u64>,
     /// CPU CFS quota in microseconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpu_quota: Option<i64>,
     /// CPU shares (relative weight).
     #[arg(long)]
@@ -248,19 +249,68 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub cpuset_mems: Option<String>,
     /// Memory limit in bytes (suffixes k, m, g).
-    #[arg(long, value_parser = bytes_arg)]
+    #[arg(long, value_parser = bytes_arg, allow_negative_numbers = true)]
     pub memory: Option<i64>,
     /// Memory soft limit in bytes (suffixes k, m, g).
-    #[arg(long, value_parser = bytes_arg)]
+    #[arg(long, value_parser = bytes_arg, allow_negative_numbers = true)]
     pub memory_reservation: Option<i64>,
     /// Memory plus swap limit in bytes (suffixes k, m, g; -1 unlimited).
-    #[arg(long, value_parser = bytes_arg)]
+    #[arg(long, value_parser = bytes_arg, allow_negative_numbers = true)]
     pub memory_swap: Option<i64>,
     /// Maximum number of pids (-1 unlimited).
     #[arg(long, allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
     /// The container id.
     pub id: String,
+}
+
+impl UpdateArgs {
+    /// The resources to apply, as runc's `update` reads them: the LinuxResources JSON of
+    /// `--resources` (a file, or `stdin` for `-`), else the individual flags (runc ignores the
+    /// flags when `--resources` is given).
+    pub fn linux_resources(&self, stdin: &mut dyn std::io::Read) -> Result<LinuxResources, RuntimeError> {
+        let json = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Json { what: "cannot parse the resources in", path, source }
+        };
+        match &self.resources {
+            Some(path) if path.as_os_str() == "-" => {
+                return serde_json::from_reader(std::io::BufReader::new(stdin)).map_err(json("stdin".as_ref()))
+            }
+            Some(path) => {
+                let file = std::fs::File::open(path).map_err(RuntimeError::io("cannot open", path))?;
+                return serde_json::from_reader(std::io::BufReader::new(file)).map_err(json(path));
+            }
+            None => {}
+        }
+        let mut resources = LinuxResources::default();
+        if self.memory.is_some() || self.memory_reservation.is_some() || self.memory_swap.is_some() {
+            let mut memory = LinuxMemory::default();
+            memory.set_limit(self.memory).set_reservation(self.memory_reservation).set_swap(self.memory_swap);
+            resources.set_memory(Some(memory));
+        }
+        let cpu_flags = (self.cpu_period, self.cpu_quota, self.cpu_share, &self.cpuset_cpus, &self.cpuset_mems);
+        if cpu_flags != (None, None, None, &None, &None) {
+            let mut cpu = LinuxCpu::default();
+            cpu.set_period(self.cpu_period)
+                .set_quota(self.cpu_quota)
+                .set_shares(self.cpu_share)
+                .set_cpus(self.cpuset_cpus.clone())
+                .set_mems(self.cpuset_mems.clone());
+            resources.set_cpu(Some(cpu));
+        }
+        if let Some(limit) = self.pids_limit {
+            let mut pids = LinuxPids::default();
+            pids.set_limit(limit);
+            resources.set_pids(Some(pids));
+        }
+        if let Some(weight) = self.blkio_weight {
+            let mut block_io = LinuxBlockIo::default();
+            block_io.set_weight(Some(weight));
+            resources.set_block_io(Some(block_io));
+        }
+        Ok(resources)
+    }
 }
 
 /// Output format of `list`.
@@ -569,6 +619,55 @@ mod tests {
         assert!(parse(&["-v"]).unwrap().version);
         assert!(parse(&["state"]).is_err(), "an id is required");
         assert!(parse(&["--log-format", "xml", "list"]).is_err());
+    }
+
+    fn update(args: &[&str]) -> UpdateArgs {
+        let args: Vec<&str> = ["update"].iter().chain(args).copied().collect();
+        match parse(&args).unwrap().command {
+            Some(Command::Update(u)) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_reads_resources_from_stdin_a_file_or_the_flags() {
+        let json = r#"{"memory":{"limit":536870912},"cpu":{"shares":512},"pids":{"limit":64}}"#;
+        let from_stdin = update(&["--resources", "-", "c1"]).linux_resources(&mut json.as_bytes()).unwrap();
+        assert_eq!(from_stdin.memory().unwrap().limit(), Some(512 << 20));
+        assert_eq!(from_stdin.cpu().as_ref().unwrap().shares(), Some(512));
+        assert_eq!(from_stdin.pids().unwrap().limit(), 64);
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("r.json");
+        std::fs::write(&file, json).unwrap();
+        let arg = format!("--resources={}", file.display());
+        let from_file = update(&[&arg, "--memory", "1g", "c1"]).linux_resources(&mut std::io::empty()).unwrap();
+        assert_eq!(from_file, from_stdin, "the flags are ignored with --resources, as runc");
+        let flags = update(&[
+            "--memory=256m",
+            "--memory-swap",
+            "-1",
+            "--cpu-quota",
+            "50000",
+            "--cpuset-cpus",
+            "0-1",
+            "--pids-limit",
+            "10",
+            "--blkio-weight",
+            "300",
+            "c1",
+        ])
+        .linux_resources(&mut std::io::empty())
+        .unwrap();
+        let memory = flags.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap(), memory.reservation()), (Some(256 << 20), Some(-1), None));
+        let cpu = flags.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.cpus().as_deref(), cpu.shares()), (Some(50_000), Some("0-1"), None));
+        assert_eq!((flags.pids().unwrap().limit(), flags.block_io().as_ref().unwrap().weight()), (10, Some(300)));
+        let none = update(&["c1"]).linux_resources(&mut std::io::empty()).unwrap();
+        assert_eq!(none, LinuxResources::default());
+        let err = update(&["-r", "-", "c1"]).linux_resources(&mut "{bad".as_bytes()).unwrap_err();
+        assert!(err.to_string().starts_with("cannot parse the resources in stdin"), "{err}");
+        assert!(update(&["-r", "/nonexistent.json", "c1"]).linux_resources(&mut std::io::empty()).is_err());
     }
 
     #[test]

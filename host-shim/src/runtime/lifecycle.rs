@@ -60,7 +60,8 @@ pub fn resume(_ctx: &Ctx, _args: &IdArgs) -> Result<(), RuntimeError> {
     Err(RuntimeError::NotYet("resume"))
 }
 
-/// `update`: apply new resources (`--resources FILE|-` and the individual flags).
+/// `update`: apply new resources (`args.linux_resources(&mut std::io::stdin())` reads them as
+/// runc does: `--resources FILE|-`, else the individual flags).
 pub fn update(_ctx: &Ctx, _args: &UpdateArgs) -> Result<(), RuntimeError> {
     Err(RuntimeError::NotYet("update"))
 }
