@@ -13,7 +13,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser as _};
 use wisp_shim::runtime::cli::{normalize, Cli, Command, EarlyLog, ListArgs, ListFormat};
 use wisp_shim::runtime::log::{Log, LogFormat};
-use wisp_shim::runtime::store::Store;
+use wisp_shim::runtime::store::{default_root, Store};
 use wisp_shim::runtime::{features, lifecycle, oci_state, preflight, spec_template, Ctx, RuntimeError};
 use wisp_shim::state::ProcFs;
 
@@ -47,7 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let ctx = Ctx { root: cli.root, log, systemd_cgroup: cli.systemd_cgroup, rootless: cli.rootless };
+    let root = cli.root.unwrap_or_else(|| {
+        default_root(nix::unistd::geteuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR").as_deref())
+    });
+    let ctx = Ctx { root, log, systemd_cgroup: cli.systemd_cgroup, rootless: cli.rootless };
     let status = dispatch(&ctx, command);
     exit(status, &ctx.log)
 }

@@ -14,7 +14,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::log::LogFormat;
-use super::store::DEFAULT_ROOT;
 use super::RuntimeError;
 
 /// The whole command line.
@@ -25,9 +24,10 @@ use super::RuntimeError;
     disable_version_flag = true
 )]
 pub struct Cli {
-    /// Directory of the containers' state.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
-    pub root: PathBuf,
+    /// Directory of the containers' state [default: /run/wisp-runtime, or
+    /// $XDG_RUNTIME_DIR/wisp-runtime for a user other than root].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// Write log lines (and errors) to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -499,14 +499,14 @@ mod tests {
             &["-root", "/r", "-log=/l.json", "-log-format", "json", "-systemd-cgroup", "state", "x"][..],
         ] {
             let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            assert_eq!(cli.root, PathBuf::from("/r"), "{args:?}");
+            assert_eq!(cli.root, Some(PathBuf::from("/r")), "{args:?}");
             assert_eq!(cli.log, Some(PathBuf::from("/l.json")), "{args:?}");
             assert_eq!(cli.log_format, LogFormat::Json, "{args:?}");
             assert!(cli.systemd_cgroup, "{args:?}");
             assert!(matches!(cli.command, Some(Command::State(IdArgs { ref id })) if id == "x"), "{args:?}");
         }
         let cli = parse(&["list"]).unwrap();
-        assert_eq!(cli.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(cli.root, None, "the default is decided by store::default_root");
         assert_eq!(cli.log_format, LogFormat::Text);
         assert!(!cli.systemd_cgroup && !cli.debug && cli.log.is_none());
     }

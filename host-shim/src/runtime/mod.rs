@@ -43,7 +43,7 @@ use std::path::PathBuf;
 /// What every command gets besides its own arguments: the global flags, parsed.
 #[derive(Debug)]
 pub struct Ctx {
-    /// `--root`: the directory of the containers' state (default [`store::DEFAULT_ROOT`]).
+    /// `--root`: the directory of the containers' state (default [`store::default_root`]).
     pub root: PathBuf,
     /// `--log` / `--log-format` / `--debug`.
     pub log: log::Log,

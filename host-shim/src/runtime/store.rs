@@ -26,8 +26,17 @@ use serde::{Deserialize, Serialize};
 use super::RuntimeError;
 use crate::state::Processes;
 
-/// runc's `--root` is `/run/runc`; ours.
+/// runc's `--root` is `/run/runc`; ours (for root; see [`default_root`]).
 pub const DEFAULT_ROOT: &str = "/run/wisp-runtime";
+
+/// The root when `--root` is not given, by runc's rule: [`DEFAULT_ROOT`] for root, and for
+/// another user `$XDG_RUNTIME_DIR/wisp-runtime` when that variable is set (`/run` is root's).
+pub fn default_root(euid: u32, xdg_runtime_dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match xdg_runtime_dir.filter(|d| euid != 0 && !d.is_empty()) {
+        Some(dir) => Path::new(dir).join("wisp-runtime"),
+        None => PathBuf::from(DEFAULT_ROOT),
+    }
+}
 /// The record in a container's directory.
 pub const STATE_FILE: &str = "state.json";
 /// The file a command that changes the record locks.
@@ -345,6 +354,15 @@ pub(crate) mod tests {
             annotations: BTreeMap::from([("a.b".to_owned(), "c".to_owned())]),
             exit_status: None,
         }
+    }
+
+    #[test]
+    fn the_default_root_follows_runcs_rule() {
+        let xdg = Some(std::ffi::OsStr::new("/run/user/1000"));
+        assert_eq!(default_root(0, xdg), Path::new(DEFAULT_ROOT));
+        assert_eq!(default_root(1000, xdg), Path::new("/run/user/1000/wisp-runtime"));
+        assert_eq!(default_root(1000, None), Path::new(DEFAULT_ROOT));
+        assert_eq!(default_root(1000, Some(std::ffi::OsStr::new(""))), Path::new(DEFAULT_ROOT));
     }
 
     #[test]
