@@ -290,3 +290,21 @@ fn features_is_an_oci_features_document() {
     assert_eq!(features.oci_version_max(), oci_spec::runtime::VERSION);
     assert!(features.hooks().as_ref().is_some_and(|h| h.iter().any(|h| h == "prestart")));
 }
+
+#[test]
+fn debug_lines_only_with_debug() {
+    let rt = Runtime::new();
+    assert!(rt.run(&["list"]).status.success());
+    assert!(rt.log_lines().is_empty(), "a command that succeeds writes nothing without --debug");
+    let root = rt.root();
+    let log = rt.log();
+    let out = rt.raw(
+        &["--root", root.to_str().unwrap(), "--log", log.to_str().unwrap(), "--log-format=json", "--debug"],
+        &["list"],
+    );
+    assert!(out.status.success());
+    let lines = rt.log_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["level"], "debug");
+    assert!(lines[0]["msg"].as_str().unwrap().ends_with("--debug list"), "{}", lines[0]);
+}

@@ -22,6 +22,7 @@ const COMMIT: Option<&str> = option_env!("WISP_COMMIT");
 
 fn main() -> ExitCode {
     let (args, early) = normalize(std::env::args_os().collect());
+    let argv = args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err, &early),
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
     let root = cli.root.unwrap_or_else(|| {
         default_root(nix::unistd::geteuid().as_raw(), std::env::var_os("XDG_RUNTIME_DIR").as_deref())
     });
+    log.debug(format_args!("called as: {argv}"));
     let ctx = Ctx { root, log, systemd_cgroup: cli.systemd_cgroup, rootless: cli.rootless };
     let status = dispatch(&ctx, command);
     exit(status, &ctx.log)
