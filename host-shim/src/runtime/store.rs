@@ -317,13 +317,9 @@ impl Locked {
     /// Removes the container's directory, if the path still names the directory that was
     /// locked (a directory swapped in behind it is left alone).
     pub fn remove(self) -> Result<(), RuntimeError> {
-        let fail = RuntimeError::io("cannot remove", &self.path);
-        let meta = std::fs::symlink_metadata(&self.path).map_err(RuntimeError::io("cannot remove", &self.path))?;
-        let locked = nix::sys::stat::fstat(&self.dir).map_err(|e| RuntimeError::Io {
-            what: "cannot remove",
-            path: self.path.clone(),
-            source: e.into(),
-        })?;
+        let fail = |source: io::Error| RuntimeError::Io { what: "cannot remove", path: self.path.clone(), source };
+        let meta = std::fs::symlink_metadata(&self.path).map_err(fail)?;
+        let locked = nix::sys::stat::fstat(&self.dir).map_err(|e| fail(e.into()))?;
         if !meta.is_dir() || meta.dev() != locked.st_dev as u64 || meta.ino() != locked.st_ino {
             return Err(RuntimeError::NotADirectory { path: self.path.clone() });
         }
