@@ -29,7 +29,7 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc docker.io containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd lz4 protobuf-compiler
+  cpio containerd runc docker.io podman containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd lz4 protobuf-compiler
 
 .PHONY: all help deps agent tools floor-init kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot load fmt clippy lint clean
 
@@ -55,8 +55,11 @@ agent: ## Build the static wisp-agent
 	$(AGENT_ENV) cargo build --release --target $(TRIPLE) -p wisp-agent
 	@if readelf -l $(AGENT) | grep -q INTERP; then echo "wisp-agent is not statically linked" >&2; exit 1; fi
 
-tools: ## Build the host binaries (shim, wisp CLI, rootfs-builder, test and bench drivers)
-	cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
+# `wisp-runtime --version` prints the commit it was built from (runc's shape; docker info shows it).
+GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+tools: ## Build the host binaries (shim, wisp CLI, wisp-runtime, rootfs-builder, test and bench drivers)
+	WISP_COMMIT=$(GIT_COMMIT) cargo build --release -p rootfs-builder -p wisp-tests -p wisp-shim --bins
 
 floor-init: ## Build the true boot floor's /init (a few KiB, no libc; the bench boots it)
 	$(FLOOR_CARGO) build --release --target-dir $(FLOOR_INIT_DIR)
@@ -90,8 +93,8 @@ test-containerd: tools ## ctr and docker tests against a private containerd / do
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load, wisp-runtime under dockerd (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr --test runtime_docker -- --test-threads=1
 
 # Fuzzing (docs/testing.md): AFL++ through cargo-afl on stable Rust, one target at a time on
 # one core. The instrumented build has a target dir of its own (its RUSTFLAGS differ) and no
@@ -117,9 +120,10 @@ test-fuzz: fuzz-build ## The short fuzz run of `make test`: FUZZ_TEST_SECONDS (1
 	FUZZ_CRASHES_FAIL=0 fuzz/run.sh $(FUZZ_TEST_SECONDS) $(FUZZ_TEST_TARGETS)
 
 PREFIX ?= /usr/local
-install: all ## Put containerd-shim-wisp-v2, wisp, virtiofsd and vhost-device-vsock in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
+install: all ## Put containerd-shim-wisp-v2, wisp, wisp-runtime, virtiofsd and vhost-device-vsock in $(PREFIX)/bin, the kernel and initrd in $(PREFIX)/share/wisp
 	install -D -m 0755 $(TARGET_DIR)/release/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2
 	install -D -m 0755 $(TARGET_DIR)/release/wisp $(DESTDIR)$(PREFIX)/bin/wisp
+	install -D -m 0755 $(TARGET_DIR)/release/wisp-runtime $(DESTDIR)$(PREFIX)/bin/wisp-runtime
 	@# The helpers `make deps` built with cargo install: the shim's configured default paths.
 	@for helper in virtiofsd vhost-device-vsock; do 	  if [ -x $(CARGO_BIN)/$$helper ]; then install -D -m 0755 $(CARGO_BIN)/$$helper $(DESTDIR)$(PREFIX)/bin/$$helper; 	  else echo "install: $(CARGO_BIN)/$$helper missing (make deps); the shim falls back without it"; fi; 	done
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/wisp/bzImage
@@ -128,7 +132,7 @@ install: all ## Put containerd-shim-wisp-v2, wisp, virtiofsd and vhost-device-vs
 	@echo "installed: ctr run --runtime io.containerd.wisp.v2 ... (check the host with: wisp check)"
 
 uninstall: ## Remove what `make install` put in $(PREFIX)
-	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wisp-v2 $(DESTDIR)$(PREFIX)/bin/wisp $(DESTDIR)$(PREFIX)/bin/wisp-runtime
 	rm -f $(DESTDIR)$(PREFIX)/bin/virtiofsd $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
 	rm -rf $(DESTDIR)$(PREFIX)/share/wisp
 

@@ -19,6 +19,7 @@
 //! | [`share`] | the share: a host-only mount tree and the guest's read-only view of it |
 //! | [`state_dir`] | a sandbox state directory's permissions (0700, sockets 0600) |
 //! | [`pod_network`] | a CRI pod's CNI interface wired to the VM by tap + tc, configured in the guest |
+//! | [`runtime`] | `wisp-runtime`: runc's command line (flags, state records, `state`/`list`/`spec`/`features`) |
 
 pub mod accel;
 pub mod agent_dial;

@@ -46,7 +46,7 @@ impl Drain for JsonLines {
         let mut line = fields.0;
         line.insert("level".into(), Value::String(level(record.level()).into()));
         line.insert("msg".into(), Value::String(record.msg().to_string()));
-        line.insert("time".into(), Value::String(rfc3339_now()));
+        line.insert("time".into(), Value::String(super::log::rfc3339(std::time::SystemTime::now(), true)));
         if let (Ok(mut file), Ok(mut bytes)) = (self.file.lock(), serde_json::to_vec(&line)) {
             bytes.push(b'\n');
             let _ = file.write_all(&bytes);
@@ -67,39 +67,9 @@ fn level(level: slog::Level) -> &'static str {
     }
 }
 
-/// The current time in RFC 3339, UTC, with nanoseconds (runc's `time` field).
-pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_nanos())
-}
-
-/// `secs` after the epoch in RFC 3339, UTC.
-pub fn rfc3339(secs: u64, nanos: u32) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_the_calendar_s() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(rfc3339(1_796_515_199, 0), "2026-12-05T23:59:59.000000000Z");
-    }
 
     #[test]
     fn a_line_is_one_json_object_with_level_msg_time_and_the_keys() {

@@ -1,6 +1,6 @@
 //! `create`'s half of the process model: start the monitor ([`super::monitor`]) as a child
 //! with the caller's stdio, wait until it says the container exists, write the pid file. And
-//! the commands that drive a running monitor or clean up after a dead one.
+//! the calls that drive a running monitor or stop it.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use super::control::{self, Answer, ControlError, Request};
 use super::monitor::READY_FD;
-use super::status::{self, Status};
-use crate::state::{self, Owner, ProcFs, SandboxKey};
+use super::store::{ContainerState, Monitor, Status, Store};
+use super::RuntimeError;
+use crate::state::ProcFs;
 
 /// The hidden subcommand the monitor runs as.
 pub const MONITOR_COMMAND: &str = "__monitor";
-/// The monitor's record of itself in the container's directory (an [`Owner`]).
-const MONITOR_FILE: &str = "monitor.json";
 
 /// Failures of the lifecycle commands.
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +29,10 @@ pub enum LaunchError {
     MonitorDied(String),
     #[error("cannot write the pid file {}", path.display())]
     PidFile { path: PathBuf, source: std::io::Error },
-    #[error("container not running")]
-    NotRunning,
-    /// runc's words, which containerd's runc shim matches to treat a delete as done.
-    #[error("container \"{0}\" does not exist")]
-    NotFound(String),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("{0}")]
     Refused(String),
-    #[error("cannot remove {}", path.display())]
-    Remove { path: PathBuf, source: std::io::Error },
 }
 
 /// What `create` is given.
@@ -48,19 +40,52 @@ pub enum LaunchError {
 pub struct CreateRequest {
     /// `--root`.
     pub root: PathBuf,
-    /// The container id (its directory `<root>/<id>` exists).
-    pub id: String,
-    /// `--bundle`.
-    pub bundle: PathBuf,
+    /// The container's record, not yet saved.
+    pub record: ContainerState,
     /// `--pid-file`.
     pub pid_file: Option<PathBuf>,
     /// Extra arguments the monitor gets (global flags such as `--log`).
     pub monitor_args: Vec<String>,
 }
 
-/// Starts the monitor and waits until it created the container; writes the pid file. Returns
-/// the monitor (the caller of `run` waits for it; `create` lets it go).
-pub fn create(request: &CreateRequest) -> Result<Child, LaunchError> {
+/// Records the container, starts the monitor and waits until it created the container; writes
+/// the pid file. Returns the monitor (`run` waits for it; `create` lets it go). On a failure
+/// nothing is left: the monitor undid its work and exited, the record is removed.
+pub fn create(request: &CreateRequest) -> Result<Child, RuntimeError> {
+    let store = Store::new(&request.root);
+    let id = request.record.id.clone();
+    let locked = store.create(&id)?;
+    locked.save(&request.record)?;
+    let (mut child, ready) = match spawn(request) {
+        Ok(spawned) => spawned,
+        Err(err) => {
+            locked.remove()?;
+            return Err(err);
+        }
+    };
+    // The monitor records its status under the lock: released before waiting for its word.
+    let mut record = request.record.clone();
+    record.monitor = Monitor::of(child.id(), &ProcFs);
+    let saved = locked.save(&record);
+    drop(locked);
+    let done = saved.and_then(|()| wait_ready(&mut child, ready)).and_then(|()| match &request.pid_file {
+        Some(path) => write_pid_file(path, child.id()).map_err(RuntimeError::from),
+        None => Ok(()),
+    });
+    if let Err(err) = done {
+        let _ = control::call(&store.dir(&id), &Request::Shutdown);
+        let _ = child.wait();
+        if let Ok(locked) = store.lock(&id) {
+            let _ = locked.remove();
+        }
+        return Err(err);
+    }
+    Ok(child)
+}
+
+/// Starts `wisp-runtime __monitor` with this process's stdio and the write end of a pipe at
+/// [`READY_FD`]; returns it with the read end.
+fn spawn(request: &CreateRequest) -> Result<(Child, OwnedFd), RuntimeError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|errno| LaunchError::Spawn(std::io::Error::from(errno)))?;
     let mut cmd = Command::new("/proc/self/exe");
@@ -70,8 +95,8 @@ pub fn create(request: &CreateRequest) -> Result<Child, LaunchError> {
         .arg(&request.root)
         .arg(MONITOR_COMMAND)
         .arg("--bundle")
-        .arg(&request.bundle)
-        .arg(&request.id)
+        .arg(&request.record.bundle)
+        .arg(&request.record.id)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
@@ -87,66 +112,23 @@ pub fn create(request: &CreateRequest) -> Result<Child, LaunchError> {
             Ok(())
         })
     };
-    let mut child = cmd.spawn().map_err(LaunchError::Spawn)?;
+    let child = cmd.spawn().map_err(LaunchError::Spawn)?;
     drop(ready_w);
-    let dir = request.root.join(&request.id);
-    write_owner(&dir, &request.id, child.id());
-    match read_ready(ready_r) {
-        Ok(()) => {}
-        Err(err) => {
-            let _ = child.wait();
-            return Err(err);
-        }
-    }
-    if let Some(path) = &request.pid_file {
-        if let Err(err) = write_pid_file(path, child.id()) {
-            let _ = control::call(&dir, &Request::Shutdown);
-            let _ = child.wait();
-            return Err(err);
-        }
-    }
-    Ok(child)
+    Ok((child, ready_r))
 }
 
-/// Records the monitor's identity so a later command can tell it from a reused pid.
-fn write_owner(dir: &Path, id: &str, pid: u32) {
-    let key = SandboxKey { scope: String::new(), namespace: String::new(), id: id.to_owned() };
-    let procs = ProcFs;
-    let owner = Owner {
-        key,
-        pid,
-        start_time: state::Processes::start_time(&procs, pid).unwrap_or(0),
-        boot_id: state::Processes::boot_id(&procs),
-    };
-    if let Ok(bytes) = serde_json::to_vec(&owner) {
-        let _ = std::fs::write(dir.join(MONITOR_FILE), bytes);
-    }
-}
-
-/// The monitor's pid if it still runs.
-pub fn monitor_pid(dir: &Path) -> Option<u32> {
-    let owner: Owner = serde_json::from_slice(&std::fs::read(dir.join(MONITOR_FILE)).ok()?).ok()?;
-    owner.alive(&ProcFs).then_some(owner.pid)
-}
-
-/// The container's status: the monitor's record while it runs, `stopped` once it is gone.
-pub fn status(dir: &Path) -> (Status, Option<u32>) {
-    match monitor_pid(dir) {
-        Some(pid) => (status::read(dir).map_or(Status::Created, |r| r.status), Some(pid)),
-        None => (Status::Stopped, None),
-    }
-}
-
-fn read_ready(ready: OwnedFd) -> Result<(), LaunchError> {
+/// Waits for the monitor's line: the container exists, or why not (then it has exited).
+fn wait_ready(child: &mut Child, ready: OwnedFd) -> Result<(), RuntimeError> {
     let mut line = String::new();
     let read = BufReader::new(std::fs::File::from(ready)).read_line(&mut line);
     if read.is_err() || line.trim().is_empty() {
-        return Err(LaunchError::MonitorDied("it said nothing".to_owned()));
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        return Err(LaunchError::MonitorDied(status).into());
     }
     let answer: serde_json::Value =
         serde_json::from_str(&line).map_err(|_| LaunchError::MonitorDied(format!("it said {line:?}")))?;
     match answer.get("error").and_then(serde_json::Value::as_str) {
-        Some(error) => Err(LaunchError::NotCreated(error.to_owned())),
+        Some(error) => Err(LaunchError::NotCreated(error.to_owned()).into()),
         None => Ok(()),
     }
 }
@@ -163,57 +145,61 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), LaunchError> {
     })
 }
 
-/// Sends `request` to the running monitor of the container in `dir`.
-pub fn ask(dir: &Path, request: &Request) -> Result<Answer, LaunchError> {
-    if monitor_pid(dir).is_none() {
-        return Err(LaunchError::NotRunning);
+/// The live monitor of container `id`, if it runs.
+fn live_monitor(store: &Store, id: &str) -> Result<Option<u32>, RuntimeError> {
+    let record = store.load(id)?;
+    Ok(record.monitor.filter(|m| m.alive(&ProcFs)).map(|m| m.pid))
+}
+
+/// Sends `request` to the running monitor of container `id`.
+pub fn ask(store: &Store, id: &str, request: &Request) -> Result<Answer, RuntimeError> {
+    if live_monitor(store, id)?.is_none() {
+        return Err(RuntimeError::NotRunning);
     }
-    match control::call(dir, request)? {
-        Answer::Error(why) => Err(LaunchError::Refused(why)),
+    match control::call(&store.dir(id), request).map_err(LaunchError::from)? {
+        Answer::Error(why) => Err(LaunchError::Refused(why).into()),
         answer => Ok(answer),
     }
 }
 
 /// `start`: the created container starts.
-pub fn start(dir: &Path) -> Result<(), LaunchError> {
-    let (status, _) = status(dir);
+pub fn start(store: &Store, id: &str) -> Result<(), RuntimeError> {
+    let status = store.load(id)?.live_status(&ProcFs);
     if status != Status::Created {
-        return Err(LaunchError::Refused(format!("cannot start a container that is {}", name(status))));
+        return Err(LaunchError::Refused(format!("cannot start a container that is {status}")).into());
     }
-    ask(dir, &Request::Start)?;
-    Ok(())
+    ask(store, id, &Request::Start).map(drop)
 }
 
 /// `delete`: stops what runs (only with `force` once started), then removes every trace.
-pub fn delete(dir: &Path, force: bool) -> Result<(), LaunchError> {
-    if !dir.is_dir() {
-        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Err(LaunchError::NotFound(id));
-    }
-    let (status, pid) = status(dir);
-    if let Some(pid) = pid {
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), RuntimeError> {
+    let record = store.load(id)?;
+    let status = record.live_status(&ProcFs);
+    if let Some(pid) = live_monitor(store, id)? {
         if !force && matches!(status, Status::Running | Status::Paused) {
-            return Err(LaunchError::Refused(format!("cannot delete container that is not stopped: {}", name(status))));
+            return Err(
+                LaunchError::Refused(format!("cannot delete container {id} that is not stopped: {status}")).into()
+            );
         }
-        stop_monitor(dir, pid);
+        stop_monitor(store, id, pid);
     }
-    if let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) {
-        remove_leftovers(root, &id.to_string_lossy());
-    }
-    std::fs::remove_dir_all(dir).map_err(|source| LaunchError::Remove { path: dir.to_owned(), source })
+    remove_leftovers(store.root(), id);
+    store.lock(id)?.remove()
 }
 
 /// Asks the monitor to stop its VM and exit; SIGKILL if it has not within a few seconds.
-fn stop_monitor(dir: &Path, pid: u32) {
-    let _ = control::call(dir, &Request::Shutdown);
+fn stop_monitor(store: &Store, id: &str, pid: u32) {
+    let _ = control::call(&store.dir(id), &Request::Shutdown);
+    let running = || live_monitor(store, id).ok().flatten().is_some();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while monitor_pid(dir).is_some() && Instant::now() < deadline {
+    while running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if monitor_pid(dir).is_some() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    if running() {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while monitor_pid(dir).is_some() && Instant::now() < deadline {
+        while running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -221,17 +207,7 @@ fn stop_monitor(dir: &Path, pid: u32) {
 
 /// What a SIGKILLed monitor left in the sandbox state root (its VM died with it).
 fn remove_leftovers(root: &Path, id: &str) {
+    // cleanup_dir leaves a directory whose owner still runs alone.
     let dir = super::monitor::sandbox_key(root, id).dir(&crate::sandbox::state_root());
-    if let Ok(Some(_lock)) = state::lock_for_removal(&dir, &ProcFs) {
-        crate::sandbox::cleanup_dir(&dir, &slog::Logger::root(slog::Discard, slog::o!()));
-    }
-}
-
-fn name(status: Status) -> &'static str {
-    match status {
-        Status::Created => "created",
-        Status::Running => "running",
-        Status::Paused => "paused",
-        Status::Stopped => "stopped",
-    }
+    crate::sandbox::cleanup_dir(&dir, &slog::Logger::root(slog::Discard, slog::o!()));
 }

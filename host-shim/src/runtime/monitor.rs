@@ -25,7 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Mutex};
 
 use super::control::{self, Answer, Request};
-use super::status::{self, Status};
+use super::store::{Status, Store};
 use crate::config::{Config, ConfigError};
 use crate::container::{self, Rollback};
 use crate::error::Error;
@@ -128,11 +128,11 @@ async fn run(args: &MonitorArgs, ready: File, log: &Logger) -> i32 {
             return 1;
         }
     };
-    status::record(&args.dir(), Status::Created, None, log);
+    record(&args.root, &args.id, Status::Created, None, log);
     tell(ready, Ok(()));
     info!(log, "container created"; "vm_pid" => monitor.sandbox.vm_pid());
     let code = monitor.serve(listener).await;
-    status::record(&args.dir(), Status::Stopped, Some(code), log);
+    record(&args.root, &args.id, Status::Stopped, Some(code), log);
     let _ = std::fs::remove_file(args.dir().join(control::SOCKET));
     code
 }
@@ -159,16 +159,16 @@ async fn setup(args: &MonitorArgs, log: &Logger) -> Result<Arc<Monitor>, Monitor
         }
     }
     let (exit_tx, _) = watch::channel(None);
-    let (cid, dir, log) = (args.id.clone(), args.dir(), log.clone());
-    Ok(Arc::new(Monitor { sandbox, cid, dir, log, started: Mutex::new(false), exit_tx }))
+    let (cid, root, log) = (args.id.clone(), args.root.clone(), log.clone());
+    Ok(Arc::new(Monitor { sandbox, cid, root, log, started: Mutex::new(false), exit_tx }))
 }
 
 /// A created container and its VM.
 struct Monitor {
     sandbox: Arc<Sandbox>,
     cid: String,
-    /// The container's directory (`<root>/<id>`).
-    dir: PathBuf,
+    /// The runtime's root.
+    root: PathBuf,
     log: Logger,
     /// Whether Start ran (a second one is refused).
     started: Mutex<bool>,
@@ -250,7 +250,7 @@ impl Monitor {
             .await
             .map_err(|err| format!("StartContainer: {}", crate::sandbox::describe_ttrpc(&err)))?;
         *started = true;
-        status::record(&self.dir, Status::Running, None, &self.log);
+        record(&self.root, &self.cid, Status::Running, None, &self.log);
         let mut pumps = Vec::new();
         for (fd, stream) in [(1, Output::Stdout), (2, Output::Stderr)] {
             if let Some(file) = inherited(fd) {
@@ -325,8 +325,23 @@ impl Monitor {
             agent.resume_container(ctx, &request).await
         };
         done.map_err(|err| crate::sandbox::describe_ttrpc(&err))?;
-        status::record(&self.dir, if pause { Status::Paused } else { Status::Running }, None, &self.log);
+        record(&self.root, &self.cid, if pause { Status::Paused } else { Status::Running }, None, &self.log);
         Ok(())
+    }
+}
+
+/// Records the container's status (and exit status) under the record's lock; a failure is
+/// logged (a dead monitor reads as stopped whatever the record says).
+fn record(root: &std::path::Path, id: &str, status: Status, exit_status: Option<i32>, log: &Logger) {
+    let store = Store::new(root);
+    let saved = store.lock(id).and_then(|locked| {
+        let mut record = locked.load()?;
+        record.status = status;
+        record.exit_status = exit_status.or(record.exit_status);
+        locked.save(&record)
+    });
+    if let Err(err) = saved {
+        warn!(log, "cannot record the status"; "status" => %status, "error" => protocols::error::chain(&err));
     }
 }
 
