@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(planned.disks[0].id, "wisp-blk1");
         assert!(matches!(planned.disks[0].attach.usage, Use::Volume { mount_index: 0, .. }));
         assert!(planned.boot_disks.is_empty(), "q35 hot-plugs");
-        config.qemu.machine_type = MachineType::Microvm;
+        config.qemu_mut().unwrap().machine_type = MachineType::Microvm;
         let planned = plan("c1", dir.path(), spec, &[], &config, numbered()).unwrap();
         assert_eq!(planned.boot_disks, [("wisp-blk1".to_owned(), planned.disks[0].attach.source.clone())]);
     }

@@ -9,11 +9,13 @@
 //! Backends: [`qemu`] (`qemu/{config,cmdline,hotplug,lifecycle}.rs`) and [`stratovirt`] (its
 //! microvm/standard argv, a lifecycle). Both speak QMP through the one client in [`qmp`]. A
 //! backend fits the seam with its own `config.rs` (from `[hypervisor.<name>]`), `cmdline.rs`
-//! (its machine syntax), and a lifecycle that hands back an [`AgentAddr`].
+//! (its machine syntax), and a lifecycle that hands back an [`AgentAddr`]. [`factory`] makes
+//! the VM of the configuration's chosen VMM, and nothing else.
 
 pub mod cgroup;
 pub mod confine;
 pub mod console;
+pub mod factory;
 pub mod helper_watch;
 pub mod process;
 pub mod qemu;

@@ -32,7 +32,9 @@ impl Inner {
             return Ok(sandbox.clone());
         }
         let mut config = pod.vm_config(&self.config);
-        config.qemu.enable_vhost_user_store |= shared_memory;
+        if shared_memory {
+            config.hypervisor.share_guest_memory();
+        }
         let netns = pod.netns.as_deref();
         let key = SandboxKey::containerd(&self.namespace, &self.sandbox_id);
         let mut booted = Sandbox::boot(&config, &key, netns, boot_disks, &self.log).await;
