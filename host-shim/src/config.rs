@@ -499,6 +499,15 @@ impl HypervisorConfig {
         }
     }
 
+    /// What the VM will be able to do ([`crate::hypervisor::Capabilities`], as its backend
+    /// says), known before it boots.
+    pub fn capabilities(&self) -> crate::hypervisor::Capabilities {
+        match self {
+            Self::Qemu(q) => crate::hypervisor::qemu::capabilities(q.machine_type),
+            Self::StratoVirt(_) => crate::hypervisor::stratovirt::CAPABILITIES,
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         match self {
             Self::Qemu(q) => q.validate(),
@@ -555,9 +564,9 @@ impl Config {
     }
 
     /// Whether the VM cannot hot-plug, so the container that boots it brings its disks along
-    /// (QEMU's microvm machine).
+    /// (QEMU's microvm machine: [`crate::hypervisor::Capabilities::disks_at_boot`]).
     pub fn disks_at_boot(&self) -> bool {
-        matches!(&self.hypervisor, HypervisorConfig::Qemu(q) if q.machine_type == MachineType::Microvm)
+        self.hypervisor.capabilities().disks_at_boot()
     }
 
     /// Loads the configuration in the documented order (see the module docs).
@@ -922,8 +931,10 @@ mod tests {
         let mut config = Config::default();
         assert!(config.kernel().ends_with("bzImage"), "{}", config.kernel().display());
         assert!(config.initrd().ends_with("wisp.initrd"), "{}", config.initrd().display());
+        assert!(!config.disks_at_boot() && config.hypervisor.capabilities().hot_plug_block);
         config.qemu_mut().unwrap().machine_type = MachineType::Microvm;
         assert!(config.kernel().ends_with("vmlinux"), "{}", config.kernel().display());
+        assert!(config.disks_at_boot(), "microvm cannot hot-plug: {:?}", config.hypervisor.capabilities());
     }
 
     #[test]
@@ -941,6 +952,8 @@ mod tests {
         // The QEMU section beside it is still checked.
         let err = parse("[hypervisor.qemu]\ndefault_vcpus = 0\n[hypervisor.stratovirt]\n").unwrap_err();
         assert!(err.to_string().contains("hypervisor.qemu.default_vcpus"), "{err}");
+        let caps = config.hypervisor.capabilities();
+        assert!(!caps.pod_network && !caps.disks_at_boot(), "{caps:?}");
         let mut sized = config.clone();
         sized.hypervisor.resize(640, 3);
         assert_eq!(sized.stratovirt().map(|s| (s.default_memory, s.default_vcpus)), Some((640, 3)));

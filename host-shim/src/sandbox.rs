@@ -416,6 +416,9 @@ async fn wire_network(
     log: &Logger,
 ) -> Result<Option<PodNetwork>, SandboxError> {
     let Some(netns) = netns else { return Ok(None) };
+    if !vm.capabilities().pod_network {
+        return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
+    }
     let path = netns.to_owned();
     let network = tokio::task::spawn_blocking(move || PodNetwork::setup(&path))
         .await
@@ -651,6 +654,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Hypervisor for Booted {
+        fn capabilities(&self) -> crate::hypervisor::Capabilities {
+            crate::hypervisor::stratovirt::CAPABILITIES
+        }
         async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
             Err(HypervisorError::Unsupported("a stand-in".to_owned()))
         }

@@ -16,7 +16,7 @@ use slog::Logger;
 use super::qemu::config::TapNic;
 use super::qemu::{Qemu, QemuSpec};
 use super::stratovirt::{StratoVirt, StratoVirtSpec};
-use super::{Hypervisor, HypervisorError, VmPaths};
+use super::{Capabilities, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Config, HypervisorConfig, StratoVirtSection};
 
 /// Makes sandbox VMs.
@@ -30,6 +30,9 @@ pub trait VmFactory: Send + Sync + std::fmt::Debug {
 pub trait ResolvedVm: Send {
     /// What will boot, for the log.
     fn describe(&self) -> String;
+
+    /// What the VM will be able to do.
+    fn capabilities(&self) -> Capabilities;
 
     /// Gives the VM a virtio-net NIC on an open tap (a CRI pod's network; `None`: the pod's
     /// interface has no tap to hand over).
@@ -74,6 +77,10 @@ impl ResolvedVm for QemuSpec {
         )
     }
 
+    fn capabilities(&self) -> Capabilities {
+        super::qemu::capabilities(self.machine)
+    }
+
     fn attach_tap(&mut self, tap: Option<TapNic>) -> Result<(), HypervisorError> {
         self.tap_nic = tap;
         Ok(())
@@ -96,8 +103,12 @@ impl ResolvedVm for ResolvedStratoVirt {
         format!("stratovirt {:?}", self.section.machine_type)
     }
 
+    fn capabilities(&self) -> Capabilities {
+        super::stratovirt::CAPABILITIES
+    }
+
     fn attach_tap(&mut self, _: Option<TapNic>) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()))
+        Err(HypervisorError::Unsupported("StratoVirt takes no pod network".to_owned()))
     }
 
     fn build(self: Box<Self>, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
