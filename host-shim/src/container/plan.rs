@@ -213,7 +213,7 @@ pub fn attach_disk(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::MachineType;
     use crate::volumes::direct;
@@ -230,7 +230,8 @@ mod tests {
         (dir, spec)
     }
 
-    fn numbered() -> impl FnMut() -> String {
+    /// Disk ids as the task service numbers them.
+    pub(crate) fn numbered() -> impl FnMut() -> String {
         let mut n = 0;
         move || {
             n += 1;

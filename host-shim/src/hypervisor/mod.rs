@@ -16,6 +16,8 @@ pub mod cgroup;
 pub mod confine;
 pub mod console;
 pub mod factory;
+#[cfg(test)]
+pub mod fake;
 pub mod helper_watch;
 pub mod process;
 pub mod qemu;
