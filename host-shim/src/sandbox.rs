@@ -416,9 +416,6 @@ async fn wire_network(
     log: &Logger,
 ) -> Result<Option<PodNetwork>, SandboxError> {
     let Some(netns) = netns else { return Ok(None) };
-    if !vm.capabilities().pod_network {
-        return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
-    }
     let path = netns.to_owned();
     let network = tokio::task::spawn_blocking(move || PodNetwork::setup(&path))
         .await
@@ -427,6 +424,9 @@ async fn wire_network(
         info!(log, "the network namespace is the host's: host networking"; "netns" => %netns.display());
         return Ok(None);
     };
+    if !vm.capabilities().pod_network {
+        return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
+    }
     vm.attach_tap(network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() }))?;
     info!(log, "pod network wired to a tap"; "netns" => %netns.display(), "interface" => &network.ifname,
           "mac" => &network.mac, "addresses" => ?network.addresses);
