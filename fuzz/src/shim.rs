@@ -27,7 +27,7 @@ pub fn shim_config(data: &[u8]) {
     let _ = (config.block_rootfs(), config.agent.dial_timeout(), config.source_name());
     let dir = Path::new("/nonexistent/wisp-fuzz/sandbox");
     let paths = VmPaths::new(dir);
-    match &config.stratovirt {
+    match config.stratovirt() {
         Some(section) => {
             let spec = StratoVirtSpec::resolve(section, dir, config.agent.debug_console_enabled);
             let _ = sv_cmdline::kernel_cmdline(&spec);

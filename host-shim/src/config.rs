@@ -387,7 +387,7 @@ impl Default for RuntimeSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct HypervisorTable {
-    qemu: QemuSection,
+    qemu: Option<QemuSection>,
     stratovirt: Option<StratoVirtSection>,
 }
 
@@ -405,15 +405,124 @@ struct File {
     runtime: RuntimeSection,
 }
 
+/// The VMM a sandbox boots under, with its section: `[hypervisor.stratovirt]` when the file
+/// has one, else `[hypervisor.qemu]` (or its defaults). Only the chosen section is kept, so
+/// nothing reads the other's keys; what both share is asked of this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HypervisorConfig {
+    /// `[hypervisor.qemu]`.
+    Qemu(QemuSection),
+    /// `[hypervisor.stratovirt]`.
+    StratoVirt(StratoVirtSection),
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self::Qemu(QemuSection::default())
+    }
+}
+
+impl HypervisorConfig {
+    /// The section's name, for messages (`hypervisor.<name>.<key>`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Qemu(_) => "qemu",
+            Self::StratoVirt(_) => "stratovirt",
+        }
+    }
+
+    /// Guest RAM in MiB.
+    pub fn memory_mib(&self) -> u32 {
+        match self {
+            Self::Qemu(q) => q.default_memory,
+            Self::StratoVirt(s) => s.default_memory,
+        }
+    }
+
+    /// vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        match self {
+            Self::Qemu(q) => q.default_vcpus,
+            Self::StratoVirt(s) => s.default_vcpus,
+        }
+    }
+
+    /// Sets the VM's size (a pod's resources on top of the defaults).
+    pub fn resize(&mut self, memory_mib: u32, vcpus: u32) {
+        let (memory, cpus) = match self {
+            Self::Qemu(q) => (&mut q.default_memory, &mut q.default_vcpus),
+            Self::StratoVirt(s) => (&mut s.default_memory, &mut s.default_vcpus),
+        };
+        (*memory, *cpus) = (memory_mib, vcpus);
+    }
+
+    /// The kernel: the configured one, else the built-in lookup for the machine type (PVH
+    /// `vmlinux` on microvm, `bzImage` otherwise).
+    pub fn kernel(&self) -> PathBuf {
+        match self {
+            Self::Qemu(q) => kernel_or_built_in(&q.kernel, q.machine_type == MachineType::Microvm),
+            Self::StratoVirt(s) => s.kernel(),
+        }
+    }
+
+    /// The initrd: the configured one, else the built-in lookup.
+    pub fn initrd(&self) -> PathBuf {
+        match self {
+            Self::Qemu(q) => initrd_or_built_in(&q.initrd),
+            Self::StratoVirt(s) => s.initrd(),
+        }
+    }
+
+    /// Whether a container rootfs given as a block device is plugged into the VM as a disk
+    /// (Kata's `disable_block_device_use = false`).
+    pub fn block_rootfs(&self) -> bool {
+        match self {
+            Self::Qemu(q) => !q.disable_block_device_use,
+            Self::StratoVirt(s) => !s.disable_block_device_use,
+        }
+    }
+
+    /// The vhost-user store (`[hypervisor.qemu] vhost_user_store_path`; StratoVirt has no such
+    /// key: Kata's default).
+    pub fn vhost_user_store_path(&self) -> PathBuf {
+        match self {
+            Self::Qemu(q) => q.vhost_user_store_path.clone(),
+            Self::StratoVirt(_) => PathBuf::from(DEFAULT_VHOST_USER_STORE),
+        }
+    }
+
+    /// Asks for guest memory a vhost-user disk can map (QEMU's `enable_vhost_user_store`;
+    /// StratoVirt has no vhost-user disks, so nothing changes there).
+    pub fn share_guest_memory(&mut self) {
+        if let Self::Qemu(q) = self {
+            q.enable_vhost_user_store = true;
+        }
+    }
+
+    /// What the VM will be able to do ([`crate::hypervisor::Capabilities`], as its backend
+    /// says), known before it boots.
+    pub fn capabilities(&self) -> crate::hypervisor::Capabilities {
+        match self {
+            Self::Qemu(q) => crate::hypervisor::qemu::capabilities(q.machine_type),
+            Self::StratoVirt(_) => crate::hypervisor::stratovirt::CAPABILITIES,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Qemu(q) => q.validate(),
+            Self::StratoVirt(s) => s.validate(),
+        }
+    }
+}
+
 /// The whole configuration and where it came from; the default is the built-in one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
-    /// `[hypervisor.qemu]`.
-    pub qemu: QemuSection,
+    /// The chosen VMM and its section.
+    pub hypervisor: HypervisorConfig,
     /// `[agent.wisp]`.
     pub agent: AgentSection,
-    /// `[hypervisor.stratovirt]`: when present, the sandbox VM is StratoVirt, not QEMU.
-    pub stratovirt: Option<StratoVirtSection>,
     /// `[runtime]`.
     pub runtime: RuntimeSection,
     /// The file it was read from; `None` for the built-in default.
@@ -424,19 +533,40 @@ pub struct Config {
 }
 
 impl Config {
-    /// Whether a container rootfs given as a block device is plugged into the VM as a disk
-    /// (Kata's `disable_block_device_use = false`, of the hypervisor in use).
-    pub fn block_rootfs(&self) -> bool {
-        match &self.stratovirt {
-            Some(s) => !s.disable_block_device_use,
-            None => !self.qemu.disable_block_device_use,
+    /// `[hypervisor.qemu]` when QEMU is the chosen VMM.
+    pub fn qemu(&self) -> Option<&QemuSection> {
+        match &self.hypervisor {
+            HypervisorConfig::Qemu(q) => Some(q),
+            HypervisorConfig::StratoVirt(_) => None,
         }
     }
 
+    /// [`Config::qemu`], to change.
+    pub fn qemu_mut(&mut self) -> Option<&mut QemuSection> {
+        match &mut self.hypervisor {
+            HypervisorConfig::Qemu(q) => Some(q),
+            HypervisorConfig::StratoVirt(_) => None,
+        }
+    }
+
+    /// `[hypervisor.stratovirt]` when StratoVirt is the chosen VMM.
+    pub fn stratovirt(&self) -> Option<&StratoVirtSection> {
+        match &self.hypervisor {
+            HypervisorConfig::StratoVirt(s) => Some(s),
+            HypervisorConfig::Qemu(_) => None,
+        }
+    }
+
+    /// Whether a container rootfs given as a block device is plugged into the VM as a disk
+    /// (Kata's `disable_block_device_use = false`, of the hypervisor in use).
+    pub fn block_rootfs(&self) -> bool {
+        self.hypervisor.block_rootfs()
+    }
+
     /// Whether the VM cannot hot-plug, so the container that boots it brings its disks along
-    /// (QEMU's microvm machine).
+    /// (QEMU's microvm machine: [`crate::hypervisor::Capabilities::disks_at_boot`]).
     pub fn disks_at_boot(&self) -> bool {
-        self.stratovirt.is_none() && self.qemu.machine_type == MachineType::Microvm
+        self.hypervisor.capabilities().disks_at_boot()
     }
 
     /// Loads the configuration in the documented order (see the module docs).
@@ -466,10 +596,20 @@ impl Config {
     /// Parses TOML text read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: File = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let HypervisorTable { qemu, stratovirt } = file.hypervisor;
+        // A `[hypervisor.qemu]` beside the chosen StratoVirt is still checked (as it always
+        // was), then dropped.
+        if let (Some(q), Some(_)) = (&qemu, &stratovirt) {
+            q.validate().map_err(invalid)?;
+        }
+        let hypervisor = match stratovirt {
+            Some(section) => HypervisorConfig::StratoVirt(section),
+            None => HypervisorConfig::Qemu(qemu.unwrap_or_default()),
+        };
         let config = Self {
-            qemu: file.hypervisor.qemu,
+            hypervisor,
             agent: file.agent.wisp,
-            stratovirt: file.hypervisor.stratovirt,
             runtime: file.runtime,
             source: Some(path.to_owned()),
             cgroups_path: None,
@@ -483,31 +623,7 @@ impl Config {
             path: self.source.clone().unwrap_or_else(|| PathBuf::from("built-in default")),
             message,
         };
-        let q = &self.qemu;
-        if q.default_vcpus == 0 || q.default_vcpus > 255 {
-            return Err(invalid(format!("hypervisor.qemu.default_vcpus = {}: use 1..=255", q.default_vcpus)));
-        }
-        if q.default_memory < 64 {
-            return Err(invalid(format!(
-                "hypervisor.qemu.default_memory = {} MiB: the guest needs at least 64",
-                q.default_memory
-            )));
-        }
-        if !["virtio-blk", "virtio-scsi", "virtio-mmio"].contains(&q.block_device_driver.as_str()) {
-            return Err(invalid(format!(
-                "hypervisor.qemu.block_device_driver = {:?}: use virtio-blk, virtio-scsi or virtio-mmio",
-                q.block_device_driver
-            )));
-        }
-        if q.tb_size == 0 {
-            return Err(invalid("hypervisor.qemu.tb_size = 0: use a size in MiB, e.g. 64".to_owned()));
-        }
-        if q.pcie_root_port > 32 {
-            return Err(invalid(format!("hypervisor.qemu.pcie_root_port = {}: at most 32", q.pcie_root_port)));
-        }
-        if let Some(sv) = &self.stratovirt {
-            sv.validate().map_err(invalid)?;
-        }
+        self.hypervisor.validate().map_err(invalid)?;
         if self.agent.dial_timeout == 0 {
             return Err(invalid("agent.wisp.dial_timeout = 0: use seconds, e.g. 60".to_owned()));
         }
@@ -519,18 +635,42 @@ impl Config {
         self.source.as_ref().map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string())
     }
 
-    /// The kernel: the configured one, else the built-in lookup for the machine type.
+    /// The kernel of the chosen VMM ([`HypervisorConfig::kernel`]).
     pub fn kernel(&self) -> PathBuf {
-        let name = match self.qemu.machine_type {
-            MachineType::Microvm => "vmlinux",
-            MachineType::Q35 | MachineType::Pc => "bzImage",
-        };
-        self.qemu.kernel.clone().unwrap_or_else(|| find_artifact(&[Path::new("kernel")], name))
+        self.hypervisor.kernel()
     }
 
-    /// The initrd: the configured one, else the built-in lookup.
+    /// The initrd of the chosen VMM ([`HypervisorConfig::initrd`]).
     pub fn initrd(&self) -> PathBuf {
-        self.qemu.initrd.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
+        self.hypervisor.initrd()
+    }
+}
+
+impl QemuSection {
+    /// The ranges QEMU and the guest need.
+    fn validate(&self) -> Result<(), String> {
+        if self.default_vcpus == 0 || self.default_vcpus > 255 {
+            return Err(format!("hypervisor.qemu.default_vcpus = {}: use 1..=255", self.default_vcpus));
+        }
+        if self.default_memory < 64 {
+            return Err(format!(
+                "hypervisor.qemu.default_memory = {} MiB: the guest needs at least 64",
+                self.default_memory
+            ));
+        }
+        if !["virtio-blk", "virtio-scsi", "virtio-mmio"].contains(&self.block_device_driver.as_str()) {
+            return Err(format!(
+                "hypervisor.qemu.block_device_driver = {:?}: use virtio-blk, virtio-scsi or virtio-mmio",
+                self.block_device_driver
+            ));
+        }
+        if self.tb_size == 0 {
+            return Err("hypervisor.qemu.tb_size = 0: use a size in MiB, e.g. 64".to_owned());
+        }
+        if self.pcie_root_port > 32 {
+            return Err(format!("hypervisor.qemu.pcie_root_port = {}: at most 32", self.pcie_root_port));
+        }
+        Ok(())
     }
 }
 
@@ -538,16 +678,12 @@ impl StratoVirtSection {
     /// The kernel: the configured one, else the built-in lookup (PVH `vmlinux` on microvm,
     /// `bzImage` on q35).
     pub fn kernel(&self) -> PathBuf {
-        let name = match self.machine_type {
-            StratoVirtMachine::Microvm => "vmlinux",
-            StratoVirtMachine::Q35 => "bzImage",
-        };
-        self.kernel.clone().unwrap_or_else(|| find_artifact(&[Path::new("kernel")], name))
+        kernel_or_built_in(&self.kernel, self.machine_type == StratoVirtMachine::Microvm)
     }
 
     /// The initrd: the configured one, else the built-in lookup.
     pub fn initrd(&self) -> PathBuf {
-        self.initrd.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
+        initrd_or_built_in(&self.initrd)
     }
 
     /// Ranges StratoVirt documents, and the combinations it cannot run.
@@ -589,6 +725,17 @@ impl StratoVirtSection {
         }
         Ok(())
     }
+}
+
+/// `configured`, else the built-in kernel: a PVH `vmlinux` for a `microvm`, else `bzImage`.
+fn kernel_or_built_in(configured: &Option<PathBuf>, microvm: bool) -> PathBuf {
+    let name = if microvm { "vmlinux" } else { "bzImage" };
+    configured.clone().unwrap_or_else(|| find_artifact(&[Path::new("kernel")], name))
+}
+
+/// `configured`, else the built-in initrd.
+fn initrd_or_built_in(configured: &Option<PathBuf>) -> PathBuf {
+    configured.clone().unwrap_or_else(|| find_artifact(&[Path::new("initrd")], "wisp.initrd"))
 }
 
 /// The workspace's `target/` when this crate was built.
@@ -683,7 +830,7 @@ mod tests {
     #[test]
     fn empty_file_is_the_default() {
         let config = parse("").unwrap();
-        assert_eq!(config.qemu, QemuSection::default());
+        assert_eq!(config.hypervisor, HypervisorConfig::Qemu(QemuSection::default()));
         assert_eq!(config.agent, AgentSection::default());
         assert_eq!(config.source.as_deref(), Some(Path::new("/t/configuration.toml")));
     }
@@ -716,7 +863,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let q = &config.qemu;
+        let q = config.qemu().unwrap();
         assert_eq!(q.path, Path::new("/opt/qemu/bin/qemu-system-x86_64"));
         assert_eq!(config.kernel(), Path::new("/k/vmlinux"));
         assert_eq!(config.initrd(), Path::new("/k/wisp.initrd"));
@@ -763,12 +910,12 @@ mod tests {
         let candidates = [etc.as_path(), defaults.as_path()];
 
         let config = Config::load_from(Some(&explicit), &candidates).unwrap();
-        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (3, Some(explicit.as_path())));
+        assert_eq!((config.hypervisor.vcpus(), config.source.as_deref()), (3, Some(explicit.as_path())));
         let config = Config::load_from(None, &candidates).unwrap();
-        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (2, Some(etc.as_path())));
+        assert_eq!((config.hypervisor.vcpus(), config.source.as_deref()), (2, Some(etc.as_path())));
         fs::remove_file(&etc).unwrap();
         let config = Config::load_from(None, &candidates).unwrap();
-        assert_eq!((config.qemu.default_vcpus, config.source.as_deref()), (4, Some(defaults.as_path())));
+        assert_eq!((config.hypervisor.vcpus(), config.source.as_deref()), (4, Some(defaults.as_path())));
         fs::remove_file(&defaults).unwrap();
         let config = Config::load_from(None, &candidates).unwrap();
         assert_eq!(config, Config::default());
@@ -784,7 +931,31 @@ mod tests {
         let mut config = Config::default();
         assert!(config.kernel().ends_with("bzImage"), "{}", config.kernel().display());
         assert!(config.initrd().ends_with("wisp.initrd"), "{}", config.initrd().display());
-        config.qemu.machine_type = MachineType::Microvm;
+        assert!(!config.disks_at_boot() && config.hypervisor.capabilities().hot_plug_block);
+        config.qemu_mut().unwrap().machine_type = MachineType::Microvm;
         assert!(config.kernel().ends_with("vmlinux"), "{}", config.kernel().display());
+        assert!(config.disks_at_boot(), "microvm cannot hot-plug: {:?}", config.hypervisor.capabilities());
+    }
+
+    #[test]
+    fn a_stratovirt_section_chooses_stratovirt_and_only_its_keys_count() {
+        let config = parse(
+            "[hypervisor.qemu]\ndefault_memory = 1024\nvhost_user_store_path = \"/q\"\n\n\
+             [hypervisor.stratovirt]\ndefault_memory = 512\ndefault_vcpus = 2\nkernel = \"/k/vmlinux\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.hypervisor.name(), "stratovirt");
+        assert!(config.qemu().is_none() && config.stratovirt().is_some());
+        assert_eq!((config.hypervisor.memory_mib(), config.hypervisor.vcpus()), (512, 2));
+        assert_eq!(config.kernel(), Path::new("/k/vmlinux"));
+        assert_eq!(config.hypervisor.vhost_user_store_path(), Path::new(DEFAULT_VHOST_USER_STORE));
+        // The QEMU section beside it is still checked.
+        let err = parse("[hypervisor.qemu]\ndefault_vcpus = 0\n[hypervisor.stratovirt]\n").unwrap_err();
+        assert!(err.to_string().contains("hypervisor.qemu.default_vcpus"), "{err}");
+        let caps = config.hypervisor.capabilities();
+        assert!(!caps.pod_network && !caps.disks_at_boot(), "{caps:?}");
+        let mut sized = config.clone();
+        sized.hypervisor.resize(640, 3);
+        assert_eq!(sized.stratovirt().map(|s| (s.default_memory, s.default_vcpus)), Some((640, 3)));
     }
 }

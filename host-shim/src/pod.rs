@@ -101,11 +101,11 @@ impl PodSpec {
     /// The configuration the pod's VM boots with: `base` grown by the pod's resources.
     pub fn vm_config(&self, base: &Config) -> Config {
         let mut config = base.clone();
-        let q = &mut config.qemu;
-        let memory = u64::from(q.default_memory).saturating_add(self.memory_mib).min(MAX_MEMORY_MIB);
-        let vcpus = u64::from(q.default_vcpus).saturating_add(self.vcpus).min(MAX_VCPUS);
-        q.default_memory = u32::try_from(memory).unwrap_or(q.default_memory);
-        q.default_vcpus = u32::try_from(vcpus).unwrap_or(q.default_vcpus);
+        let vm = &mut config.hypervisor;
+        let (base_memory, base_vcpus) = (vm.memory_mib(), vm.vcpus());
+        let memory = u64::from(base_memory).saturating_add(self.memory_mib).min(MAX_MEMORY_MIB);
+        let vcpus = u64::from(base_vcpus).saturating_add(self.vcpus).min(MAX_VCPUS);
+        vm.resize(u32::try_from(memory).unwrap_or(base_memory), u32::try_from(vcpus).unwrap_or(base_vcpus));
         config.cgroups_path = self.cgroups_path.clone();
         config
     }
@@ -131,7 +131,7 @@ mod tests {
         let pod = PodSpec::of(&s);
         assert_eq!(pod, PodSpec { role: Role::Sandbox, memory_mib: 128, vcpus: 2, netns: None, cgroups_path: None });
         let config = pod.vm_config(&Config::default());
-        assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256 + 128, 1 + 2));
+        assert_eq!((config.hypervisor.memory_mib(), config.hypervisor.vcpus()), (256 + 128, 1 + 2));
     }
 
     #[test]
@@ -146,7 +146,7 @@ mod tests {
         let pod = PodSpec::of(&s);
         assert_eq!((pod.memory_mib, pod.vcpus), (0, 0));
         let config = pod.vm_config(&Config::default());
-        assert_eq!((config.qemu.default_memory, config.qemu.default_vcpus), (256, 1));
+        assert_eq!((config.hypervisor.memory_mib(), config.hypervisor.vcpus()), (256, 1));
     }
 
     #[test]

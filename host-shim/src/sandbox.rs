@@ -34,27 +34,14 @@ use tokio::sync::{watch, Mutex};
 
 use crate::agent_dial::{self, AgentAddr, AgentConn, DialError, DialSigns};
 use crate::config::Config;
+use crate::hypervisor::factory::{HostVms, ResolvedVm, VmFactory};
 use crate::hypervisor::qemu::config::TapNic;
-use crate::hypervisor::qemu::{lifecycle, Qemu, QemuSpec};
-use crate::hypervisor::stratovirt::{StratoVirt, StratoVirtSpec};
+use crate::hypervisor::qemu::lifecycle;
 use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
 use crate::pod_network::{PodNetwork, PodNetworkError};
 pub use crate::share::mounts_under;
 use crate::share::{ShareError, ShareTree};
 use crate::state::{self, ProcFs, SandboxKey, StateError};
-
-/// The VMM `config` asks for: StratoVirt when `[hypervisor.stratovirt]` is present (its
-/// `start` needs `/dev/vhost-vsock`), else QEMU as `spec` resolved it.
-fn new_vm(config: &Config, spec: QemuSpec, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
-    match &config.stratovirt {
-        Some(section) => {
-            let mut spec = StratoVirtSpec::resolve(section, paths.dir(), config.agent.debug_console_enabled);
-            spec.cgroups_path = config.cgroups_path.clone();
-            Box::new(StratoVirt::new(spec, paths.clone(), Vec::new(), log.clone()))
-        }
-        None => Box::new(Qemu::new(spec, paths.clone(), log.clone())),
-    }
-}
 
 /// The environment variable naming the state root.
 pub use crate::env::STATE_DIR_ENV;
@@ -165,6 +152,15 @@ pub fn sandbox_dir(root: &Path, key: &SandboxKey) -> PathBuf {
     key.dir(root)
 }
 
+/// Where a sandbox boots: its state root and the factory of its VM.
+#[derive(Debug, Clone, Copy)]
+pub struct BootOn<'a> {
+    /// The state root.
+    pub root: &'a Path,
+    /// Makes the VM ([`HostVms`] in production).
+    pub vms: &'a dyn VmFactory,
+}
+
 /// A running sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -195,23 +191,24 @@ impl Sandbox {
         boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
-        Self::boot_in(config, &state_root(), key, netns, boot_disks, log).await
+        let on = BootOn { root: &state_root(), vms: &HostVms };
+        Self::boot_in(config, on, key, netns, boot_disks, log).await
     }
 
-    /// [`Sandbox::boot`] under the state root `root`.
+    /// [`Sandbox::boot`] under another state root, with VMs from another factory.
     pub async fn boot_in(
         config: &Config,
-        root: &Path,
+        on: BootOn<'_>,
         key: &SandboxKey,
         netns: Option<&Path>,
         boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
-        let root = root.to_owned();
+        let root = on.root.to_owned();
         let id = key.id.as_str();
         let log = log.new(slog::o!("sandbox" => id.to_owned(), "namespace" => key.namespace.clone()));
-        let mut spec = resolve_spec(config, &root).await?;
-        let mut network = wire_network(config, netns, &mut spec, &log).await?;
+        let mut resolved = on.vms.resolve(config, &root).await?;
+        let mut network = wire_network(netns, resolved.as_mut(), &log).await?;
         // A previous shim of the same key may have died: its leftovers go first. A live one's
         // directory is refused and left alone.
         let dir = state::claim(&root, key, &ProcFs, |leftover| {
@@ -226,11 +223,11 @@ impl Sandbox {
             }
         };
         let paths = VmPaths::new(&dir);
-        info!(log, "booting VM"; "machine" => ?spec.machine, "accel" => %spec.accel, "channel" => ?spec.channel,
-              "shared_fs" => ?spec.shared_fs, "dir" => %dir.display(), "config" => config.source_name());
-        let shared_fs = spec.shared_fs.unwrap_or(SharedFs::NineP);
+        info!(log, "booting VM"; "vm" => resolved.describe(), "dir" => %dir.display(), "config" => config.source_name());
+        let vm = resolved.build(&paths, &log);
+        let shared_fs = vm.shared().1;
         let started = Instant::now();
-        let (mut vm, attached, addr) = match start_vm(new_vm(config, spec, &paths, &log), boot_disks).await {
+        let (mut vm, attached, addr) = match start_vm(vm, boot_disks).await {
             Ok(started) => started,
             Err(err) => {
                 cleanup_dir(&dir, &log);
@@ -412,11 +409,10 @@ impl Sandbox {
     }
 }
 
-/// Wires the pod network namespace `netns` (if any, and not the host's) to a tap NIC in `spec`.
+/// Wires the pod network namespace `netns` (if any, and not the host's) to a tap NIC of `vm`.
 async fn wire_network(
-    config: &Config,
     netns: Option<&Path>,
-    spec: &mut QemuSpec,
+    vm: &mut dyn ResolvedVm,
     log: &Logger,
 ) -> Result<Option<PodNetwork>, SandboxError> {
     let Some(netns) = netns else { return Ok(None) };
@@ -428,12 +424,12 @@ async fn wire_network(
         info!(log, "the network namespace is the host's: host networking"; "netns" => %netns.display());
         return Ok(None);
     };
-    if config.stratovirt.is_some() {
+    if !vm.capabilities().pod_network {
         return Err(HypervisorError::Unsupported("pod networking needs the QEMU backend".to_owned()).into());
     }
+    vm.attach_tap(network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() }))?;
     info!(log, "pod network wired to a tap"; "netns" => %netns.display(), "interface" => &network.ifname,
           "mac" => &network.mac, "addresses" => ?network.addresses);
-    spec.tap_nic = network.tap_fd().map(|fd| TapNic { fd, mac: network.mac.clone() });
     Ok(Some(network))
 }
 
@@ -465,16 +461,6 @@ async fn channel_stalled(vm: &dyn Hypervisor, signs: &DialSigns) -> Duration {
             return silent;
         }
     }
-}
-
-/// The VM `config` asks for, resolved against the host off the async threads: resolving reads
-/// files and may start a KVM probe, and the task API keeps answering meanwhile.
-async fn resolve_spec(config: &Config, root: &Path) -> Result<QemuSpec, SandboxError> {
-    let (config, root) = (config.clone(), root.to_owned());
-    let resolved = tokio::task::spawn_blocking(move || QemuSpec::resolve(&config, &root, false))
-        .await
-        .map_err(|err| HypervisorError::Unsupported(format!("resolving the VM configuration panicked: {err}")))?;
-    Ok(resolved?)
 }
 
 /// Attaches `boot_disks` to `vm` and starts it; a VM that failed to start is stopped again.
@@ -589,11 +575,12 @@ mod tests {
             std::fs::write(dir.join(image), b"").unwrap();
         }
         let mut config = Config::default();
-        config.qemu.path = script;
-        config.qemu.kernel = Some(dir.join("bzImage"));
-        config.qemu.initrd = Some(dir.join("wisp.initrd"));
-        config.qemu.accel = crate::config::AccelChoice::Tcg;
-        config.qemu.shared_fs = crate::config::SharedFsKind::NineP;
+        let q = config.qemu_mut().unwrap();
+        q.path = script;
+        q.kernel = Some(dir.join("bzImage"));
+        q.initrd = Some(dir.join("wisp.initrd"));
+        q.accel = crate::config::AccelChoice::Tcg;
+        q.shared_fs = crate::config::SharedFsKind::NineP;
         config.agent.channel = crate::config::ChannelKind::Serial;
         config.agent.dial_timeout = 1;
         config
@@ -606,7 +593,9 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, &key("sb1"), None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, BootOn { root: &root, vms: &HostVms }, &key("sb1"), None, &[], &log)
+            .await
+            .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(10), "bounded by dial_timeout");
         let message = err.to_string();
         assert!(message.contains("did not answer on serial:"), "{message}");
@@ -622,7 +611,9 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, &key("sb2"), None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, BootOn { root: &root, vms: &HostVms }, &key("sb2"), None, &[], &log)
+            .await
+            .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "no wait for the dial timeout: {:?}", start.elapsed());
         let message = err.to_string();
         assert!(message.contains("QEMU exited"), "{message}");
@@ -640,7 +631,9 @@ mod tests {
         let root = dir.path().join("state");
         let log = Logger::root(slog::Discard, slog::o!());
         let start = Instant::now();
-        let err = Sandbox::boot_in(&config, &root, &key("sb3"), None, &[], &log).await.unwrap_err();
+        let err = Sandbox::boot_in(&config, BootOn { root: &root, vms: &HostVms }, &key("sb3"), None, &[], &log)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SandboxError::AgentStalled { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10), "not the 30 s dial timeout: {:?}", start.elapsed());
         assert!(!sandbox_dir(&root, &key("sb3")).exists(), "the state dir is removed, ready for a second boot");
@@ -661,6 +654,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Hypervisor for Booted {
+        fn capabilities(&self) -> crate::hypervisor::Capabilities {
+            crate::hypervisor::stratovirt::CAPABILITIES
+        }
         async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
             Err(HypervisorError::Unsupported("a stand-in".to_owned()))
         }

@@ -3,7 +3,7 @@
 //! `wisp check [--config FILE]` validates the configuration and the host (QEMU present, KVM
 //! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
 //! built) and says what to fix; it exits 1 when something blocks running a sandbox. With
-//! `[hypervisor.stratovirt]` configured it also reports StratoVirt's binary and images.
+//! `[hypervisor.stratovirt]` configured it reports StratoVirt's binary and images instead of QEMU's.
 //!
 //! `wisp gc [--dry-run]` removes the sandboxes whose shim is gone (their VM, helpers, mounts
 //! and state: [`wisp_shim::gc`]); `--dry-run` only lists them. Live sandboxes are never touched.
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use wisp_shim::config::{find_program, locate_program, Config, QemuSection, StratoVirtSection};
+use wisp_shim::config::{find_program, locate_program, Config, HypervisorConfig, QemuSection, StratoVirtSection};
 use wisp_shim::hypervisor::qemu::config::QemuSpec;
 use wisp_shim::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
 use wisp_shim::sandbox::{cleanup_dir, state_root};
@@ -144,11 +144,17 @@ fn check(config_path: Option<&Path>) -> bool {
             return false;
         }
     };
-    check_qemu(&mut r, &config);
-    check_host_devices(&mut r);
-    check_helpers(&mut r, &config.qemu);
-    if let Some(section) = &config.stratovirt {
-        check_stratovirt(&mut r, section);
+    // Only the chosen VMM is checked: the other's section is not read.
+    match &config.hypervisor {
+        HypervisorConfig::Qemu(q) => {
+            check_qemu(&mut r, &config, q);
+            check_host_devices(&mut r);
+            check_helpers(&mut r, q);
+        }
+        HypervisorConfig::StratoVirt(section) => {
+            check_host_devices(&mut r);
+            check_stratovirt(&mut r, section);
+        }
     }
     check_sandbox_vm(&mut r, &config);
     if !r.failed {
@@ -158,8 +164,7 @@ fn check(config_path: Option<&Path>) -> bool {
 }
 
 /// QEMU's binary and version, and the guest kernel and initrd it boots.
-fn check_qemu(r: &mut Report, config: &Config) {
-    let q = &config.qemu;
+fn check_qemu(r: &mut Report, config: &Config, q: &QemuSection) {
     match find_program(&q.path) {
         Some(qemu) => {
             let version = Command::new(&qemu)
@@ -239,6 +244,9 @@ fn check_sandbox_vm(r: &mut Report, config: &Config) {
             r.fail("state dir", format!("cannot create {}: {err} — run as root or set WISP_STATE_DIR", root.display()))
         }
     }
+    if config.qemu().is_none() {
+        return;
+    }
     match QemuSpec::resolve(config, &root, true) {
         Ok(spec) => r.ok(
             "sandbox VM",
@@ -314,10 +322,6 @@ fn check_stratovirt(r: &mut Report, section: &StratoVirtSection) {
         Ok(_) => r.ok("stratovirt kvm", "/dev/kvm opens (StratoVirt has no TCG)"),
         Err(err) => r.fail("stratovirt kvm", format!("/dev/kvm: {err} — StratoVirt runs only under KVM")),
     }
-    r.ok(
-        "stratovirt sandbox",
-        "the \"sandbox VM\" line below is [hypervisor.qemu], unused while [hypervisor.stratovirt] is present",
-    );
 }
 
 /// `wisp gc`: one line per sandbox directory (removed / would remove / kept, and why);

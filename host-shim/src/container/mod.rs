@@ -30,6 +30,8 @@ use crate::hypervisor::Plugged;
 use crate::sandbox::Sandbox;
 use crate::volumes;
 
+#[cfg(test)]
+mod failure_paths;
 pub mod guest;
 pub mod hotplug;
 #[cfg(test)]

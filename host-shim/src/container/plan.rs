@@ -213,7 +213,7 @@ pub fn attach_disk(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::MachineType;
     use crate::volumes::direct;
@@ -230,7 +230,8 @@ mod tests {
         (dir, spec)
     }
 
-    fn numbered() -> impl FnMut() -> String {
+    /// Disk ids as the task service numbers them.
+    pub(crate) fn numbered() -> impl FnMut() -> String {
         let mut n = 0;
         move || {
             n += 1;
@@ -293,7 +294,7 @@ mod tests {
         assert_eq!(planned.disks[0].id, "wisp-blk1");
         assert!(matches!(planned.disks[0].attach.usage, Use::Volume { mount_index: 0, .. }));
         assert!(planned.boot_disks.is_empty(), "q35 hot-plugs");
-        config.qemu.machine_type = MachineType::Microvm;
+        config.qemu_mut().unwrap().machine_type = MachineType::Microvm;
         let planned = plan("c1", dir.path(), spec, &[], &config, numbered()).unwrap();
         assert_eq!(planned.boot_disks, [("wisp-blk1".to_owned(), planned.disks[0].attach.source.clone())]);
     }

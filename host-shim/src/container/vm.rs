@@ -16,7 +16,9 @@ use crate::state::SandboxKey;
 /// `shared_memory` (a vhost-user disk will be plugged).
 pub fn config_for(base: &Config, pod: &PodSpec, shared_memory: bool) -> Config {
     let mut config = pod.vm_config(base);
-    config.qemu.enable_vhost_user_store |= shared_memory;
+    if shared_memory {
+        config.hypervisor.share_guest_memory();
+    }
     config
 }
 

@@ -9,11 +9,15 @@
 //! Backends: [`qemu`] (`qemu/{config,cmdline,hotplug,lifecycle}.rs`) and [`stratovirt`] (its
 //! microvm/standard argv, a lifecycle). Both speak QMP through the one client in [`qmp`]. A
 //! backend fits the seam with its own `config.rs` (from `[hypervisor.<name>]`), `cmdline.rs`
-//! (its machine syntax), and a lifecycle that hands back an [`AgentAddr`].
+//! (its machine syntax), and a lifecycle that hands back an [`AgentAddr`]. [`factory`] makes
+//! the VM of the configuration's chosen VMM, and nothing else.
 
 pub mod cgroup;
 pub mod confine;
 pub mod console;
+pub mod factory;
+#[cfg(test)]
+pub mod fake;
 pub mod helper_watch;
 pub mod process;
 pub mod qemu;
@@ -274,9 +278,31 @@ pub struct Plugged {
     pub pci_path: String,
 }
 
+/// What a VM can do, asked of the backend rather than read off its machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Disks can be plugged into (and out of) the running VM ([`Hypervisor::hot_plug`]).
+    pub hot_plug_block: bool,
+    /// Disks can be attached before the VM starts ([`Hypervisor::cold_plug`]).
+    pub boot_disks: bool,
+    /// A CRI pod's network can be given to the VM as a NIC on its tap.
+    pub pod_network: bool,
+}
+
+impl Capabilities {
+    /// Whether the disks of the container that boots the VM must come along at boot: the VM
+    /// cannot hot-plug them later.
+    pub fn disks_at_boot(self) -> bool {
+        self.boot_disks && !self.hot_plug_block
+    }
+}
+
 /// One VM.
 #[async_trait]
 pub trait Hypervisor: Send + Sync + fmt::Debug {
+    /// What this VM can do.
+    fn capabilities(&self) -> Capabilities;
+
     /// Starts the helpers and the VMM; returns once the VMM runs (not once the guest booted)
     /// with the address the agent will answer on.
     async fn start(&mut self) -> Result<AgentAddr, HypervisorError>;

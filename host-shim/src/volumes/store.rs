@@ -64,7 +64,7 @@ pub enum StoreError {
 
 /// The store directory for `config`.
 pub fn store_dir(config: &Config) -> PathBuf {
-    crate::env::path(STORE_ENV).unwrap_or_else(|| config.qemu.vhost_user_store_path.clone())
+    crate::env::path(STORE_ENV).unwrap_or_else(|| config.hypervisor.vhost_user_store_path())
 }
 
 /// Whether `(type, major)` names a vhost-user device of the store.

@@ -84,7 +84,12 @@ impl QemuSpec {
     /// undecided KVM probe is waited for only with `wait_for_probe` (`wisp check`); a sandbox
     /// boots under TCG meanwhile ([`accel::decide_in_background`]).
     pub fn resolve(config: &Config, state_root: &Path, wait_for_probe: bool) -> Result<Self, HypervisorError> {
-        let q = &config.qemu;
+        let Some(q) = config.qemu() else {
+            return Err(HypervisorError::Unsupported(format!(
+                "the configuration chose {}, not QEMU",
+                config.hypervisor.name()
+            )));
+        };
         let accel = match q.accel {
             AccelChoice::Kvm => Accel::Kvm,
             AccelChoice::Tcg => Accel::Tcg,

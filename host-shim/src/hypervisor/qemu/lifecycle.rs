@@ -36,7 +36,9 @@ use crate::hypervisor::helper_watch::{self, VmmHandle, WatchedHelper};
 use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qmp::Qmp;
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE, FIRST_GUEST_CID};
-use crate::hypervisor::{tail, AgentChannel, BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths};
+use crate::hypervisor::{
+    tail, AgentChannel, BlockSource, Capabilities, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths,
+};
 
 /// How long a helper gets to create its socket.
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,6 +213,10 @@ impl Qemu {
 
 #[async_trait]
 impl Hypervisor for Qemu {
+    fn capabilities(&self) -> Capabilities {
+        super::capabilities(self.spec.machine)
+    }
+
     async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
         let shared = self.paths.shared_dir();
         fs::create_dir_all(&shared).map_err(|source| HypervisorError::Io {

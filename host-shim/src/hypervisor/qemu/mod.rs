@@ -14,3 +14,13 @@ pub mod lifecycle;
 
 pub use config::QemuSpec;
 pub use lifecycle::Qemu;
+
+use super::Capabilities;
+use crate::config::MachineType;
+
+/// What a QEMU VM of `machine` can do: PCI machines hot-plug; microvm's virtio-mmio cannot,
+/// so it takes its disks at boot.
+pub fn capabilities(machine: MachineType) -> Capabilities {
+    let microvm = machine == MachineType::Microvm;
+    Capabilities { hot_plug_block: !microvm, boot_disks: microvm, pod_network: true }
+}

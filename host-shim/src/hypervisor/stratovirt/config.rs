@@ -131,7 +131,7 @@ mod tests {
             Path::new("/etc/wisp/configuration.toml"),
         )
         .unwrap();
-        let section = config.stratovirt.as_ref().expect("the section selects StratoVirt");
+        let section = config.stratovirt().expect("the section selects StratoVirt");
         let spec = StratoVirtSpec::resolve(section, Path::new("/run/wisp/s1"), false);
         assert_eq!(spec.binary, Path::new("/home/stratovirt.sh"));
         assert_eq!(spec.machine, StratoVirtMachine::Microvm);
@@ -157,7 +157,7 @@ mod tests {
             Path::new("/c.toml"),
         )
         .unwrap();
-        let spec = StratoVirtSpec::resolve(ok.stratovirt.as_ref().unwrap(), Path::new("/d"), false);
+        let spec = StratoVirtSpec::resolve(ok.stratovirt().unwrap(), Path::new("/d"), false);
         assert_eq!(
             (spec.block_driver, spec.shared_fs, spec.root_ports),
             (BlockDriver::Pci, Some(SharedFs::VirtioFs), 2)

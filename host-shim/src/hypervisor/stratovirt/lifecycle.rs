@@ -27,7 +27,7 @@ use crate::hypervisor::process::{self, Launch};
 use crate::hypervisor::qemu::cmdline::shell_line;
 use crate::hypervisor::qmp::Qmp;
 use crate::hypervisor::vhost_vsock::{GuestCid, DEVICE as VHOST_VSOCK_DEVICE};
-use crate::hypervisor::{tail, Hypervisor, HypervisorError, SharedFs, VmPaths};
+use crate::hypervisor::{tail, Capabilities, Hypervisor, HypervisorError, SharedFs, VmPaths};
 
 /// How long QMP `quit` (and the exit after it) may take before StratoVirt is killed.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -159,6 +159,10 @@ impl StratoVirt {
 
 #[async_trait]
 impl Hypervisor for StratoVirt {
+    fn capabilities(&self) -> Capabilities {
+        super::CAPABILITIES
+    }
+
     async fn start(&mut self) -> Result<AgentAddr, HypervisorError> {
         self.check_inputs()?;
         let addr = self.claim_cid()?;

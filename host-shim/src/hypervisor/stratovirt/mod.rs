@@ -23,3 +23,9 @@ pub mod lifecycle;
 
 pub use config::StratoVirtSpec;
 pub use lifecycle::StratoVirt;
+
+/// What a StratoVirt VM can do through the seam: its QMP block hot-plug
+/// ([`StratoVirt::hotplug_block`]) is not behind [`super::Hypervisor::hot_plug`] yet, disks
+/// are not attached at boot, and it takes no pod network.
+pub const CAPABILITIES: super::Capabilities =
+    super::Capabilities { hot_plug_block: false, boot_disks: false, pod_network: false };
