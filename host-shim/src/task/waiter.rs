@@ -8,6 +8,7 @@ use std::time::Duration;
 use containerd_shim_protos::events::task as events;
 use containerd_shim_protos::topics;
 use protocols::agent as pb;
+use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::ttrpc::context;
 use slog::{info, warn};
 use tokio::task::JoinHandle;
@@ -20,6 +21,33 @@ use crate::sandbox::Sandbox;
 
 /// How long a finished process's output pumps may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the stdio pumps of `proc` (agent exec id `eid`) between containerd's FIFOs and the
+/// agent: the output pumps, and the stdin pump if it has stdin.
+fn pump_stdio(
+    agent: &AgentServiceClient,
+    proc: &Proc,
+    eid: &str,
+    log: &slog::Logger,
+) -> (Vec<JoinHandle<()>>, Option<JoinHandle<()>>) {
+    let cid = &proc.container;
+    let output = |stream, path: &str| {
+        let fifo = io::Endpoint::Fifo(PathBuf::from(path));
+        io::pump_output(agent.clone(), cid.clone(), eid.to_owned(), stream, fifo, log.clone())
+    };
+    let mut pumps = Vec::new();
+    if !proc.stdio.stdout.is_empty() {
+        pumps.push(output(Output::Stdout, &proc.stdio.stdout));
+    }
+    if !proc.stdio.stderr.is_empty() && !proc.stdio.terminal {
+        pumps.push(output(Output::Stderr, &proc.stdio.stderr));
+    }
+    let stdin = (!proc.stdio.stdin.is_empty()).then(|| {
+        let fifo = io::Endpoint::Fifo(PathBuf::from(&proc.stdio.stdin));
+        io::pump_stdin(agent.clone(), cid.clone(), eid.to_owned(), fifo, proc.stdin_close.clone(), log.clone())
+    });
+    (pumps, stdin)
+}
 
 impl Inner {
     /// Records an exit once and publishes TaskExit.
@@ -71,40 +99,7 @@ impl Inner {
         proc.set_status(Status::Running);
         let cid = proc.container.clone();
         let eid = proc.agent_exec_id().to_owned();
-        let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-        if !proc.stdio.stdout.is_empty() {
-            let fifo = PathBuf::from(&proc.stdio.stdout);
-            pumps.push(io::pump_output(
-                agent.clone(),
-                cid.clone(),
-                eid.clone(),
-                Output::Stdout,
-                io::Endpoint::Fifo(fifo),
-                log.clone(),
-            ));
-        }
-        if !proc.stdio.stderr.is_empty() && !proc.stdio.terminal {
-            let fifo = PathBuf::from(&proc.stdio.stderr);
-            pumps.push(io::pump_output(
-                agent.clone(),
-                cid.clone(),
-                eid.clone(),
-                Output::Stderr,
-                io::Endpoint::Fifo(fifo),
-                log.clone(),
-            ));
-        }
-        let stdin = (!proc.stdio.stdin.is_empty()).then(|| {
-            let fifo = PathBuf::from(&proc.stdio.stdin);
-            io::pump_stdin(
-                agent.clone(),
-                cid.clone(),
-                eid.clone(),
-                io::Endpoint::Fifo(fifo),
-                proc.stdin_close.clone(),
-                log.clone(),
-            )
-        });
+        let (pumps, stdin) = pump_stdio(&agent, &proc, &eid, &log);
         let me = self.clone();
         tokio::spawn(async move {
             let mut vm_exit = sandbox.exited();
