@@ -30,8 +30,6 @@ pub enum Request {
     Pause,
     /// Thaw it.
     Resume,
-    /// The container's processes.
-    Ps,
     /// Stop the VM and exit (delete of a created or a stopped container, `delete --force`).
     Shutdown,
 }
@@ -42,8 +40,6 @@ pub enum Request {
 pub enum Answer {
     /// Done.
     Ok,
-    /// The container's processes (guest pids).
-    Pids(Vec<i32>),
     /// Refused or failed, with why.
     Error(String),
 }
@@ -125,7 +121,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let request = read_request(&mut stream).await;
-            write_answer(stream, &Answer::Pids(vec![1, 7])).await;
+            write_answer(stream, &Answer::Error("refused".into())).await;
             request
         });
         let path = dir.clone();
@@ -133,7 +129,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(answer, Answer::Pids(vec![1, 7]));
+        assert_eq!(answer, Answer::Error("refused".into()));
         assert_eq!(server.await.unwrap(), Some(Request::Kill { signal: 15, all: true }));
     }
 

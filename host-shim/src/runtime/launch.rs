@@ -146,9 +146,8 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), LaunchError> {
 }
 
 /// The live monitor of container `id`, if it runs.
-fn live_monitor(store: &Store, id: &str) -> Result<Option<u32>, RuntimeError> {
-    let record = store.load(id)?;
-    Ok(record.monitor.filter(|m| m.alive(&ProcFs)).map(|m| m.pid))
+fn live_monitor(store: &Store, id: &str) -> Result<Option<Monitor>, RuntimeError> {
+    Ok(store.load(id)?.monitor.filter(|m| m.alive(&ProcFs)))
 }
 
 /// Sends `request` to the running monitor of container `id`.
@@ -175,33 +174,35 @@ pub fn start(store: &Store, id: &str) -> Result<(), RuntimeError> {
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), RuntimeError> {
     let record = store.load(id)?;
     let status = record.live_status(&ProcFs);
-    if let Some(pid) = live_monitor(store, id)? {
+    if let Some(monitor) = record.monitor.filter(|m| m.alive(&ProcFs)) {
         if !force && matches!(status, Status::Running | Status::Paused) {
             return Err(
                 LaunchError::Refused(format!("cannot delete container {id} that is not stopped: {status}")).into()
             );
         }
-        stop_monitor(store, id, pid);
+        stop_monitor(&store.dir(id), &monitor);
     }
     remove_leftovers(store.root(), id);
     store.lock(id)?.remove()
 }
 
 /// Asks the monitor to stop its VM and exit; SIGKILL if it has not within a few seconds.
-fn stop_monitor(store: &Store, id: &str, pid: u32) {
-    let _ = control::call(&store.dir(id), &Request::Shutdown);
-    let running = || live_monitor(store, id).ok().flatten().is_some();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if running() {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while running() && Instant::now() < deadline {
+fn stop_monitor(dir: &Path, monitor: &Monitor) {
+    let _ = control::call(dir, &Request::Shutdown);
+    let exited_within = |within: Duration| {
+        let deadline = Instant::now() + within;
+        while monitor.alive(&ProcFs) {
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
+    };
+    if !exited_within(Duration::from_secs(10)) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(monitor.pid).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        exited_within(Duration::from_secs(5));
     }
 }
 

@@ -172,7 +172,7 @@ struct Monitor {
     log: Logger,
     /// Whether Start ran (a second one is refused).
     started: Mutex<bool>,
-    /// The container's status once it exited; `Some(None)`-like shutdown is [`Request::Shutdown`].
+    /// The container's exit status once it exited (or a Shutdown ended it): see [`Self::exited`].
     exit_tx: watch::Sender<Option<i32>>,
 }
 
@@ -227,14 +227,17 @@ impl Monitor {
             Request::Kill { signal, .. } => self.kill(signal).await.map(|()| Answer::Ok),
             Request::Pause => self.pause(true).await.map(|()| Answer::Ok),
             Request::Resume => self.pause(false).await.map(|()| Answer::Ok),
-            Request::Ps => Err("ps is not supported yet".to_owned()),
             Request::Shutdown => {
-                let _ =
-                    self.exit_tx.send_if_modified(|code| code.is_none() && code.replace(128 + libc::SIGKILL).is_none());
+                self.exited(128 + libc::SIGKILL);
                 Ok(Answer::Ok)
             }
         };
         control::write_answer(stream, &answer.unwrap_or_else(Answer::Error)).await;
+    }
+
+    /// Records the container's exit status, the first one only (the waiter's, or a Shutdown's).
+    fn exited(&self, code: i32) {
+        self.exit_tx.send_if_modified(|slot| slot.is_none() && slot.replace(code).is_none());
     }
 
     /// StartContainer, then the stdio relays and the waiter.
@@ -295,7 +298,7 @@ impl Monitor {
             if let Some(stdin) = stdin {
                 stdin.abort();
             }
-            let _ = me.exit_tx.send_if_modified(|slot| slot.is_none() && slot.replace(code).is_none());
+            me.exited(code);
         });
         Ok(())
     }
