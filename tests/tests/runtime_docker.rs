@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use wisp_tests::containerd::{describe, s, text};
 use wisp_tests::shim_setup::{self, runtime_binary};
-use wisp_tests::{artifacts, Dockerd, DockerdOptions};
+use wisp_tests::{artifacts, leftovers, Dockerd, DockerdOptions};
 
 /// The runtime's configuration (our kernel and initrd) and state, in `dir`.
 fn configure(dir: &Path) -> anyhow::Result<()> {
@@ -40,32 +40,19 @@ fn image(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(image)
 }
 
-/// QEMU processes whose command line names `dir`.
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c).contains("qemu") && String::from_utf8_lossy(&c).contains(&needle)
-            })
-        })
-        .collect()
+/// What the sandboxes under `dir/state` still hold on the host after `within` (processes,
+/// mounts, state), or at once when it holds nothing.
+fn left_on_host(dir: &Path, within: Duration) -> Vec<String> {
+    let state = dir.join("state");
+    leftovers::wait_until_empty(within, || leftovers::under_state_root(&state))
 }
 
-/// Waits until no QEMU of `dir` runs; what still runs after `within`.
-fn wait_no_qemu(dir: &Path, within: Duration) -> Vec<u32> {
-    let start = Instant::now();
-    loop {
-        let left = qemus_under(dir);
-        if left.is_empty() || start.elapsed() > within {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// The processes (QEMU, its helpers) of the sandboxes under `dir/state` after `within`.
+fn processes_left(dir: &Path, within: Duration) -> Vec<String> {
+    let state = dir.join("state");
+    leftovers::wait_until_empty(within, || {
+        leftovers::under_state_root(&state).into_iter().filter(|l| l.starts_with("process ")).collect()
+    })
 }
 
 #[test]
@@ -89,8 +76,8 @@ fn docker_run_rm_prints_the_output_and_the_exit_code_in_a_vm() -> anyhow::Result
     let host_kernel = nix::sys::utsname::uname()?.release().to_string_lossy().into_owned();
     assert_ne!(lines.next(), Some(host_kernel.as_str()), "the container ran on the host's kernel: {}", context());
     assert_eq!(out.status.code(), Some(3), "the exit code reaches docker: {}", context());
-    let left = wait_no_qemu(dir.path(), Duration::from_secs(10));
-    assert!(left.is_empty(), "QEMU still runs after --rm: {left:?}");
+    let left = left_on_host(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "left after --rm: {left:#?}");
     Ok(())
 }
 
@@ -106,7 +93,8 @@ fn the_seed_flow_runc_spec_style_bundle_run_propagates_the_exit_code() -> anyhow
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     let left: Vec<_> = std::fs::read_dir(&root)?.flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "run removed the container's state: {left:?}");
-    assert!(wait_no_qemu(dir.path(), Duration::from_secs(5)).is_empty());
+    let left = left_on_host(dir.path(), Duration::from_secs(5));
+    assert!(left.is_empty(), "left after run: {left:#?}");
     Ok(())
 }
 
@@ -142,8 +130,8 @@ fn docker_run_detached_then_stop_kill_and_rm_force() -> anyhow::Result<()> {
     run("doomed", "sleep 3600")?;
     let out = docker.docker(["rm", "-f", "polite", "victim", "doomed"])?;
     ensure!(out.status.success(), "docker rm -f: {}", describe(&out));
-    let left = wait_no_qemu(dir.path(), Duration::from_secs(10));
-    assert!(left.is_empty(), "QEMU still runs after rm -f: {left:?}");
+    let left = left_on_host(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "left after rm -f: {left:#?}");
     Ok(())
 }
 
@@ -176,16 +164,16 @@ fn a_killed_monitor_reads_stopped_and_delete_cleans_up() -> anyhow::Result<()> {
         describe(&listed)
     );
     let monitor: i32 = std::fs::read_to_string(&pid_file)?.parse()?;
-    assert!(!qemus_under(dir.path()).is_empty(), "the VM runs");
+    assert!(!processes_left(dir.path(), Duration::ZERO).is_empty(), "the VM runs");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL)?;
-    assert!(wait_no_qemu(dir.path(), Duration::from_secs(10)).is_empty(), "QEMU died with its monitor");
+    let left = processes_left(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "QEMU and its helpers died with the monitor: {left:#?}");
     let state: serde_json::Value = serde_json::from_slice(&rt(&["state", "victim"])?.stdout)?;
     assert_eq!(state["status"], "stopped", "{state}");
     let out = rt(&["delete", "victim"])?;
     ensure!(out.status.success(), "delete: {}", describe(&out));
     assert_eq!(std::fs::read_dir(&root)?.count(), 0, "the record is gone");
-    let state_dir = dir.path().join("state");
-    let sandboxes: Vec<_> = std::fs::read_dir(&state_dir)?.flatten().filter(|e| e.path().is_dir()).collect();
-    assert!(sandboxes.is_empty(), "the sandbox's state is gone: {sandboxes:?}");
+    let left = left_on_host(dir.path(), Duration::ZERO);
+    assert!(left.is_empty(), "delete removed the sandbox's mounts and state: {left:#?}");
     Ok(())
 }
