@@ -35,6 +35,7 @@ pub mod io;
 pub mod netns;
 pub mod pod;
 pub mod pod_network;
+pub mod process_relay;
 pub mod runtime;
 pub mod sandbox;
 pub mod share;

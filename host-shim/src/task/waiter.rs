@@ -3,50 +3,31 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use containerd_shim_protos::events::task as events;
 use containerd_shim_protos::topics;
 use protocols::agent as pb;
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::ttrpc::context;
-use slog::{info, warn};
-use tokio::task::JoinHandle;
+use slog::info;
 
 use super::{now, Exit, Inner, Proc, Status, CALL_TIMEOUT, VM_DIED_STATUS};
 use crate::container;
 use crate::error::Error;
-use crate::io::{self, Output};
+use crate::io;
+use crate::process_relay;
 use crate::sandbox::Sandbox;
 
-/// How long a finished process's output pumps may take to drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Starts the stdio pumps of `proc` (agent exec id `eid`) between containerd's FIFOs and the
-/// agent: the output pumps, and the stdin pump if it has stdin.
-fn pump_stdio(
-    agent: &AgentServiceClient,
-    proc: &Proc,
-    eid: &str,
-    log: &slog::Logger,
-) -> (Vec<JoinHandle<()>>, Option<JoinHandle<()>>) {
-    let cid = &proc.container;
-    let output = |stream, path: &str| {
-        let fifo = io::Endpoint::Fifo(PathBuf::from(path));
-        io::pump_output(agent.clone(), cid.clone(), eid.to_owned(), stream, fifo, log.clone())
+/// The pumps of `proc` (agent exec id `eid`) between containerd's FIFOs and the agent: the
+/// output pumps, and the stdin pump if it has stdin (a terminal's stderr is its stdout).
+fn pump_stdio(agent: &AgentServiceClient, proc: &Proc, eid: &str, log: &slog::Logger) -> process_relay::Pumps {
+    let fifo = |path: &str| (!path.is_empty()).then(|| io::Endpoint::Fifo(PathBuf::from(path)));
+    let stdio = process_relay::Stdio {
+        stdin: fifo(&proc.stdio.stdin),
+        stdout: fifo(&proc.stdio.stdout),
+        stderr: if proc.stdio.terminal { None } else { fifo(&proc.stdio.stderr) },
     };
-    let mut pumps = Vec::new();
-    if !proc.stdio.stdout.is_empty() {
-        pumps.push(output(Output::Stdout, &proc.stdio.stdout));
-    }
-    if !proc.stdio.stderr.is_empty() && !proc.stdio.terminal {
-        pumps.push(output(Output::Stderr, &proc.stdio.stderr));
-    }
-    let stdin = (!proc.stdio.stdin.is_empty()).then(|| {
-        let fifo = io::Endpoint::Fifo(PathBuf::from(&proc.stdio.stdin));
-        io::pump_stdin(agent.clone(), cid.clone(), eid.to_owned(), fifo, proc.stdin_close.clone(), log.clone())
-    });
-    (pumps, stdin)
+    process_relay::start(agent, &proc.container, eid, stdio, proc.stdin_close.clone(), log)
 }
 
 impl Inner {
@@ -99,39 +80,11 @@ impl Inner {
         proc.set_status(Status::Running);
         let cid = proc.container.clone();
         let eid = proc.agent_exec_id().to_owned();
-        let (pumps, stdin) = pump_stdio(&agent, &proc, &eid, &log);
+        let pumps = pump_stdio(&agent, &proc, &eid, &log);
         let me = self.clone();
         tokio::spawn(async move {
-            let mut vm_exit = sandbox.exited();
-            let request =
-                pb::WaitProcessRequest { container_id: cid.clone(), exec_id: eid.clone(), ..Default::default() };
-            let status = tokio::select! {
-                answer = agent.wait_process(context::with_duration(Duration::from_secs(365 * 24 * 3600)), &request) => {
-                    match answer {
-                        Ok(answer) => u32::try_from(answer.status).unwrap_or(VM_DIED_STATUS),
-                        Err(err) => {
-                            warn!(log, "WaitProcess failed"; "error" => %err);
-                            VM_DIED_STATUS
-                        }
-                    }
-                }
-                _ = vm_exit.wait_for(Option::is_some) => VM_DIED_STATUS,
-            };
-            // All output reaches containerd before the exit does.
-            for pump in pumps {
-                let abort = pump.abort_handle();
-                let drained = tokio::select! {
-                    done = tokio::time::timeout(DRAIN_TIMEOUT, pump) => done.is_ok(),
-                    _ = vm_exit.wait_for(Option::is_some) => false,
-                };
-                if !drained {
-                    abort.abort();
-                    warn!(log, "output not drained; the rest is dropped");
-                }
-            }
-            if let Some(stdin) = stdin {
-                stdin.abort();
-            }
+            let status = process_relay::wait(&agent, &cid, &eid, pumps, sandbox.exited(), &log).await;
+            let status = status.and_then(|status| u32::try_from(status).ok()).unwrap_or(VM_DIED_STATUS);
             me.finish(&proc, status, sandbox.vm_pid()).await;
         });
         Ok(())
