@@ -94,7 +94,7 @@ test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
 test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load, wisp-runtime under dockerd (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr --test runtime_docker -- --test-threads=1
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr --test runtime_docker --test runtime_docker_exec -- --test-threads=1
 
 # Fuzzing (docs/testing.md): AFL++ through cargo-afl on stable Rust, one target at a time on
 # one core. The instrumented build has a target dir of its own (its RUSTFLAGS differ) and no

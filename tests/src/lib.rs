@@ -77,6 +77,7 @@ pub mod loop_snapshotter;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod runc_state;
+pub mod runtime_fixtures;
 pub mod sandbox_vm;
 pub mod shim_setup;
 pub mod timeline;

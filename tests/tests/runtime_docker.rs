@@ -114,12 +114,19 @@ fn docker_run_detached_then_stop_kill_and_rm_force() -> anyhow::Result<()> {
         Ok(())
     };
     // `docker stop`: SIGTERM reaches the container's process, which exits on it (the trap).
-    run("polite", "trap 'exit 42' TERM; while true; do sleep 1; done")?;
+    run("polite", "trap 'exit 42' TERM; echo trapped; while true; do sleep 1; done")?;
+    // A SIGTERM before the trap is set meets an init without a handler, which the agent
+    // turns into SIGKILL (as Kata's does): stop only once the trap is in place.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&docker.docker(["logs", "polite"])?.stdout).contains("trapped") {
+        ensure!(Instant::now() < deadline, "the container never said it set its trap\n{}", docker.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let started = Instant::now();
     let out = docker.docker(["stop", "-t", "20", "polite"])?;
     ensure!(out.status.success(), "docker stop: {}", describe(&out));
     let code = docker.docker(["inspect", "--format", "{{.State.ExitCode}}", "polite"])?;
-    assert_eq!(text(&code.stdout).trim(), "42", "SIGTERM was honoured: {}", describe(&code));
+    assert_eq!(text(&code.stdout).trim(), "42", "SIGTERM was honoured: {}\n{}", describe(&code), docker.log_tail(40));
     assert!(started.elapsed() < Duration::from_secs(15), "stop did not wait for the grace period's end");
     // `docker kill`: SIGKILL, 137.
     run("victim", "sleep 3600")?;

@@ -89,7 +89,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
         }
         Command::Ps(args) => {
             preflight::existing(&store, &args.id)?;
-            lifecycle::ps(ctx, &args).map(|()| 0)
+            out(&lifecycle::ps(ctx, &args)?).map(|()| 0)
         }
         Command::Pause(args) => {
             preflight::existing(&store, &args.id)?;
@@ -108,7 +108,12 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
             lifecycle::run(ctx, &args)
         }
         Command::Monitor(args) => {
-            let monitor = monitor::MonitorArgs { root: ctx.root.clone(), id: args.id, bundle: args.bundle };
+            let monitor = monitor::MonitorArgs {
+                root: ctx.root.clone(),
+                id: args.id,
+                bundle: args.bundle,
+                console_socket: args.console_socket,
+            };
             Ok(monitor::main(&monitor, &monitor_log(ctx, &store.dir(&monitor.id))))
         }
     }

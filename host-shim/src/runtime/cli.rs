@@ -95,6 +95,9 @@ pub struct MonitorArgs {
     /// The bundle directory, absolute.
     #[arg(long, value_name = "DIR")]
     pub bundle: PathBuf,
+    /// Where the master of the container's host pty goes.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// The container id.
     pub id: String,
 }

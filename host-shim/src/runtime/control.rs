@@ -1,20 +1,25 @@
 //! The monitor's control socket, `<root>/<id>/monitor.sock`: how the other `wisp-runtime`
-//! commands reach the container a monitor holds. One JSON request per connection, one JSON
-//! answer; the socket is the monitor's own, so a command that finds no monitor there knows
-//! the container is not running.
+//! commands reach the container a monitor holds. A request is one JSON line, sent with the
+//! descriptors it hands over (an exec's stdio, `SCM_RIGHTS`); the answer is one JSON line, and
+//! for an exec a second one when the process exited. The socket is the monitor's own, so a
+//! command that finds no monitor there knows the container is not running.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 
 /// The socket's name in the container's directory.
 pub const SOCKET: &str = "monitor.sock";
 /// The most a request or answer may hold.
 const MAX_MESSAGE: u64 = 1 << 20;
+/// The most descriptors a request hands over (an exec's stdin, stdout and stderr).
+const MAX_FDS: usize = 3;
 /// How long a command waits for the monitor's answer (a start boots nothing: the VM runs).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,14 +29,30 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Request {
     /// Start the created container.
     Start,
-    /// Send `signal` to the container's init, or to all its processes.
-    Kill { signal: i32, all: bool },
+    /// Send `signal` to the container's init (`exec_id` empty) or to one of its execs.
+    Kill {
+        signal: i32,
+        all: bool,
+        #[serde(default)]
+        exec_id: String,
+    },
     /// Freeze the container.
     Pause,
     /// Thaw it.
     Resume,
     /// Stop the VM and exit (delete of a created or a stopped container, `delete --force`).
     Shutdown,
+    /// Start `process` (an OCI process) in the container as `exec_id`. Its stdio are the
+    /// descriptors sent with the request: stdin, stdout and stderr, or one terminal for all
+    /// three when `process.terminal`. The connection stays open: a second answer line brings
+    /// the exit status, and a caller that closes it first gets the process killed.
+    Exec { exec_id: String, process: serde_json::Value },
+    /// The terminal of the init (`exec_id` empty) or of an exec changed size.
+    Resize { exec_id: String, rows: u16, cols: u16 },
+    /// The host processes of the container (its VM).
+    Pids,
+    /// Apply `resources` (OCI `LinuxResources`) to the container.
+    Update { resources: serde_json::Value },
 }
 
 /// The monitor's answer.
@@ -42,6 +63,10 @@ pub enum Answer {
     Ok,
     /// Refused or failed, with why.
     Error(String),
+    /// The host pids of `Pids`.
+    Pids(Vec<u32>),
+    /// An exec's process exited with this status (128+N for signal N).
+    Exited(i32),
 }
 
 /// Failures to reach a monitor.
@@ -72,39 +97,109 @@ pub fn bind(dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::bind(path)
 }
 
-/// Sends `request` to the monitor of the container in `dir` and returns its answer.
-pub fn call(dir: &Path, request: &Request) -> Result<Answer, ControlError> {
+/// Connects to the monitor of the container in `dir` (blocking, with [`CALL_TIMEOUT`] on
+/// each read and write).
+pub fn connect(dir: &Path) -> Result<UnixStream, ControlError> {
     let path = dir.join(SOCKET);
     let unreachable = |source| ControlError::Unreachable { path: path.clone(), source };
     let (_dir_fd, short) = short_path(dir).map_err(unreachable)?;
-    let mut stream = UnixStream::connect(&short).map_err(unreachable)?;
+    let stream = UnixStream::connect(&short).map_err(unreachable)?;
     let io = |source| ControlError::Io { path: path.clone(), source };
     stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
-    let bytes = serde_json::to_vec(request).map_err(|source| ControlError::Garbled { path: path.clone(), source })?;
-    stream.write_all(&bytes).map_err(io)?;
+    Ok(stream)
+}
+
+/// Sends `request` as one line on `stream`, with `fds` attached to its first bytes.
+pub fn send(stream: &mut UnixStream, dir: &Path, request: &Request, fds: &[RawFd]) -> Result<(), ControlError> {
+    let path = dir.join(SOCKET);
+    let mut line =
+        serde_json::to_vec(request).map_err(|source| ControlError::Garbled { path: path.clone(), source })?;
+    line.push(b'\n');
+    let io = |source| ControlError::Io { path: path.clone(), source };
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&line)], cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|errno| io(errno.into()))?;
+    stream.write_all(&line[sent..]).map_err(io)
+}
+
+/// Sends `request` to the monitor of the container in `dir` and returns its answer.
+pub fn call(dir: &Path, request: &Request) -> Result<Answer, ControlError> {
+    let path = dir.join(SOCKET);
+    let mut stream = connect(dir)?;
+    send(&mut stream, dir, request, &[])?;
+    let io = |source| ControlError::Io { path: path.clone(), source };
     stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
     let mut answer = Vec::new();
     stream.take(MAX_MESSAGE).read_to_end(&mut answer).map_err(io)?;
-    serde_json::from_slice(&answer).map_err(|source| ControlError::Garbled { path, source })
+    parse_answer(&answer).map_err(|source| ControlError::Garbled { path, source })
 }
 
-/// Reads one request from a connection (`None` if it is not one).
-pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Option<Request> {
-    let mut bytes = Vec::new();
-    let read = tokio::time::timeout(CALL_TIMEOUT, (&mut *stream).take(MAX_MESSAGE).read_to_end(&mut bytes)).await;
-    match read {
-        Ok(Ok(_)) => serde_json::from_slice(&bytes).ok(),
-        _ => None,
+/// One answer line (its newline optional).
+pub fn parse_answer(line: &[u8]) -> Result<Answer, serde_json::Error> {
+    serde_json::from_slice(line.trim_ascii())
+}
+
+/// Reads one request line from a connection and the descriptors sent with it (`None` if it
+/// is not one). The descriptors are close-on-exec.
+pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
+    let read = async {
+        let (mut bytes, fds) = recv_with_fds(stream).await.ok()?;
+        while !bytes.contains(&b'\n') && (bytes.len() as u64) < MAX_MESSAGE {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await.ok()? {
+                0 => break,
+                n => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        Some((serde_json::from_slice(line).ok()?, fds))
+    };
+    tokio::time::timeout(CALL_TIMEOUT, read).await.ok().flatten()
+}
+
+/// The first bytes of a connection and the descriptors that came with them.
+async fn recv_with_fds(stream: &tokio::net::UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    loop {
+        stream.readable().await?;
+        let received = stream.try_io(Interest::READABLE, || {
+            let mut buf = vec![0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+                .map_err(std::io::Error::from)?;
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors in this process for
+                    // this message; nothing else owns them.
+                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            let len = msg.bytes;
+            buf.truncate(len);
+            Ok((buf, fds))
+        });
+        match received {
+            Ok(received) => return Ok(received),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
     }
 }
 
-/// Writes `answer` on a connection and closes it (a caller that went away is not an error).
+/// Writes `answer` as one line (a caller that went away is not an error).
+pub async fn write_line(stream: &mut tokio::net::UnixStream, answer: &Answer) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+/// Writes `answer` on a connection and closes it.
 pub async fn write_answer(mut stream: tokio::net::UnixStream, answer: &Answer) {
-    if let Ok(bytes) = serde_json::to_vec(answer) {
-        let _ = stream.write_all(&bytes).await;
-        let _ = stream.shutdown().await;
-    }
+    let _ = write_line(&mut stream, answer).await;
+    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
@@ -120,17 +215,56 @@ mod tests {
         let listener = bind(&dir).unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let request = read_request(&mut stream).await;
+            let request = read_request(&mut stream).await.map(|(request, _)| request);
             write_answer(stream, &Answer::Error("refused".into())).await;
             request
         });
         let path = dir.clone();
-        let answer = tokio::task::spawn_blocking(move || call(&path, &Request::Kill { signal: 15, all: true }))
-            .await
-            .unwrap()
-            .unwrap();
+        let answer = tokio::task::spawn_blocking(move || {
+            call(&path, &Request::Kill { signal: 15, all: true, exec_id: String::new() })
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(answer, Answer::Error("refused".into()));
-        assert_eq!(server.await.unwrap(), Some(Request::Kill { signal: 15, all: true }));
+        assert_eq!(server.await.unwrap(), Some(Request::Kill { signal: 15, all: true, exec_id: String::new() }));
+    }
+
+    #[tokio::test]
+    async fn an_execs_descriptors_cross_with_its_request_and_the_connection_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (request, fds) = read_request(&mut stream).await.unwrap();
+            write_line(&mut stream, &Answer::Ok).await.unwrap();
+            write_answer(stream, &Answer::Exited(7)).await;
+            (request, fds)
+        });
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let path = dir.path().to_owned();
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut stream = connect(&path).unwrap();
+            let request =
+                Request::Exec { exec_id: "e1".into(), process: serde_json::json!({"args": ["x".repeat(9000)]}) };
+            let fd = write_end.as_raw_fd();
+            send(&mut stream, &path, &request, &[fd, fd, fd]).unwrap();
+            let mut answers = String::new();
+            stream.read_to_string(&mut answers).unwrap();
+            answers
+        })
+        .await
+        .unwrap();
+        let (request, fds) = server.await.unwrap();
+        assert!(matches!(request, Request::Exec { ref exec_id, .. } if exec_id == "e1"), "{request:?}");
+        assert_eq!(fds.len(), 3);
+        let answers: Vec<Answer> = lines.lines().map(|l| parse_answer(l.as_bytes()).unwrap()).collect();
+        assert_eq!(answers, [Answer::Ok, Answer::Exited(7)]);
+        // The descriptor received is the pipe's write end.
+        std::fs::File::from(fds.into_iter().next().unwrap()).write_all(b"hi").unwrap();
+        let mut got = [0u8; 2];
+        std::fs::File::from(read_end).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct CreateRequest {
     pub pid_file: Option<PathBuf>,
     /// Extra arguments the monitor gets (global flags such as `--log`).
     pub monitor_args: Vec<String>,
+    /// `--console-socket`: the container gets a host pty whose master goes there.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Records the container, starts the monitor and waits until it created the container; writes
@@ -95,11 +97,16 @@ fn spawn(request: &CreateRequest) -> Result<(Child, OwnedFd), RuntimeError> {
         .arg(&request.root)
         .arg(MONITOR_COMMAND)
         .arg("--bundle")
-        .arg(&request.record.bundle)
-        .arg(&request.record.id)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
+        .arg(&request.record.bundle);
+    match &request.console_socket {
+        // The caller reads create's output until EOF when it gave a console socket (go-runc
+        // does): the monitor, which outlives create, must not hold it.
+        Some(socket) => {
+            cmd.arg("--console-socket").arg(socket).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+        }
+        None => cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit()),
+    };
+    cmd.arg(&request.record.id);
     let raw = ready_w.as_raw_fd();
     // SAFETY: between fork and exec this only calls dup2, which is async-signal-safe, on a
     // descriptor this function owns.
@@ -134,7 +141,7 @@ fn wait_ready(child: &mut Child, ready: OwnedFd) -> Result<(), RuntimeError> {
 }
 
 /// Writes `pid` as digits, atomically (a temporary file beside it, renamed).
-fn write_pid_file(path: &Path, pid: u32) -> Result<(), LaunchError> {
+pub(super) fn write_pid_file(path: &Path, pid: u32) -> Result<(), LaunchError> {
     let err = |source| LaunchError::PidFile { path: path.to_owned(), source };
     let name = path.file_name().ok_or_else(|| err(std::io::ErrorKind::InvalidInput.into()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));

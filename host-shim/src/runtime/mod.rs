@@ -25,8 +25,11 @@
 //! | [`features`] | `features`: what wisp supports, as the OCI features document |
 //! | [`lifecycle`] | one function per command that needs the VM: create, start, kill, delete, exec, ... |
 //! | [`launch`] | `create`'s half of the process model: the monitor forked, its word awaited, the pid file |
-//! | [`monitor`] | the monitor: the VM booted through the sandbox core, stdio relayed, signals forwarded |
-//! | [`control`] | the monitor's control socket: one JSON request, one answer |
+//! | [`monitor`] | the monitor: the VM booted through the sandbox core, stdio relayed, signals forwarded, the control requests served |
+//! | [`control`] | the monitor's control socket: a JSON line and the descriptors it hands over, a JSON line back |
+//! | [`exec`] | `exec`: the relay the caller waits for (forked with `--detach`), its stdio handed to the monitor |
+//! | [`monitor_exec`] | the monitor's side of an exec: ExecProcess, the relay's stdio pumped, the status sent back |
+//! | [`pty`] | the host pty of `--console-socket`: the master sent, the slave raw and controlling |
 //! | [`json_log`] | the monitor's slog lines in runc's JSON log format |
 //!
 //! The binary (`src/bin/wisp-runtime.rs`) parses, dispatches and reports errors as runc does
@@ -34,14 +37,17 @@
 
 pub mod cli;
 pub mod control;
+pub mod exec;
 pub mod features;
 pub mod json_log;
 pub mod launch;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;
+pub mod monitor_exec;
 pub mod oci_state;
 pub mod preflight;
+pub mod pty;
 pub mod spec_template;
 pub mod store;
 
@@ -108,9 +114,6 @@ pub enum RuntimeError {
     /// Creating, starting or driving the container failed.
     #[error(transparent)]
     Launch(#[from] launch::LaunchError),
-    /// A command the lifecycle does not implement yet.
-    #[error("{0}: not implemented yet in wisp-runtime")]
-    NotYet(&'static str),
 }
 
 impl RuntimeError {

@@ -25,11 +25,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Mutex};
 
 use super::control::{self, Answer, Request};
+use super::monitor_exec::{self, ExecRequest};
+use super::pty::{self, PtyError, Terminal};
 use super::store::{Status, Store};
 use crate::config::{Config, ConfigError};
 use crate::container::{self, Rollback};
 use crate::error::Error;
-use crate::io::{self, Endpoint, Output};
+use crate::io::Endpoint;
+use crate::process_relay::{self, Stdio};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::state::SandboxKey;
 
@@ -37,8 +40,6 @@ use crate::state::SandboxKey;
 pub const READY_FD: RawFd = 3;
 /// The status reported when the VM died under the container (as the shim reports it).
 const VM_DIED_STATUS: i32 = 255;
-/// How long a finished process's output may take to reach the caller.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on ordinary agent calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The signals a caller sends the pid-file process that the container gets instead.
@@ -54,6 +55,8 @@ pub struct MonitorArgs {
     pub id: String,
     /// The bundle directory.
     pub bundle: PathBuf,
+    /// `create --console-socket`: where the master of the container's host pty goes.
+    pub console_socket: Option<PathBuf>,
 }
 
 impl MonitorArgs {
@@ -80,6 +83,8 @@ pub enum MonitorError {
     Control { path: PathBuf, source: std::io::Error },
     #[error("cannot start the monitor's event loop")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot give the container a terminal")]
+    Terminal(#[from] PtyError),
 }
 
 /// The monitor's life; returns its exit code.
@@ -98,7 +103,11 @@ pub fn main(args: &MonitorArgs, log: &Logger) -> i32 {
         }
     };
     let log = log.new(slog::o!("container" => args.id.clone()));
-    runtime.block_on(run(args, ready, &log))
+    let code = runtime.block_on(run(args, ready, &log));
+    // A stdin relay may still sit in a blocking read (a terminal or a pipe the caller keeps
+    // open): dropping the runtime would wait for it forever.
+    runtime.shutdown_background();
+    code
 }
 
 /// Tells `create` how the creation went, and closes the pipe.
@@ -158,9 +167,24 @@ async fn setup(args: &MonitorArgs, log: &Logger) -> Result<Arc<Monitor>, Monitor
             return Err(err.into());
         }
     }
+    let terminal = match args.console_socket.as_deref().map(open_terminal).transpose() {
+        Ok(terminal) => terminal,
+        Err(err) => {
+            sandbox.shutdown().await;
+            return Err(err.into());
+        }
+    };
     let (exit_tx, _) = watch::channel(None);
     let (cid, root, log) = (args.id.clone(), args.root.clone(), log.clone());
-    Ok(Arc::new(Monitor { sandbox, cid, root, log, started: Mutex::new(false), exit_tx }))
+    Ok(Arc::new(Monitor { sandbox, cid, root, log, terminal, started: Mutex::new(false), exit_tx }))
+}
+
+/// The container's host terminal: the master sent to `socket`, the slave the monitor's
+/// controlling terminal (it leads its own session).
+fn open_terminal(socket: &std::path::Path) -> Result<Terminal, PtyError> {
+    let terminal = Terminal::open_for(socket)?;
+    terminal.control()?;
+    Ok(terminal)
 }
 
 /// A created container and its VM.
@@ -170,6 +194,8 @@ struct Monitor {
     /// The runtime's root.
     root: PathBuf,
     log: Logger,
+    /// The host pty relayed to the container's, with `--console-socket`.
+    terminal: Option<Terminal>,
     /// Whether Start ran (a second one is refused).
     started: Mutex<bool>,
     /// The container's exit status once it exited (or a Shutdown ended it): see [`Self::exited`].
@@ -183,6 +209,10 @@ impl Monitor {
         for signo in FORWARDED {
             let me = self.clone();
             tokio::spawn(async move { me.forward(signo).await });
+        }
+        if self.terminal.is_some() {
+            let me = self.clone();
+            tokio::spawn(async move { me.follow_window_size().await });
         }
         let mut exit = self.exit_tx.subscribe();
         let mut vm_exit = self.sandbox.exited();
@@ -214,23 +244,48 @@ impl Monitor {
     async fn forward(self: Arc<Self>, signo: i32) {
         let Ok(mut signals) = signal(SignalKind::from_raw(signo)) else { return };
         while signals.recv().await.is_some() {
-            if let Err(err) = self.kill(signo).await {
+            if let Err(err) = self.kill("", signo).await {
                 warn!(self.log, "a signal was not forwarded"; "signal" => signo, "error" => err);
             }
         }
     }
 
+    /// Sends SIGWINCH's news (the caller resized the master) to the container's terminal.
+    async fn follow_window_size(self: Arc<Self>) {
+        let Ok(mut signals) = signal(SignalKind::window_change()) else { return };
+        while signals.recv().await.is_some() {
+            if *self.started.lock().await {
+                self.resize_to_terminal().await;
+            }
+        }
+    }
+
+    /// The container's terminal in the guest gets the host terminal's size, if it has one.
+    async fn resize_to_terminal(&self) {
+        let Some((rows, cols)) = self.terminal.as_ref().and_then(|t| pty::window_size(t.fd())) else { return };
+        if let Err(err) = self.resize("", rows, cols).await {
+            warn!(self.log, "the terminal's size was not passed on"; "error" => err);
+        }
+    }
+
     async fn answer(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
-        let Some(request) = control::read_request(&mut stream).await else { return };
+        let Some((request, fds)) = control::read_request(&mut stream).await else { return };
         let answer = match request {
             Request::Start => self.start().await.map(|()| Answer::Ok),
-            Request::Kill { signal, .. } => self.kill(signal).await.map(|()| Answer::Ok),
+            Request::Kill { signal, exec_id, .. } => self.kill(&exec_id, signal).await.map(|()| Answer::Ok),
             Request::Pause => self.pause(true).await.map(|()| Answer::Ok),
             Request::Resume => self.pause(false).await.map(|()| Answer::Ok),
             Request::Shutdown => {
                 self.exited(128 + libc::SIGKILL);
                 Ok(Answer::Ok)
             }
+            Request::Exec { exec_id, process } => {
+                let request = ExecRequest { cid: self.cid.clone(), exec_id, process, fds };
+                return monitor_exec::serve(self.sandbox.clone(), request, stream, &self.log).await;
+            }
+            Request::Resize { exec_id, rows, cols } => self.resize(&exec_id, rows, cols).await.map(|()| Answer::Ok),
+            Request::Pids => Ok(Answer::Pids(vec![self.sandbox.vm_pid()])),
+            Request::Update { resources } => self.update(resources).await.map(|()| Answer::Ok),
         };
         control::write_answer(stream, &answer.unwrap_or_else(Answer::Error)).await;
     }
@@ -254,58 +309,36 @@ impl Monitor {
             .map_err(|err| format!("StartContainer: {}", crate::sandbox::describe_ttrpc(&err)))?;
         *started = true;
         record(&self.root, &self.cid, Status::Running, None, &self.log);
-        let mut pumps = Vec::new();
-        for (fd, stream) in [(1, Output::Stdout), (2, Output::Stderr)] {
-            if let Some(file) = inherited(fd) {
-                let pump = io::pump_output(
-                    agent.clone(),
-                    self.cid.clone(),
-                    String::new(),
-                    stream,
-                    Endpoint::File(file),
-                    self.log.clone(),
-                );
-                pumps.push(pump);
+        let stdio = match &self.terminal {
+            Some(terminal) => {
+                let copy = |what| terminal.file().map_err(|err| format!("cannot copy the terminal for {what}: {err}"));
+                Stdio {
+                    stdin: Some(Endpoint::File(copy("stdin")?)),
+                    stdout: Some(Endpoint::File(copy("stdout")?)),
+                    stderr: None,
+                }
             }
-        }
-        let stdin = inherited(0).map(|file| {
-            let close = Arc::new(tokio::sync::Notify::new());
-            io::pump_stdin(
-                agent.clone(),
-                self.cid.clone(),
-                String::new(),
-                Endpoint::File(file),
-                close,
-                self.log.clone(),
-            )
-        });
+            None => Stdio {
+                stdin: inherited(0).map(Endpoint::File),
+                stdout: inherited(1).map(Endpoint::File),
+                stderr: inherited(2).map(Endpoint::File),
+            },
+        };
+        let pumps = process_relay::start(&agent, &self.cid, "", stdio, Arc::new(tokio::sync::Notify::new()), &self.log);
+        drop(started);
+        self.resize_to_terminal().await;
         let me = self.clone();
         tokio::spawn(async move {
-            let request = pb::WaitProcessRequest { container_id: me.cid.clone(), ..Default::default() };
-            let forever = context::with_duration(Duration::from_secs(365 * 24 * 3600));
-            let code = match agent.wait_process(forever, &request).await {
-                Ok(answer) => answer.status,
-                Err(err) => {
-                    warn!(me.log, "WaitProcess failed"; "error" => %err);
-                    VM_DIED_STATUS
-                }
-            };
-            for pump in pumps {
-                if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
-                    warn!(me.log, "output not drained; the rest is dropped");
-                }
-            }
-            if let Some(stdin) = stdin {
-                stdin.abort();
-            }
-            me.exited(code);
+            let code = process_relay::wait(&agent, &me.cid, "", pumps, me.sandbox.exited(), &me.log).await;
+            me.exited(code.unwrap_or(VM_DIED_STATUS));
         });
         Ok(())
     }
 
-    async fn kill(&self, signal: i32) -> Result<(), String> {
+    async fn kill(&self, exec_id: &str, signal: i32) -> Result<(), String> {
         let request = pb::SignalProcessRequest {
             container_id: self.cid.clone(),
+            exec_id: exec_id.to_owned(),
             signal: u32::try_from(signal).map_err(|_| format!("invalid signal {signal}"))?,
             ..Default::default()
         };
@@ -330,6 +363,41 @@ impl Monitor {
         done.map_err(|err| crate::sandbox::describe_ttrpc(&err))?;
         record(&self.root, &self.cid, if pause { Status::Paused } else { Status::Running }, None, &self.log);
         Ok(())
+    }
+}
+
+impl Monitor {
+    async fn resize(&self, exec_id: &str, rows: u16, cols: u16) -> Result<(), String> {
+        let request = pb::TtyWinResizeRequest {
+            container_id: self.cid.clone(),
+            exec_id: exec_id.to_owned(),
+            row: rows.into(),
+            column: cols.into(),
+            ..Default::default()
+        };
+        let agent = self.sandbox.agent().agent();
+        agent
+            .tty_win_resize(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map(drop)
+            .map_err(|err| format!("TtyWinResize: {}", crate::sandbox::describe_ttrpc(&err)))
+    }
+
+    /// `update`: the container's resources in the guest.
+    async fn update(&self, resources: serde_json::Value) -> Result<(), String> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(resources)
+            .map_err(|err| format!("the resources are not OCI LinuxResources: {err}"))?;
+        let request = pb::UpdateContainerRequest {
+            container_id: self.cid.clone(),
+            resources: Some(protocols::convert::to_pb::resources(&resources)).into(),
+            ..Default::default()
+        };
+        let agent = self.sandbox.agent().agent();
+        agent
+            .update_container(context::with_duration(CALL_TIMEOUT), &request)
+            .await
+            .map(drop)
+            .map_err(|err| format!("UpdateContainer: {}", crate::sandbox::describe_ttrpc(&err)))
     }
 }
 
