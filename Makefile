@@ -140,6 +140,7 @@ uninstall: ## Remove what `make install` put in $(PREFIX)
 bench bench-boot: deps all ## Boot-time, size and container benchmarks: tables, target/bench/boot.{json,svg}
 	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 	$(TARGET_DIR)/release/wisp-bench-containers
+	$(TARGET_DIR)/release/wisp-bench-ctr
 
 LOAD_AT_ONCE ?= 20
 LOAD_CYCLES ?= 200

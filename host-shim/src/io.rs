@@ -68,6 +68,7 @@ pub fn pump_output(
         let log =
             log.new(slog::o!("container" => container.clone(), "exec" => exec_id.clone(), "stream" => stream.name()));
         let mut sink = OutputSink::new(target, &log);
+        let mut first = true;
         let request = ReadStreamRequest {
             container_id: container.clone(),
             exec_id: exec_id.clone(),
@@ -88,6 +89,10 @@ pub fn pump_output(
                     break;
                 }
             };
+            if first {
+                first = false;
+                crate::timeline::mark(&log, "first output");
+            }
             sink.write(&data, &log).await;
         }
     })

@@ -43,6 +43,7 @@ pub mod shim;
 pub mod state;
 pub mod state_dir;
 pub mod task;
+pub mod timeline;
 pub mod volumes;
 
 /// An error and its causes on one line, for messages that cross a process boundary.

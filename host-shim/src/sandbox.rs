@@ -250,6 +250,7 @@ impl Sandbox {
             }
         };
         info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr);
+        crate::timeline::mark(&log, "agent ready");
         // QEMU and its helpers have made their sockets by now.
         crate::state_dir::restrict_sockets(&dir, &log);
         let sandbox = Self {
@@ -281,6 +282,7 @@ impl Sandbox {
         };
         let created = self.agent.agent().create_sandbox(context::with_duration(SETUP_CALL_TIMEOUT), &request).await;
         created.map_err(|source| SandboxError::Agent { call: "CreateSandbox", source })?;
+        crate::timeline::mark(&self.log, "sandbox created");
         match network {
             Some(network) => self.configure_network(network).await,
             None => Ok(()),
@@ -406,6 +408,7 @@ impl Sandbox {
         self.share.teardown(&self.log);
         cleanup_dir(self.paths.dir(), &self.log);
         info!(self.log, "sandbox stopped and cleaned up");
+        crate::timeline::mark(&self.log, "vm stopped");
     }
 }
 

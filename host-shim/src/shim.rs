@@ -156,6 +156,7 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
     }
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)?;
     let log = logger(&flags.id, &flags.namespace);
+    crate::timeline::mark(&log, "shim started");
     let config = match Config::load() {
         Ok(config) => config,
         Err(err) => {
@@ -210,7 +211,7 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
         info!(log, "stopping the sandbox and cleaning up"; "signal" => signal);
         task.terminate().await;
     }
-    info!(log, "shim exiting");
+    crate::timeline::mark(&log, "shim exiting");
     // Connections containerd still holds (a pod's shim has one per container) are told to close;
     // the shim does not wait on them for long: its work is done.
     if tokio::time::timeout(SERVER_CLOSE_TIMEOUT, server.shutdown()).await.is_err() {

@@ -39,7 +39,7 @@ use nix::mount::{umount2, MntFlags};
 use protocols::agent as pb;
 use protocols::convert::to_pb;
 use protocols::ttrpc::context;
-use slog::{info, warn, Logger};
+use slog::{warn, Logger};
 use tokio::sync::Mutex;
 
 use crate::config::Config;
@@ -264,6 +264,7 @@ impl Task for TaskService {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         let inner = &self.inner;
         let cid = req.id.clone();
+        crate::timeline::mark(&inner.log, "create received");
         container::plan::check_id(&cid)?;
         let claim = CreateClaim::take(inner, &cid);
         if claim.is_none() || inner.containers.lock().await.contains_key(&cid) {
@@ -299,7 +300,7 @@ impl Task for TaskService {
             hot: Vec::new(),
         };
         inner.containers.lock().await.insert(cid.clone(), record);
-        info!(inner.log, "container created"; "container" => &cid);
+        crate::timeline::mark(&inner.log.new(slog::o!("container" => cid.clone())), "container created");
         let pid = sandbox.vm_pid();
         let io = events::TaskIO {
             stdin: stdio.stdin,
@@ -328,6 +329,8 @@ impl Task for TaskService {
         }
         let (sandbox, _) = inner.live_agent("Start").await?;
         inner.start_process(sandbox.clone(), proc.clone()).await?;
+        let log = inner.log.new(slog::o!("container" => req.id.clone(), "exec" => req.exec_id.clone()));
+        crate::timeline::mark(&log, "process started");
         let pid = sandbox.vm_pid();
         if req.exec_id.is_empty() {
             let event = events::TaskStart { container_id: req.id.clone(), pid, ..Default::default() };

@@ -80,6 +80,7 @@ pub mod runc_state;
 pub mod runtime_fixtures;
 pub mod sandbox_vm;
 pub mod shim_setup;
+pub mod shim_timeline;
 pub mod timeline;
 pub mod vm;
 

@@ -46,6 +46,8 @@ impl Inner {
         }
         proc.set_status(Status::Stopped);
         info!(self.log, "process exited"; "container" => &proc.container, "exec" => &proc.exec_id, "status" => status);
+        let log = self.log.new(slog::o!("container" => proc.container.clone(), "exec" => proc.exec_id.clone()));
+        crate::timeline::mark(&log, "process exited");
         let event = events::TaskExit {
             container_id: proc.container.clone(),
             id: if proc.exec_id.is_empty() { proc.container.clone() } else { proc.exec_id.clone() },

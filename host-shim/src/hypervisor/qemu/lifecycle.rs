@@ -274,7 +274,9 @@ impl Hypervisor for Qemu {
         }
         let inherit: Vec<i32> =
             self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
+        crate::timeline::mark(&self.log, "helpers up");
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
+        crate::timeline::mark(&self.log, "qemu spawned");
         self.qemu_pid = child.id();
         if let Some(pid) = child.id() {
             self.vmm.set(pid);
