@@ -77,6 +77,20 @@ fn run_detached(podman: &Podman, name: &str, script: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Polls `podman logs NAME` until it prints `line` (the container's output reached conmon's
+/// log through the monitor); fails after `within`.
+fn wait_for_log(podman: &Podman, name: &str, line: &str, within: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let out = podman.podman(["logs", name])?;
+        if text(&out.stdout).lines().any(|l| l == line) {
+            return Ok(());
+        }
+        ensure!(started.elapsed() < within, "{name} did not print {line:?} within {within:?}: {}", describe(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The container's exit code as podman recorded it.
 fn exit_code(podman: &Podman, name: &str) -> anyhow::Result<String> {
     let out = podman.podman(["inspect", "--format", "{{.State.ExitCode}}", name])?;
@@ -109,9 +123,11 @@ fn podman_run_rm_prints_the_output_and_the_exit_code_in_a_vm() -> anyhow::Result
 fn podman_run_detached_then_stop_honours_sigterm_and_rm() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("wisp-rt-podman-stop-").tempdir()?;
     let podman = podman(dir.path())?;
-    run_detached(&podman, "polite", "trap 'exit 42' TERM; while true; do sleep 1; done")?;
+    run_detached(&podman, "polite", "trap 'exit 42' TERM; echo trapped; while true; do sleep 1; done")?;
     let state = podman.podman(["inspect", "--format", "{{.State.Status}}", "polite"])?;
     assert_eq!(text(&state.stdout).trim(), "running", "{}", describe(&state));
+    // `run -d` returns once the process started, maybe before the shell set its trap.
+    wait_for_log(&podman, "polite", "trapped", Duration::from_secs(30))?;
     // `podman stop`: SIGTERM reaches the container's process, which exits on it (the trap)
     // well before the grace period ends (podman would send SIGKILL then: 137).
     let started = Instant::now();
@@ -146,12 +162,13 @@ fn podman_kill_then_rm_force_of_a_running_container() -> anyhow::Result<()> {
 }
 
 #[test]
-#[ignore = "needs wisp-runtime exec (being written): conmon runs `exec --detach --pid-file P --process F ID`, today `exec: not implemented yet in wisp-runtime`"]
+#[ignore = "needs wisp-runtime exec (being written): conmon runs `exec --pid-file P --process F --detach ID`, today `exec: not implemented yet in wisp-runtime`"]
 fn podman_exec_runs_in_the_container_and_returns_its_exit_code() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("wisp-rt-podman-exec-").tempdir()?;
     let podman = podman(dir.path())?;
-    run_detached(&podman, "host", "echo inside > /tmp/mark; sleep 3600")?;
-    let out = podman.podman(["exec", "host", "sh", "-c", "cat /tmp/mark; uname -r; exit 4"])?;
+    run_detached(&podman, "host", "echo inside > /mark; echo ready; sleep 3600")?;
+    wait_for_log(&podman, "host", "ready", Duration::from_secs(30))?;
+    let out = podman.podman(["exec", "host", "sh", "-c", "cat /mark; uname -r; exit 4"])?;
     let stdout = text(&out.stdout);
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("inside"), "the exec runs in the container: {}", describe(&out));
