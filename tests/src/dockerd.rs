@@ -163,12 +163,34 @@ pub struct Dockerd {
 
 /// The binary at `var`'s path, else at `default`.
 fn binary(var: &str, default: &str) -> Result<PathBuf, DockerdError> {
+    installed(var, default).map_err(|program| DockerdError::Missing { program })
+}
+
+/// The path in `var`, else `default`: `Ok` if a file is there, else `Err` with the path.
+pub(crate) fn installed(var: &str, default: &str) -> Result<PathBuf, PathBuf> {
     let path = env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(DockerdError::Missing { program: path })
+        Err(path)
     }
+}
+
+/// The processes whose argv names `base` (but this one) and those in the cgroup `parent`,
+/// with all their descendants, children first.
+pub(crate) fn processes_of(base: &Path, parent: &str) -> Vec<u32> {
+    let table = process_table();
+    let base = base.as_os_str().as_encoded_bytes();
+    let own = std::process::id();
+    let mut roots: Vec<u32> = table
+        .iter()
+        .filter(|(pid, p)| **pid != own && p.cmdline.iter().any(|arg| contains(arg, base)))
+        .map(|(pid, _)| *pid)
+        .collect();
+    roots.extend(cgroup_tree(parent).iter().flat_map(|dir| cgroup_procs(dir)));
+    roots.sort_unstable();
+    roots.dedup();
+    descendants(&table, roots.into_iter())
 }
 
 impl Dockerd {
@@ -331,29 +353,12 @@ impl Dockerd {
     /// containerd, shims, runc) and those in its cgroup parent, with all their descendants,
     /// children first.
     pub fn processes(&self) -> Vec<u32> {
-        let table = process_table();
-        let base = self.base.as_os_str().as_encoded_bytes();
-        let own = std::process::id();
-        let mut roots: Vec<u32> = table
-            .iter()
-            .filter(|(pid, p)| **pid != own && p.cmdline.iter().any(|arg| contains(arg, base)))
-            .map(|(pid, _)| *pid)
-            .collect();
-        roots.extend(self.cgroup_dirs().iter().flat_map(|dir| cgroup_procs(dir)));
-        roots.sort_unstable();
-        roots.dedup();
-        descendants(&table, roots.into_iter())
+        processes_of(&self.base, &self.cgroup_parent)
     }
 
     /// The cgroup parent's directories in every hierarchy, deepest first (empty once removed).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let relative = self.cgroup_parent.trim_start_matches('/');
-        let mut dirs = Vec::new();
-        for mount in cgroup_mounts() {
-            collect_dirs(&mount.join(relative), &mut dirs);
-        }
-        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        dirs
+        cgroup_tree(&self.cgroup_parent)
     }
 
     /// The sockets containerd made in `/run/containerd/s` for this daemon's running shims,
@@ -382,18 +387,7 @@ impl Dockerd {
         for mount in mounts_under(&[&self.base]) {
             let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
         }
-        // A cgroup is removable once its last process is reaped, a moment after the kill.
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        loop {
-            let dirs = self.cgroup_dirs();
-            for dir in &dirs {
-                let _ = fs::remove_dir(dir);
-            }
-            if self.cgroup_dirs().is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(POLL);
-        }
+        remove_cgroup_tree(&self.cgroup_parent, KILL_TIMEOUT);
         if let Some(bridge) = self.bridge.take() {
             let _ = Command::new("ip").args(["link", "del", &bridge]).stderr(Stdio::null()).status();
         }
@@ -518,6 +512,33 @@ fn cgroup_mounts() -> Vec<PathBuf> {
         })
         .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
         .collect()
+}
+
+/// The directories of the cgroup `parent` (relative to each hierarchy's root) in every
+/// hierarchy, deepest first (empty once removed).
+pub(crate) fn cgroup_tree(parent: &str) -> Vec<PathBuf> {
+    let relative = parent.trim_start_matches('/');
+    let mut dirs = Vec::new();
+    for mount in cgroup_mounts() {
+        collect_dirs(&mount.join(relative), &mut dirs);
+    }
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    dirs
+}
+
+/// Removes the cgroup `parent` in every hierarchy, retrying for up to `within`: a cgroup is
+/// removable once its last process is reaped, a moment after the kill.
+pub(crate) fn remove_cgroup_tree(parent: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        for dir in cgroup_tree(parent) {
+            let _ = fs::remove_dir(dir);
+        }
+        if cgroup_tree(parent).is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(POLL);
+    }
 }
 
 /// `dir` and every directory below it, if it exists.

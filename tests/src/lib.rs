@@ -33,6 +33,9 @@
 //! - [`dockerd`]: [`Dockerd`], a private dockerd (Debian's docker.io: own data and exec roots,
 //!   socket, containerd, cgroup parent) with a `docker` wrapper and `--add-runtime`, for the
 //!   Docker tests of feature `containerd-tests` (`make test-containerd`, root).
+//! - [`podman`]: [`Podman`], a private podman (Debian's podman 4.3: own storage and run roots,
+//!   configuration files, runtime root, cgroup parent) with `--runtime`, for the podman tests
+//!   of `wisp-runtime` (`make test-shim`, root).
 //! - [`shim_setup`]: a private containerd running our shim with its own configuration, for the
 //!   `ctr` tests of the shim on every machine type.
 //! - `cri` (feature `containerd-tests`): a CRI client (kubelet's side) for containerd's CRI
@@ -74,6 +77,7 @@ pub mod floor;
 pub mod leftovers;
 #[cfg(feature = "containerd-tests")]
 pub mod loop_snapshotter;
+pub mod podman;
 pub mod qemu;
 pub mod rootfs_builder;
 pub mod runc_state;
@@ -88,5 +92,6 @@ pub use accel::Accel;
 pub use artifacts::{Artifact, ArtifactError};
 pub use containerd::{Containerd, ContainerdError, ContainerdOptions};
 pub use dockerd::{Dockerd, DockerdError, DockerdOptions};
+pub use podman::{Podman, PodmanError, PodmanOptions};
 pub use qemu::{Bios, Channel, Machine, VmConfig, VmPaths};
 pub use vm::{Vm, VmError};
