@@ -108,7 +108,12 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
             lifecycle::run(ctx, &args)
         }
         Command::Monitor(args) => {
-            let monitor = monitor::MonitorArgs { root: ctx.root.clone(), id: args.id, bundle: args.bundle };
+            let monitor = monitor::MonitorArgs {
+                root: ctx.root.clone(),
+                id: args.id,
+                bundle: args.bundle,
+                systemd_cgroup: ctx.systemd_cgroup,
+            };
             Ok(monitor::main(&monitor, &monitor_log(ctx, &store.dir(&monitor.id))))
         }
     }

@@ -26,20 +26,26 @@
 //! | [`lifecycle`] | one function per command that needs the VM: create, start, kill, delete, exec, ... |
 //! | [`launch`] | `create`'s half of the process model: the monitor forked, its word awaited, the pid file |
 //! | [`monitor`] | the monitor: the VM booted through the sandbox core, stdio relayed, signals forwarded |
+//! | [`hooks`] | the bundle's host hooks (prestart, createRuntime, poststart, poststop) with the OCI state on stdin |
+//! | [`network`] | the container's network namespace: the monitor's own for Docker's hook, wired to the VM |
+//! | [`cgroup`] | the container's cgroup (`cgroupsPath`): the monitor in it, the VM's sandbox cgroup under it |
 //! | [`control`] | the monitor's control socket: one JSON request, one answer |
 //! | [`json_log`] | the monitor's slog lines in runc's JSON log format |
 //!
 //! The binary (`src/bin/wisp-runtime.rs`) parses, dispatches and reports errors as runc does
 //! (a line in the log, the message on stderr, exit status 1).
 
+pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod features;
+pub mod hooks;
 pub mod json_log;
 pub mod launch;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;
+pub mod network;
 pub mod oci_state;
 pub mod preflight;
 pub mod spec_template;
@@ -108,6 +114,9 @@ pub enum RuntimeError {
     /// Creating, starting or driving the container failed.
     #[error(transparent)]
     Launch(#[from] launch::LaunchError),
+    /// A host hook failed (`start`'s poststart).
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
     /// A command the lifecycle does not implement yet.
     #[error("{0}: not implemented yet in wisp-runtime")]
     NotYet(&'static str),
