@@ -294,6 +294,12 @@ fn a_container_on_dockers_bridge_reaches_a_listener_on_the_host_from_its_vm() ->
     let (peer, message) = server.join().map_err(|_| anyhow::anyhow!("the listener panicked"))??;
     assert_eq!(message, "hello-from-the-vm", "the bytes arrived");
     assert_eq!(peer, address, "from the container's address");
+    // `--network host`: the spec names the caller's own namespace by path, nothing is wired
+    // (a VM cannot share the host's interfaces) and the container still runs.
+    let out =
+        docker.docker(["run", "--rm", "--network", "host", "--runtime", "wisp", "wisp-rt:net", "ip", "-4", "addr"])?;
+    ensure!(out.status.success(), "--network host: {}\n{}", describe(&out), docker.log_tail(20));
+    ensure!(!text(&out.stdout).contains(&format!("inet {net}.")), "no bridge address: {}", describe(&out));
     // Nothing left: the VM, the sandbox's state, Docker's veth and its mount of the namespace.
     let left = left_on_host(dir.path(), Duration::from_secs(10));
     assert!(left.is_empty(), "left after --rm: {left:#?}");
@@ -301,7 +307,11 @@ fn a_container_on_dockers_bridge_reaches_a_listener_on_the_host_from_its_vm() ->
     let ports = text(&ports.stdout);
     assert!(ports.trim().is_empty() || ports.trim() == "[]", "the veth is gone: {ports}");
     let base = docker.dir().map(Path::to_owned).unwrap_or_default();
-    let netns: Vec<_> = mounts_under(&[&base]).into_iter().filter(|m| s(m).contains("/netns/")).collect();
+    // `netns/default` is dockerd's name for the host's namespace (`--network host`), its own.
+    let netns: Vec<_> = mounts_under(&[&base])
+        .into_iter()
+        .filter(|m| s(m).contains("/netns/") && !s(m).ends_with("/netns/default"))
+        .collect();
     assert!(netns.is_empty(), "the container's namespace is not held: {netns:?}");
     Ok(())
 }
