@@ -22,9 +22,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use serde::Deserialize;
-
-use crate::netns::{NetNs, NetNsError};
 
 /// Errors of the container's network namespace.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +34,11 @@ pub enum NetworkError {
     Return(#[source] std::io::Error),
     #[error("the monitor's thread panicked")]
     Panicked,
-    #[error(transparent)]
-    NetNs(#[from] NetNsError),
-    #[error("cannot parse `ip -j link show` of {netns}")]
-    Parse {
-        netns: String,
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
         #[source]
-        source: serde_json::Error,
+        source: std::io::Error,
     },
 }
 
@@ -105,25 +100,20 @@ impl ContainerNetwork {
             Self::Host => Ok(None),
             Self::Path(path) => Ok(Some(path.clone())),
             Self::Own { .. } => {
-                let path = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
-                Ok(has_interface(&path)?.then_some(path))
+                let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
+                Ok(has_interface(&proc_dir)?.then(|| proc_dir.join("ns/net")))
             }
         }
     }
 }
 
-/// One link of `ip -j link show`.
-#[derive(Debug, Deserialize)]
-struct Link {
-    ifname: String,
-}
-
-/// Whether the namespace at `path` holds an interface besides the loopback.
-fn has_interface(path: &Path) -> Result<bool, NetworkError> {
-    let listed = NetNs::open(path)?.run("ip", &["-j", "link", "show"])?;
-    let links: Vec<Link> = serde_json::from_str(&listed)
-        .map_err(|source| NetworkError::Parse { netns: path.display().to_string(), source })?;
-    Ok(links.iter().any(|link| link.ifname != "lo"))
+/// Whether the namespace of the process or thread at `proc_dir` (`/proc/<pid>`) holds an
+/// interface besides the loopback (its `net/dev` lists the namespace's interfaces).
+fn has_interface(proc_dir: &Path) -> Result<bool, NetworkError> {
+    let path = proc_dir.join("net/dev");
+    let dev = std::fs::read_to_string(&path).map_err(|source| NetworkError::Read { path, source })?;
+    // Two header lines, then `  name: counters...`.
+    Ok(dev.lines().skip(2).filter_map(|line| line.split_once(':')).any(|(name, _)| name.trim() != "lo"))
 }
 
 #[cfg(test)]
@@ -159,7 +149,7 @@ mod tests {
             let own = ns("/proc/thread-self/ns/net");
             let outside = network.run_outside(|| ns("/proc/thread-self/ns/net")).unwrap();
             // Only a loopback: nothing to wire.
-            let wired = has_interface(Path::new("/proc/thread-self/ns/net")).unwrap();
+            let wired = has_interface(Path::new("/proc/thread-self")).unwrap();
             (own, outside, wired)
         })
         .join()
@@ -167,5 +157,10 @@ mod tests {
         assert_ne!(own, before, "the thread is in a new namespace");
         assert_eq!(outside, before, "the work ran in the caller's");
         assert!(!wired, "a new namespace holds only a loopback");
+        // The host's has more (this machine's own interfaces).
+        assert!(
+            has_interface(Path::new("/proc/self")).unwrap()
+                || std::fs::read_dir("/sys/class/net").unwrap().count() == 1
+        );
     }
 }
