@@ -116,7 +116,14 @@ fn docker_run_detached_then_stop_kill_and_rm_force() -> anyhow::Result<()> {
         Ok(())
     };
     // `docker stop`: SIGTERM reaches the container's process, which exits on it (the trap).
-    run("polite", "trap 'exit 42' TERM; while true; do sleep 1; done")?;
+    run("polite", "trap 'exit 42' TERM; echo trapped; while true; do sleep 1; done")?;
+    // Not before the trap is set: the agent makes an unhandled SIGTERM to a container's init a
+    // SIGKILL (137), and `docker run -d` returns before the shell ran its first line.
+    let waited = Instant::now();
+    while !text(&docker.docker(["logs", "polite"])?.stdout).contains("trapped") {
+        ensure!(waited.elapsed() < Duration::from_secs(30), "the container never set its trap");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let started = Instant::now();
     let out = docker.docker(["stop", "-t", "20", "polite"])?;
     ensure!(out.status.success(), "docker stop: {}", describe(&out));
