@@ -308,3 +308,52 @@ fn debug_lines_only_with_debug() {
     assert_eq!(lines[0]["level"], "debug");
     assert!(lines[0]["msg"].as_str().unwrap().ends_with("--debug list"), "{}", lines[0]);
 }
+
+/// The network namespace `/proc/<pid>/ns/net` of every process, and the nsfs mounts.
+fn netns_in_use() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path().join("ns/net")).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    found.extend(mountinfo.lines().map(str::to_owned));
+    found
+}
+
+#[test]
+fn a_failing_prestart_hook_fails_run_with_its_name_and_leaves_nothing() {
+    let rt = Runtime::new();
+    let bundle = rt.bundle("hooked", Value::Null);
+    let path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        // A new network namespace needs root; the hook runs the same without one.
+        config["linux"]["namespaces"].as_array_mut().unwrap().retain(|ns| ns["type"] != "network");
+    }
+    // The hook notes the namespace of state.pid (the monitor's), then fails.
+    let seen = rt.dir.path().join("seen");
+    let script = format!(
+        "pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); echo $pid > {0}; readlink /proc/$pid/ns/net >> {0}; \
+         echo broken-hook >&2; exit 9",
+        seen.display()
+    );
+    config["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]});
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = rt.run(&["run", "--bundle", bundle.to_str().unwrap(), "hooked"]);
+    assert_fails(&rt, &out, "error running prestart hook #0 (/bin/sh): exit status 9, stdout: , stderr: broken-hook");
+    assert_eq!(std::fs::read_dir(rt.root()).map(|d| d.count()).unwrap_or(0), 0, "no record left");
+    let seen = std::fs::read_to_string(&seen).expect("the hook ran");
+    let mut lines = seen.lines();
+    let pid: i32 = lines.next().unwrap().parse().unwrap();
+    assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "the monitor (state.pid) exited");
+    if root {
+        let netns = lines.next().unwrap().to_owned();
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+        assert!(netns.starts_with("net:[") && netns != own, "the hook saw a namespace of the container's: {netns}");
+        let users: Vec<String> = netns_in_use().into_iter().filter(|l| l.contains(&netns)).collect();
+        assert!(users.is_empty(), "the container's namespace outlived the failure: {users:?}");
+    }
+}

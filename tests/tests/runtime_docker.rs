@@ -1,59 +1,22 @@
 //! `wisp-runtime` under real clients: Debian's dockerd 20.10 (through containerd-shim-runc-v2,
-//! `--add-runtime wisp=<wisp-runtime>`) runs containers in wisp VMs, and the seed's own flow
-//! (`wisp-runtime run` in a bundle) propagates the exit code.
+//! `--add-runtime wisp=<wisp-runtime>`) runs containers in wisp VMs, on its bridge network
+//! (its prestart hook's veth wired into the VM) and with the VM charged to the container's
+//! cgroup (`docker stats`); the seed's own flow (`wisp-runtime run` in a bundle) propagates the
+//! exit code and runs the bundle's host hooks.
 //!
 //! Needs root, `make deps` and `make all` (kernel, initrd, wisp-runtime, rootfs-builder).
 //! Compiled only with both features `containerd-tests` and `vm-tests` (`make test-shim`).
 #![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use wisp_tests::containerd::{describe, s, text};
-use wisp_tests::shim_setup::{self, runtime_binary};
-use wisp_tests::{artifacts, leftovers, Dockerd, DockerdOptions};
-
-/// The runtime's configuration (our kernel and initrd) and state, in `dir`.
-fn configure(dir: &Path) -> anyhow::Result<()> {
-    shim_setup::configure(dir, &artifacts::kernel()?, "", "").map(drop)
-}
-
-/// A busybox bundle running `args`, made by rootfs-builder in `dir/bundle`.
-fn bundle(dir: &Path, args: &[&str]) -> anyhow::Result<PathBuf> {
-    let bundle = dir.join("bundle");
-    let builder = artifacts::rootfs_builder()?;
-    let built =
-        Command::new(&builder).args(["bundle", "--from", "busybox", "-o", s(&bundle), "--args"]).args(args).output()?;
-    ensure!(built.status.success(), "bundle: {}", describe(&built));
-    Ok(bundle)
-}
-
-/// The busybox image `name` as rootfs-builder writes it, in `dir/image.tar`.
-fn image(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let image = dir.join("image.tar");
-    let builder = artifacts::rootfs_builder()?;
-    let built =
-        Command::new(&builder).args(["oci-image", "--from", "busybox", "--name", name, "-o", s(&image)]).output()?;
-    ensure!(built.status.success(), "oci-image: {}", describe(&built));
-    Ok(image)
-}
-
-/// What the sandboxes under `dir/state` still hold on the host after `within` (processes,
-/// mounts, state), or at once when it holds nothing.
-fn left_on_host(dir: &Path, within: Duration) -> Vec<String> {
-    let state = dir.join("state");
-    leftovers::wait_until_empty(within, || leftovers::under_state_root(&state))
-}
-
-/// The processes (QEMU, its helpers) of the sandboxes under `dir/state` after `within`.
-fn processes_left(dir: &Path, within: Duration) -> Vec<String> {
-    let state = dir.join("state");
-    leftovers::wait_until_empty(within, || {
-        leftovers::under_state_root(&state).into_iter().filter(|l| l.starts_with("process ")).collect()
-    })
-}
+use wisp_tests::containerd::{describe, mounts_under, s, text};
+use wisp_tests::runtime_fixtures::{bundle, configure, image, left_on_host, processes_left};
+use wisp_tests::shim_setup::runtime_binary;
+use wisp_tests::{leftovers, Dockerd, DockerdOptions};
 
 #[test]
 fn docker_run_rm_prints_the_output_and_the_exit_code_in_a_vm() -> anyhow::Result<()> {
@@ -115,11 +78,11 @@ fn docker_run_detached_then_stop_kill_and_rm_force() -> anyhow::Result<()> {
     };
     // `docker stop`: SIGTERM reaches the container's process, which exits on it (the trap).
     run("polite", "trap 'exit 42' TERM; echo trapped; while true; do sleep 1; done")?;
-    // A SIGTERM before the trap is set meets an init without a handler, which the agent
-    // turns into SIGKILL (as Kata's does): stop only once the trap is in place.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Not before the trap is set: the agent makes an unhandled SIGTERM to a container's init a
+    // SIGKILL (137), and `docker run -d` returns before the shell ran its first line.
+    let waited = Instant::now();
     while !text(&docker.docker(["logs", "polite"])?.stdout).contains("trapped") {
-        ensure!(Instant::now() < deadline, "the container never said it set its trap\n{}", docker.log_tail(30));
+        ensure!(waited.elapsed() < Duration::from_secs(30), "the container never set its trap");
         std::thread::sleep(Duration::from_millis(100));
     }
     let started = Instant::now();
@@ -182,5 +145,243 @@ fn a_killed_monitor_reads_stopped_and_delete_cleans_up() -> anyhow::Result<()> {
     assert_eq!(std::fs::read_dir(&root)?.count(), 0, "the record is gone");
     let left = left_on_host(dir.path(), Duration::ZERO);
     assert!(left.is_empty(), "delete removed the sandbox's mounts and state: {left:#?}");
+    Ok(())
+}
+
+/// A cgroup a test names (and the runtime makes): removed with what is under it in every
+/// hierarchy when dropped.
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for hierarchy in mounts.lines().filter(|l| l.contains(" cgroup")).filter_map(|l| l.split(' ').nth(1)) {
+            let top = format!("{hierarchy}{}", self.0);
+            let children = std::fs::read_dir(&top).into_iter().flatten().flatten();
+            for child in children.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                let _ = std::fs::remove_dir(child.path());
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}
+
+/// The path of `pid`'s cgroup in the memory hierarchy (cgroup v1) or the unified one (v2).
+fn memory_cgroup(pid: u32) -> anyhow::Result<String> {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let found = if v2 { controllers.is_empty() } else { controllers.split(',').any(|c| c == "memory") };
+            found.then(|| path.to_owned())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no memory cgroup for {pid}: {text}"))
+}
+
+/// The memory charged to cgroup `path` (`memory.usage_in_bytes`, v2's `memory.current`).
+fn cgroup_memory(path: &str) -> anyhow::Result<u64> {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let file = if v2 {
+        format!("/sys/fs/cgroup{path}/memory.current")
+    } else {
+        format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes")
+    };
+    Ok(std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?.trim().parse()?)
+}
+
+/// A `/proc/PID/status` field in bytes (`RssAnon:  1234 kB`).
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(field)).ok_or_else(|| anyhow::anyhow!("no {field}"))?;
+    let kib: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kib * 1024)
+}
+
+/// `docker stats`' `MemUsage` (`95.2MiB / 7.6GiB`): the usage in bytes.
+fn parse_mem_usage(text: &str) -> Option<u64> {
+    let usage = text.split('/').next()?.trim();
+    let split = usage.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = usage.split_at(split);
+    let factor = match unit {
+        "B" => 1.0,
+        "KiB" | "kB" => 1024.0,
+        "MiB" | "MB" => 1024.0 * 1024.0,
+        "GiB" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((number.trim().parse::<f64>().ok()? * factor) as u64)
+}
+
+/// The QEMU processes of the sandboxes under `dir/state`.
+fn qemu_pids(dir: &Path) -> Vec<u32> {
+    leftovers::under_state_root(&dir.join("state"))
+        .iter()
+        .filter_map(|l| l.strip_prefix("process ")?.split_once(':').filter(|(_, c)| c.contains("qemu-system")))
+        .filter_map(|(pid, _)| pid.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_container_on_dockers_bridge_reaches_a_listener_on_the_host_from_its_vm() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("wisp-rt-net-").tempdir()?;
+    configure(dir.path())?;
+    let image = image(dir.path(), "wisp-rt:net")?;
+    // A subnet of this test process's own, should two runs overlap.
+    let net = format!("10.214.{}", std::process::id() % 200 + 20);
+    let docker = Dockerd::start_with(DockerdOptions {
+        runtimes: vec![("wisp".into(), runtime_binary()?)],
+        bridge: Some(format!("{net}.1/24")),
+        ..Default::default()
+    })?;
+    let bridge = docker.bridge().unwrap_or_default().to_owned();
+    ensure!(docker.docker(["load", "-i", s(&image)])?.status.success());
+    let listener = std::net::TcpListener::bind(format!("{net}.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> anyhow::Result<(String, String)> {
+        let (mut stream, peer) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut stream), &mut line)?;
+        Ok((peer.ip().to_string(), line.trim().to_owned()))
+    });
+    let script = format!("ip -4 addr show eth0; uname -r; echo hello-from-the-vm | nc {net}.1 {port} && echo nc-ok");
+    let out = docker.docker(["run", "--rm", "--runtime", "wisp", "wisp-rt:net", "sh", "-c", &script])?;
+    let context = || format!("{}\ndaemon log:\n{}", describe(&out), docker.log_tail(40));
+    ensure!(out.status.success(), "{}", context());
+    let stdout = text(&out.stdout);
+    let address = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("inet ")?.split('/').next().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("no address on the guest's eth0: {}", context()))?;
+    ensure!(address.starts_with(&format!("{net}.")), "the guest's eth0 has Docker's address: {}", context());
+    let host_kernel = nix::sys::utsname::uname()?.release().to_string_lossy().into_owned();
+    ensure!(!stdout.lines().any(|l| l == host_kernel), "the container ran on the host's kernel: {}", context());
+    ensure!(stdout.contains("nc-ok"), "{}", context());
+    let (peer, message) = server.join().map_err(|_| anyhow::anyhow!("the listener panicked"))??;
+    assert_eq!(message, "hello-from-the-vm", "the bytes arrived");
+    assert_eq!(peer, address, "from the container's address");
+    // `--network host`: the spec names the caller's own namespace by path, nothing is wired
+    // (a VM cannot share the host's interfaces) and the container still runs.
+    let out =
+        docker.docker(["run", "--rm", "--network", "host", "--runtime", "wisp", "wisp-rt:net", "ip", "-4", "addr"])?;
+    ensure!(out.status.success(), "--network host: {}\n{}", describe(&out), docker.log_tail(20));
+    ensure!(!text(&out.stdout).contains(&format!("inet {net}.")), "no bridge address: {}", describe(&out));
+    // Nothing left: the VM, the sandbox's state, Docker's veth and its mount of the namespace.
+    let left = left_on_host(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "left after --rm: {left:#?}");
+    let ports = Command::new("ip").args(["-j", "link", "show", "master", &bridge]).output()?;
+    let ports = text(&ports.stdout);
+    assert!(ports.trim().is_empty() || ports.trim() == "[]", "the veth is gone: {ports}");
+    let base = docker.dir().map(Path::to_owned).unwrap_or_default();
+    // `netns/default` is dockerd's name for the host's namespace (`--network host`), its own.
+    let netns: Vec<_> = mounts_under(&[&base])
+        .into_iter()
+        .filter(|m| s(m).contains("/netns/") && !s(m).ends_with("/netns/default"))
+        .collect();
+    assert!(netns.is_empty(), "the container's namespace is not held: {netns:?}");
+    Ok(())
+}
+
+#[test]
+fn docker_stats_counts_the_vm_in_the_containers_cgroup() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("wisp-rt-cg-").tempdir()?;
+    configure(dir.path())?;
+    let image = image(dir.path(), "wisp-rt:cg")?;
+    let docker = Dockerd::start_with(DockerdOptions {
+        runtimes: vec![("wisp".into(), runtime_binary()?)],
+        ..Default::default()
+    })?;
+    ensure!(docker.docker(["load", "-i", s(&image)])?.status.success());
+    let out = docker.docker(["run", "-d", "--runtime", "wisp", "--name", "stats", "wisp-rt:cg", "sleep", "3600"])?;
+    ensure!(out.status.success(), "docker run -d: {}\n{}", describe(&out), docker.log_tail(30));
+    let id = text(&out.stdout).trim().to_owned();
+    let monitor: u32 =
+        text(&docker.docker(["inspect", "--format", "{{.State.Pid}}", "stats"])?.stdout).trim().parse()?;
+    // Docker's cgroupfs driver: <cgroup parent>/<id>, the monitor in it, QEMU below it.
+    let container = format!("{}/{id}", docker.cgroup_parent());
+    assert_eq!(memory_cgroup(monitor)?, container, "the monitor (the pid-file process) is in the container's cgroup");
+    let qemu = qemu_pids(dir.path());
+    ensure!(qemu.len() == 1, "one QEMU: {qemu:?}");
+    let qemu_cgroup = memory_cgroup(qemu[0])?;
+    assert!(qemu_cgroup.starts_with(&format!("{container}/wisp-")), "QEMU's cgroup is under it: {qemu_cgroup}");
+    let vm = status_bytes(qemu[0], "RssAnon:")? + status_bytes(qemu[0], "RssShmem:")?;
+    let charged = cgroup_memory(&container)?;
+    assert!(charged >= vm, "the container's cgroup holds the VM's {vm} bytes: {charged}");
+    let stats = docker.docker(["stats", "--no-stream", "--format", "{{.MemUsage}}", "stats"])?;
+    ensure!(stats.status.success(), "docker stats: {}", describe(&stats));
+    let shown = parse_mem_usage(&text(&stats.stdout))
+        .ok_or_else(|| anyhow::anyhow!("docker stats said {:?}", text(&stats.stdout)))?;
+    assert!(shown >= vm * 9 / 10, "docker stats shows the VM ({vm} bytes): {}", text(&stats.stdout));
+    println!("docker stats: {} (QEMU anon+shmem {} MiB)", text(&stats.stdout).trim(), vm >> 20);
+    let out = docker.docker(["rm", "-f", "stats"])?;
+    ensure!(out.status.success(), "docker rm -f: {}", describe(&out));
+    let left = left_on_host(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "left after rm -f: {left:#?}");
+    let cgroups: Vec<_> = docker.cgroup_dirs().into_iter().filter(|d| s(d).contains(&id)).collect();
+    assert!(cgroups.is_empty(), "the container's cgroup is removed: {cgroups:?}");
+    Ok(())
+}
+
+#[test]
+fn wisp_runtime_run_runs_the_bundles_hooks_on_the_host_in_its_cgroup() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("wisp-rt-hooks-").tempdir()?;
+    configure(dir.path())?;
+    let runtime = runtime_binary()?;
+    let bundle = bundle(dir.path(), &["sh", "-c", "echo in-vm; exit 4"])?;
+    // Each hook appends: its kind, the state's status and pid, that pid's network namespace
+    // and memory cgroup.
+    let record = dir.path().join("hooks.log");
+    let hook = |kind: &str| {
+        let script = format!(
+            "s=$(cat); pid=$(echo \"$s\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
+             st=$(echo \"$s\" | sed -n 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/p'); \
+             echo \"{kind} $st ${{pid:-0}} $(readlink /proc/${{pid:-0}}/ns/net) \
+             $(grep -E ':memory:|^0::' /proc/${{pid:-0}}/cgroup 2>/dev/null | head -n 1 | cut -d: -f3)\" >> {}",
+            record.display()
+        );
+        serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", script]}])
+    };
+    let parent = CgroupParent(format!("/wisp-rt-hooks-{}", std::process::id()));
+    let cgroup = format!("{}/demo", parent.0);
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    config["hooks"] = serde_json::json!({
+        "prestart": hook("prestart"),
+        "createRuntime": hook("createRuntime"),
+        "poststart": hook("poststart"),
+        "poststop": hook("poststop"),
+    });
+    config["linux"]["cgroupsPath"] = cgroup.clone().into();
+    let namespaces = config["linux"]["namespaces"].as_array().cloned().unwrap_or_default();
+    ensure!(namespaces.iter().any(|ns| ns["type"] == "network"), "the bundle asks for a network namespace");
+    std::fs::write(&config_path, config.to_string())?;
+    let root = dir.path().join("root");
+    let out = Command::new(&runtime).arg("--root").arg(&root).args(["run", "--bundle", s(&bundle), "demo"]).output()?;
+    assert_eq!(text(&out.stdout), "in-vm\n", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let log = std::fs::read_to_string(&record)?;
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split_whitespace().collect()).collect();
+    let kinds: Vec<(&str, &str)> = lines.iter().map(|l| (l[0], l[1])).collect();
+    assert_eq!(
+        kinds,
+        [("prestart", "creating"), ("createRuntime", "creating"), ("poststart", "running"), ("poststop", "stopped")],
+        "{log}"
+    );
+    let own_netns = std::fs::read_link("/proc/self/ns/net")?.to_string_lossy().into_owned();
+    let (pre, post) = (&lines[0], &lines[2]);
+    assert!(pre[2] != "0" && pre[2] == post[2], "state.pid is the monitor's throughout: {log}");
+    assert!(pre[3].starts_with("net:[") && pre[3] != own_netns, "the monitor holds a namespace of its own: {log}");
+    assert_eq!(post.get(4).copied(), Some(cgroup.as_str()), "the monitor is in the bundle's cgroup: {log}");
+    assert_eq!(lines[3][2], "0", "poststop: pid 0: {log}");
+    let left: Vec<_> = std::fs::read_dir(&root)?.flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "run removed the container's state: {left:?}");
+    let left = left_on_host(dir.path(), Duration::from_secs(5));
+    assert!(left.is_empty(), "left after run: {left:#?}");
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cgroup_dir = if v2 { format!("/sys/fs/cgroup{cgroup}") } else { format!("/sys/fs/cgroup/memory{cgroup}") };
+    assert!(!Path::new(&cgroup_dir).exists(), "the container's cgroup is removed");
+    drop(parent);
     Ok(())
 }

@@ -11,15 +11,15 @@
 //! Compiled only with both features `containerd-tests` and `vm-tests` (`make test-shim`).
 #![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use wisp_shim::runtime::store::default_root;
 use wisp_tests::containerd::{describe, mounts_under, s, text};
-use wisp_tests::shim_setup::{self, runtime_binary};
-use wisp_tests::{artifacts, leftovers, Podman, PodmanOptions};
+use wisp_tests::runtime_fixtures;
+use wisp_tests::shim_setup::runtime_binary;
+use wisp_tests::{leftovers, Podman, PodmanOptions};
 
 /// The image every test runs, as `podman load` names it.
 const IMAGE: &str = "localhost/wisp-rt-podman:1";
@@ -27,7 +27,7 @@ const IMAGE: &str = "localhost/wisp-rt-podman:1";
 /// A private podman running `wisp-runtime`, the runtime configured (our kernel and initrd,
 /// sandbox state in `dir/state`), the busybox image loaded.
 fn podman(dir: &Path) -> anyhow::Result<Podman> {
-    shim_setup::configure(dir, &artifacts::kernel()?, "", "")?;
+    runtime_fixtures::configure(dir)?;
     let podman = Podman::start_with(PodmanOptions {
         runtime: Some(runtime_binary()?),
         runtime_root: Some(default_root(
@@ -36,20 +36,10 @@ fn podman(dir: &Path) -> anyhow::Result<Podman> {
         )),
         ..Default::default()
     })?;
-    let image = image(dir)?;
+    let image = runtime_fixtures::image(dir, IMAGE)?;
     let out = podman.podman(["load", "-i", s(&image)])?;
     ensure!(out.status.success(), "podman load: {}", describe(&out));
     Ok(podman)
-}
-
-/// The busybox image [`IMAGE`] as rootfs-builder writes it, in `dir/image.tar`.
-fn image(dir: &Path) -> anyhow::Result<PathBuf> {
-    let image = dir.join("image.tar");
-    let builder = artifacts::rootfs_builder()?;
-    let built =
-        Command::new(&builder).args(["oci-image", "--from", "busybox", "--name", IMAGE, "-o", s(&image)]).output()?;
-    ensure!(built.status.success(), "oci-image: {}", describe(&built));
-    Ok(image)
 }
 
 /// What is still on the host after `within` (or at once when nothing is): the sandboxes'

@@ -113,6 +113,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, RuntimeError> {
                 id: args.id,
                 bundle: args.bundle,
                 console_socket: args.console_socket,
+                systemd_cgroup: ctx.systemd_cgroup,
             };
             Ok(monitor::main(&monitor, &monitor_log(ctx, &store.dir(&monitor.id))))
         }

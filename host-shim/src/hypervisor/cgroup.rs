@@ -76,7 +76,7 @@ pub fn pod_parent(cgroups_path: &str) -> Option<String> {
 }
 
 /// systemd's path of a slice: `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`.
-fn expand_slice(slice: &str) -> Option<String> {
+pub fn expand_slice(slice: &str) -> Option<String> {
     let name = slice.strip_suffix(".slice")?;
     if name.is_empty() || name.contains('/') || name == "-" {
         return None;

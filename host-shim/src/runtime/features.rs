@@ -3,8 +3,9 @@
 //! the VM (docs/agent-runtime.md), so the lists are the launcher's: the hooks it runs, the
 //! mount options it knows (`tmpcopyup` and id-mapped mounts are ignored there, so not listed),
 //! every namespace, the capabilities, seccomp without `SCMP_ACT_NOTIFY` (refused). The guest
-//! has no LSM: AppArmor and SELinux are reported disabled. systemd cgroups are not driven yet
-//! (`--systemd-cgroup` is accepted and recorded).
+//! has no LSM: AppArmor and SELinux are reported disabled. systemd is never driven, so its cgroup
+//! driver is reported absent: `--systemd-cgroup`'s `slice:prefix:name` is only mapped to the cgroup
+//! systemd would make ([`super::cgroup`]).
 
 use oci_spec::runtime::Features;
 

@@ -77,6 +77,7 @@ pub fn create(request: &CreateRequest) -> Result<Child, RuntimeError> {
     if let Err(err) = done {
         let _ = control::call(&store.dir(&id), &Request::Shutdown);
         let _ = child.wait();
+        super::cgroup::remove(&store.dir(&id));
         if let Ok(locked) = store.lock(&id) {
             let _ = locked.remove();
         }
@@ -218,4 +219,6 @@ fn remove_leftovers(root: &Path, id: &str) {
     // cleanup_dir leaves a directory whose owner still runs alone.
     let dir = super::monitor::sandbox_key(root, id).dir(&crate::sandbox::state_root());
     crate::sandbox::cleanup_dir(&dir, &slog::Logger::root(slog::Discard, slog::o!()));
+    // The container's cgroup, empty once its monitor is gone (runtime::cgroup).
+    super::cgroup::remove(&root.join(id));
 }

@@ -11,6 +11,7 @@
 
 use super::cli::{CreateArgs, DeleteArgs, ExecArgs, IdArgs, KillArgs, PsArgs, PsFormat, RunArgs, UpdateArgs};
 use super::control::{Answer, Request};
+use super::hooks::{self, HookKind, HookState};
 use super::launch::{self, CreateRequest, LaunchError};
 use super::store::{ContainerState, Store};
 use super::{Ctx, RuntimeError};
@@ -35,13 +36,12 @@ fn launch_monitor(ctx: &Ctx, args: &CreateArgs) -> Result<std::process::Child, R
         }
         None => None,
     };
-    let request = CreateRequest {
-        root: ctx.root.clone(),
-        record,
-        pid_file: args.pid_file.clone(),
-        monitor_args: ctx.log.args(),
-        console_socket,
-    };
+    let mut monitor_args = ctx.log.args();
+    if ctx.systemd_cgroup {
+        monitor_args.push("--systemd-cgroup".to_owned());
+    }
+    let request =
+        CreateRequest { root: ctx.root.clone(), record, pid_file: args.pid_file.clone(), monitor_args, console_socket };
     launch::create(&request)
 }
 
@@ -53,9 +53,54 @@ fn wants_terminal(bundle: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// `start`: start the created container's process.
+/// `start`: start the created container's process, then run the bundle's poststart hooks on
+/// the host.
 pub fn start(ctx: &Ctx, args: &IdArgs) -> Result<(), RuntimeError> {
-    launch::start(&Store::new(&ctx.root), &args.id)
+    start_container(ctx, &Store::new(&ctx.root), &args.id)
+}
+
+/// Starts container `id`; its poststart hooks follow (state `running`, the monitor's pid). A
+/// failing one fails `start` and kills the container, as runc does.
+fn start_container(ctx: &Ctx, store: &Store, id: &str) -> Result<(), RuntimeError> {
+    launch::start(store, id)?;
+    let record = store.load(id)?;
+    let Some(spec) = bundle_spec(ctx, &record) else { return Ok(()) };
+    let pid = record.monitor.as_ref().map_or(0, |m| m.pid);
+    let state = HookState::new(id, "running", pid, &record.bundle, &spec);
+    if let Err(err) = hooks::run_kinds(&[HookKind::Poststart], &spec, &state) {
+        let kill = Request::Kill { signal: libc::SIGKILL, all: true, exec_id: String::new() };
+        if let Err(killed) = launch::ask(store, id, &kill) {
+            ctx.log.warn(format_args!("cannot kill container {id} after its poststart hook failed: {killed}"));
+        }
+        return Err(err.into());
+    }
+    Ok(())
+}
+
+/// Deletes container `id`, then runs its poststop hooks (state `stopped`, pid 0); a failing one
+/// is logged, as the OCI spec asks.
+fn delete_container(ctx: &Ctx, store: &Store, id: &str, force: bool) -> Result<(), RuntimeError> {
+    let record = store.load(id)?;
+    launch::delete(store, id, force)?;
+    if let Some(spec) = bundle_spec(ctx, &record) {
+        let state = HookState::new(id, "stopped", 0, &record.bundle, &spec);
+        if let Err(err) = hooks::run_kinds(&[HookKind::Poststop], &spec, &state) {
+            ctx.log.warn(format_args!("container {id}: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// The config.json of `record`'s bundle, for its hooks; a bundle gone or broken since `create`
+/// is logged and runs none.
+fn bundle_spec(ctx: &Ctx, record: &ContainerState) -> Option<oci_spec::runtime::Spec> {
+    match crate::container::plan::load_spec(&record.bundle) {
+        Ok(spec) => Some(spec),
+        Err(err) => {
+            ctx.log.warn(format_args!("container {}: no hooks run: {}", record.id, protocols::error::chain(&err)));
+            None
+        }
+    }
 }
 
 /// `kill`: send `args.signal` to the container's process; `container not running` when it is
@@ -72,7 +117,7 @@ pub fn kill(ctx: &Ctx, args: &KillArgs) -> Result<(), RuntimeError> {
 /// `delete`: remove a stopped (or created) container, its VM and record; with `--force` one
 /// that runs too.
 pub fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), RuntimeError> {
-    launch::delete(&Store::new(&ctx.root), &args.id, args.force)
+    delete_container(ctx, &Store::new(&ctx.root), &args.id, args.force)
 }
 
 /// `exec`: a process in the running container; its exit status, or 0 once a detached one
@@ -147,8 +192,8 @@ pub fn update(ctx: &Ctx, args: &UpdateArgs) -> Result<(), RuntimeError> {
 pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, RuntimeError> {
     let mut monitor = launch_monitor(ctx, &args.create)?;
     let store = Store::new(&ctx.root);
-    if let Err(err) = launch::start(&store, &args.create.id) {
-        let _ = launch::delete(&store, &args.create.id, true);
+    if let Err(err) = start_container(ctx, &store, &args.create.id) {
+        let _ = delete_container(ctx, &store, &args.create.id, true);
         let _ = monitor.wait();
         return Err(err);
     }
@@ -161,7 +206,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, RuntimeError> {
     let code =
         status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
     if !args.keep {
-        launch::delete(&store, &args.create.id, true)?;
+        delete_container(ctx, &store, &args.create.id, true)?;
     }
     Ok(code)
 }

@@ -30,21 +30,27 @@
 //! | [`exec`] | `exec`: the relay the caller waits for (forked with `--detach`), its stdio handed to the monitor |
 //! | [`monitor_exec`] | the monitor's side of an exec: ExecProcess, the relay's stdio pumped, the status sent back |
 //! | [`pty`] | the host pty of `--console-socket`: the master sent, the slave raw and controlling |
+//! | [`hooks`] | the bundle's host hooks (prestart, createRuntime, poststart, poststop) with the OCI state on stdin |
+//! | [`network`] | the container's network namespace: the monitor's own for Docker's hook, wired to the VM |
+//! | [`cgroup`] | the container's cgroup (`cgroupsPath`): the monitor in it, the VM's sandbox cgroup under it |
 //! | [`json_log`] | the monitor's slog lines in runc's JSON log format |
 //!
 //! The binary (`src/bin/wisp-runtime.rs`) parses, dispatches and reports errors as runc does
 //! (a line in the log, the message on stderr, exit status 1).
 
+pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod exec;
 pub mod features;
+pub mod hooks;
 pub mod json_log;
 pub mod launch;
 pub mod lifecycle;
 pub mod log;
 pub mod monitor;
 pub mod monitor_exec;
+pub mod network;
 pub mod oci_state;
 pub mod preflight;
 pub mod pty;
@@ -114,6 +120,9 @@ pub enum RuntimeError {
     /// Creating, starting or driving the container failed.
     #[error(transparent)]
     Launch(#[from] launch::LaunchError),
+    /// A host hook failed (`start`'s poststart).
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
 }
 
 impl RuntimeError {

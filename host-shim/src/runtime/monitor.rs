@@ -24,8 +24,11 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Mutex};
 
+use super::cgroup::{self, ContainerCgroupError};
 use super::control::{self, Answer, Request};
+use super::hooks::{self, HookError, HookKind, HookState};
 use super::monitor_exec::{self, ExecRequest};
+use super::network::{ContainerNetwork, NetworkError};
 use super::pty::{self, PtyError, Terminal};
 use super::store::{Status, Store};
 use crate::config::{Config, ConfigError};
@@ -57,6 +60,8 @@ pub struct MonitorArgs {
     pub bundle: PathBuf,
     /// `create --console-socket`: where the master of the container's host pty goes.
     pub console_socket: Option<PathBuf>,
+    /// `--systemd-cgroup`: the bundle's `cgroupsPath` is systemd's `slice:prefix:name`.
+    pub systemd_cgroup: bool,
 }
 
 impl MonitorArgs {
@@ -85,6 +90,13 @@ pub enum MonitorError {
     Runtime(#[source] std::io::Error),
     #[error("cannot give the container a terminal")]
     Terminal(#[from] PtyError),
+    // Boxed: the error stays small enough to return everywhere.
+    #[error(transparent)]
+    Hook(#[from] Box<HookError>),
+    #[error("the container's network namespace")]
+    Network(#[from] Box<NetworkError>),
+    #[error("the container's cgroup")]
+    Cgroup(#[from] Box<ContainerCgroupError>),
 }
 
 /// The monitor's life; returns its exit code.
@@ -95,19 +107,38 @@ pub fn main(args: &MonitorArgs, log: &Logger) -> i32 {
     // SAFETY: `create` put the write end of its pipe at READY_FD for this process alone and
     // nothing else here opens or owns that number.
     let ready = unsafe { File::from(OwnedFd::from_raw_fd(READY_FD)) };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let log = log.new(slog::o!("container" => args.id.clone()));
+    // Before any other thread exists: a spec asking for a new network namespace gets this
+    // (main) thread's, and the rest runs in the caller's ([`super::network`]).
+    let entered = match container::plan::load_spec(&args.bundle) {
+        Ok(spec) => ContainerNetwork::enter(&spec).map_err(|err| MonitorError::Network(Box::new(err))),
+        Err(err) => Err(MonitorError::Container(err)),
+    };
+    let network = match entered {
+        Ok(network) => network,
         Err(err) => {
-            tell(ready, Err(&MonitorError::Runtime(err)));
+            tell(ready, Err(&err));
             return 1;
         }
     };
-    let log = log.new(slog::o!("container" => args.id.clone()));
-    let code = runtime.block_on(run(args, ready, &log));
-    // A stdin relay may still sit in a blocking read (a terminal or a pipe the caller keeps
-    // open): dropping the runtime would wait for it forever.
-    runtime.shutdown_background();
-    code
+    let outcome = network.run_outside(|| {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tell(ready, Err(&MonitorError::Runtime(err)));
+                return 1;
+            }
+        };
+        let code = runtime.block_on(run(args, ready, &network, &log));
+        // A stdin relay may still sit in a blocking read (a terminal or a pipe the caller
+        // keeps open): dropping the runtime would wait for it forever.
+        runtime.shutdown_background();
+        code
+    });
+    outcome.unwrap_or_else(|err| {
+        warn!(log, "the monitor could not run"; "error" => protocols::error::chain(&err));
+        1
+    })
 }
 
 /// Tells `create` how the creation went, and closes the pipe.
@@ -119,9 +150,9 @@ fn tell(mut ready: File, outcome: Result<(), &MonitorError>) {
     let _ = writeln!(ready, "{line}");
 }
 
-async fn run(args: &MonitorArgs, ready: File, log: &Logger) -> i32 {
-    let monitor = match setup(args, log).await {
-        Ok(monitor) => monitor,
+async fn run(args: &MonitorArgs, ready: File, network: &ContainerNetwork, log: &Logger) -> i32 {
+    let (monitor, joined) = match setup(args, network, log).await {
+        Ok(set_up) => set_up,
         Err(err) => {
             warn!(log, "the container was not created"; "error" => protocols::error::chain(&err));
             tell(ready, Err(&err));
@@ -134,6 +165,9 @@ async fn run(args: &MonitorArgs, ready: File, log: &Logger) -> i32 {
             let err = MonitorError::Control { path: args.dir().join(control::SOCKET), source };
             tell(ready, Err(&err));
             monitor.sandbox.shutdown().await;
+            if let Some(joined) = joined {
+                joined.undo(&args.dir());
+            }
             return 1;
         }
     };
@@ -146,37 +180,76 @@ async fn run(args: &MonitorArgs, ready: File, log: &Logger) -> i32 {
     code
 }
 
-/// Boots the VM and creates the container in it; undoes all of it on a failure.
-async fn setup(args: &MonitorArgs, log: &Logger) -> Result<Arc<Monitor>, MonitorError> {
+/// Runs the host's prestart and createRuntime hooks, moves the monitor into the container's
+/// cgroup, boots the VM (wired to the container's network namespace, its cgroup under the
+/// container's) and creates the container in it; undoes all of it on a failure. Returns the
+/// cgroup joined, for [`run`] to undo if it fails later.
+async fn setup(
+    args: &MonitorArgs,
+    network: &ContainerNetwork,
+    log: &Logger,
+) -> Result<(Arc<Monitor>, Option<cgroup::Joined>), MonitorError> {
     let config = Config::load()?;
     let spec = container::plan::load_spec(&args.bundle)?;
+    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy());
+    let cgroup_path = cgroup::resolve(cgroups_path.as_deref(), args.systemd_cgroup).map_err(Box::new)?;
+    // Blocking, as runc runs them: nothing else is served yet. Docker's moves the container's
+    // veth into this process's network namespace.
+    let state = HookState::new(&args.id, "creating", std::process::id(), &args.bundle, &spec);
+    hooks::run_kinds(&[HookKind::Prestart, HookKind::CreateRuntime], &spec, &state).map_err(Box::new)?;
+    let netns = network.to_wire().map_err(Box::new)?;
     let mut next = 0;
     let plan = container::plan::plan(&args.id, &args.bundle, spec, &[], &config, || {
         next += 1;
         format!("wisp-blk{next}")
     })?;
     let key = sandbox_key(&args.root, &args.id);
-    let vm = container::vm::config_for(&config, &plan.pod, plan.shared_memory);
-    let sandbox = Arc::new(container::vm::boot(&vm, &key, plan.pod.netns.as_deref(), &plan.boot_disks, log).await?);
-    let mut rollback = Rollback::new(log);
-    match container::create(&sandbox, &plan, &mut rollback, log).await {
-        Ok(_) => rollback.commit(),
-        Err(err) => {
-            rollback.undo().await;
-            sandbox.shutdown().await;
-            return Err(err.into());
+    let mut vm = container::vm::config_for(&config, &plan.pod, plan.shared_memory);
+    let joined = match &cgroup_path {
+        Some(path) => {
+            vm.cgroups_path = Some(cgroup::vm_cgroups_path(path, &args.id));
+            Some(cgroup::join(path, &args.dir()).map_err(Box::new)?)
         }
+        None => None,
+    };
+    let created = async {
+        let sandbox = Arc::new(container::vm::boot(&vm, &key, netns.as_deref(), &plan.boot_disks, log).await?);
+        let mut rollback = Rollback::new(log);
+        match container::create(&sandbox, &plan, &mut rollback, log).await {
+            Ok(_) => rollback.commit(),
+            Err(err) => {
+                rollback.undo().await;
+                sandbox.shutdown().await;
+                return Err(MonitorError::from(err));
+            }
+        }
+        Ok(sandbox)
+    };
+    let sandbox = match created.await {
+        Ok(sandbox) => sandbox,
+        Err(err) => {
+            if let Some(joined) = joined {
+                joined.undo(&args.dir());
+            }
+            return Err(err);
+        }
+    };
+    if let Some(joined) = &joined {
+        info!(log, "the monitor and the VM are in the container's cgroup"; "cgroup" => joined.path());
     }
     let terminal = match args.console_socket.as_deref().map(open_terminal).transpose() {
         Ok(terminal) => terminal,
         Err(err) => {
             sandbox.shutdown().await;
+            if let Some(joined) = joined {
+                joined.undo(&args.dir());
+            }
             return Err(err.into());
         }
     };
     let (exit_tx, _) = watch::channel(None);
     let (cid, root, log) = (args.id.clone(), args.root.clone(), log.clone());
-    Ok(Arc::new(Monitor { sandbox, cid, root, log, terminal, started: Mutex::new(false), exit_tx }))
+    Ok((Arc::new(Monitor { sandbox, cid, root, log, terminal, started: Mutex::new(false), exit_tx }), joined))
 }
 
 /// The container's host terminal: the master sent to `socket`, the slave the monitor's
