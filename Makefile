@@ -93,8 +93,8 @@ test-containerd: tools ## ctr and docker tests against a private containerd / do
 test-vm: ## VM tests: boot QEMU with our kernel and initrd (needs `make all`)
 	cargo test -p wisp-tests --features vm-tests -- --test-threads=1
 
-test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load, wisp-runtime under dockerd and podman (root; ctr run --runtime io.containerd.wisp.v2)
-	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr --test runtime_docker --test runtime_docker_exec --test runtime_podman -- --test-threads=1
+test-shim: all ## The shim under a private containerd, VMs included: q35/pc, microvm, CRI pods, block volumes, a hostile guest, confinement, namespaces, a console flood, injected faults, a short load, wisp-runtime under dockerd and podman, sandboxes cloned from a VM template (root; ctr run --runtime io.containerd.wisp.v2)
+	cargo test -p wisp-tests --features containerd-tests,vm-tests --test shim_ctr --test microvm_ctr --test cri_pods --test volumes_ctr --test rootfs_block_ctr --test identity_ctr --test confine_ctr --test hostile_guest_ctr --test console_ctr --test faults_ctr --test load_ctr --test runtime_docker --test runtime_docker_exec --test runtime_podman --test template_ctr -- --test-threads=1
 
 # Fuzzing (docs/testing.md): AFL++ through cargo-afl on stable Rust, one target at a time on
 # one core. The instrumented build has a target dir of its own (its RUSTFLAGS differ) and no
@@ -141,6 +141,7 @@ bench bench-boot: deps all ## Boot-time, size and container benchmarks: tables, 
 	$(TARGET_DIR)/release/wisp bench boot $(BENCH_ARGS)
 	$(TARGET_DIR)/release/wisp-bench-containers
 	$(TARGET_DIR)/release/wisp-bench-ctr
+	$(TARGET_DIR)/release/wisp-bench-ctr --template
 	$(TARGET_DIR)/release/wisp-bench-runtimes
 
 LOAD_AT_ONCE ?= 20

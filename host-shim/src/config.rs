@@ -46,6 +46,10 @@
 //!
 //! [runtime]
 //! direct_volumes_dir = "/run/kata-containers/shared/direct-volumes"  # WISP_DIRECT_VOLUMES_DIR wins
+//!
+//! [factory]
+//! template = false                     # true: clone sandboxes from `wisp template create`'s VM
+//! template_path = "/run/wisp/templates" # (Kata's enable_template is read as template)
 //! ```
 //!
 //! # Helper binaries
@@ -397,12 +401,25 @@ struct AgentTable {
     wisp: AgentSection,
 }
 
+/// `[factory]`: sandboxes cloned from a booted template VM ([`crate::template`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FactorySection {
+    /// Start sandboxes from a template made by `wisp template create` when one matches (Kata's
+    /// `enable_template` is read too); a cold boot otherwise.
+    #[serde(alias = "enable_template")]
+    pub template: bool,
+    /// Where templates are kept (Kata's key); default `<state root>/templates`.
+    pub template_path: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct File {
     hypervisor: HypervisorTable,
     agent: AgentTable,
     runtime: RuntimeSection,
+    factory: FactorySection,
 }
 
 /// The VMM a sandbox boots under, with its section: `[hypervisor.stratovirt]` when the file
@@ -525,6 +542,8 @@ pub struct Config {
     pub agent: AgentSection,
     /// `[runtime]`.
     pub runtime: RuntimeSection,
+    /// `[factory]`.
+    pub factory: FactorySection,
     /// The file it was read from; `None` for the built-in default.
     pub source: Option<PathBuf>,
     /// The CRI's `linux.cgroupsPath` of the pod's sandbox container: set per sandbox by the
@@ -611,6 +630,7 @@ impl Config {
             hypervisor,
             agent: file.agent.wisp,
             runtime: file.runtime,
+            factory: file.factory,
             source: Some(path.to_owned()),
             cgroups_path: None,
         };
@@ -825,6 +845,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/t/configuration.toml"))
+    }
+
+    #[test]
+    fn factory_template_is_off_by_default_and_reads_kata_s_key_too() {
+        assert!(!parse("").unwrap().factory.template);
+        let ours = parse("[factory]\ntemplate = true\ntemplate_path = \"/run/t\"\n").unwrap();
+        assert!(ours.factory.template);
+        assert_eq!(ours.factory.template_path.as_deref(), Some(Path::new("/run/t")));
+        assert!(parse("[factory]\nenable_template = true\n").unwrap().factory.template);
+        assert!(parse("[factory]\ntemplates = true\n").is_err(), "a misspelt key is refused");
     }
 
     #[test]

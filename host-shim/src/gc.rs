@@ -54,8 +54,9 @@ pub fn survey(root: &Path, procs: &dyn Processes) -> Vec<Found> {
         .flatten()
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
-        // The rootless id claims (hypervisor::confine) live beside the sandboxes.
-        .filter(|entry| entry.file_name() != ".rootless")
+        // The rootless id claims (hypervisor::confine) and the VM templates (crate::template)
+        // live beside the sandboxes.
+        .filter(|entry| entry.file_name() != ".rootless" && entry.file_name() != crate::template::DEFAULT_DIR_NAME)
         .map(|entry| entry.path())
         .collect();
     dirs.sort();

@@ -43,6 +43,7 @@ pub mod shim;
 pub mod state;
 pub mod state_dir;
 pub mod task;
+pub mod template;
 pub mod timeline;
 pub mod volumes;
 

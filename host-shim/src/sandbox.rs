@@ -22,10 +22,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protocols::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, Routes, Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
+    CreateSandboxRequest, DestroySandboxRequest, ReseedRandomDevRequest, Routes, SetGuestDateTimeRequest, Storage,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use protocols::health::CheckRequest;
 use protocols::ttrpc::context;
@@ -59,6 +60,8 @@ const STALL_POLL: Duration = Duration::from_millis(250);
 /// Console lines that say an agent listens (hints only: the channel is the signal): ours
 /// (logfmt), and Kata's agent's (JSON, `ttRPC server started`).
 const LISTENING_HINTS: [&str; 2] = ["msg=\"agent ready\"", "\"msg\":\"ttRPC server started\""];
+/// Host randomness a clone's guest gets before anything runs (Kata sends 512 bytes too).
+const CLONE_SEED_BYTES: usize = 512;
 /// Bound on agent calls made during setup and teardown.
 const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -115,6 +118,12 @@ pub enum SandboxError {
     /// The pod's network namespace could not be wired to the VM.
     #[error("cannot connect the pod network to the VM")]
     Network(#[from] PodNetworkError),
+    /// No template stands for this sandbox's VM (why).
+    #[error("no template: {0}")]
+    NoTemplate(String),
+    /// No host randomness for a clone's guest.
+    #[error("cannot read host randomness for the clone's guest")]
+    Seed(#[source] std::io::Error),
     /// The state directory is another live shim's, or cannot be made.
     #[error("cannot take the sandbox state directory")]
     State(#[from] StateError),
@@ -196,6 +205,10 @@ impl Sandbox {
     }
 
     /// [`Sandbox::boot`] under another state root, with VMs from another factory.
+    ///
+    /// With `[factory] template = true`, a sandbox without a pod network or boot disks is first
+    /// cloned from its template ([`crate::template`]); when there is none, or the clone fails,
+    /// it boots cold.
     pub async fn boot_in(
         config: &Config,
         on: BootOn<'_>,
@@ -204,10 +217,45 @@ impl Sandbox {
         boot_disks: &[(String, BlockSource)],
         log: &Logger,
     ) -> Result<Self, SandboxError> {
+        let log = log.new(slog::o!("sandbox" => key.id.clone(), "namespace" => key.namespace.clone()));
+        if config.factory.template {
+            let why_not = if netns.is_some() {
+                "a pod network's NIC is given at boot".to_owned()
+            } else if !boot_disks.is_empty() {
+                "disks are given at boot".to_owned()
+            } else {
+                match Self::boot_once(config, &on, key, None, &[], true, &log).await {
+                    Ok(sandbox) => return Ok(sandbox),
+                    Err(SandboxError::NoTemplate(why)) => why,
+                    Err(err) => format!("the clone failed: {}", crate::error_chain(&err)),
+                }
+            };
+            info!(log, "booting cold, not from a template"; "why" => why_not);
+        }
+        Self::boot_once(config, &on, key, netns, boot_disks, false, &log).await
+    }
+
+    /// One boot: cold, or (`clone`) from the template, which must exist.
+    async fn boot_once(
+        config: &Config,
+        on: &BootOn<'_>,
+        key: &SandboxKey,
+        netns: Option<&Path>,
+        boot_disks: &[(String, BlockSource)],
+        clone: bool,
+        log: &Logger,
+    ) -> Result<Self, SandboxError> {
         let root = on.root.to_owned();
         let id = key.id.as_str();
-        let log = log.new(slog::o!("sandbox" => id.to_owned(), "namespace" => key.namespace.clone()));
         let mut resolved = on.vms.resolve(config, &root).await?;
+        let template = match clone {
+            true => {
+                let templates = crate::template::templates_dir(config, &root);
+                Some(resolved.clone_template(&templates).map_err(SandboxError::NoTemplate)?)
+            }
+            false => None,
+        };
+        let log = log.clone();
         let mut network = wire_network(netns, resolved.as_mut(), &log).await?;
         // A previous shim of the same key may have died: its leftovers go first. A live one's
         // directory is refused and left alone.
@@ -249,7 +297,7 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr);
+        info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr, "template" => &template);
         crate::timeline::mark(&log, "agent ready");
         // QEMU and its helpers have made their sockets by now.
         crate::state_dir::restrict_sockets(&dir, &log);
@@ -265,11 +313,38 @@ impl Sandbox {
             boot_disks: attached,
             log,
         };
-        if let Err(err) = sandbox.create_in_guest(network.as_ref()).await {
+        let refreshed = match template {
+            Some(_) => sandbox.refresh_clone().await,
+            None => Ok(()),
+        };
+        if let Err(err) = refreshed.and(sandbox.create_in_guest(network.as_ref()).await) {
             sandbox.shutdown().await;
             return Err(err);
         }
         Ok(sandbox)
+    }
+
+    /// Makes a clone its own before anything runs in it: every clone of a template starts
+    /// with the template's RNG state and clock.
+    async fn refresh_clone(&self) -> Result<(), SandboxError> {
+        let agent = self.agent.agent();
+        let ctx = || context::with_duration(SETUP_CALL_TIMEOUT);
+        let mut data = vec![0; CLONE_SEED_BYTES];
+        let urandom =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut data));
+        urandom.map_err(SandboxError::Seed)?;
+        let request = ReseedRandomDevRequest { data, ..Default::default() };
+        let reseeded = agent.reseed_random_dev(ctx(), &request).await;
+        reseeded.map_err(|source| SandboxError::Agent { call: "ReseedRandomDev", source })?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let request = SetGuestDateTimeRequest {
+            Sec: now.as_secs() as i64,
+            Usec: now.subsec_micros().into(),
+            ..Default::default()
+        };
+        let set = agent.set_guest_date_time(ctx(), &request).await;
+        set.map_err(|source| SandboxError::Agent { call: "SetGuestDateTime", source })?;
+        Ok(())
     }
 
     /// CreateSandbox with the shared directory as a storage, then the pod network if any.
@@ -486,7 +561,11 @@ async fn start_vm(
 
 /// Dials the agent until `timeout`, giving up early if QEMU exits or the channel stalls
 /// ([`channel_stalled`]); then checks its health: the agent is ready when Health.Check answers.
-async fn wait_agent(vm: &dyn Hypervisor, addr: &AgentAddr, timeout: Duration) -> Result<AgentConn, SandboxError> {
+pub(crate) async fn wait_agent(
+    vm: &dyn Hypervisor,
+    addr: &AgentAddr,
+    timeout: Duration,
+) -> Result<AgentConn, SandboxError> {
     let start = Instant::now();
     let mut exited = vm.exited();
     let vm_gone = |exit: String| SandboxError::VmExited { exit, console: vm.console_tail(CONSOLE_TAIL_LINES) };

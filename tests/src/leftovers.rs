@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Processes naming `state` on their command line, mounts under it, and its entries (but the
-/// per-host `accel` cache), each as one line.
+/// per-host `accel` cache and the VM templates, which outlive sandboxes by design), each as
+/// one line.
 pub fn under_state_root(state: &Path) -> Vec<String> {
     let needle = state.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -24,7 +25,7 @@ pub fn under_state_root(state: &Path) -> Vec<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     found.extend(mountinfo.lines().filter(|l| l.contains(&needle)).map(|l| format!("mount: {l}")));
     for entry in std::fs::read_dir(state).into_iter().flatten().flatten() {
-        if entry.file_name() != "accel" {
+        if entry.file_name() != "accel" && entry.file_name() != wisp_shim::template::DEFAULT_DIR_NAME {
             found.push(format!("state: {}", entry.path().display()));
         }
     }

@@ -305,6 +305,8 @@ impl VmConfig {
             virtiofsd: PathBuf::from("virtiofsd"),
             extra_args: self.extra_args.clone(),
             confine: Default::default(),
+            template: None,
+            migration_fd: None,
         }
     }
 

@@ -8,6 +8,9 @@
 //! `wisp gc [--dry-run]` removes the sandboxes whose shim is gone (their VM, helpers, mounts
 //! and state: [`wisp_shim::gc`]); `--dry-run` only lists them. Live sandboxes are never touched.
 //!
+//! `wisp template create|list|remove` manages the VM templates sandboxes are cloned from
+//! ([`template`]).
+//!
 //! `wisp bench boot [ARGS]` runs the boot benchmark (`wisp-bench-boot` next to this binary).
 //!
 //! `wisp direct-volume add|remove|stats|resize|list` manages Kata direct volumes
@@ -18,6 +21,8 @@
 mod block_volume;
 #[path = "wisp/direct_volume.rs"]
 mod direct_volume;
+#[path = "wisp/template.rs"]
+mod template;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -56,6 +61,14 @@ enum Cmd {
     BlockVolume {
         #[command(subcommand)]
         command: block_volume::Cmd,
+    },
+    /// VM templates sandboxes are cloned from ([factory] template = true): create, list, remove.
+    Template {
+        /// The configuration file (default: the shim's lookup order).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: template::Cmd,
     },
     /// Remove the sandboxes whose shim is gone: VMs, helpers, mounts, state.
     Gc {
@@ -363,6 +376,9 @@ fn main() -> ExitCode {
         Cmd::Gc { dry_run } => gc(dry_run),
         Cmd::DirectVolume { config, command } => {
             report(load_config(config.as_deref()).and_then(|config| direct_volume::run(command, &config)))
+        }
+        Cmd::Template { config, command } => {
+            report(load_config(config.as_deref()).and_then(|config| template::run(command, &config)))
         }
         Cmd::Check { config } => {
             if check(config.as_deref()) {

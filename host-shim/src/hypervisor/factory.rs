@@ -40,6 +40,12 @@ pub trait ResolvedVm: Send {
 
     /// The VM of the sandbox whose state directory `paths` lays out.
     fn build(self: Box<Self>, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor>;
+
+    /// Makes this VM a clone of the template in `templates` that stands for it
+    /// ([`crate::template`]) and returns the template's key, or says why there is none.
+    fn clone_template(&mut self, _templates: &Path) -> Result<String, String> {
+        Err("only QEMU VMs are cloned from templates".to_owned())
+    }
 }
 
 /// The host's VMMs: QEMU or StratoVirt, as the configuration chose.
@@ -88,6 +94,14 @@ impl ResolvedVm for QemuSpec {
 
     fn build(self: Box<Self>, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor> {
         Box::new(Qemu::new(*self, paths.clone(), log.clone()))
+    }
+
+    fn clone_template(&mut self, templates: &Path) -> Result<String, String> {
+        let template = crate::template::find(self, templates)?;
+        let mut clone = self.clone().for_template();
+        clone.template = Some(template.restore_role());
+        *self = clone;
+        Ok(template.meta.key)
     }
 }
 

@@ -6,9 +6,11 @@
 //! lines may arrive in between and are skipped here. The shim keeps the socket for hot-plug
 //! (`blockdev-add`, `device_add` onto a free root port) and uses it for a clean `quit`.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -53,6 +55,9 @@ pub enum QmpError {
         /// QEMU's message.
         desc: String,
     },
+    /// A migration (a template's save or a clone's restore) failed or did not end in time.
+    #[error("migration failed: {0}")]
+    Migration(String),
     /// No answer in time.
     #[error("QMP socket {path}: no answer within {timeout:?}")]
     Timeout {
@@ -88,14 +93,66 @@ impl Qmp {
 
     /// Runs `command` with `arguments` and returns its `return` value.
     pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = request_line(command, arguments);
         let io = |source| QmpError::Io { path: self.path.clone(), source };
         self.writer.write_all(line.as_bytes()).await.map_err(io)?;
+        self.answer(command).await
+    }
+
+    /// Hands QEMU a descriptor it will know as `name` (`getfd`: the descriptor travels with
+    /// the command as SCM_RIGHTS), for a later `fd:NAME` argument.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        let line = request_line("getfd", Some(json!({ "fdname": name })));
+        let io = |source| QmpError::Io { path: self.path.clone(), source };
+        let socket = self.writer.as_ref();
+        let fds = [fd.as_raw_fd()];
+        loop {
+            socket.writable().await.map_err(io)?;
+            let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(line.as_bytes())];
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                // A QMP command is far smaller than a socket buffer: all of it or nothing.
+                Ok(n) if n == line.len() => break,
+                Ok(n) => return Err(io(std::io::Error::other(format!("getfd sent {n} of {} bytes", line.len())))),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(io(err)),
+            }
+        }
+        self.answer("getfd").await.map(drop)
+    }
+
+    /// Leaves shared RAM (a template's RAM file) out of migrations (`x-ignore-shared`): set on
+    /// both ends, before `migrate` and before `migrate-incoming`.
+    pub async fn ignore_shared_memory(&mut self) -> Result<(), QmpError> {
+        let capabilities = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+        self.execute("migrate-set-capabilities", Some(capabilities)).await.map(drop)
+    }
+
+    /// Polls `query-migrate` until the migration completed, failed, or `timeout` passed.
+    pub async fn wait_migration(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.execute("query-migrate", None).await?;
+            match status.get("status").and_then(Value::as_str) {
+                Some("completed") => return Ok(()),
+                Some("failed" | "cancelled") => {
+                    let why = status.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");
+                    return Err(QmpError::Migration(why.to_owned()));
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    return Err(QmpError::Migration(format!("not done within {timeout:?}")));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Reads the answer to `command`, skipping events.
+    async fn answer(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let message = self.read_message().await?;
             if message.get("event").is_some() {
@@ -135,6 +192,16 @@ impl Qmp {
         }
         serde_json::from_str(line.trim_end()).map_err(|_| QmpError::Protocol { path: self.path.clone(), line })
     }
+}
+
+fn request_line(command: &str, arguments: Option<Value>) -> String {
+    let mut request = json!({ "execute": command });
+    if let Some(arguments) = arguments {
+        request["arguments"] = arguments;
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    line
 }
 
 /// A scripted QEMU on the QMP socket, for the tests of what speaks QMP.

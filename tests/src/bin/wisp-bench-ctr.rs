@@ -4,21 +4,28 @@
 //! received, helpers up, QEMU spawned, agent ready, sandbox created, container created, process
 //! started, first output, process exited, VM stopped, shim exiting) against `ctr`'s own start
 //! and exit, and prints the median of each phase (issue 18: the floor + 0.25 s goal).
+//!
+//! `--template` does the same with `[factory] template = true` after `wisp template create`:
+//! each sandbox is a clone of the booted template. Both modes then run `--pss` sandboxes at
+//! once (a `sleep`) and print their QEMUs' proportional set size: clones share the template's
+//! RAM pages.
 
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Result};
 use clap::Parser;
 use wisp_tests::containerd::{describe, s, text};
-use wisp_tests::shim_setup::Setup;
+use wisp_tests::shim_setup::{shim_binary, Setup};
 use wisp_tests::shim_timeline::phases;
 
 /// The phases in the order a `ctr run --rm` passes them.
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "shim started",
     "create received",
     "helpers up",
     "qemu spawned",
+    "template restored",
     "agent ready",
     "sandbox created",
     "container created",
@@ -36,6 +43,12 @@ struct Args {
     /// Runs (the median of each phase is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Clone each sandbox from a template (made first with `wisp template create`).
+    #[arg(long)]
+    template: bool,
+    /// Sandboxes run at once for the memory figure (0: none).
+    #[arg(long, default_value_t = 5)]
+    pss: usize,
 }
 
 fn now_ms() -> f64 {
@@ -50,7 +63,16 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.runs > 0, "--runs must be at least 1");
-    let setup = Setup::new()?;
+    let setup = if args.template { Setup::with_config("", "\n[factory]\ntemplate = true\n")? } else { Setup::new()? };
+    if args.template {
+        let wisp = shim_binary()?.with_file_name("wisp");
+        let made = Command::new(&wisp)
+            .args(["template", "create", "--config"])
+            .arg(setup.dir.path().join("configuration.toml"))
+            .output()?;
+        ensure!(made.status.success(), "wisp template create: {}", describe(&made));
+        eprint!("{}", text(&made.stdout));
+    }
     let config = setup.bundle("bench", &["echo", "hi"])?;
     let mut runs = Vec::new();
     for run in 0..args.runs {
@@ -63,7 +85,11 @@ fn main() -> Result<()> {
         runs.push((id, started, ended));
     }
     let log = phases(&setup.ctd.log());
-    println!("ctr run --rm busybox echo through the shim, {} runs (host wall clock, ms from `ctr run`)", args.runs);
+    let how = if args.template { "cloned from a template" } else { "cold boot" };
+    println!(
+        "ctr run --rm busybox echo through the shim, {how}, {} runs (host wall clock, ms from `ctr run`)",
+        args.runs
+    );
     println!("{:<20} {:>9} {:>9} {:>9}", "phase", "median", "min", "max");
     let row = |name: &str, values: Vec<f64>| {
         let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
@@ -81,5 +107,46 @@ fn main() -> Result<()> {
         row(name, values);
     }
     row("ctr exited", runs.iter().map(|(_, started, ended)| ended - started).collect());
+    if args.pss > 0 {
+        let pss = pss_at_once(&setup, args.pss)?;
+        let mean = pss.iter().sum::<f64>() / pss.len() as f64;
+        println!("QEMU PSS with {} sandboxes at once ({how}): mean {mean:.1} MiB, each {pss:.1?}", args.pss);
+    }
     Ok(())
+}
+
+/// Runs `n` idle sandboxes at once; each QEMU's proportional set size in MiB, then removes them.
+fn pss_at_once(setup: &Setup, n: usize) -> Result<Vec<f64>> {
+    let config = setup.bundle("idle", &["sleep", "3600"])?;
+    let ids: Vec<String> = (0..n).map(|i| format!("bench-idle-{i}")).collect();
+    for id in &ids {
+        let out = setup.ctr(&["run", "-d", "--runtime", "io.containerd.wisp.v2", "--config", s(&config), id])?;
+        ensure!(out.status.success(), "ctr run -d {id}: {}", describe(&out));
+    }
+    // Let the guests settle (the boot's page cache, the agent's first allocations).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let needle = setup.state().to_string_lossy().into_owned();
+    let mut pss = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+        if !cmdline.contains("qemu-system") || !cmdline.contains(&needle) {
+            continue;
+        }
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let kib = rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next());
+        if let Some(kib) = kib.and_then(|k| k.parse::<f64>().ok()) {
+            pss.push(kib / 1024.0);
+        }
+    }
+    for id in &ids {
+        setup.ctr(&["tasks", "kill", "-s", "KILL", id])?;
+    }
+    for id in &ids {
+        setup.wait_stopped(id, std::time::Duration::from_secs(20))?;
+        setup.ctr(&["tasks", "delete", id])?;
+        setup.ctr(&["containers", "delete", id])?;
+    }
+    ensure!(pss.len() == n, "{n} QEMUs expected, found {}", pss.len());
+    Ok(pss)
 }

@@ -23,6 +23,7 @@ use crate::agent_dial::{AgentAddr, AGENT_VSOCK_PORT};
 use crate::config::MachineType;
 use crate::hypervisor::{AgentChannel, SharedFs, VmPaths, GUEST_CID, SHARED_FS_TAG};
 
+use super::config::TemplateRole;
 use super::QemuSpec;
 
 /// QEMU's `-sandbox` (seccomp) policy: everything it can deny, denied.
@@ -73,7 +74,7 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
 pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
     let shared_memory = spec.shared_memory();
     let mut machine = machine_name(spec.machine).to_owned();
-    if shared_memory {
+    if shared_memory || spec.template.is_some() {
         machine.push_str(",memory-backend=mem");
     }
     let mut args: Vec<String> = Vec::new();
@@ -98,7 +99,10 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
     if spec.qmp {
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket()))]);
     }
-    if shared_memory {
+    if let Some(role) = &spec.template {
+        let template = template_args(spec, role);
+        push(&template.iter().map(String::as_str).collect::<Vec<_>>());
+    } else if shared_memory {
         push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib)]);
     }
     if let Some(bios) = spec.bios.as_deref().filter(|_| spec.machine != MachineType::Microvm) {
@@ -114,6 +118,31 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
     args.extend(channel_args(spec, paths, suffix));
     args.extend(device_args(spec, paths, suffix));
     args.extend(spec.extra_args.iter().cloned());
+    args
+}
+
+/// A template's or a clone's RAM file and migration stream (Kata's VM templating): the template
+/// maps the file shared, so its RAM lands there and `x-ignore-shared` leaves it out of the
+/// stream; a clone maps it privately (its writes stay its own) and waits for the shim to
+/// restore the stream from the descriptor it inherits ([`super::lifecycle`]): the
+/// `x-ignore-shared` capability has no command-line form in QEMU 7.2, so the restore is
+/// `-incoming defer`, then QMP.
+fn template_args(spec: &QemuSpec, role: &TemplateRole) -> Vec<String> {
+    let share = match role {
+        TemplateRole::Save { .. } => "on",
+        TemplateRole::Restore { .. } => "off",
+    };
+    let mut args = vec![
+        "-object".to_owned(),
+        format!(
+            "memory-backend-file,id=mem,size={}M,mem-path={},share={share}",
+            spec.memory_mib,
+            opt_path(role.memory())
+        ),
+    ];
+    if let TemplateRole::Restore { .. } = role {
+        args.extend(["-incoming".to_owned(), "defer".to_owned()]);
+    }
     args
 }
 
@@ -291,11 +320,32 @@ mod tests {
             virtiofsd: "virtiofsd".into(),
             extra_args: Vec::new(),
             confine: Default::default(),
+            template: None,
+            migration_fd: None,
         }
     }
 
     fn line(spec: &QemuSpec) -> String {
         shell_line("qemu", &qemu_args(spec, &VmPaths::new("/run/s")))
+    }
+
+    #[test]
+    fn a_template_shares_its_ram_file_and_a_clone_maps_it_privately_and_waits_to_restore() {
+        let mut template = spec(MachineType::Q35, Accel::Tcg, AgentChannel::Serial, SharedFs::NineP);
+        template.template = Some(TemplateRole::Save { memory: "/t/k/memory".into() });
+        let saved = line(&template);
+        assert!(saved.contains("-machine q35,memory-backend=mem "), "{saved}");
+        assert!(saved.contains("memory-backend-file,id=mem,size=256M,mem-path=/t/k/memory,share=on"), "{saved}");
+        assert!(!saved.contains("-incoming") && !saved.contains("memfd"), "{saved}");
+        let mut clone = template.clone();
+        clone.template = Some(TemplateRole::Restore { memory: "/t/k/memory".into(), state: "/t/k/state".into() });
+        clone.migration_fd = Some(7);
+        let restored = line(&clone);
+        assert!(restored.contains("mem-path=/t/k/memory,share=off"), "{restored}");
+        assert!(restored.contains("-incoming defer"), "{restored}");
+        // Everything else is the template's: the devices must be the ones saved.
+        let strip = |l: &str| l.replace("share=off", "share=on").replace(" -incoming defer", "");
+        assert_eq!(strip(&restored), saved);
     }
 
     #[test]

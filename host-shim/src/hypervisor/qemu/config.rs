@@ -68,6 +68,38 @@ pub struct QemuSpec {
     pub tap_nic: Option<TapNic>,
     /// The sandbox cgroup's parent and rootless mode ([`crate::hypervisor::confine`]).
     pub confine: VmConfinement,
+    /// Booting a template, or cloning one ([`crate::template`]).
+    pub template: Option<TemplateRole>,
+    /// The descriptor of the state a clone's QEMU inherits to restore from, once opened at start.
+    pub migration_fd: Option<i32>,
+}
+
+/// A VM's part in templating: guest RAM is a file; the template maps it shared (its RAM ends up
+/// in the file), a clone privately (copy-on-write: what it writes stays its own). With
+/// `x-ignore-shared` the migration stream leaves shared RAM out, so it is a few hundred KiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateRole {
+    /// Boots to be saved: RAM shared with `memory` (the device state is sent over QMP later).
+    Save {
+        /// The RAM file (on tmpfs).
+        memory: PathBuf,
+    },
+    /// Restores `state` over a private map of `memory` (QEMU waits for `migrate-incoming`).
+    Restore {
+        /// The template's RAM file.
+        memory: PathBuf,
+        /// The template's device state.
+        state: PathBuf,
+    },
+}
+
+impl TemplateRole {
+    /// The RAM file.
+    pub fn memory(&self) -> &Path {
+        match self {
+            Self::Save { memory, .. } | Self::Restore { memory, .. } => memory,
+        }
+    }
 }
 
 /// A virtio-net NIC backed by an already open tap descriptor (`-netdev tap,fd=N`).
@@ -156,6 +188,8 @@ impl QemuSpec {
             virtiofsd: virtiofsd.unwrap_or_else(|| q.virtio_fs_daemon.clone()),
             extra_args: Vec::new(),
             confine: VmConfinement { cgroups_path: config.cgroups_path.clone(), rootless: q.rootless },
+            template: None,
+            migration_fd: None,
         })
     }
 
@@ -164,5 +198,33 @@ impl QemuSpec {
         self.channel == Some(AgentChannel::HybridVsock)
             || self.shared_fs == Some(SharedFs::VirtioFs)
             || self.vhost_user_devices
+    }
+
+    /// Why this VM cannot be a template or a clone (QEMU 7.2: vhost-user devices neither
+    /// migrate nor map a clone's private RAM; 9p migrates only while unmounted, so the guest
+    /// mounts it after the restore), if it cannot.
+    pub fn template_blocker(&self) -> Option<&'static str> {
+        if self.machine == MachineType::Microvm {
+            Some("microvm takes its disks at boot")
+        } else if self.shared_memory() {
+            Some("a vhost-user device (hybrid vsock, virtio-fs or a vhost-user disk) cannot migrate")
+        } else if self.tap_nic.is_some() {
+            Some("a pod network's NIC is given at boot")
+        } else if self.confine.rootless {
+            Some("a rootless QEMU cannot open the root-only template")
+        } else if self.channel.is_none() || self.shared_fs.is_none() || !self.qmp {
+            Some("a VM without the agent channel, the share or QMP")
+        } else {
+            None
+        }
+    }
+
+    /// This VM in the form a template takes: the agent on virtio-serial (kernel vhost-vsock
+    /// would migrate, but each clone needs its own context id, which no host here can test),
+    /// the share over 9p.
+    pub fn for_template(mut self) -> Self {
+        self.channel = Some(AgentChannel::Serial);
+        self.shared_fs = Some(SharedFs::NineP);
+        self
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 
 use super::cmdline;
+use super::config::TemplateRole;
 use super::hotplug::{self, PlugRecord};
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
@@ -44,6 +46,8 @@ use crate::hypervisor::{
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a killed process gets to be reaped before we stop waiting.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a clone's restore may take, from QEMU's spawn.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
 const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The names of the processes a VM runs, in start order (their `.pid` files).
@@ -197,6 +201,39 @@ impl Qemu {
         Ok(())
     }
 
+    /// A clone's template state, opened read-only: its QEMU cannot change the template.
+    fn open_migration_file(&self) -> Result<Option<fs::File>, HypervisorError> {
+        let Some(TemplateRole::Restore { state, .. }) = &self.spec.template else {
+            return Ok(None);
+        };
+        fs::File::open(state).map(Some).map_err(|source| HypervisorError::Io {
+            what: "cannot open the template state",
+            path: state.clone(),
+            source,
+        })
+    }
+
+    /// Restores a clone's device state (`x-ignore-shared`: its RAM is the template's file) and
+    /// lets it run: a restored VM comes back paused, as its template was saved.
+    async fn restore(&self, fd: i32) -> Result<(), HypervisorError> {
+        let started = Instant::now();
+        let mut qmp = loop {
+            match Qmp::connect(&self.paths.qmp_socket()).await {
+                Ok(qmp) => break qmp,
+                Err(err) if started.elapsed() > RESTORE_TIMEOUT || self.exited_rx.borrow().is_some() => {
+                    return Err(err.into())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        qmp.ignore_shared_memory().await?;
+        qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": format!("fd:{fd}") }))).await?;
+        qmp.wait_migration(RESTORE_TIMEOUT.saturating_sub(started.elapsed())).await?;
+        qmp.execute("cont", None).await?;
+        info!(self.log, "restored from the template"; "ms" => started.elapsed().as_millis());
+        Ok(())
+    }
+
     /// Ends what is left in the sandbox cgroup, removes it, and releases the rootless ids.
     fn release_confinement(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
@@ -257,6 +294,9 @@ impl Hypervisor for Qemu {
             self.spec.vhost_vsock_fd = Some(claimed.fd());
             self.guest_cid = Some(claimed);
         }
+        // Dropped once QEMU is spawned: it keeps its own copy.
+        let migration = self.open_migration_file()?;
+        self.spec.migration_fd = migration.as_ref().map(AsRawFd::as_raw_fd);
         let args = cmdline::qemu_args(&self.spec, &self.paths);
         self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
             what: "cannot drain the guest console into",
@@ -272,8 +312,10 @@ impl Hypervisor for Qemu {
                 source,
             })?;
         }
-        let inherit: Vec<i32> =
-            self.spec.vhost_vsock_fd.into_iter().chain(self.spec.tap_nic.as_ref().map(|n| n.fd)).collect();
+        let inherit: Vec<i32> = (self.spec.vhost_vsock_fd.into_iter())
+            .chain(self.spec.tap_nic.as_ref().map(|n| n.fd))
+            .chain(self.spec.migration_fd)
+            .collect();
         crate::timeline::mark(&self.log, "helpers up");
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
         crate::timeline::mark(&self.log, "qemu spawned");
@@ -282,6 +324,11 @@ impl Hypervisor for Qemu {
             self.vmm.set(pid);
         }
         process::watch_exit(child, "QEMU", self.paths.helper_log("qemu"), self.exited_tx.clone());
+        drop(migration);
+        if let Some(fd) = self.spec.migration_fd {
+            self.restore(fd).await?;
+            crate::timeline::mark(&self.log, "template restored");
+        }
         cmdline::agent_addr(&self.spec, &self.paths).ok_or_else(|| {
             let channel = self.spec.channel.map_or_else(|| "no channel".to_owned(), |c| c.to_string());
             HypervisorError::Unsupported(format!("the shim cannot dial the agent over {channel}"))
