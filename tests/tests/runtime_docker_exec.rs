@@ -129,7 +129,8 @@ fn docker_run_it_through_a_pty_passes_keys_output_and_the_window_size() -> anyho
     let pty = nix::pty::openpty(Some(&nix::pty::Winsize { ws_row: 31, ws_col: 97, ws_xpixel: 0, ws_ypixel: 0 }), None)?;
     let slave = std::fs::File::from(pty.slave);
     // The size arrives after the start (docker resizes once attached): wait for it, then show it.
-    let script = "while [ \"$(stty size)\" = '0 0' ]; do sleep 0.1; done; echo size=$(stty size); \
+    // (Busybox's `stty size` prints nothing and fails while the size is 0x0.)
+    let script = "until stty size 2>/dev/null | grep -q '^[1-9]'; do sleep 0.1; done; echo size=$(stty size); \
                   read line; echo got:$line; exit 6";
     let mut cmd = docker.docker_command();
     cmd.args(["run", "--rm", "-it", "--runtime", "wisp", "wisp-rt:tty", "sh", "-c", script])
