@@ -414,7 +414,11 @@ async fn interfaces_routes_and_neighbours_in_a_network_namespace() {
     iface.hwAddr = "52:54:00:00:00:99".into();
     let mut req = UpdateInterfaceRequest::new();
     req.interface = Some(iface).into();
-    let err = c.update_interface(ctx(), &req).await.expect_err("no such MAC");
+    // An unknown MAC may be a NIC still being hot-plugged: the agent waits for it first.
+    let started = std::time::Instant::now();
+    let err = c.update_interface(context::with_timeout(30_000_000_000), &req).await.expect_err("no such MAC");
+    // (network::LINK_WAIT, 5 s)
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5), "waited {:?}", started.elapsed());
     let protocols::ttrpc::Error::RpcStatus(s) = err else { panic!("not a status: {err:?}") };
     assert_eq!(s.code(), Code::NOT_FOUND, "{}", s.message());
     assert!(s.message().contains("52:54:00:00:00:99"), "{}", s.message());

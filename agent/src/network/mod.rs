@@ -213,6 +213,9 @@ impl Netlink {
     }
 }
 
+/// How long UpdateInterface waits for a hot-plugged NIC to show up.
+pub const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Every interface with its addresses.
 pub fn list_interfaces() -> Result<Vec<Interface>, NetworkError> {
     let mut nl = Netlink::open()?;
@@ -223,11 +226,19 @@ pub fn list_interfaces() -> Result<Vec<Interface>, NetworkError> {
 /// Configures the interface with `iface.hwAddr` (or, without one, named
 /// `iface.name`): name, MTU, addresses (replacing the old ones), then up
 /// unless `raw_flags` is given without IFF_UP. Returns it as it now is.
+///
+/// A NIC named by its hardware address may have just been hot-plugged (a VM cloned from a
+/// template gets its pod's NIC after the restore): its link is waited for, up to [`LINK_WAIT`].
 pub fn update_interface(iface: &Interface) -> Result<Interface, NetworkError> {
     let mut nl = Netlink::open()?;
-    let links = nl.links()?;
+    let mut links = nl.links()?;
     let link = if !iface.hwAddr.is_empty() {
         let mac = parse_mac(&iface.hwAddr)?;
+        let deadline = std::time::Instant::now() + LINK_WAIT;
+        while !links.iter().any(|l| l.mac == mac) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            links = nl.links()?;
+        }
         links
             .iter()
             .find(|l| l.mac == mac)

@@ -315,8 +315,12 @@ impl AgentService for AgentRpc {
 
     // ---- networking (network/) ----
     async fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
-        let iface = required(&req.interface, "interface")?;
-        let updated = network::update_interface(iface).map_err(AgentError::from)?;
+        let iface = required(&req.interface, "interface")?.clone();
+        // It may wait for a hot-plugged NIC: off the RPC threads.
+        let updated = tokio::task::spawn_blocking(move || network::update_interface(&iface))
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("update_interface did not finish: {e}")))?
+            .map_err(AgentError::from)?;
         slog::info!(self.sandbox.log(), "interface updated"; "name" => &updated.name, "addresses" => updated.IPAddresses.len());
         Ok(updated)
     }
