@@ -206,8 +206,8 @@ impl Sandbox {
 
     /// [`Sandbox::boot`] under another state root, with VMs from another factory.
     ///
-    /// With `[factory] template = true`, a sandbox without a pod network or boot disks is first
-    /// cloned from its template ([`crate::template`]); when there is none, or the clone fails,
+    /// With `[factory] template = true`, a sandbox without boot disks is first cloned from its
+    /// template (a pod network's NIC is hot-plugged into the clone) ([`crate::template`]); when there is none, or the clone fails,
     /// it boots cold.
     pub async fn boot_in(
         config: &Config,
@@ -219,12 +219,10 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let log = log.new(slog::o!("sandbox" => key.id.clone(), "namespace" => key.namespace.clone()));
         if config.factory.template {
-            let why_not = if netns.is_some() {
-                "a pod network's NIC is given at boot".to_owned()
-            } else if !boot_disks.is_empty() {
+            let why_not = if !boot_disks.is_empty() {
                 "disks are given at boot".to_owned()
             } else {
-                match Self::boot_once(config, &on, key, None, &[], true, &log).await {
+                match Self::boot_once(config, &on, key, netns, &[], true, &log).await {
                     Ok(sandbox) => return Ok(sandbox),
                     Err(SandboxError::NoTemplate(why)) => why,
                     Err(err) => format!("the clone failed: {}", crate::error_chain(&err)),

@@ -56,14 +56,20 @@ struct Pods {
 
 impl Pods {
     fn new() -> anyhow::Result<Self> {
-        Self::start(None)
+        Self::start(None, false)
     }
 
-    /// With `cni`, pods without host networking get that network.
-    fn start(cni: Option<CniOptions>) -> anyhow::Result<Self> {
+    /// With `cni`, pods without host networking get that network. With `template`, the shim
+    /// clones each pod's VM from a template made here first (`[factory] template = true`).
+    fn start(cni: Option<CniOptions>, template: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wisp-cri-").tempdir()?;
         let shim = shim_binary()?;
-        wisp_tests::shim_setup::configure(dir.path(), &artifacts::kernel()?, "", "")?;
+        let factory = if template { "\n[factory]\ntemplate = true\n" } else { "" };
+        let config = wisp_tests::shim_setup::configure(dir.path(), &artifacts::kernel()?, "", factory)?;
+        if template {
+            let wisp = shim.with_file_name("wisp");
+            run(Command::new(&wisp).args(["template", "create", "--config"]).arg(&config))?;
+        }
 
         let pause = dir.path().join("pause");
         let source = artifacts::workspace_root().join("tests/pause/pause.c");
@@ -534,6 +540,16 @@ fn netns_path(info: &HashMap<String, String>) -> Option<PathBuf> {
 
 #[test]
 fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
+    cni_pod(false)
+}
+
+/// The same pod in a VM cloned from a template: its NIC is hot-plugged into the clone.
+#[test]
+fn a_pod_cloned_from_a_template_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
+    cni_pod(true)
+}
+
+fn cni_pod(template: bool) -> anyhow::Result<()> {
     ensure!(
         Path::new("/usr/lib/cni/bridge").is_file(),
         "no /usr/lib/cni/bridge: make deps (containernetworking-plugins)"
@@ -559,7 +575,7 @@ fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
             },
         }],
     });
-    let t = Pods::start(Some(CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: conflist.to_string() }))?;
+    let t = Pods::start(Some(CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: conflist.to_string() }), template)?;
 
     let mut config = t.pod_config("netpod", None)?;
     config.hostname = "netpod".into();
@@ -591,9 +607,16 @@ fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
         })
         .map(|(_, cmdline)| cmdline)
         .collect();
+    // A clone's QEMU got the tap over QMP after the restore; a cold one on its command line.
+    let how = if template { "-incoming defer" } else { "-netdev tap,id=net0,fd=" };
     ensure!(
-        holders.len() == 1 && holders[0].contains("qemu-system") && holders[0].contains("-netdev tap,id=net0,fd="),
+        holders.len() == 1 && holders[0].contains("qemu-system") && holders[0].contains(how),
         "only QEMU holds the tap: {holders:#?}"
+    );
+    ensure!(
+        t.ctd.log().contains("pod NIC plugged into the clone") == template,
+        "the pod's VM is a clone with its NIC plugged: {template}\n{}",
+        t.ctd.log()
     );
 
     // A listener on the bridge (the pod's gateway): the guest connects to it.
@@ -626,7 +649,8 @@ fn a_pod_gets_its_cni_address_inside_the_vm() -> anyhow::Result<()> {
     assert_eq!(message, "hello-from-pod");
     assert_eq!(peer, ip, "the host sees the connection come from the pod IP");
     println!(
-        "CNI pod: RunPodSandbox {:.2} s (CNI + tap + VM + UpdateInterface/Routes), to container exit {:.2} s",
+        "CNI pod{}: RunPodSandbox {:.2} s (CNI + tap + VM + UpdateInterface/Routes), to container exit {:.2} s",
+        if template { " cloned from a template" } else { "" },
         run_pod.as_secs_f64(),
         total.as_secs_f64()
     );

@@ -208,8 +208,6 @@ impl QemuSpec {
             Some("microvm takes its disks at boot")
         } else if self.shared_memory() {
             Some("a vhost-user device (hybrid vsock, virtio-fs or a vhost-user disk) cannot migrate")
-        } else if self.tap_nic.is_some() {
-            Some("a pod network's NIC is given at boot")
         } else if self.confine.rootless {
             Some("a rootless QEMU cannot open the root-only template")
         } else if self.channel.is_none() || self.shared_fs.is_none() || !self.qmp {

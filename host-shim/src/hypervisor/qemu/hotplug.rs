@@ -10,11 +10,13 @@
 //! The QMP commands are built by pure functions ([`plug_commands`], [`backend_delete`]) so
 //! their arguments are unit-tested without QEMU.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::config::TapNic;
 use crate::config::MachineType;
 use crate::hypervisor::qmp::{Qmp, QmpError};
 use crate::hypervisor::{BlockSource, HypervisorError, Plugged};
@@ -32,6 +34,9 @@ pub struct PlugRecord {
     /// The blockdev node (virtio-blk), for `block_resize`.
     pub node: Option<String>,
 }
+
+/// The id of a hot-plugged pod NIC (its netdev, its device and the tap's name in QEMU).
+pub const NIC_ID: &str = "net0";
 
 /// The block node name of device `id`.
 fn node_name(id: &str) -> String {
@@ -178,6 +183,38 @@ pub async fn plug(
             Err(err)
         }
     }
+}
+
+/// Plugs a pod's NIC on `tap` as `net0`: on q35 onto the last root port (disks take the first
+/// ones), on pc onto `pci.0`. The tap travels over the QMP socket (`getfd`).
+pub async fn plug_nic(
+    qmp: &mut Qmp,
+    machine: MachineType,
+    root_ports: u32,
+    tap: &TapNic,
+) -> Result<PlugRecord, HypervisorError> {
+    if let Some(err) = refuse(machine) {
+        return Err(err);
+    }
+    let port = match machine {
+        MachineType::Q35 if root_ports > 0 => Some(format!("rp{root_ports}")),
+        MachineType::Q35 => {
+            return Err(HypervisorError::Unsupported("no PCIe root port for the pod's NIC".to_owned()));
+        }
+        _ => None,
+    };
+    // SAFETY: the tap stays open in `tap`'s owner (the pod network) until QEMU holds its own
+    // copy, which `getfd` makes before this call returns.
+    let fd = unsafe { BorrowedFd::borrow_raw(tap.fd) };
+    qmp.send_fd(NIC_ID, fd).await?;
+    qmp.execute("netdev_add", Some(json!({ "type": "tap", "id": NIC_ID, "fd": NIC_ID }))).await?;
+    let mut device = json!({ "driver": "virtio-net-pci", "id": NIC_ID, "netdev": NIC_ID, "mac": tap.mac });
+    device["bus"] = json!(port.clone().unwrap_or_else(|| "pci.0".to_owned()));
+    if let Err(err) = qmp.execute("device_add", Some(device)).await {
+        let _ = qmp.execute("netdev_del", Some(json!({ "id": NIC_ID }))).await;
+        return Err(err.into());
+    }
+    Ok(PlugRecord { port, backend: Some(("netdev_del", json!({ "id": NIC_ID }))), node: None })
 }
 
 /// Kata's PCI path of device `id` plugged onto root port `port` (q35), or onto the root bus.

@@ -215,7 +215,8 @@ impl Qemu {
 
     /// Restores a clone's device state (`x-ignore-shared`: its RAM is the template's file) and
     /// lets it run: a restored VM comes back paused, as its template was saved.
-    async fn restore(&self, fd: i32) -> Result<(), HypervisorError> {
+    /// A pod's NIC comes by hot-plug (templates have none), before the guest runs again.
+    async fn restore(&mut self, fd: i32) -> Result<(), HypervisorError> {
         let started = Instant::now();
         let mut qmp = loop {
             match Qmp::connect(&self.paths.qmp_socket()).await {
@@ -229,6 +230,11 @@ impl Qemu {
         qmp.ignore_shared_memory().await?;
         qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": format!("fd:{fd}") }))).await?;
         qmp.wait_migration(RESTORE_TIMEOUT.saturating_sub(started.elapsed())).await?;
+        if let Some(tap) = &self.spec.tap_nic {
+            let record = hotplug::plug_nic(&mut qmp, self.spec.machine, self.spec.root_ports, tap).await?;
+            info!(self.log, "pod NIC plugged into the clone"; "mac" => &tap.mac, "port" => &record.port);
+            self.plugged.insert(hotplug::NIC_ID.to_owned(), record);
+        }
         qmp.execute("cont", None).await?;
         info!(self.log, "restored from the template"; "ms" => started.elapsed().as_millis());
         Ok(())
@@ -312,8 +318,10 @@ impl Hypervisor for Qemu {
                 source,
             })?;
         }
+        // A clone's tap is handed over QMP after the restore.
+        let tap_at_boot = self.spec.tap_nic.as_ref().filter(|_| self.spec.template.is_none());
         let inherit: Vec<i32> = (self.spec.vhost_vsock_fd.into_iter())
-            .chain(self.spec.tap_nic.as_ref().map(|n| n.fd))
+            .chain(tap_at_boot.map(|n| n.fd))
             .chain(self.spec.migration_fd)
             .collect();
         crate::timeline::mark(&self.log, "helpers up");
