@@ -134,6 +134,9 @@ impl PodNetwork {
         ns.run("ip", &["link", "set", "dev", TAP_NAME, "mtu", &mtu, "up"])?;
         for (from, to) in [(link.ifname.as_str(), TAP_NAME), (TAP_NAME, link.ifname.as_str())] {
             ns.run("tc", &["qdisc", "replace", "dev", from, "ingress"])?;
+            // A second setup in the same namespace (a cold boot after a clone that failed)
+            // finds the first one's redirect still there, aimed at a tap that is gone.
+            let _ = ns.run("tc", &["filter", "del", "dev", from, "parent", "ffff:"]);
             ns.run(
                 "tc",
                 &[

@@ -2,9 +2,8 @@
 //! `wisp template create` boots the configured VM once and saves it; each `ctr run` then
 //! restores a private copy of it instead of booting a kernel. Two clones never boot a kernel
 //! (their consoles start after the restore), yet each gets its own randomness and the host's
-//! clock; a sandbox
-//! with no matching template boots cold; nothing of a clone is left after delete, and the
-//! template stays until `wisp template remove`.
+//! clock; a sandbox with no matching template, or whose template does not restore, boots cold;
+//! nothing of a clone is left after delete, and the template stays until `wisp template remove`.
 //!
 //! Needs root, `make deps` and `make all`. Compiled with features `containerd-tests` and
 //! `vm-tests` (`make test-shim`).
@@ -123,6 +122,18 @@ fn sandboxes_cloned_from_a_template_are_its_boot_but_their_own() -> anyhow::Resu
     let left = t.wait_no_leftovers(Duration::from_secs(5));
     ensure!(left.is_empty(), "nothing of the clones is left: {left:#?}");
     ensure!(t.state().join("templates").join(&key).is_dir(), "the template outlives its clones");
+
+    // A template whose state does not restore costs a cold boot, not the sandbox.
+    let state = t.state().join("templates").join(&key).join("state");
+    let saved = std::fs::read(&state)?;
+    std::fs::write(&state, &saved[..saved.len() / 2])?;
+    let config = t.bundle("broken", &["echo", "after a failed clone"])?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "broken"])?;
+    ensure!(out.status.success() && text(&out.stdout).contains("after a failed clone"), "{}", describe(&out));
+    ensure!(t.ctd.log().contains("the clone failed"), "the failed clone is logged:\n{}", t.log_tail(30));
+    let left = t.wait_no_leftovers(Duration::from_secs(5));
+    ensure!(left.is_empty(), "nothing of the failed clone is left: {left:#?}");
+    std::fs::write(&state, &saved)?;
 
     // Without its template the same configuration boots cold, and still works.
     let removed = wisp(&t, &["template", "remove", &key])?;
