@@ -77,7 +77,10 @@ fn sandboxes_cloned_from_a_template_are_its_boot_but_their_own() -> anyhow::Resu
         .map(str::to_owned)
         .with_context(|| format!("wisp template list names the template to clone: {}", describe(&listed)))?;
 
-    // Two clones at once: the template's boot (same boot id) with their own randomness.
+    let checked = text(&wisp(&t, &["check"])?.stdout);
+    ensure!(checked.contains("ok    template: sandboxes are cloned from"), "wisp check sees the template: {checked}");
+
+    // Two clones at once: both go on from the template's boot, with their own randomness.
     run_detached(&t, "c1")?;
     run_detached(&t, "c2")?;
     let log = t.ctd.log();
@@ -138,6 +141,8 @@ fn sandboxes_cloned_from_a_template_are_its_boot_but_their_own() -> anyhow::Resu
     // Without its template the same configuration boots cold, and still works.
     let removed = wisp(&t, &["template", "remove", &key])?;
     ensure!(removed.status.success(), "wisp template remove: {}", describe(&removed));
+    let checked = text(&wisp(&t, &["check"])?.stdout);
+    ensure!(checked.contains("warn  template: sandboxes boot cold"), "wisp check says why: {checked}");
     run_detached(&t, "cold")?;
     ensure!(t.ctd.log().contains("booting cold, not from a template"), "the fallback is logged:\n{}", t.log_tail(30));
     let console = console(&t, "cold")?;

@@ -2,7 +2,8 @@
 //!
 //! `wisp check [--config FILE]` validates the configuration and the host (QEMU present, KVM
 //! usable or not, the agent channel and shared filesystem helpers present, kernel and initrd
-//! built) and says what to fix; it exits 1 when something blocks running a sandbox. With
+//! built, with `[factory] template = true` whether a template matches) and says what to fix;
+//! it exits 1 when something blocks running a sandbox. With
 //! `[hypervisor.stratovirt]` configured it reports StratoVirt's binary and images instead of QEMU's.
 //!
 //! `wisp gc [--dry-run]` removes the sandboxes whose shim is gone (their VM, helpers, mounts
@@ -261,19 +262,34 @@ fn check_sandbox_vm(r: &mut Report, config: &Config) {
         return;
     }
     match QemuSpec::resolve(config, &root, true) {
-        Ok(spec) => r.ok(
-            "sandbox VM",
-            format!(
-                "{:?}, {} vCPU, {} MiB, accel {}, agent over {}, rootfs over {}",
-                spec.machine,
-                spec.vcpus,
-                spec.memory_mib,
-                spec.accel,
-                spec.channel.map_or_else(|| "nothing".to_owned(), |c| c.to_string()),
-                spec.shared_fs.map_or_else(|| "nothing".to_owned(), |f| f.to_string())
-            ),
-        ),
+        Ok(spec) => {
+            r.ok(
+                "sandbox VM",
+                format!(
+                    "{:?}, {} vCPU, {} MiB, accel {}, agent over {}, rootfs over {}",
+                    spec.machine,
+                    spec.vcpus,
+                    spec.memory_mib,
+                    spec.accel,
+                    spec.channel.map_or_else(|| "nothing".to_owned(), |c| c.to_string()),
+                    spec.shared_fs.map_or_else(|| "nothing".to_owned(), |f| f.to_string())
+                ),
+            );
+            check_template(r, config, &root, &spec);
+        }
         Err(err) => r.fail("sandbox VM", wisp_shim::error_chain(&err)),
+    }
+}
+
+/// With `[factory] template = true`: whether sandboxes of this configuration will be clones.
+fn check_template(r: &mut Report, config: &Config, root: &Path, spec: &QemuSpec) {
+    if !config.factory.template {
+        return;
+    }
+    let templates = wisp_shim::template::templates_dir(config, root);
+    match wisp_shim::template::find(spec, &templates) {
+        Ok(found) => r.ok("template", format!("sandboxes are cloned from {}", found.dir.display())),
+        Err(why) => r.warn("template", format!("sandboxes boot cold: {why} — `wisp template create`")),
     }
 }
 
