@@ -144,7 +144,6 @@ pub fn templates_dir(config: &Config, state_root: &Path) -> PathBuf {
 pub fn key(spec: &QemuSpec) -> String {
     let mut keyed = spec.clone();
     keyed.template = Some(TemplateRole::Save { memory: "/template/memory".into() });
-    keyed.migration_fd = None;
     // A pod's NIC is plugged into the clone: not part of what the template is.
     keyed.tap_nic = None;
     let mut hash = Sha256::new();
@@ -360,7 +359,6 @@ mod tests {
             tap_nic: None,
             confine: Default::default(),
             template: None,
-            migration_fd: None,
         }
     }
 
@@ -410,7 +408,6 @@ mod tests {
         assert_eq!(key0.len(), 24);
         let mut placed = template.clone();
         placed.template = Some(TemplateRole::Restore { memory: "/x/memory".into(), state: "/x/state".into() });
-        placed.migration_fd = Some(9);
         assert_eq!(key(&placed), key0, "where a clone's files are is not what it is");
         let mut bigger = template.clone();
         bigger.memory_mib = 512;

@@ -306,7 +306,6 @@ impl VmConfig {
             extra_args: self.extra_args.clone(),
             confine: Default::default(),
             template: None,
-            migration_fd: None,
         }
     }
 

@@ -322,7 +322,6 @@ mod tests {
             extra_args: Vec::new(),
             confine: Default::default(),
             template: None,
-            migration_fd: None,
         }
     }
 
@@ -340,7 +339,6 @@ mod tests {
         assert!(!saved.contains("-incoming") && !saved.contains("memfd"), "{saved}");
         let mut clone = template.clone();
         clone.template = Some(TemplateRole::Restore { memory: "/t/k/memory".into(), state: "/t/k/state".into() });
-        clone.migration_fd = Some(7);
         let restored = line(&clone);
         assert!(restored.contains("mem-path=/t/k/memory,share=off"), "{restored}");
         assert!(restored.contains("-incoming defer"), "{restored}");

@@ -70,8 +70,6 @@ pub struct QemuSpec {
     pub confine: VmConfinement,
     /// Booting a template, or cloning one ([`crate::template`]).
     pub template: Option<TemplateRole>,
-    /// The descriptor of the state a clone's QEMU inherits to restore from, once opened at start.
-    pub migration_fd: Option<i32>,
 }
 
 /// A VM's part in templating: guest RAM is a file; the template maps it shared (its RAM ends up
@@ -189,7 +187,6 @@ impl QemuSpec {
             extra_args: Vec::new(),
             confine: VmConfinement { cgroups_path: config.cgroups_path.clone(), rootless: q.rootless },
             template: None,
-            migration_fd: None,
         })
     }
 

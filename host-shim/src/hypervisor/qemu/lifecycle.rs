@@ -302,7 +302,7 @@ impl Hypervisor for Qemu {
         }
         // Dropped once QEMU is spawned: it keeps its own copy.
         let migration = self.open_migration_file()?;
-        self.spec.migration_fd = migration.as_ref().map(AsRawFd::as_raw_fd);
+        let migration_fd = migration.as_ref().map(AsRawFd::as_raw_fd);
         let args = cmdline::qemu_args(&self.spec, &self.paths);
         self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
             what: "cannot drain the guest console into",
@@ -320,10 +320,8 @@ impl Hypervisor for Qemu {
         }
         // A clone's tap is handed over QMP after the restore.
         let tap_at_boot = self.spec.tap_nic.as_ref().filter(|_| self.spec.template.is_none());
-        let inherit: Vec<i32> = (self.spec.vhost_vsock_fd.into_iter())
-            .chain(tap_at_boot.map(|n| n.fd))
-            .chain(self.spec.migration_fd)
-            .collect();
+        let inherit: Vec<i32> =
+            (self.spec.vhost_vsock_fd.into_iter()).chain(tap_at_boot.map(|n| n.fd)).chain(migration_fd).collect();
         crate::timeline::mark(&self.log, "helpers up");
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
         crate::timeline::mark(&self.log, "qemu spawned");
@@ -333,7 +331,7 @@ impl Hypervisor for Qemu {
         }
         process::watch_exit(child, "QEMU", self.paths.helper_log("qemu"), self.exited_tx.clone());
         drop(migration);
-        if let Some(fd) = self.spec.migration_fd {
+        if let Some(fd) = migration_fd {
             self.restore(fd).await?;
             crate::timeline::mark(&self.log, "template restored");
         }
