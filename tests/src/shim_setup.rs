@@ -25,6 +25,11 @@ pub fn shim_binary() -> anyhow::Result<PathBuf> {
     host_binary("containerd-shim-wisp-v2", "WISP_SHIM")
 }
 
+/// The `wisp` CLI that came with the shim (its sibling).
+pub fn wisp_binary() -> anyhow::Result<PathBuf> {
+    Ok(shim_binary()?.with_file_name("wisp"))
+}
+
 /// The `wisp-runtime` binary: `WISP_RUNTIME`, else the release build, else the debug build.
 pub fn runtime_binary() -> anyhow::Result<PathBuf> {
     host_binary("wisp-runtime", "WISP_RUNTIME")
@@ -210,13 +215,21 @@ impl Setup {
 
     /// The pid of the QEMU serving this test's sandbox.
     pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu_pids().into_iter().next()
+    }
+
+    /// The pids of the QEMUs serving this test's sandboxes.
+    pub fn qemu_pids(&self) -> Vec<u32> {
         let needle = self.state().to_string_lossy().into_owned();
-        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
-            (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")).then_some(())?;
-            cmdline.contains(&needle).then_some(pid)
-        })
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        procs
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+                let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+                (cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system")).then_some(())?;
+                cmdline.contains(&needle).then_some(pid)
+            })
+            .collect()
     }
 }
 

@@ -67,8 +67,9 @@ impl Pods {
         let factory = if template { "\n[factory]\ntemplate = true\n" } else { "" };
         let config = wisp_tests::shim_setup::configure(dir.path(), &artifacts::kernel()?, "", factory)?;
         if template {
-            let wisp = shim.with_file_name("wisp");
-            run(Command::new(&wisp).args(["template", "create", "--config"]).arg(&config))?;
+            run(Command::new(wisp_tests::shim_setup::wisp_binary()?)
+                .args(["template", "create", "--config"])
+                .arg(&config))?;
         }
 
         let pause = dir.path().join("pause");

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use wisp_shim::state::{Owner, SandboxKey, OWNER_FILE};
 use wisp_tests::containerd::process_running;
 use wisp_tests::leftovers;
-use wisp_tests::shim_setup::{describe, s, shim_binary, status_in_listing, text, Setup, RUNTIME};
+use wisp_tests::shim_setup::{describe, s, status_in_listing, text, wisp_binary, Setup, RUNTIME};
 
 /// `ctr` against the test's containerd in namespace `ns`.
 fn ctr(t: &Setup, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
@@ -112,7 +112,7 @@ fn traces(dir: &Path) -> Vec<String> {
 
 /// Runs `wisp gc ARGS` with the test's state root; what it printed.
 fn wisp_gc(args: &[&str]) -> anyhow::Result<String> {
-    let wisp = shim_binary()?.with_file_name("wisp");
+    let wisp = wisp_binary()?;
     let out = Command::new(&wisp).arg("gc").args(args).output().with_context(|| format!("{}", wisp.display()))?;
     ensure!(out.status.success(), "wisp gc {args:?}: {}", describe(&out));
     Ok(text(&out.stdout))

@@ -9,22 +9,20 @@
 //! `vm-tests` (`make test-shim`).
 #![cfg(all(feature = "containerd-tests", feature = "vm-tests"))]
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context};
 use wisp_shim::state::SandboxKey;
-use wisp_tests::shim_setup::{describe, s, shim_binary, text, Setup, RUNTIME};
+use wisp_tests::shim_setup::{describe, s, text, wisp_binary, Setup, RUNTIME};
 
 /// The configuration's `[factory]`, after `[agent.wisp]`'s keys.
 const TEMPLATING: &str = "\n[factory]\ntemplate = true\n";
 
 fn wisp(t: &Setup, args: &[&str]) -> anyhow::Result<Output> {
-    let wisp: PathBuf = shim_binary()?.with_file_name("wisp");
     let config = t.dir.path().join("configuration.toml");
     // WISP_STATE_DIR is the test's (shim_setup::configure): the templates go under it.
-    Ok(Command::new(&wisp).args(args).arg("--config").arg(&config).output()?)
+    Ok(Command::new(wisp_binary()?).args(args).arg("--config").arg(&config).output()?)
 }
 
 fn run_detached(t: &Setup, id: &str) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Result};
 use clap::Parser;
 use wisp_tests::containerd::{describe, s, text};
-use wisp_tests::shim_setup::{shim_binary, Setup};
+use wisp_tests::shim_setup::{wisp_binary, Setup};
 use wisp_tests::shim_timeline::phases;
 
 /// The phases in the order a `ctr run --rm` passes them.
@@ -65,8 +65,7 @@ fn main() -> Result<()> {
     ensure!(args.runs > 0, "--runs must be at least 1");
     let setup = if args.template { Setup::with_config("", "\n[factory]\ntemplate = true\n")? } else { Setup::new()? };
     if args.template {
-        let wisp = shim_binary()?.with_file_name("wisp");
-        let made = Command::new(&wisp)
+        let made = Command::new(wisp_binary()?)
             .args(["template", "create", "--config"])
             .arg(setup.dir.path().join("configuration.toml"))
             .output()?;
@@ -125,14 +124,8 @@ fn pss_at_once(setup: &Setup, n: usize) -> Result<Vec<f64>> {
     }
     // Let the guests settle (the boot's page cache, the agent's first allocations).
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let needle = setup.state().to_string_lossy().into_owned();
     let mut pss = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmdline = text(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
-        if !cmdline.contains("qemu-system") || !cmdline.contains(&needle) {
-            continue;
-        }
+    for pid in setup.qemu_pids() {
         let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
         let kib = rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next());
         if let Some(kib) = kib.and_then(|k| k.parse::<f64>().ok()) {
