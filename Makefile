@@ -29,7 +29,7 @@ AGENT_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
 
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.1 linux-image-cloud-amd64 \
   build-essential bc bison flex libelf-dev libssl-dev libseccomp-dev libcap-ng-dev pkg-config \
-  cpio containerd runc docker.io podman containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd lz4 protobuf-compiler
+  patch cpio containerd runc docker.io podman containernetworking-plugins e2fsprogs erofs-utils xz-utils zstd lz4 protobuf-compiler
 
 .PHONY: all help deps agent tools floor-init kernel initrd run test test-unit test-vm test-containerd test-shim test-fuzz fuzz fuzz-build install uninstall bench bench-boot load fmt clippy lint clean
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds wisp's minimal x86_64 guest kernel from Debian's linux-source-6.1:
-# tinyconfig + fragments/*.config, olddefconfig, then refuses the result if any
+# Builds wisp's minimal x86_64 guest kernel from Debian's linux-source-6.1 with
+# patches/*.patch applied: tinyconfig + fragments/*.config, olddefconfig, then
+# refuses the result if any
 # `=y` a fragment asked for did not survive (a silent Kconfig drop would only
 # show up later as a guest that cannot see its disk or its agent channel).
 #
 # Outputs (in --out, default <repo>/target/kernel): bzImage, vmlinux (PVH, for
 # microvm), config. Results are cached under $WISP_CACHE_DIR/kernel/<key>, the
-# key hashing the source version and the fragments, so a rebuild is a copy.
+# key hashing the source version, the patches and the fragments, so a rebuild
+# is a copy.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,7 +43,11 @@ if [ ! -f "$src_tar" ]; then
 fi
 
 fragments=("$here"/fragments/*.config)
-src_id=$(stat -c '%s-%Y' "$src_tar")
+patches=()
+for p in "$here"/patches/*.patch; do [ -f "$p" ] && patches+=("$p"); done
+# The unpacked tree is per source and patch set: a patched tree is never
+# mistaken for a pristine one, nor an old patch set for the current one.
+src_id="$(stat -c '%s-%Y' "$src_tar")-$(cat /dev/null "${patches[@]}" | sha256sum | cut -c1-8)"
 key=$( { echo "$src_id"; cat "${fragments[@]}"; } | sha256sum | cut -c1-16)
 result="$cache/kernel/$key"
 mkdir -p "$out" "$cache/kernel"
@@ -63,12 +69,20 @@ else
     rm -rf "$srcdir.tmp"
     mkdir -p "$srcdir.tmp"
     tar -xf "$src_tar" -C "$srcdir.tmp" --strip-components=1
+    for p in "${patches[@]}"; do
+      echo "kernel: applying $(basename "$p")"
+      patch -s -p1 -d "$srcdir.tmp" < "$p"
+    done
     rm -rf "$srcdir"
     mv "$srcdir.tmp" "$srcdir"
   fi
   # One tree per source: a fragment change rebuilds only what it touches.
   build="$cache/kernel/build-$src_id"
   mkdir -p "$build"
+  # Trees of other sources or patch sets are 1.7 GB each and never used again.
+  for old in "$cache"/kernel/src-* "$cache"/kernel/build-*; do
+    case "$old" in "$srcdir"|"$srcdir.tmp"|"$build") ;; *) rm -rf "$old" ;; esac
+  done
   merged="$build/fragments.config"
   cat "${fragments[@]}" > "$merged"
 
