@@ -397,7 +397,9 @@ pub struct InitrdArgs {
     pub content: ContentArgs,
 
     /// Compression of the image; every choice is accepted by the kernel's initramfs
-    /// unpacker (zstd needs CONFIG_RD_ZSTD).
+    /// unpacker (zstd needs CONFIG_RD_ZSTD). gzip is the smallest common choice; `none`
+    /// boots fastest (the kernel copies instead of inflating: 40-50 ms less under TCG for
+    /// the agent-only initrd), which is what `make initrd` builds.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Compression::Gzip)]
     pub compress: Compression,
 

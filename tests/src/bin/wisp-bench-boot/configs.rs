@@ -41,9 +41,9 @@ pub fn bench_config(name: ConfigName, packed: &Packed) -> Result<BenchConfig> {
         ConfigName::MicrovmVirtioFs => {
             (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")
         }
-        ConfigName::Q35Raw => (
-            VmConfig::wisp(Machine::Q35)?.initrd(&packed.raw_initrd).channel(Channel::HybridVsock),
-            "our bzImage, uncompressed initrd, hybrid vsock",
+        ConfigName::Q35Gzip => (
+            VmConfig::wisp(Machine::Q35)?.initrd(&packed.gzip_initrd).channel(Channel::HybridVsock),
+            "our bzImage, gzip initrd, hybrid vsock",
         ),
         ConfigName::Microvm => {
             (VmConfig::wisp(Machine::Microvm)?.channel(Channel::HybridVsock), "our PVH vmlinux, hybrid vsock")

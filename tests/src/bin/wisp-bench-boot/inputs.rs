@@ -61,10 +61,10 @@ pub struct Packed {
     /// The agent-only initrd compressed with xz (CRC32, 1 MiB dictionary, as the kernel's own
     /// `usr/Makefile` packs one).
     pub xz_initrd: PathBuf,
-    /// The agent-only initrd compressed with zstd instead of gzip.
+    /// The agent-only initrd compressed with zstd.
     pub zstd_initrd: PathBuf,
-    /// The agent-only initrd uncompressed.
-    pub raw_initrd: PathBuf,
+    /// The agent-only initrd compressed with gzip (rootfs-builder's default).
+    pub gzip_initrd: PathBuf,
     /// A busybox rootfs, shared by 9p with the agent VMs for the container phases.
     pub rootfs: PathBuf,
 }
@@ -78,7 +78,7 @@ impl Packed {
             lz4_initrd: dir.join("wisp-lz4.initrd"),
             xz_initrd: dir.join("wisp-xz.initrd"),
             zstd_initrd: dir.join("wisp-zstd.initrd"),
-            raw_initrd: dir.join("wisp.cpio"),
+            gzip_initrd: dir.join("wisp-gzip.initrd"),
             rootfs: dir.join("busybox-rootfs"),
         };
         if !packed.rootfs.join("bin/busybox").is_file() {
@@ -93,11 +93,11 @@ impl Packed {
             rootfs_builder::initrd(args, out)
         };
         agent_initrd("zstd", &packed.zstd_initrd)?;
-        agent_initrd("none", &packed.raw_initrd)?;
+        agent_initrd("gzip", &packed.gzip_initrd)?;
         // rootfs-builder writes gzip, zstd or nothing: the other formats the kernel reads are
-        // packed from the uncompressed archive with the usual tools, to measure them.
-        compress(&packed.raw_initrd, &packed.lz4_initrd, "lz4", &["-l", "-9", "-c", "-q"])?;
-        compress(&packed.raw_initrd, &packed.xz_initrd, "xz", &["--check=crc32", "--lzma2=dict=1MiB", "-c"])?;
+        // packed from make's uncompressed archive with the usual tools, to measure them.
+        compress(&inputs.initrd, &packed.lz4_initrd, "lz4", &["-l", "-9", "-c", "-q"])?;
+        compress(&inputs.initrd, &packed.xz_initrd, "xz", &["--check=crc32", "--lzma2=dict=1MiB", "-c"])?;
         Ok(packed)
     }
 }

@@ -20,11 +20,11 @@ const TRUE_FLOOR_TARGET_BYTES: u64 = 100 * 1000;
 pub fn sizes(inputs: &Inputs, packed: &Packed) -> Result<Vec<SizeEntry>> {
     let mut sizes = vec![
         size_entry("agent binary (static)", &inputs.agent, Some(AGENT_TARGET_BYTES))?,
-        size_entry("initrd agent-only, gzip (make)", &inputs.initrd, Some(INITRD_TARGET_BYTES))?,
+        size_entry("initrd agent-only, uncompressed (make)", &inputs.initrd, None)?,
+        size_entry("initrd agent-only, gzip -9", &packed.gzip_initrd, Some(INITRD_TARGET_BYTES))?,
         size_entry("initrd agent-only, zstd -19", &packed.zstd_initrd, Some(INITRD_TARGET_BYTES))?,
         size_entry("initrd agent-only, lz4 -l -9", &packed.lz4_initrd, Some(INITRD_TARGET_BYTES))?,
         size_entry("initrd agent-only, xz (crc32, 1 MiB dict)", &packed.xz_initrd, Some(INITRD_TARGET_BYTES))?,
-        size_entry("initrd agent-only, uncompressed", &packed.raw_initrd, None)?,
         size_entry("initrd agent + busybox, gzip", &inputs.busybox_initrd, None)?,
     ];
     if inputs.cloud_initrd.is_file() {
