@@ -8,7 +8,7 @@
 //! that into a stream of connections.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -23,11 +23,13 @@ use protocols::ttrpc::asynchronous::transport::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+use tokio_vsock::{VsockListener, VMADDR_CID_ANY};
 use wisp_init::{BootOptions, Channel};
 
 /// The virtio-serial port name Kata runtimes give the agent's port.
 pub const SERIAL_PORT_NAME: &str = "agent.channel.0";
+/// Connections the kernel completes before the agent accepts them (the `vsock` crate's).
+const LISTEN_BACKLOG: i32 = 128;
 /// virtio device id of a vsock device (virtio spec 5.10).
 const VIRTIO_ID_VSOCK: &str = "0x0013";
 
@@ -117,12 +119,65 @@ pub fn choose(opts: &BootOptions, wait: Duration) -> Result<ListenAddr, ChannelE
     }
 }
 
-/// Binds `addr` and returns it as a ttrpc listener.
-pub fn listen(addr: &ListenAddr) -> Result<Listener, ChannelError> {
-    let err = |source| ChannelError::Listen { addr: addr.clone(), source };
-    match addr {
+/// A channel bound before the async runtime exists (see [`bind`]).
+#[derive(Debug)]
+pub struct Bound {
+    addr: ListenAddr,
+    /// The listening vsock socket; `None` for the channels [`listen`] opens itself.
+    vsock: Option<OwnedFd>,
+}
+
+impl Bound {
+    pub fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+}
+
+/// Binds `addr` now, before the runtime and the server exist. A vsock socket listens from here
+/// on: the guest kernel completes the host's connects into its backlog while init goes on, so a
+/// host polling for the agent stops polling (and costing the vCPU a refused connect each time)
+/// as soon as this runs, and its first request waits in the socket for the server. Unix
+/// sockets and serial ports are opened by [`listen`].
+pub fn bind(addr: ListenAddr) -> Result<Bound, ChannelError> {
+    let vsock = match &addr {
         ListenAddr::Vsock { port } => {
-            let l = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, *port)).map_err(err)?;
+            Some(bind_vsock(*port).map_err(|errno| ChannelError::Listen { addr: addr.clone(), source: errno.into() })?)
+        }
+        ListenAddr::Serial { .. } | ListenAddr::Unix { .. } => None,
+    };
+    Ok(Bound { addr, vsock })
+}
+
+fn bind_vsock(port: u32) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType};
+    let fd = socket::socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(fd.as_raw_fd(), &socket::VsockAddr::new(VMADDR_CID_ANY, port))?;
+    socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+    Ok(fd)
+}
+
+/// The channel [`choose`] would pick, bound, if that needs no kernel module first: the VM has
+/// a vsock device and the options allow it. `None` means choose and bind after the modules.
+pub fn bind_early(opts: &BootOptions) -> Option<Bound> {
+    let vsock_allowed = matches!(opts.channel, Channel::Vsock | Channel::Auto);
+    if !vsock_allowed || !has_vsock_device(Path::new("/sys")) {
+        return None;
+    }
+    bind(ListenAddr::Vsock { port: opts.vsock_port }).ok()
+}
+
+/// Turns `bound` into a ttrpc listener (inside the runtime).
+pub fn listen(bound: Bound) -> Result<Listener, ChannelError> {
+    let Bound { addr, vsock } = bound;
+    let err = |source| ChannelError::Listen { addr: addr.clone(), source };
+    match &addr {
+        ListenAddr::Vsock { port } => {
+            let socket = match vsock {
+                Some(socket) => socket,
+                None => bind_vsock(*port).map_err(|errno| err(errno.into()))?,
+            };
+            // tokio-vsock panics only if epoll refuses the descriptor (out of memory).
+            let l = VsockListener::from(socket);
             Ok(Listener::new(l.incoming()))
         }
         ListenAddr::Unix { path } => {

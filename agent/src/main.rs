@@ -120,15 +120,18 @@ fn run_as_init() -> ! {
         wisp_init::power::power_off();
     }
     let (opts, diagnostics) = wisp_init::read_cmdline();
+    // First, so the host's connects succeed while the rest of init runs.
+    let early = channel::bind_early(&opts);
     let log = logging::logger(opts.log_level);
     logging::bridge_log_crate(&log, opts.log_level);
-    slog::info!(log, "init started"; "version" => env!("CARGO_PKG_VERSION"), "boot_clock" => format!("{started:.6}"));
+    slog::info!(log, "init started"; "version" => env!("CARGO_PKG_VERSION"), "boot_clock" => format!("{started:.6}"),
+        "listening_early" => early.is_some());
     for d in &diagnostics {
         slog::warn!(log, "kernel command line: {}", d);
     }
     let deferred = wisp_init::boot(&log, &opts);
 
-    if let Err(e) = serve_as_init(&log, &opts, started, deferred) {
+    if let Err(e) = serve_as_init(&log, &opts, early, started, deferred) {
         slog::crit!(log, "agent failed; powering off"; "error" => format!("{e:#}"));
     } else {
         slog::info!(log, "powering off");
@@ -139,14 +142,18 @@ fn run_as_init() -> ! {
 fn serve_as_init(
     log: &slog::Logger,
     opts: &BootOptions,
+    early: Option<channel::Bound>,
     started: f64,
     deferred: wisp_init::Deferred,
 ) -> anyhow::Result<()> {
-    let addr = channel::choose(opts, CHANNEL_WAIT)?;
+    let bound = match early {
+        Some(bound) => bound,
+        None => channel::bind(channel::choose(opts, CHANNEL_WAIT)?)?,
+    };
     let sandbox = Arc::new(Sandbox::new(log.clone(), Role::Init, started).with_hotplug_timeout(opts.hotplug_timeout));
     let (late_log, late_opts) = (log.clone(), opts.clone());
     let after_ready = move || wisp_init::after_ready(&late_log, &late_opts, deferred);
-    runtime()?.block_on(server::serve(&addr, sandbox, Role::Init, after_ready))?;
+    runtime()?.block_on(server::serve(bound, sandbox, Role::Init, after_ready))?;
     Ok(())
 }
 
@@ -159,7 +166,7 @@ fn run_standalone(args: Args) -> anyhow::Result<()> {
         sandbox = sandbox.with_state_root(dir);
     }
     let sandbox = Arc::new(sandbox);
-    runtime()?.block_on(server::serve(&addr, sandbox, Role::Standalone, || {}))?;
+    runtime()?.block_on(server::serve(channel::bind(addr)?, sandbox, Role::Standalone, || {}))?;
     Ok(())
 }
 

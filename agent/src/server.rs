@@ -8,7 +8,7 @@ use std::time::Duration;
 use protocols::ttrpc::asynchronous::Server;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::channel::{self, ChannelError, ListenAddr};
+use crate::channel::{self, Bound, ChannelError, ListenAddr};
 use crate::process::reaper;
 use crate::rpc;
 use crate::sandbox::{Role, Sandbox};
@@ -34,7 +34,7 @@ pub enum ServeError {
 /// runs on a thread of its own once the server listens: setup the first
 /// Health.Check need not wait for.
 pub async fn serve(
-    addr: &ListenAddr,
+    bound: Bound,
     sandbox: Arc<Sandbox>,
     role: Role,
     after_ready: impl FnOnce() + Send + 'static,
@@ -44,7 +44,8 @@ pub async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;
-    let listener = channel::listen(addr)?;
+    let addr = bound.addr().clone();
+    let listener = channel::listen(bound)?;
     let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
     server.start().await.map_err(ServeError::Start)?;
     sandbox.mark_ready();
@@ -91,7 +92,7 @@ pub async fn serve(
         }
     }
     let _ = server.shutdown().await;
-    if let ListenAddr::Unix { path } = addr {
+    if let ListenAddr::Unix { path } = &addr {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
