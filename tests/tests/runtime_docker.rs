@@ -329,16 +329,28 @@ fn wisp_runtime_run_runs_the_bundles_hooks_on_the_host_in_its_cgroup() -> anyhow
     let dir = tempfile::Builder::new().prefix("wisp-rt-hooks-").tempdir()?;
     configure(dir.path())?;
     let runtime = runtime_binary()?;
-    let bundle = bundle(dir.path(), &["sh", "-c", "echo in-vm; exit 4"])?;
+    // The container outlives the poststart hook (which marks its rootfs when it has looked, at
+    // most 10 s later): a container that has exited takes its monitor with it, and poststart
+    // would find no process to look at (seen once boots got fast).
+    let bundle = bundle(
+        dir.path(),
+        &[
+            "sh",
+            "-c",
+            "echo in-vm; i=0; while [ ! -e /poststart-ran ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; exit 4",
+        ],
+    )?;
+    let marker = bundle.join("rootfs/poststart-ran");
     // Each hook appends: its kind, the state's status and pid, that pid's network namespace
     // and memory cgroup.
     let record = dir.path().join("hooks.log");
     let hook = |kind: &str| {
+        let mark = if kind == "poststart" { format!("; touch {}", marker.display()) } else { String::new() };
         let script = format!(
             "s=$(cat); pid=$(echo \"$s\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
              st=$(echo \"$s\" | sed -n 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/p'); \
              echo \"{kind} $st ${{pid:-0}} $(readlink /proc/${{pid:-0}}/ns/net) \
-             $(grep -E ':memory:|^0::' /proc/${{pid:-0}}/cgroup 2>/dev/null | head -n 1 | cut -d: -f3)\" >> {}",
+             $(grep -E ':memory:|^0::' /proc/${{pid:-0}}/cgroup 2>/dev/null | head -n 1 | cut -d: -f3)\" >> {}{mark}",
             record.display()
         );
         serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", script]}])
