@@ -131,16 +131,6 @@ pub fn storage_9p(tag: &str, mount_point: &str) -> Storage {
     s
 }
 
-/// The QEMU arguments sharing `dir` by virtio-9p under `tag`.
-pub fn qemu_9p_args(dir: &Path, tag: &str) -> Vec<String> {
-    vec![
-        "-fsdev".into(),
-        format!("local,id={tag},path={},security_model=none", dir.display()),
-        "-device".into(),
-        format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}"),
-    ]
-}
-
 /// What a finished container left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {

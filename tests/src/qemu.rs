@@ -97,6 +97,25 @@ impl Machine {
         }
     }
 
+    /// The QEMU device `base` (`virtio-9p`, `vhost-user-fs`, ...) on this machine's virtio
+    /// transport: microvm has no PCI bus, its virtio devices are the virtio-mmio `-device` kind.
+    pub fn virtio_device(self, base: &str) -> String {
+        match self {
+            Self::Q35 | Self::Pc => format!("{base}-pci"),
+            Self::Microvm => format!("{base}-device"),
+        }
+    }
+
+    /// The QEMU arguments sharing `dir` by virtio-9p under `tag`.
+    pub fn share_9p_args(self, dir: &Path, tag: &str) -> Vec<String> {
+        vec![
+            "-fsdev".into(),
+            format!("local,id={tag},path={},security_model=none", dir.display()),
+            "-device".into(),
+            format!("{},fsdev={tag},mount_tag={tag}", self.virtio_device("virtio-9p")),
+        ]
+    }
+
     /// The shim's name for this machine type.
     pub fn machine_type(self) -> MachineType {
         match self {
@@ -405,6 +424,18 @@ mod tests {
             ["--vm", "guest-cid=3,socket=/run/vm/vhost.sock,uds-path=/run/vm/hvsock.sock"]
         );
         assert_eq!(config.agent_addr(&paths()).unwrap().to_string(), "hvsock:/run/vm/hvsock.sock:1024");
+    }
+
+    #[test]
+    fn a_9p_share_is_a_pci_device_on_q35_and_pc_and_an_mmio_one_on_microvm() {
+        let args = |m: Machine| m.share_9p_args(Path::new("/r"), "t").join(" ");
+        let pci = "-fsdev local,id=t,path=/r,security_model=none -device virtio-9p-pci,fsdev=t,mount_tag=t";
+        assert_eq!(args(Machine::Q35), pci);
+        assert_eq!(args(Machine::Pc), pci);
+        assert_eq!(
+            args(Machine::Microvm),
+            "-fsdev local,id=t,path=/r,security_model=none -device virtio-9p-device,fsdev=t,mount_tag=t"
+        );
     }
 
     #[test]

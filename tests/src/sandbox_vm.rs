@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use wisp_shim::agent_dial::AgentConn;
 
-use crate::agent_client::{self, ctx, qemu_9p_args, storage_9p};
+use crate::agent_client::{self, ctx, storage_9p};
 use crate::{Channel, Machine, Vm, VmConfig};
 
 /// How long the agent gets to answer after QEMU starts (TCG is slow).
@@ -42,7 +42,7 @@ impl SandboxVm {
         let mut config = VmConfig::wisp(Machine::Q35)?
             .channel(Channel::HybridVsock)
             .memory_mib(512)
-            .qemu_args_extra(qemu_9p_args(rootfs.path(), TAG))
+            .qemu_args_extra(Machine::Q35.share_9p_args(rootfs.path(), TAG))
             .qemu_args_extra(qemu_extra);
         for arg in cmdline {
             config = config.cmdline_arg(*arg);

@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, GetMetricsRequest, GuestDetailsRequest};
 use protocols::health::CheckRequest;
 use protocols::ttrpc::context;
-use wisp_tests::agent_client::{self, qemu_9p_args, spec, storage_9p, Container};
+use wisp_tests::agent_client::{self, spec, storage_9p, Container};
 use wisp_tests::timeline::{parse_prometheus_text, BootTimeline};
 use wisp_tests::{accel, Channel, Machine, Vm, VmConfig};
 
@@ -107,7 +107,10 @@ fn run(args: Args) -> Result<()> {
     let rootfs = tempfile::tempdir().context("cannot make a temp dir for the container's rootfs")?;
     agent_client::busybox_rootfs(rootfs.path())
         .with_context(|| format!("cannot build a busybox rootfs from {} (make deps)", agent_client::BUSYBOX))?;
-    config = config.channel(channel).memory_mib(args.memory).qemu_args_extra(qemu_9p_args(rootfs.path(), ROOTFS_TAG));
+    config = config
+        .channel(channel)
+        .memory_mib(args.memory)
+        .qemu_args_extra(machine.share_9p_args(rootfs.path(), ROOTFS_TAG));
     for a in &args.append {
         config = config.cmdline_arg(a.clone());
     }

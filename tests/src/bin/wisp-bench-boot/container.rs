@@ -43,19 +43,13 @@ impl Share {
 /// QEMU's arguments sharing `dir` (9p) or virtiofsd's `socket` (virtio-fs) under [`TAG`] on
 /// `machine` (the mmio variants on microvm).
 pub fn share_args(share: Share, machine: Machine, dir: &Path, socket: &Path) -> Vec<String> {
-    let suffix = if machine == Machine::Microvm { "device" } else { "pci" };
     match share {
-        Share::NineP => vec![
-            "-fsdev".into(),
-            format!("local,id={TAG},path={},security_model=none", dir.display()),
-            "-device".into(),
-            format!("virtio-9p-{suffix},fsdev={TAG},mount_tag={TAG}"),
-        ],
+        Share::NineP => machine.share_9p_args(dir, TAG),
         Share::VirtioFs => vec![
             "-chardev".into(),
             format!("socket,id={TAG},path={}", socket.display()),
             "-device".into(),
-            format!("vhost-user-fs-{suffix},chardev={TAG},tag={TAG},queue-size=1024"),
+            format!("{},chardev={TAG},tag={TAG},queue-size=1024", machine.virtio_device("vhost-user-fs")),
         ],
     }
 }
