@@ -42,13 +42,21 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// connection is dropped and `CONNECT` is sent again on a fresh one.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Pause after the first failed attempt; doubled after every further failure up to
-/// [`MAX_BACKOFF`].
+/// Pause after the first failed attempt; doubled after every further failure up to a cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-/// The cap trades the wait after the agent starts listening (half the cap on average, and
-/// every sandbox start pays it) against the guest's work for each refused attempt (~0.4 ms of
-/// a TCG vCPU per hybrid vsock CONNECT, measured): at 200 ms a 1 s boot lost ~100 ms here.
-const MAX_BACKOFF: Duration = Duration::from_millis(40);
+/// The cap once the guest itself refuses (its vsock is up, the agent is not listening yet):
+/// the agent is near, and the wait after it starts listening (half the cap on average) is paid
+/// by every sandbox start; at 200 ms a 1 s boot lost ~100 ms here. A refused attempt costs a
+/// TCG vCPU ~0.4 ms (measured).
+const GUEST_UP_MAX_BACKOFF: Duration = Duration::from_millis(40);
+/// The cap while the channel cannot reach a guest at all (the backend drops the CONNECT: the
+/// guest's vsock driver is not up; the socket is not there yet). Slower: a CONNECT landing
+/// while the guest's driver comes up is the suspect in the rare vhost-device-vsock stalls
+/// (docs/protocol.md; Kata saw a guest driver race there too), and polling fast buys nothing
+/// before the guest can answer. Not slower still: the guest refuses for only 50-100 ms
+/// between its driver coming up and the agent listening, and an attempt that skips that
+/// phase waits out this cap.
+const GUEST_DOWN_MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A backend answer longer than this is not an `OK <port>` line.
 const MAX_REPLY_LEN: usize = 64;
@@ -170,6 +178,17 @@ impl DialError {
         match self {
             Self::BackendClosed { .. } => true,
             Self::Handshake { source, .. } => dropped(source),
+            Self::VsockConnect { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the guest itself refused: its vsock is up, nothing listens on the port yet.
+    fn guest_refused(&self) -> bool {
+        match self {
+            Self::BackendClosed { .. } => true,
             Self::VsockConnect { source, .. } => {
                 matches!(source.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused)
             }
@@ -507,9 +526,10 @@ where
             Err(err) => return Err(err),
         };
         signs.heard(&err);
+        let (pause, next) = pause_after(backoff, &err);
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !remaining.is_zero() {
-            sleep(backoff.min(remaining)).await;
+            sleep(pause.min(remaining)).await;
         }
         if Instant::now() >= deadline {
             return Err(DialError::Timeout {
@@ -519,8 +539,16 @@ where
                 last: Box::new(err),
             });
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = next;
     }
+}
+
+/// The pause after an attempt that failed with `err` when the backoff stood at `backoff`, and
+/// the backoff for the next failure: doubling, capped by what the failure says of the guest.
+fn pause_after(backoff: Duration, err: &DialError) -> (Duration, Duration) {
+    let cap = if err.guest_refused() { GUEST_UP_MAX_BACKOFF } else { GUEST_DOWN_MAX_BACKOFF };
+    let pause = backoff.min(cap);
+    (pause, (pause * 2).min(cap))
 }
 
 /// One connect, bounded by `deadline`.
@@ -646,6 +674,26 @@ mod tests {
     use protocols::ttrpc::asynchronous::{Server, TtrpcContext};
     use protocols::ttrpc::context::with_timeout;
     use tokio::net::UnixListener;
+
+    #[test]
+    fn polls_slower_until_the_guest_itself_refuses_then_fast() {
+        let path = PathBuf::from("/s");
+        let dropped = DialError::Handshake { path: path.clone(), port: 1024, source: io::ErrorKind::BrokenPipe.into() };
+        let refused = DialError::BackendClosed { path, port: 1024 };
+        let ms = Duration::from_millis;
+        let mut backoff = FIRST_BACKOFF;
+        let mut pauses = Vec::new();
+        for err in [&dropped, &dropped, &dropped, &dropped, &dropped, &dropped, &refused, &refused, &dropped, &dropped]
+        {
+            let (pause, next) = pause_after(backoff, err);
+            pauses.push(pause);
+            backoff = next;
+        }
+        assert_eq!(pauses, [ms(10), ms(20), ms(40), ms(80), ms(100), ms(100), ms(40), ms(40), ms(40), ms(80)]);
+        let reset = DialError::VsockConnect { cid: 3, port: 1024, source: io::ErrorKind::ConnectionReset.into() };
+        assert!(reset.guest_refused(), "an AF_VSOCK reset comes from the guest");
+        assert!(!dropped.guest_refused());
+    }
 
     /// A fake hybrid vsock backend: closes the first `close_first` connections at once, then
     /// checks the `CONNECT` line and answers each later connection with `reply`.
