@@ -105,7 +105,8 @@ pub trait Processes {
     fn boot_id(&self) -> String;
     /// The calling process's pid.
     fn me(&self) -> u32;
-    /// The start time of running (not zombie) process `pid`, `None` if there is none.
+    /// The start time of running process `pid`, `None` if there is none or it is a zombie or
+    /// exiting.
     fn start_time(&self, pid: u32) -> Option<u64>;
 }
 
@@ -128,16 +129,30 @@ impl Processes for ProcFs {
     }
 }
 
-/// The start time in a `/proc/PID/stat` line, `None` for a zombie or a line that does not parse.
+/// The kernel's `PF_EXITING` task flag: set when the task enters `do_exit`, before it closes
+/// its descriptors, so long before it is a zombie.
+const PF_EXITING: u64 = 0x4;
+
+/// The start time in a `/proc/PID/stat` line, `None` for a process that is a zombie or exiting
+/// (it will never run its own code again) or a line that does not parse.
+///
+/// Exiting counts as dead because containerd runs `delete` for a SIGKILLed shim as soon as its
+/// socket closes, which the kernel does while the shim is still exiting: a live reading then
+/// left the state alone, and nobody came back for it.
 /// The command name (field 2) may hold spaces and parentheses: fields are counted after its
-/// last `)`, where field 3 (the state) comes first and field 22 (the start time) 20th.
+/// last `)`, where field 3 (the state) comes first, field 9 (the flags) 7th and field 22 (the
+/// start time) 20th.
 fn parse_stat(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    if matches!(fields.next()?, "Z" | "X") {
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(*fields.first()?, "Z" | "X") {
         return None;
     }
-    fields.nth(18)?.parse().ok()
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    if flags & PF_EXITING != 0 {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 impl Owner {
@@ -442,6 +457,8 @@ pub(crate) mod tests {
         let line = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat(line), Some(987_654));
         assert_eq!(parse_stat(&line.replace(") S ", ") Z ")), None, "a zombie is dead");
+        // 4194560 | PF_EXITING
+        assert_eq!(parse_stat(&line.replace(" 4194560 ", " 4194564 ")), None, "an exiting process is dead");
         assert_eq!(parse_stat("garbage"), None);
         let me = std::process::id();
         assert!(ProcFs.start_time(me).is_some(), "this process runs");

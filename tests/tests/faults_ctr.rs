@@ -72,7 +72,11 @@ fn sigkill(pid: u32) -> anyhow::Result<()> {
 /// Waits until nothing of sandbox `id` is on the host; fails naming `after` if something stays.
 fn nothing_left_of(t: &Setup, id: &str, after: &str) -> anyhow::Result<()> {
     let left = leftovers::wait_until_empty(Duration::from_secs(10), || traces(t, id));
-    ensure!(left.is_empty(), "{after}, {id} left: {left:#?}");
+    ensure!(
+        left.is_empty(),
+        "{after}, {id} left: {left:#?}\ncontainerd log (the shim's lines land there):\n{}",
+        t.log_tail(40)
+    );
     Ok(())
 }
 
