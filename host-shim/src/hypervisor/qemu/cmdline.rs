@@ -198,8 +198,7 @@ fn device_args(spec: &QemuSpec, paths: &VmPaths, suffix: &str) -> Vec<String> {
             &format!("virtio-9p-{suffix},fsdev=fs0,mount_tag={SHARED_FS_TAG}"),
         ]),
     }
-    // A template has no NIC; a clone gets its pod's by hot-plug after the restore.
-    if let Some(nic) = spec.tap_nic.as_ref().filter(|_| spec.template.is_none()) {
+    if let Some(nic) = spec.nic_at_boot() {
         push(&[
             "-netdev",
             &format!("tap,id=net0,fd={}", nic.fd),

@@ -190,6 +190,12 @@ impl QemuSpec {
         })
     }
 
+    /// The pod NIC QEMU gets on its command line: none for a template (it has none) or a clone
+    /// (its NIC is hot-plugged after the restore).
+    pub fn nic_at_boot(&self) -> Option<&TapNic> {
+        self.tap_nic.as_ref().filter(|_| self.template.is_none())
+    }
+
     /// Whether guest memory must be a shared memfd: any vhost-user device needs it.
     pub fn shared_memory(&self) -> bool {
         self.channel == Some(AgentChannel::HybridVsock)

@@ -128,6 +128,25 @@ pub fn refuse(machine: MachineType) -> Option<HypervisorError> {
     })
 }
 
+/// Where device `id` goes: on q35 the first root port not in `busy` (the port, and it as the
+/// bus), on pc the root bus `pci.0` (no port).
+fn slot(
+    machine: MachineType,
+    root_ports: u32,
+    busy: &[String],
+    id: &str,
+) -> Result<(Option<String>, String), HypervisorError> {
+    if machine != MachineType::Q35 {
+        return Ok((None, "pci.0".to_owned()));
+    }
+    let port = (1..=root_ports).map(|n| format!("rp{n}")).find(|p| !busy.contains(p)).ok_or_else(|| {
+        HypervisorError::Unsupported(format!(
+            "no free PCIe root port for {id}: all {root_ports} are in use (raise hypervisor.qemu.pcie_root_port)"
+        ))
+    })?;
+    Ok((Some(port.clone()), port))
+}
+
 /// Plugs `source` as `id`: on q35 onto the first root port not in `busy`, on pc onto `pci.0`.
 pub async fn plug(
     qmp: &mut Qmp,
@@ -149,17 +168,7 @@ pub async fn plug(
             });
         }
     }
-    let port = match machine {
-        MachineType::Q35 => Some((1..=root_ports).map(|n| format!("rp{n}")).find(|p| !busy.contains(p)).ok_or_else(
-            || {
-                HypervisorError::Unsupported(format!(
-                    "no free PCIe root port for {id}: all {root_ports} are in use (raise hypervisor.qemu.pcie_root_port)"
-                ))
-            },
-        )?),
-        _ => None,
-    };
-    let bus = port.clone().unwrap_or_else(|| "pci.0".to_owned());
+    let (port, bus) = slot(machine, root_ports, busy, id)?;
     let (commands, mut record) = plug_commands(id, source, &bus);
     record.port = port.clone();
     let mut done: Vec<&str> = Vec::new();
@@ -185,31 +194,25 @@ pub async fn plug(
     }
 }
 
-/// Plugs a pod's NIC on `tap` as `net0`: on q35 onto the last root port (disks take the first
-/// ones), on pc onto `pci.0`. The tap travels over the QMP socket (`getfd`).
+/// Plugs a pod's NIC on `tap` as `net0`, where [`plug`] would put a disk (the first root port
+/// not in `busy` on q35, `pci.0` on pc). The tap travels over the QMP socket (`getfd`).
 pub async fn plug_nic(
     qmp: &mut Qmp,
     machine: MachineType,
     root_ports: u32,
+    busy: &[String],
     tap: &TapNic,
 ) -> Result<PlugRecord, HypervisorError> {
     if let Some(err) = refuse(machine) {
         return Err(err);
     }
-    let port = match machine {
-        MachineType::Q35 if root_ports > 0 => Some(format!("rp{root_ports}")),
-        MachineType::Q35 => {
-            return Err(HypervisorError::Unsupported("no PCIe root port for the pod's NIC".to_owned()));
-        }
-        _ => None,
-    };
+    let (port, bus) = slot(machine, root_ports, busy, NIC_ID)?;
     // SAFETY: the tap stays open in `tap`'s owner (the pod network) until QEMU holds its own
     // copy, which `getfd` makes before this call returns.
     let fd = unsafe { BorrowedFd::borrow_raw(tap.fd) };
     qmp.send_fd(NIC_ID, fd).await?;
     qmp.execute("netdev_add", Some(json!({ "type": "tap", "id": NIC_ID, "fd": NIC_ID }))).await?;
-    let mut device = json!({ "driver": "virtio-net-pci", "id": NIC_ID, "netdev": NIC_ID, "mac": tap.mac });
-    device["bus"] = json!(port.clone().unwrap_or_else(|| "pci.0".to_owned()));
+    let device = json!({ "driver": "virtio-net-pci", "id": NIC_ID, "netdev": NIC_ID, "mac": tap.mac, "bus": bus });
     if let Err(err) = qmp.execute("device_add", Some(device)).await {
         let _ = qmp.execute("netdev_del", Some(json!({ "id": NIC_ID }))).await;
         return Err(err.into());
@@ -333,6 +336,16 @@ mod tests {
         assert_eq!(root_slot(&pci, "vol1"), None, "behind a bridge, not on the root bus");
         assert!(present(&pci, "vol1") && present(&pci, "rp2"));
         assert!(!present(&pci, "gone"));
+    }
+
+    #[test]
+    fn disks_and_the_pod_nic_take_the_first_free_root_port_on_q35_and_pci0_on_pc() {
+        let port = |p: &str| (Some(p.to_owned()), p.to_owned());
+        assert_eq!(slot(MachineType::Q35, 3, &[], "net0").unwrap(), port("rp1"));
+        assert_eq!(slot(MachineType::Q35, 3, &["rp1".into()], "d").unwrap(), port("rp2"));
+        let full = slot(MachineType::Q35, 1, &["rp1".into()], "d").unwrap_err().to_string();
+        assert!(full.contains("no free PCIe root port for d"), "{full}");
+        assert_eq!(slot(MachineType::Pc, 0, &[], "d").unwrap(), (None, "pci.0".to_owned()));
     }
 
     #[test]

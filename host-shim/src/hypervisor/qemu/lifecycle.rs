@@ -213,6 +213,11 @@ impl Qemu {
         })
     }
 
+    /// The root ports plugged devices hold.
+    fn busy_ports(&self) -> Vec<String> {
+        self.plugged.values().filter_map(|r| r.port.clone()).collect()
+    }
+
     /// Restores a clone's device state (`x-ignore-shared`: its RAM is the template's file) and
     /// lets it run: a restored VM comes back paused, as its template was saved.
     /// A pod's NIC comes by hot-plug (templates have none), before the guest runs again.
@@ -231,7 +236,8 @@ impl Qemu {
         qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": format!("fd:{fd}") }))).await?;
         qmp.wait_migration(RESTORE_TIMEOUT.saturating_sub(started.elapsed())).await?;
         if let Some(tap) = &self.spec.tap_nic {
-            let record = hotplug::plug_nic(&mut qmp, self.spec.machine, self.spec.root_ports, tap).await?;
+            let busy = self.busy_ports();
+            let record = hotplug::plug_nic(&mut qmp, self.spec.machine, self.spec.root_ports, &busy, tap).await?;
             info!(self.log, "pod NIC plugged into the clone"; "mac" => &tap.mac, "port" => &record.port);
             self.plugged.insert(hotplug::NIC_ID.to_owned(), record);
         }
@@ -319,9 +325,10 @@ impl Hypervisor for Qemu {
             })?;
         }
         // A clone's tap is handed over QMP after the restore.
-        let tap_at_boot = self.spec.tap_nic.as_ref().filter(|_| self.spec.template.is_none());
-        let inherit: Vec<i32> =
-            (self.spec.vhost_vsock_fd.into_iter()).chain(tap_at_boot.map(|n| n.fd)).chain(migration_fd).collect();
+        let inherit: Vec<i32> = (self.spec.vhost_vsock_fd.into_iter())
+            .chain(self.spec.nic_at_boot().map(|n| n.fd))
+            .chain(migration_fd)
+            .collect();
         crate::timeline::mark(&self.log, "helpers up");
         let child = self.spawn("qemu", &self.spec.qemu, &args, &inherit)?;
         crate::timeline::mark(&self.log, "qemu spawned");
@@ -404,7 +411,7 @@ impl Hypervisor for Qemu {
         if self.plugged.contains_key(id) {
             return Err(HypervisorError::Unsupported(format!("a device {id} is already plugged")));
         }
-        let busy: Vec<String> = self.plugged.values().filter_map(|r| r.port.clone()).collect();
+        let busy = self.busy_ports();
         let mut qmp = self.qmp().await?;
         let (plugged, record) =
             hotplug::plug(&mut qmp, self.spec.machine, self.spec.root_ports, &busy, id, source).await?;
