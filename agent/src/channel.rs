@@ -121,15 +121,27 @@ pub fn choose(opts: &BootOptions, wait: Duration) -> Result<ListenAddr, ChannelE
 
 /// A channel bound before the async runtime exists (see [`bind`]).
 #[derive(Debug)]
-pub struct Bound {
-    addr: ListenAddr,
-    /// The listening vsock socket; `None` for the channels [`listen`] opens itself.
-    vsock: Option<OwnedFd>,
+pub struct Bound(Opened);
+
+#[derive(Debug)]
+enum Opened {
+    /// Listening already.
+    Vsock {
+        port: u32,
+        socket: OwnedFd,
+    },
+    /// Opened by [`listen`], inside the runtime.
+    Unix(PathBuf),
+    Serial(PathBuf),
 }
 
 impl Bound {
-    pub fn addr(&self) -> &ListenAddr {
-        &self.addr
+    pub fn addr(&self) -> ListenAddr {
+        match &self.0 {
+            Opened::Vsock { port, .. } => ListenAddr::Vsock { port: *port },
+            Opened::Unix(path) => ListenAddr::Unix { path: path.clone() },
+            Opened::Serial(path) => ListenAddr::Serial { path: path.clone() },
+        }
     }
 }
 
@@ -139,13 +151,14 @@ impl Bound {
 /// as soon as this runs, and its first request waits in the socket for the server. Unix
 /// sockets and serial ports are opened by [`listen`].
 pub fn bind(addr: ListenAddr) -> Result<Bound, ChannelError> {
-    let vsock = match &addr {
-        ListenAddr::Vsock { port } => {
-            Some(bind_vsock(*port).map_err(|errno| ChannelError::Listen { addr: addr.clone(), source: errno.into() })?)
-        }
-        ListenAddr::Serial { .. } | ListenAddr::Unix { .. } => None,
-    };
-    Ok(Bound { addr, vsock })
+    Ok(Bound(match addr {
+        ListenAddr::Vsock { port } => Opened::Vsock {
+            port,
+            socket: bind_vsock(port).map_err(|errno| ChannelError::Listen { addr, source: errno.into() })?,
+        },
+        ListenAddr::Unix { path } => Opened::Unix(path),
+        ListenAddr::Serial { path } => Opened::Serial(path),
+    }))
 }
 
 fn bind_vsock(port: u32) -> nix::Result<OwnedFd> {
@@ -168,26 +181,20 @@ pub fn bind_early(opts: &BootOptions) -> Option<Bound> {
 
 /// Turns `bound` into a ttrpc listener (inside the runtime).
 pub fn listen(bound: Bound) -> Result<Listener, ChannelError> {
-    let Bound { addr, vsock } = bound;
-    let err = |source| ChannelError::Listen { addr: addr.clone(), source };
-    match &addr {
-        ListenAddr::Vsock { port } => {
-            let socket = match vsock {
-                Some(socket) => socket,
-                None => bind_vsock(*port).map_err(|errno| err(errno.into()))?,
-            };
+    match bound.0 {
+        Opened::Vsock { socket, .. } => {
             // tokio-vsock panics only if epoll refuses the descriptor (out of memory).
-            let l = VsockListener::from(socket);
-            Ok(Listener::new(l.incoming()))
+            Ok(Listener::new(VsockListener::from(socket).incoming()))
         }
-        ListenAddr::Unix { path } => {
-            let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+        Opened::Unix(path) => {
+            let l = tokio::net::UnixListener::bind(&path)
+                .map_err(|source| ChannelError::Listen { addr: ListenAddr::Unix { path }, source })?;
             Ok(Listener::new(stream::unfold(l, |l| async move {
                 let next = l.accept().await.map(|(s, _)| s);
                 Some((next, l))
             })))
         }
-        ListenAddr::Serial { path } => Ok(serial_listener(path.clone())),
+        Opened::Serial(path) => Ok(serial_listener(path)),
     }
 }
 

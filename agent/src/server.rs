@@ -44,7 +44,7 @@ pub async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     let mut sigchld = signal(SignalKind::child()).map_err(ServeError::Signal)?;
-    let addr = bound.addr().clone();
+    let addr = bound.addr();
     let listener = channel::listen(bound)?;
     let mut server = rpc::register(Server::new().add_listener(listener), sandbox.clone());
     server.start().await.map_err(ServeError::Start)?;
