@@ -169,20 +169,12 @@ impl DialError {
     /// is answered within milliseconds. Silence (a CONNECT held unanswered) or a socket that is
     /// not there yet says nothing.
     fn channel_answered(&self) -> bool {
-        let dropped = |source: &io::Error| {
-            matches!(
-                source.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
-            )
-        };
-        match self {
-            Self::BackendClosed { .. } => true,
-            Self::Handshake { source, .. } => dropped(source),
-            Self::VsockConnect { source, .. } => {
-                matches!(source.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused)
-            }
-            _ => false,
-        }
+        // A backend dropping the CONNECT answered too, for the guest not being up.
+        let dropped = matches!(self, Self::Handshake { source, .. } if matches!(
+            source.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+        ));
+        self.guest_refused() || dropped
     }
 
     /// Whether the guest itself refused: its vsock is up, nothing listens on the port yet.
