@@ -353,7 +353,11 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
         &[
             "sh",
             "-c",
-            "echo to-stdout; echo to-stderr >&2; ps -o args | grep -q '^sleep 3600' && echo sees-sleeper; exit 7",
+            // The sleeper's shell may not have exec'd `sleep` yet when this starts: look for up
+            // to 5 s (seen once boots got fast).
+            "echo to-stdout; echo to-stderr >&2; i=0; \
+             until ps -o args | grep -q '^sleep 3600' || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done; \
+             ps -o args | grep -q '^sleep 3600' && echo sees-sleeper; exit 7",
         ],
     )?;
     assert_eq!(t.wait_exit(&worker, Duration::from_secs(60))?, 7, "the worker's exact exit code");
