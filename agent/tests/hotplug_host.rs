@@ -5,6 +5,11 @@
 //!
 //! Needs root (setns, mknod, mount) and a static busybox at /bin/busybox (`make deps`).
 
+// For `copy_executable`, shared with the VM tests.
+#[path = "../../tests/src/agent_client.rs"]
+#[allow(dead_code)]
+mod agent_client;
+
 use std::os::unix::fs::{symlink, FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -23,7 +28,7 @@ impl StandIn {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("busybox")).unwrap();
+        agent_client::copy_executable(Path::new("/bin/busybox"), &root.join("busybox")).unwrap();
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--root"])
             .arg(&root)

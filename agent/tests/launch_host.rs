@@ -7,6 +7,11 @@
 //! static busybox of `make deps` (busybox-static); without either they fail,
 //! saying so. CI runs them as root.
 
+// For `copy_executable`, shared with the VM tests.
+#[path = "../../tests/src/agent_client.rs"]
+#[allow(dead_code)]
+mod agent_client;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,7 +45,7 @@ impl Bundle {
         let rootfs = dir.path().join("bundle/rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-        std::fs::copy(&bb, rootfs.join("bin/busybox")).unwrap();
+        agent_client::copy_executable(&bb, &rootfs.join("bin/busybox")).unwrap();
         for a in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
         }

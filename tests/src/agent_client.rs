@@ -60,12 +60,24 @@ pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
     }
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
-    std::fs::copy(busybox, bin.join("busybox"))?;
+    copy_executable(busybox, &bin.join("busybox"))?;
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     for d in ["proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(dir.join(d))?;
+    }
+    Ok(())
+}
+
+/// Copies a program that a test is about to run, in a `cp` of its own. Tests run in parallel
+/// threads: a copy written by this process is open for writing while another test forks, the
+/// child holds that descriptor until it execs, and an exec of the copy in that window fails
+/// with ETXTBSY ("Text file busy": CI saw it once). The writer in its own process never is.
+pub fn copy_executable(from: &Path, to: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("cp").arg("--").arg(from).arg(to).status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("cp {} {}: {status}", from.display(), to.display())));
     }
     Ok(())
 }
