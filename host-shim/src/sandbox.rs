@@ -316,6 +316,10 @@ impl Sandbox {
             None => Ok(()),
         };
         if let Err(err) = refreshed.and(sandbox.create_in_guest(network.as_ref()).await) {
+            // The guest's side of a refused or hung call is on its console, gone with the state
+            // directory: the log keeps it.
+            warn!(sandbox.log, "the sandbox's setup in the guest failed"; "error" => %err,
+                  "console_tail" => sandbox.console_tail());
             sandbox.shutdown().await;
             return Err(err);
         }

@@ -503,7 +503,14 @@ fn pod_start_wisp_vs_runc_and_five_pods_at_once() -> anyhow::Result<()> {
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))).collect()
     });
     let wall = start.elapsed();
-    let pods = pods.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let pods = pods.into_iter().collect::<anyhow::Result<Vec<_>>>().map_err(|err| {
+        let log = t.ctd.log();
+        let tail: Vec<&str> = log.lines().rev().take(300).collect();
+        err.context(format!(
+            "containerd's log, last 300 lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    })?;
     let pss: u64 = t
         .shim_cmdlines()
         .into_iter()
