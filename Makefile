@@ -45,7 +45,8 @@ deps: ## Install what building and testing need (apt-get + cargo install); idemp
 	  apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "deps: Debian packages present"; fi
-	@command -v vhost-device-vsock >/dev/null || { echo "deps: cargo install vhost-device-vsock (~3 min)"; cargo install --locked --quiet vhost-device-vsock@0.3.0; }
+	@# Patched: third_party/vhost-device-vsock/README.md says why; a no-op once installed.
+	@third_party/vhost-device-vsock/install.sh
 	@command -v virtiofsd >/dev/null || { echo "deps: cargo install virtiofsd (~4 min)"; cargo install --locked --quiet virtiofsd@1.14.0; }
 	@cargo afl --version 2>/dev/null | grep -q '^cargo-afl $(CARGO_AFL_VERSION) ' || { echo "deps: cargo install cargo-afl (~2 min, builds AFL++ with cc)"; cargo install --locked --quiet cargo-afl@$(CARGO_AFL_VERSION); }
 	@# AFL++ is built per rustc version; "already built" is the idempotent case.

@@ -236,6 +236,9 @@ fn check_helpers(r: &mut Report, q: &QemuSection) {
         &q.vhost_device_vsock,
         "the agent channel falls back to virtio-serial; `make deps install` for vsock",
     );
+    if let Some(found) = locate_program(&q.vhost_device_vsock) {
+        check_vsock_backend_patch(r, &found.path);
+    }
     helper(r, "virtiofsd", &q.virtio_fs_daemon, "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs");
     if q.rootless {
         r.ok(
@@ -244,6 +247,25 @@ fn check_helpers(r: &mut Report, q: &QemuSection) {
                 "QEMU and vhost-device-vsock run as a uid of their own from {} (virtiofsd stays root, sandboxed); \
                  the state root must be traversable by them",
                 wisp_shim::hypervisor::confine::ROOTLESS_FIRST_ID
+            ),
+        );
+    }
+}
+
+/// Whether the vhost-device-vsock at `path` carries our fix for the stall at the guest's boot
+/// (third_party/vhost-device-vsock: its `--version` ends in `+wisp.N`).
+fn check_vsock_backend_patch(r: &mut Report, path: &Path) {
+    let version = std::process::Command::new(path).arg("--version").output();
+    let version = version.map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned()).unwrap_or_default();
+    if version.contains("+wisp.") {
+        r.ok("vhost-device-vsock patch", version);
+    } else {
+        r.warn(
+            "vhost-device-vsock patch",
+            format!(
+                "{:?} lacks wisp's fix: a connect while the guest boots can stall the agent channel \
+                 (15 s, then a second boot) — `make deps install` (third_party/vhost-device-vsock)",
+                if version.is_empty() { "no --version" } else { version.as_str() }
             ),
         );
     }
