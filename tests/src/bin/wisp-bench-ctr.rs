@@ -13,7 +13,7 @@
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
 use wisp_tests::containerd::{describe, s, text};
 use wisp_tests::shim_setup::{wisp_binary, Setup};
@@ -49,6 +49,13 @@ struct Args {
     /// Sandboxes run at once for the memory figure (0: none).
     #[arg(long, default_value_t = 5)]
     pss: usize,
+    /// An extra line for the shim's `[hypervisor.qemu]` (repeatable), to compare settings:
+    /// `--qemu 'shared_fs = "virtio-9p"'`, `--qemu 'kernel_params = "agent.log=debug"'`.
+    #[arg(long = "qemu", value_name = "LINE")]
+    qemu: Vec<String>,
+    /// Copies containerd's log (the shims' lines with their phases) here at the end.
+    #[arg(long, value_name = "FILE")]
+    keep_log: Option<std::path::PathBuf>,
 }
 
 fn now_ms() -> f64 {
@@ -63,7 +70,8 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.runs > 0, "--runs must be at least 1");
-    let setup = if args.template { Setup::with_config("", "\n[factory]\ntemplate = true\n")? } else { Setup::new()? };
+    let factory = if args.template { "\n[factory]\ntemplate = true\n" } else { "" };
+    let setup = Setup::with_config(&args.qemu.join("\n"), factory)?;
     if args.template {
         let made = Command::new(wisp_binary()?)
             .args(["template", "create", "--config"])
@@ -83,7 +91,11 @@ fn main() -> Result<()> {
         eprintln!("run {}/{}: {:.0} ms", run + 1, args.runs, ended - started);
         runs.push((id, started, ended));
     }
-    let log = phases(&setup.ctd.log());
+    let log_text = setup.ctd.log();
+    if let Some(path) = &args.keep_log {
+        std::fs::write(path, &log_text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let log = phases(&log_text);
     let how = if args.template { "cloned from a template" } else { "cold boot" };
     println!(
         "ctr run --rm busybox echo through the shim, {how}, {} runs (host wall clock, ms from `ctr run`)",
