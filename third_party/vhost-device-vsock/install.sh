@@ -17,7 +17,7 @@ mkdir -p "$work/fetch/src"
 printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nvhost-device-vsock = "=%s"\n' \
   "$VERSION" > "$work/fetch/Cargo.toml"
 : > "$work/fetch/src/lib.rs"
-cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml" 2>/dev/null
+cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"
 crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/vhost-device-vsock-$VERSION.crate | head -n 1)
 tar -xzf "$crate" -C "$work"
 patch -d "$work/vhost-device-vsock-$VERSION" -p1 --quiet < "$here/0001-keep-serving-when-a-host-connection-beats-the-vrings.patch"
