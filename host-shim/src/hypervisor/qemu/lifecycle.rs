@@ -44,6 +44,22 @@ use crate::hypervisor::{
 
 /// How long a helper gets to create its socket.
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A helper spawned and not yet known to be ready (its socket not there yet).
+struct StartingHelper {
+    name: &'static str,
+    program: PathBuf,
+    child: Child,
+    socket: PathBuf,
+}
+
+/// Kills and reaps helpers that will not be watched: the start failed.
+async fn kill_all(starting: Vec<StartingHelper>) {
+    for mut helper in starting {
+        let _ = helper.child.start_kill();
+        let _ = helper.child.wait().await;
+    }
+}
 /// How long a killed process gets to be reaped before we stop waiting.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a clone's restore may take, from QEMU's spawn.
@@ -161,42 +177,67 @@ impl Qemu {
         Ok(())
     }
 
-    async fn start_helper(
-        &mut self,
+    /// Spawns helper `name`; [`Self::await_helpers`] waits until its socket is there.
+    fn spawn_helper(
+        &self,
         name: &'static str,
         program: PathBuf,
         args: Vec<String>,
         socket: PathBuf,
-    ) -> Result<(), HypervisorError> {
-        let mut child = self.spawn(name, &program, &args, &[])?;
+    ) -> Result<StartingHelper, HypervisorError> {
+        let child = self.spawn(name, &program, &args, &[])?;
+        Ok(StartingHelper { name, program, child, socket })
+    }
+
+    /// Waits until every helper in `starting` has made its socket (they start side by side:
+    /// QEMU needs them all), then watches them. One that exits or stays silent for
+    /// [`HELPER_READY_TIMEOUT`] fails the start, and every one of them is killed.
+    async fn await_helpers(&mut self, mut starting: Vec<StartingHelper>) -> Result<(), HypervisorError> {
         let start = Instant::now();
-        while !socket.exists() {
-            let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || start.elapsed() >= HELPER_READY_TIMEOUT {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(HypervisorError::HelperNotReady {
-                    helper: format!("{name} ({})", program.display()),
-                    exited: exited.map(|status| format!(": it exited ({status})")).unwrap_or_default(),
-                    socket,
-                    waited_ms: start.elapsed().as_millis(),
-                    log: Some(tail(&self.paths.helper_log(name), 5))
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or_else(|| "(nothing)".into()),
-                });
+        let mut failed = None;
+        while failed.is_none() && starting.iter().any(|h| !h.socket.exists()) {
+            let timed_out = start.elapsed() >= HELPER_READY_TIMEOUT;
+            for helper in starting.iter_mut().filter(|h| !h.socket.exists()) {
+                let exited = helper.child.try_wait().ok().flatten();
+                if exited.is_some() || timed_out {
+                    failed = Some((helper.name, helper.program.clone(), helper.socket.clone(), exited));
+                    break;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Fine-grained: the sandbox's start waits on this poll.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let log_path = self.paths.helper_log(name);
-        let log = self.log.clone();
-        self.helpers.push(helper_watch::watch(child, name, log_path, self.exited_tx.clone(), self.vmm.clone(), log));
-        if let Some(ids) = self.run_as.filter(|_| name == "virtiofsd") {
-            // virtiofsd stays root: the rootless QEMU reaches its socket by group.
-            confine::share_with_group(&socket, ids, 0o660).map_err(|source| HypervisorError::Io {
-                what: "cannot open to the rootless group",
-                path: socket.clone(),
-                source,
-            })?;
+        if let Some((name, program, socket, exited)) = failed {
+            kill_all(starting).await;
+            return Err(HypervisorError::HelperNotReady {
+                helper: format!("{name} ({})", program.display()),
+                exited: exited.map(|status| format!(": it exited ({status})")).unwrap_or_default(),
+                socket,
+                waited_ms: start.elapsed().as_millis(),
+                log: Some(tail(&self.paths.helper_log(name), 5))
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "(nothing)".into()),
+            });
+        }
+        for StartingHelper { name, child, socket, .. } in starting {
+            let log_path = self.paths.helper_log(name);
+            let log = self.log.clone();
+            self.helpers.push(helper_watch::watch(
+                child,
+                name,
+                log_path,
+                self.exited_tx.clone(),
+                self.vmm.clone(),
+                log,
+            ));
+            if let Some(ids) = self.run_as.filter(|_| name == "virtiofsd") {
+                // virtiofsd stays root: the rootless QEMU reaches its socket by group.
+                confine::share_with_group(&socket, ids, 0o660).map_err(|source| HypervisorError::Io {
+                    what: "cannot open to the rootless group",
+                    path: socket.clone(),
+                    source,
+                })?;
+            }
         }
         Ok(())
     }
@@ -283,11 +324,8 @@ impl Hypervisor for Qemu {
             }
         }
         self.prepare_confinement()?;
-        if let Some(args) = cmdline::vsock_helper_args(&self.spec, &self.paths) {
-            let program = self.spec.vhost_device_vsock.clone();
-            self.start_helper("vhost-device-vsock", program, args, self.paths.vhost_vsock_socket()).await?;
-        }
-        if let Some(args) = cmdline::virtiofsd_args(&self.spec, &self.paths) {
+        let virtiofsd = cmdline::virtiofsd_args(&self.spec, &self.paths);
+        if virtiofsd.is_some() {
             // virtiofsd serves the share from its own mount namespace: binds made under it
             // later (each container's rootfs) must propagate there.
             confine::propagate_into_namespaces(&shared).map_err(|err| HypervisorError::Io {
@@ -295,9 +333,28 @@ impl Hypervisor for Qemu {
                 path: shared.clone(),
                 source: err.into(),
             })?;
-            let program = self.spec.virtiofsd.clone();
-            self.start_helper("virtiofsd", program, args, self.paths.virtiofsd_socket()).await?;
         }
+        let helpers = [
+            (
+                "vhost-device-vsock",
+                self.spec.vhost_device_vsock.clone(),
+                self.paths.vhost_vsock_socket(),
+                cmdline::vsock_helper_args(&self.spec, &self.paths),
+            ),
+            ("virtiofsd", self.spec.virtiofsd.clone(), self.paths.virtiofsd_socket(), virtiofsd),
+        ];
+        let mut starting = Vec::new();
+        for (name, program, socket, args) in helpers {
+            let Some(args) = args else { continue };
+            match self.spawn_helper(name, program, args, socket) {
+                Ok(helper) => starting.push(helper),
+                Err(err) => {
+                    kill_all(starting).await;
+                    return Err(err);
+                }
+            }
+        }
+        self.await_helpers(starting).await?;
         if let Some(AgentChannel::VhostVsock { .. }) = self.spec.channel {
             let claimed = GuestCid::claim(Path::new(VHOST_VSOCK_DEVICE), FIRST_GUEST_CID)
                 .map_err(|err| HypervisorError::Unsupported(err.to_string()))?;
@@ -569,5 +626,63 @@ mod tests {
         let _ = stranger.kill();
         let _ = stranger.wait();
         assert!(kill_recorded(dir.as_path()).is_empty(), "a second run finds nothing");
+    }
+
+    /// The helpers start side by side; one that dies fails the start, and the other, still
+    /// waiting for its socket, goes with it.
+    #[tokio::test]
+    async fn a_helper_that_dies_fails_the_start_and_the_other_goes_too() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let waits = script("fake-vsock", "exec sleep 60");
+        let dies = script("fake-virtiofsd", "echo 'cannot serve the share' >&2; exit 3");
+        let kernel = script("kernel", "");
+        let spec = QemuSpec {
+            qemu: "/bin/false".into(),
+            machine: MachineType::Q35,
+            kernel,
+            initrd: None,
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: Vec::new(),
+            accel: crate::accel::Accel::Tcg,
+            tb_size_mib: 64,
+            channel: Some(crate::hypervisor::AgentChannel::HybridVsock),
+            vhost_vsock_fd: None,
+            tap_nic: None,
+            shared_fs: Some(crate::hypervisor::SharedFs::VirtioFs),
+            qmp: true,
+            root_ports: 0,
+            bios: None,
+            debug_console: false,
+            vhost_user_devices: false,
+            vhost_device_vsock: waits,
+            virtiofsd: dies,
+            extra_args: Vec::new(),
+            confine: Default::default(),
+            template: None,
+        };
+        let paths = VmPaths::new(dir.path().join("vm"));
+        let shared = paths.shared_dir();
+        let mut qemu = Qemu::new(spec, paths.clone(), Logger::root(slog::Discard, slog::o!()));
+        let start = Instant::now();
+        let err = qemu.start().await.expect_err("virtiofsd died");
+        let message = err.to_string();
+        let waiting: u32 =
+            fs::read_to_string(paths.dir().join("vhost-device-vsock.pid")).unwrap().trim().parse().unwrap();
+        let gone = !alive(waiting);
+        let _ = nix::mount::umount2(&shared, nix::mount::MntFlags::MNT_DETACH);
+        qemu.stop().await;
+        assert!(matches!(err, HypervisorError::HelperNotReady { .. }), "{message}");
+        assert!(message.contains("fake-virtiofsd") && message.contains("exited"), "{message}");
+        assert!(message.contains("cannot serve the share"), "the helper's log is quoted: {message}");
+        assert!(start.elapsed() < HELPER_READY_TIMEOUT, "no wait for the timeout: {:?}", start.elapsed());
+        assert!(gone, "the waiting helper ({waiting}) was killed with the start");
     }
 }
