@@ -26,6 +26,8 @@ use super::tail;
 
 /// How long a helper asked to stop gets to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a helper that exited waits for QEMU to be seen exiting too before it is the cause.
+const QEMU_EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// The VMM process of a VM, once spawned, as a pidfd (shared with the helpers' watchers).
 #[derive(Debug, Clone, Default)]
@@ -104,8 +106,9 @@ pub fn watch(
         tokio::select! {
             status = child.wait() => {
                 // After QEMU (a stop, or QEMU's own death) a helper exits because its client
-                // went away: QEMU's exit is the reason, not this.
-                if vmm.exited() {
+                // went away: QEMU's exit is the reason, not this. QEMU closes its sockets in
+                // its exit, before its pidfd reads as exited: virtiofsd was seen to go first.
+                if vmm.wait_exited(QEMU_EXIT_GRACE).await {
                     return;
                 }
                 let status = status.map_or_else(|err| format!("could not be waited for: {err}"), |s| s.to_string());
@@ -193,5 +196,26 @@ mod tests {
         vmm.kill();
         assert!(vmm.wait_exited(Duration::from_secs(5)).await, "kill ends the VMM");
         let _ = vmm_child.wait().await;
+    }
+
+    /// QEMU closes its sockets before its pidfd reads as exited, so at a stop virtiofsd can
+    /// exit a moment before QEMU does: that is QEMU's exit, not a helper's failure.
+    #[tokio::test]
+    async fn a_helper_that_exits_just_before_the_vmm_is_not_the_cause() {
+        let log = Logger::root(slog::Discard, o!());
+        let (tx, rx) = watch::channel(None);
+        let mut vmm_child = sleeper();
+        let vmm = VmmHandle::default();
+        vmm.set(vmm_child.id().expect("pid"));
+        let helper = sleeper();
+        let helper_pid = helper.id().expect("pid");
+        let _watched = watch(helper, "virtiofsd", PathBuf::from("/nonexistent.log"), tx, vmm.clone(), log);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper_pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill the helper");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        vmm.kill();
+        let _ = vmm_child.wait().await;
+        tokio::time::sleep(QEMU_EXIT_GRACE).await;
+        assert!(rx.borrow().is_none(), "no failure recorded: {:?}", rx.borrow());
     }
 }
