@@ -183,6 +183,9 @@ pub struct Sandbox {
     share: ShareTree,
     /// Disks attached at boot (microvm), by id.
     boot_disks: HashMap<String, Plugged>,
+    /// Set by the first [`Sandbox::shutdown`] to finish: the later ones (Delete, then
+    /// Shutdown) find nothing to do and say nothing.
+    stopped: std::sync::atomic::AtomicBool,
     log: Logger,
 }
 
@@ -309,6 +312,7 @@ impl Sandbox {
             shared_fs,
             share,
             boot_disks: attached,
+            stopped: Default::default(),
             log,
         };
         let refreshed = match template {
@@ -484,8 +488,10 @@ impl Sandbox {
         self.vm.lock().await.stop().await;
         self.share.teardown(&self.log);
         cleanup_dir(self.paths.dir(), &self.log);
-        info!(self.log, "sandbox stopped and cleaned up");
-        crate::timeline::mark(&self.log, "vm stopped");
+        if !self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            info!(self.log, "sandbox stopped and cleaned up");
+            crate::timeline::mark(&self.log, "vm stopped");
+        }
     }
 }
 
