@@ -45,6 +45,7 @@ pub mod state_dir;
 pub mod task;
 pub mod template;
 pub mod timeline;
+pub mod tsc;
 pub mod volumes;
 
 /// An error and its causes on one line, for messages that cross a process boundary.

@@ -359,6 +359,7 @@ mod tests {
             tap_nic: None,
             confine: Default::default(),
             template: None,
+            tsc_khz: None,
         }
     }
 

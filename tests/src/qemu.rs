@@ -325,6 +325,8 @@ impl VmConfig {
             extra_args: self.extra_args.clone(),
             confine: Default::default(),
             template: None,
+            // As the shim: the guest's TSC rate, so that the floors and the agent boot alike.
+            tsc_khz: (accel == Accel::Tcg).then(wisp_shim::tsc::host_khz).flatten(),
         }
     }
 

@@ -10,8 +10,9 @@
 //!   vhost-user-blk) must map it;
 //! - on q35, `N` free `pcie-root-port`s so devices can be hot-plugged later (microvm cannot
 //!   hot-plug; pc hot-plugs on `pci.0`);
-//! - microvm under TCG: `tsc_early_khz=2000000 tsc=reliable`, without which TSC calibration
-//!   hangs;
+//! - under TCG, `tsc_early_khz` at the host's measured TSC rate (crate::tsc; a loaded host's
+//!   guests calibrated it 12 times too low), and on microvm `tsc=reliable`, without which TSC
+//!   calibration hangs (2 GHz is assumed there when the rate is unknown);
 //! - QEMU's own seccomp filter, [`SECCOMP_SANDBOX`]: no obsolete system calls, no setuid, no
 //!   fork/exec, no scheduler or affinity changes (QEMU 7.2 checked: hot-plug over QMP,
 //!   vhost-user, 9p and a tap fd all work under it).
@@ -57,8 +58,16 @@ fn virtio_suffix(machine: MachineType) -> &'static str {
 pub fn kernel_cmdline(spec: &QemuSpec) -> String {
     let mut args: Vec<String> =
         ["console=ttyS0", "panic=-1", "printk.time=1", "no_timer_check"].map(str::to_owned).to_vec();
-    if spec.machine == MachineType::Microvm && spec.accel == Accel::Tcg {
-        args.extend(["tsc_early_khz=2000000", "tsc=reliable"].map(str::to_owned));
+    if spec.accel == Accel::Tcg {
+        // The guest's TSC is the host's: its rate, measured on the host, spares the guest a
+        // calibration that a loaded host gets wrong (crate::tsc). microvm has no reference
+        // clock to check the TSC against, so it is also declared reliable there.
+        match (spec.tsc_khz, spec.machine) {
+            (Some(khz), MachineType::Microvm) => args.extend([format!("tsc_early_khz={khz}"), "tsc=reliable".into()]),
+            (Some(khz), _) => args.push(format!("tsc_early_khz={khz}")),
+            (None, MachineType::Microvm) => args.extend(["tsc_early_khz=2000000", "tsc=reliable"].map(str::to_owned)),
+            (None, _) => {}
+        }
     }
     if spec.channel == Some(AgentChannel::Serial) {
         args.push("agent.channel=serial".to_owned());
@@ -321,6 +330,7 @@ mod tests {
             extra_args: Vec::new(),
             confine: Default::default(),
             template: None,
+            tsc_khz: None,
         }
     }
 
@@ -402,6 +412,21 @@ mod tests {
         assert_eq!(vsock_helper_args(&s, &paths), None);
         assert_eq!(virtiofsd_args(&s, &paths), None);
         assert_eq!(agent_addr(&s, &paths).unwrap(), AgentAddr::Serial { path: PathBuf::from("/run/s/serial.sock") });
+    }
+
+    #[test]
+    fn a_tcg_guest_gets_the_hosts_tsc_rate_and_only_microvm_declares_it_reliable() {
+        let mut q35 = spec(MachineType::Q35, Accel::Tcg, AgentChannel::HybridVsock, SharedFs::VirtioFs);
+        assert!(!kernel_cmdline(&q35).contains("tsc"), "unknown rate: the guest calibrates");
+        q35.tsc_khz = Some(2_599_985);
+        let line = kernel_cmdline(&q35);
+        assert!(line.contains(" tsc_early_khz=2599985") && !line.contains("tsc=reliable"), "{line}");
+        let mut microvm = spec(MachineType::Microvm, Accel::Tcg, AgentChannel::HybridVsock, SharedFs::NineP);
+        microvm.tsc_khz = Some(2_599_985);
+        assert!(kernel_cmdline(&microvm).contains(" tsc_early_khz=2599985 tsc=reliable"));
+        let mut kvm = spec(MachineType::Q35, Accel::Kvm, AgentChannel::HybridVsock, SharedFs::VirtioFs);
+        kvm.tsc_khz = Some(2_599_985);
+        assert!(!kernel_cmdline(&kvm).contains("tsc"), "KVM tells the guest its TSC rate itself");
     }
 
     #[test]

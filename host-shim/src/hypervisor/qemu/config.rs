@@ -70,6 +70,8 @@ pub struct QemuSpec {
     pub confine: VmConfinement,
     /// Booting a template, or cloning one ([`crate::template`]).
     pub template: Option<TemplateRole>,
+    /// The host's TSC rate ([`crate::tsc`]), given to a TCG guest as `tsc_early_khz`.
+    pub tsc_khz: Option<u32>,
 }
 
 /// A VM's part in templating: guest RAM is a file; the template maps it shared (its RAM ends up
@@ -187,6 +189,7 @@ impl QemuSpec {
             extra_args: Vec::new(),
             confine: VmConfinement { cgroups_path: config.cgroups_path.clone(), rootless: q.rootless },
             template: None,
+            tsc_khz: None,
         })
     }
 

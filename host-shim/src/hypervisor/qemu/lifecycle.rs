@@ -323,6 +323,11 @@ impl Hypervisor for Qemu {
                 });
             }
         }
+        // A clone's kernel took its TSC rate from the template's boot.
+        let boots_a_kernel = !matches!(self.spec.template, Some(TemplateRole::Restore { .. }));
+        if boots_a_kernel && self.spec.accel == crate::accel::Accel::Tcg {
+            crate::tsc::measure_in_background();
+        }
         self.prepare_confinement()?;
         let virtiofsd = cmdline::virtiofsd_args(&self.spec, &self.paths);
         if virtiofsd.is_some() {
@@ -366,6 +371,9 @@ impl Hypervisor for Qemu {
         // Dropped once QEMU is spawned: it keeps its own copy.
         let migration = self.open_migration_file()?;
         let migration_fd = migration.as_ref().map(AsRawFd::as_raw_fd);
+        if boots_a_kernel && self.spec.accel == crate::accel::Accel::Tcg {
+            self.spec.tsc_khz = crate::tsc::host_khz();
+        }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
         self.console = Some(ConsoleDrain::start(&self.paths, &self.log).map_err(|source| HypervisorError::Io {
             what: "cannot drain the guest console into",
@@ -667,6 +675,7 @@ mod tests {
             extra_args: Vec::new(),
             confine: Default::default(),
             template: None,
+            tsc_khz: None,
         };
         let paths = VmPaths::new(dir.path().join("vm"));
         let shared = paths.shared_dir();
