@@ -387,16 +387,24 @@ mod tests {
         shell_line("qemu", &config.qemu_args(&paths(), accel))
     }
 
+    /// The host's TSC rate as a TCG guest is given it (measured here: it varies by host).
+    fn tsc_early_khz() -> Option<u32> {
+        wisp_shim::tsc::host_khz()
+    }
+
     #[test]
     fn q35_tcg_console_only() {
         let config =
             VmConfig::new(Machine::Q35, "/k/bzImage").initrd("/k/floor.cpio").bios(Bios::File("/fw/qboot.rom".into()));
+        let tsc = tsc_early_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default();
         assert_eq!(
             argv(&config, Accel::Tcg),
-            "qemu -machine q35 -accel tcg,tb-size=64 \
-             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
-             -no-reboot -serial file:/run/vm/console.fifo -bios /fw/qboot.rom -kernel /k/bzImage \
-             -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check'"
+            format!(
+                "qemu -machine q35 -accel tcg,tb-size=64 \
+                 -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 -nographic -nodefaults \
+                 -no-reboot -serial file:/run/vm/console.fifo -bios /fw/qboot.rom -kernel /k/bzImage \
+                 -initrd /k/floor.cpio -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check{tsc}'"
+            )
         );
         assert_eq!(config.agent_addr(&paths()), None);
         assert_eq!(config.vsock_helper_args(&paths()), None);
@@ -445,14 +453,17 @@ mod tests {
         let config = VmConfig::new(Machine::Microvm, "/k/vmlinux")
             .bios(Bios::File("/ignored/for/microvm".into()))
             .channel(Channel::HybridVsock);
+        let khz = tsc_early_khz().unwrap_or(2_000_000);
         assert_eq!(
             argv(&config, Accel::Tcg),
-            "qemu -machine microvm,memory-backend=mem -accel tcg,tb-size=64 \
-             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 \
-             -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
-             -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
-             -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check tsc_early_khz=2000000 tsc=reliable' \
-             -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0,event_idx=off"
+            format!(
+                "qemu -machine microvm,memory-backend=mem -accel tcg,tb-size=64 \
+                 -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -m 256M -smp 1 \
+                 -nographic -nodefaults -no-reboot -serial file:/run/vm/console.fifo \
+                 -object memory-backend-memfd,id=mem,size=256M,share=on -kernel /k/vmlinux \
+                 -append 'console=ttyS0 panic=-1 printk.time=1 no_timer_check tsc_early_khz={khz} tsc=reliable' \
+                 -chardev socket,id=vs0,path=/run/vm/vhost.sock -device vhost-user-vsock-device,chardev=vs0,event_idx=off"
+            )
         );
         // Under KVM the TSC is calibrated properly: no invented frequency.
         assert_eq!(config.kernel_cmdline(Accel::Kvm), "console=ttyS0 panic=-1 printk.time=1 no_timer_check");
