@@ -155,18 +155,24 @@ mod tests {
             .unwrap_or(false)
     }
 
-    #[tokio::test]
-    async fn a_helper_that_dies_ends_the_vm_with_its_reason() {
+    /// A VMM and a watched "virtiofsd" (both sleepers); the helper is SIGKILLed at once.
+    fn vmm_and_a_killed_helper() -> (Child, VmmHandle, WatchedHelper, watch::Receiver<Option<String>>) {
         let log = Logger::root(slog::Discard, o!());
-        let (tx, mut rx) = watch::channel(None);
-        let mut vmm_child = sleeper();
+        let (tx, rx) = watch::channel(None);
+        let vmm_child = sleeper();
         let vmm = VmmHandle::default();
         vmm.set(vmm_child.id().expect("pid"));
         let helper = sleeper();
         let helper_pid = helper.id().expect("pid");
-        let _watched = watch(helper, "virtiofsd", PathBuf::from("/nonexistent.log"), tx, vmm.clone(), log);
+        let watched = watch(helper, "virtiofsd", PathBuf::from("/nonexistent.log"), tx, vmm.clone(), log);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper_pid as i32), nix::sys::signal::Signal::SIGKILL)
             .expect("kill the helper");
+        (vmm_child, vmm, watched, rx)
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_dies_ends_the_vm_with_its_reason() {
+        let (mut vmm_child, vmm, _watched, mut rx) = vmm_and_a_killed_helper();
         let reason = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some))
             .await
             .expect("a reason within 5 s")
@@ -202,16 +208,7 @@ mod tests {
     /// exit a moment before QEMU does: that is QEMU's exit, not a helper's failure.
     #[tokio::test]
     async fn a_helper_that_exits_just_before_the_vmm_is_not_the_cause() {
-        let log = Logger::root(slog::Discard, o!());
-        let (tx, rx) = watch::channel(None);
-        let mut vmm_child = sleeper();
-        let vmm = VmmHandle::default();
-        vmm.set(vmm_child.id().expect("pid"));
-        let helper = sleeper();
-        let helper_pid = helper.id().expect("pid");
-        let _watched = watch(helper, "virtiofsd", PathBuf::from("/nonexistent.log"), tx, vmm.clone(), log);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper_pid as i32), nix::sys::signal::Signal::SIGKILL)
-            .expect("kill the helper");
+        let (mut vmm_child, vmm, _watched, rx) = vmm_and_a_killed_helper();
         tokio::time::sleep(Duration::from_millis(30)).await;
         vmm.kill();
         let _ = vmm_child.wait().await;
