@@ -27,12 +27,17 @@ pub fn measure_in_background() {
     std::thread::spawn(host_khz);
 }
 
+/// Whether this host's TSC ticks at one rate whatever the CPU's frequency and sleep state.
+fn constant_tsc() -> bool {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else { return false };
+    let Some(flags) = cpuinfo.lines().find(|l| l.starts_with("flags")) else { return false };
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    has("constant_tsc") && has("nonstop_tsc")
+}
+
 #[cfg(target_arch = "x86_64")]
 fn measure() -> Option<u32> {
-    let flags = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let flags = flags.lines().find(|l| l.starts_with("flags"))?;
-    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
-    if !(has("constant_tsc") && has("nonstop_tsc")) {
+    if !constant_tsc() {
         return None;
     }
     let (tsc0, ns0) = sample();
@@ -73,7 +78,9 @@ fn sample() -> (u64, u64) {
 mod tests {
     #[test]
     fn the_rate_is_plausible_and_stable() {
-        let Some(first) = super::measure() else { return };
+        let first = super::measure();
+        assert_eq!(first.is_some(), cfg!(target_arch = "x86_64") && super::constant_tsc(), "measured where it can be");
+        let Some(first) = first else { return };
         let second = super::measure().expect("measured once, measured again");
         assert!((100_000..10_000_000).contains(&first), "{first} kHz");
         let diff = (i64::from(first) - i64::from(second)).unsigned_abs();
