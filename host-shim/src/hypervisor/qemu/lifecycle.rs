@@ -44,6 +44,15 @@ use crate::hypervisor::{
 
 /// How long a helper gets to create its socket.
 pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a killed process gets to be reaped before we stop waiting.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a clone's restore may take, from QEMU's spawn.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
+const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The names of the processes a VM runs, in start order (their `.pid` files).
+/// (`stratovirt` when the sandbox VMM is StratoVirt.)
+pub const PROCESS_NAMES: [&str; 4] = ["vhost-device-vsock", "virtiofsd", "qemu", "stratovirt"];
 
 /// A helper spawned and not yet known to be ready (its socket not there yet).
 struct StartingHelper {
@@ -60,15 +69,6 @@ async fn kill_all(starting: Vec<StartingHelper>) {
         let _ = helper.child.wait().await;
     }
 }
-/// How long a killed process gets to be reaped before we stop waiting.
-const REAP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a clone's restore may take, from QEMU's spawn.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a QMP `quit` (and the exit after it) may take before QEMU is killed.
-const QMP_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
-/// The names of the processes a VM runs, in start order (their `.pid` files).
-/// (`stratovirt` when the sandbox VMM is StratoVirt.)
-pub const PROCESS_NAMES: [&str; 4] = ["vhost-device-vsock", "virtiofsd", "qemu", "stratovirt"];
 
 /// A QEMU VM and its helpers.
 #[derive(Debug)]
@@ -323,9 +323,11 @@ impl Hypervisor for Qemu {
                 });
             }
         }
-        // A clone's kernel took its TSC rate from the template's boot.
-        let boots_a_kernel = !matches!(self.spec.template, Some(TemplateRole::Restore { .. }));
-        if boots_a_kernel && self.spec.accel == crate::accel::Accel::Tcg {
+        // A TCG guest is told its TSC rate (crate::tsc); a clone's kernel took it from the
+        // template's boot. Measured while the helpers start.
+        let tells_tsc_rate = self.spec.accel == crate::accel::Accel::Tcg
+            && !matches!(self.spec.template, Some(TemplateRole::Restore { .. }));
+        if tells_tsc_rate {
             crate::tsc::measure_in_background();
         }
         self.prepare_confinement()?;
@@ -371,7 +373,7 @@ impl Hypervisor for Qemu {
         // Dropped once QEMU is spawned: it keeps its own copy.
         let migration = self.open_migration_file()?;
         let migration_fd = migration.as_ref().map(AsRawFd::as_raw_fd);
-        if boots_a_kernel && self.spec.accel == crate::accel::Accel::Tcg {
+        if tells_tsc_rate {
             self.spec.tsc_khz = crate::tsc::host_khz();
         }
         let args = cmdline::qemu_args(&self.spec, &self.paths);
