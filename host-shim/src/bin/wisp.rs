@@ -131,8 +131,10 @@ impl Report {
 
 /// Reports where helper `what` (configured as `configured`) is found: the configured path, a
 /// fallback to the build-time `cargo install` directory (a warning: install it), or nowhere.
-fn helper(r: &mut Report, what: &str, configured: &Path, without: &str) {
-    match locate_program(configured) {
+/// Returns the path found.
+fn helper(r: &mut Report, what: &str, configured: &Path, without: &str) -> Option<PathBuf> {
+    let found = locate_program(configured);
+    match &found {
         Some(found) if !found.fallback => r.ok(what, found.path.display().to_string()),
         Some(found) => r.warn(
             what,
@@ -144,6 +146,7 @@ fn helper(r: &mut Report, what: &str, configured: &Path, without: &str) {
         ),
         None => r.warn(what, format!("{} not found — {without}", configured.display())),
     }
+    found.map(|found| found.path)
 }
 
 fn check(config_path: Option<&Path>) -> bool {
@@ -230,16 +233,21 @@ fn check_host_devices(r: &mut Report) {
 
 /// The helper binaries and, when asked for, rootless mode.
 fn check_helpers(r: &mut Report, q: &QemuSection) {
-    helper(
+    let vsock_backend = helper(
         r,
         "vhost-device-vsock",
         &q.vhost_device_vsock,
         "the agent channel falls back to virtio-serial; `make deps install` for vsock",
     );
-    if let Some(found) = locate_program(&q.vhost_device_vsock) {
-        check_vsock_backend_patch(r, &found.path);
+    if let Some(path) = vsock_backend {
+        check_vsock_backend_patch(r, &path);
     }
-    helper(r, "virtiofsd", &q.virtio_fs_daemon, "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs");
+    let _ = helper(
+        r,
+        "virtiofsd",
+        &q.virtio_fs_daemon,
+        "the rootfs is shared by virtio-9p; `make deps install` for virtio-fs",
+    );
     if q.rootless {
         r.ok(
             "rootless",
