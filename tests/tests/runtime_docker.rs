@@ -2,7 +2,8 @@
 //! `--add-runtime wisp=<wisp-runtime>`) runs containers in wisp VMs, on its bridge network
 //! (its prestart hook's veth wired into the VM) and with the VM charged to the container's
 //! cgroup (`docker stats`); the seed's own flow (`wisp-runtime run` in a bundle) propagates the
-//! exit code and runs the bundle's host hooks.
+//! exit code and runs the bundle's host hooks; `kill` signals the init alone and `kill --all`
+//! every process of the container.
 //!
 //! Needs root, `make deps` and `make all` (kernel, initrd, wisp-runtime, rootfs-builder).
 //! Compiled only with both features `containerd-tests` and `vm-tests` (`make test-shim`).
@@ -113,27 +114,13 @@ fn a_killed_monitor_reads_stopped_and_delete_cleans_up() -> anyhow::Result<()> {
     let bundle = bundle(dir.path(), &["sleep", "3600"])?;
     let root = dir.path().join("root");
     let rt = |args: &[&str]| Command::new(&runtime).arg("--root").arg(&root).args(args).output();
-    let pid_file = dir.path().join("pid");
-    // The monitor keeps create's stdio (the container's): a file, not a pipe output() would
-    // wait on until the container ends.
-    let stdio = dir.path().join("stdio");
-    let created = Command::new(&runtime)
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "--bundle", s(&bundle), "--pid-file", s(&pid_file), "victim"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&stdio)?)
-        .stderr(std::fs::File::create(dir.path().join("stderr"))?)
-        .status()?;
-    ensure!(created.success(), "create: {}", std::fs::read_to_string(dir.path().join("stderr"))?);
-    ensure!(rt(&["start", "victim"])?.status.success());
+    let monitor = create_and_start(&runtime, &root, &bundle, "victim")?;
     let listed = rt(&["list"])?;
     assert!(
         text(&listed.stdout).lines().any(|l| l.starts_with("victim") && l.contains("running")),
         "{}",
         describe(&listed)
     );
-    let monitor: i32 = std::fs::read_to_string(&pid_file)?.parse()?;
     assert!(!processes_left(dir.path(), Duration::ZERO).is_empty(), "the VM runs");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL)?;
     let left = processes_left(dir.path(), Duration::from_secs(10));
@@ -146,6 +133,71 @@ fn a_killed_monitor_reads_stopped_and_delete_cleans_up() -> anyhow::Result<()> {
     let left = left_on_host(dir.path(), Duration::ZERO);
     assert!(left.is_empty(), "delete removed the sandbox's mounts and state: {left:#?}");
     Ok(())
+}
+
+#[test]
+fn kill_signals_the_init_alone_and_with_all_every_process() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("wisp-rt-killall-").tempdir()?;
+    configure(dir.path())?;
+    let runtime = runtime_binary()?;
+    // The init catches SIGTERM and goes on waiting for its child; the child (`sleep`, whose
+    // SIGTERM is the default again after exec) dies of one. So the container ends only when
+    // the child is signalled too.
+    // It says "ready" once the trap is set: a SIGTERM before that would kill it.
+    let script = "trap 'echo init caught TERM' TERM; sleep 3600 & echo ready; \
+                  while kill -0 $! 2>/dev/null; do wait $!; done";
+    let bundle = bundle(dir.path(), &["sh", "-c", script])?;
+    let root = dir.path().join("root");
+    let rt = |args: &[&str]| Command::new(&runtime).arg("--root").arg(&root).args(args).output();
+    let status = |id: &str| -> anyhow::Result<String> {
+        let state: serde_json::Value = serde_json::from_slice(&rt(&["state", id])?.stdout)?;
+        Ok(state["status"].as_str().unwrap_or_default().to_owned())
+    };
+    create_and_start(&runtime, &root, &bundle, "both")?;
+    let output = dir.path().join("both.stdio");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&output)?.contains("ready") {
+        assert!(Instant::now() < deadline, "the container never said ready: {}", status("both")?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = rt(&["kill", "both", "TERM"])?;
+    ensure!(out.status.success(), "kill: {}", describe(&out));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status("both")?, "running", "kill without --all reached the init's child");
+    assert!(std::fs::read_to_string(&output)?.contains("init caught TERM"), "the init was not signalled");
+    let out = rt(&["kill", "--all", "both", "TERM"])?;
+    ensure!(out.status.success(), "kill --all: {}", describe(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("both")? != "stopped" {
+        assert!(Instant::now() < deadline, "kill --all did not reach the init's child: {}", status("both")?);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = rt(&["delete", "both"])?;
+    ensure!(out.status.success(), "delete: {}", describe(&out));
+    let left = left_on_host(dir.path(), Duration::from_secs(10));
+    assert!(left.is_empty(), "left after delete: {left:#?}");
+    Ok(())
+}
+
+/// `wisp-runtime create` and `start` of `bundle` as `id`; returns the monitor's pid. The
+/// monitor keeps create's stdio (the container's): files beside `root`, not pipes that
+/// output() would wait on until the container ends.
+fn create_and_start(runtime: &Path, root: &Path, bundle: &Path, id: &str) -> anyhow::Result<i32> {
+    let dir = root.parent().unwrap_or(root);
+    let pid_file = dir.join(format!("{id}.pid"));
+    let stderr = dir.join(format!("{id}.stderr"));
+    let created = Command::new(runtime)
+        .arg("--root")
+        .arg(root)
+        .args(["create", "--bundle", s(bundle), "--pid-file", s(&pid_file), id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join(format!("{id}.stdio")))?)
+        .stderr(std::fs::File::create(&stderr)?)
+        .status()?;
+    ensure!(created.success(), "create: {}", std::fs::read_to_string(&stderr)?);
+    let out = Command::new(runtime).arg("--root").arg(root).args(["start", id]).output()?;
+    ensure!(out.status.success(), "start: {}", describe(&out));
+    Ok(std::fs::read_to_string(&pid_file)?.trim().parse()?)
 }
 
 /// A cgroup a test names (and the runtime makes): removed with what is under it in every

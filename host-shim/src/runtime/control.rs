@@ -29,7 +29,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Request {
     /// Start the created container.
     Start,
-    /// Send `signal` to the container's init (`exec_id` empty) or to one of its execs.
+    /// Send `signal` to the container's init (`exec_id` empty), to one of its execs, or
+    /// with `all` (and no `exec_id`) to every process of the container.
     Kill {
         signal: i32,
         all: bool,

@@ -317,7 +317,7 @@ impl Monitor {
     async fn forward(self: Arc<Self>, signo: i32) {
         let Ok(mut signals) = signal(SignalKind::from_raw(signo)) else { return };
         while signals.recv().await.is_some() {
-            if let Err(err) = self.kill("", signo).await {
+            if let Err(err) = self.kill("", false, signo).await {
                 warn!(self.log, "a signal was not forwarded"; "signal" => signo, "error" => err);
             }
         }
@@ -345,7 +345,7 @@ impl Monitor {
         let Some((request, fds)) = control::read_request(&mut stream).await else { return };
         let answer = match request {
             Request::Start => self.start().await.map(|()| Answer::Ok),
-            Request::Kill { signal, exec_id, .. } => self.kill(&exec_id, signal).await.map(|()| Answer::Ok),
+            Request::Kill { signal, exec_id, all } => self.kill(&exec_id, all, signal).await.map(|()| Answer::Ok),
             Request::Pause => self.pause(true).await.map(|()| Answer::Ok),
             Request::Resume => self.pause(false).await.map(|()| Answer::Ok),
             Request::Shutdown => {
@@ -408,10 +408,12 @@ impl Monitor {
         Ok(())
     }
 
-    async fn kill(&self, exec_id: &str, signal: i32) -> Result<(), String> {
+    /// Signals exec `exec_id`, the init when it is empty, or with `all` every process of
+    /// the container (runc's `kill --all`).
+    async fn kill(&self, exec_id: &str, all: bool, signal: i32) -> Result<(), String> {
         let request = pb::SignalProcessRequest {
             container_id: self.cid.clone(),
-            exec_id: exec_id.to_owned(),
+            exec_id: signal_target(&self.cid, exec_id, all).to_owned(),
             signal: u32::try_from(signal).map_err(|_| format!("invalid signal {signal}"))?,
             ..Default::default()
         };
@@ -499,4 +501,28 @@ fn inherited(fd: RawFd) -> Option<File> {
     // closes 0-2; it is only borrowed to duplicate it.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     borrowed.as_fd().try_clone_to_owned().ok().map(File::from)
+}
+
+/// The SignalProcess exec id for a signal to container `cid`: Kata's agent reads an empty
+/// one as every process of the container and the container's id as its init (runc's `kill`
+/// without `--all`, and the signals `run` forwards).
+fn signal_target<'a>(cid: &'a str, exec_id: &'a str, all: bool) -> &'a str {
+    match (exec_id.is_empty(), all) {
+        (true, true) => "",
+        (true, false) => cid,
+        (false, _) => exec_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signal_target;
+
+    #[test]
+    fn kill_names_the_init_unless_all_is_asked_and_an_exec_by_its_id() {
+        assert_eq!(signal_target("c1", "", false), "c1");
+        assert_eq!(signal_target("c1", "", true), "");
+        assert_eq!(signal_target("c1", "e1", false), "e1");
+        assert_eq!(signal_target("c1", "e1", true), "e1");
+    }
 }
