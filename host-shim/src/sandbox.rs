@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protocols::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, ReseedRandomDevRequest, Routes, SetGuestDateTimeRequest, Storage,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    CreateSandboxRequest, DestroySandboxRequest, OnlineCPUMemRequest, ReseedRandomDevRequest, Routes,
+    SetGuestDateTimeRequest, Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use protocols::health::CheckRequest;
 use protocols::ttrpc::context;
@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::hypervisor::factory::{HostVms, ResolvedVm, VmFactory};
 use crate::hypervisor::qemu::config::TapNic;
 use crate::hypervisor::qemu::lifecycle;
-use crate::hypervisor::{BlockSource, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
+use crate::hypervisor::{BlockSource, Growth, Hypervisor, HypervisorError, Plugged, SharedFs, VmPaths, SHARED_FS_TAG};
 use crate::pod_network::{PodNetwork, PodNetworkError};
 pub use crate::share::mounts_under;
 use crate::share::{ShareError, ShareTree};
@@ -298,7 +298,8 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr, "template" => &template);
+        let template_key = template.as_ref().map(|(key, _)| key.as_str());
+        info!(log, "agent ready"; "ms" => started.elapsed().as_millis(), "addr" => %addr, "template" => template_key);
         crate::timeline::mark(&log, "agent ready");
         // QEMU and its helpers have made their sockets by now.
         crate::state_dir::restrict_sockets(&dir, &log);
@@ -316,7 +317,7 @@ impl Sandbox {
             log,
         };
         let refreshed = match template {
-            Some(_) => sandbox.refresh_clone().await,
+            Some((_, growth)) => sandbox.refresh_clone(growth).await,
             None => Ok(()),
         };
         if let Err(err) = refreshed.and(sandbox.create_in_guest(network.as_ref()).await) {
@@ -331,8 +332,9 @@ impl Sandbox {
     }
 
     /// Makes a clone its own before anything runs in it: every clone of a template starts
-    /// with the template's RNG state and clock.
-    async fn refresh_clone(&self) -> Result<(), SandboxError> {
+    /// with the template's RNG state and clock, and one bigger than its template has the
+    /// vCPUs it got by hot-plug onlined (its added RAM the kernel onlines itself).
+    async fn refresh_clone(&self, growth: Growth) -> Result<(), SandboxError> {
         let agent = self.agent.agent();
         let ctx = || context::with_duration(SETUP_CALL_TIMEOUT);
         let mut data = vec![0; CLONE_SEED_BYTES];
@@ -350,6 +352,18 @@ impl Sandbox {
         };
         let set = agent.set_guest_date_time(ctx(), &request).await;
         set.map_err(|source| SandboxError::Agent { call: "SetGuestDateTime", source })?;
+        if !growth.is_none() {
+            // Kata's reading: nb_cpus is how many CPUs this call must bring online.
+            let request = OnlineCPUMemRequest {
+                wait: true,
+                nb_cpus: growth.vcpus,
+                cpu_only: growth.memory_mib == 0,
+                ..Default::default()
+            };
+            let onlined = agent.online_cpu_mem(ctx(), &request).await;
+            onlined.map_err(|source| SandboxError::Agent { call: "OnlineCPUMem", source })?;
+            info!(self.log, "the clone's added resources online"; "vcpus" => growth.vcpus, "memory_mib" => growth.memory_mib);
+        }
         Ok(())
     }
 

@@ -20,7 +20,9 @@
 //! QEMU depends on: its command line for that spec (with the VM's own paths left out) and the
 //! identity (device, inode, size, modification time) of the QEMU binary, firmware, kernel and
 //! initrd. A rebuilt initrd or a changed configuration makes a new key, and the old template is
-//! never used for it: the sandbox boots cold.
+//! never used for it: the sandbox boots cold. A pod's resources make its VM bigger than the
+//! configured one; the template of the same VM at its own, smaller size serves it, and the clone
+//! gets the difference by hot-plug after the restore ([`Growth`], [`find`]).
 //!
 //! # What a clone must do first
 //! All clones of one template start with the same kernel RNG state, clock and boot id; the
@@ -43,10 +45,12 @@ use slog::{info, Logger};
 
 use crate::config::Config;
 use crate::hypervisor::qemu::cmdline;
-use crate::hypervisor::qemu::config::{QemuSpec, TemplateRole};
+use crate::hypervisor::qemu::config::{
+    QemuSpec, TemplateRole, MEMORY_BLOCK_MIB, TEMPLATE_MAX_MEMORY_MIB, TEMPLATE_MAX_VCPUS,
+};
 use crate::hypervisor::qemu::Qemu;
 use crate::hypervisor::qmp::QmpError;
-use crate::hypervisor::{Hypervisor, HypervisorError, VmPaths};
+use crate::hypervisor::{Growth, Hypervisor, HypervisorError, VmPaths};
 use crate::sandbox::SandboxError;
 
 /// The templates' directory under the state root, unless `[factory] template_path` says otherwise.
@@ -129,9 +133,9 @@ pub struct Template {
 }
 
 impl Template {
-    /// How a clone of it boots.
-    pub fn restore_role(&self) -> TemplateRole {
-        TemplateRole::Restore { memory: self.dir.join(MEMORY_FILE), state: self.dir.join(STATE_FILE) }
+    /// How a clone of it boots, `growth` added once restored.
+    pub fn restore_role(&self, growth: Growth) -> TemplateRole {
+        TemplateRole::Restore { memory: self.dir.join(MEMORY_FILE), state: self.dir.join(STATE_FILE), growth }
     }
 }
 
@@ -160,21 +164,54 @@ pub fn key(spec: &QemuSpec) -> String {
 }
 
 /// The template standing for `spec` (a configured VM, before [`QemuSpec::for_template`]) in
-/// `templates`, or why there is none.
-pub fn find(spec: &QemuSpec, templates: &Path) -> Result<Template, String> {
+/// `templates` and what a clone of it must grow by, or why there is none.
+///
+/// A template of `spec`'s own size comes first. Otherwise a smaller template of the same VM
+/// serves (a pod's resources make its VM bigger than the configured one the template was made
+/// from): `spec` at that template's size has its key, and the clone gets the difference by
+/// hot-plug, the RAM rounded up to whole memory blocks.
+pub fn find(spec: &QemuSpec, templates: &Path) -> Result<(Template, Growth), String> {
     let spec = spec.clone().for_template();
     if let Some(blocker) = spec.template_blocker() {
         return Err(blocker.to_owned());
     }
     let key = key(&spec);
     let dir = templates.join(&key);
-    let template = read(&dir).map_err(|err| format!("no template {key} in {}: {err}", templates.display()))?;
+    let exact = read(&dir);
+    let (template, growth) = match exact {
+        Ok(template) => (template, Growth::default()),
+        Err(err) => smaller(&spec, templates).ok_or_else(|| {
+            format!("no template {key} (nor a smaller one of this VM) in {}: {err}", templates.display())
+        })?,
+    };
     for file in [MEMORY_FILE, STATE_FILE] {
-        if !dir.join(file).is_file() {
-            return Err(format!("template {key} has no {file}"));
+        if !template.dir.join(file).is_file() {
+            return Err(format!("template {} has no {file}", template.meta.key));
         }
     }
-    Ok(template)
+    Ok((template, growth))
+}
+
+/// A template of `spec`'s VM (template form) at a smaller size that a clone can grow from.
+fn smaller(spec: &QemuSpec, templates: &Path) -> Option<(Template, Growth)> {
+    if spec.vcpus > TEMPLATE_MAX_VCPUS || spec.memory_mib > TEMPLATE_MAX_MEMORY_MIB {
+        return None;
+    }
+    list(templates).into_iter().rev().find_map(|template| {
+        let meta = &template.meta;
+        if meta.vcpus > spec.vcpus || meta.memory_mib > spec.memory_mib {
+            return None;
+        }
+        let mut at = spec.clone();
+        (at.vcpus, at.memory_mib) = (meta.vcpus, meta.memory_mib);
+        if key(&at) != meta.key {
+            return None;
+        }
+        let memory_mib = (spec.memory_mib - meta.memory_mib).div_ceil(MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
+        let growth = Growth { vcpus: spec.vcpus - meta.vcpus, memory_mib };
+        // The rounding must still fit in the template's maxmem.
+        (meta.memory_mib + memory_mib <= TEMPLATE_MAX_MEMORY_MIB).then_some((template, growth))
+    })
 }
 
 /// The template in `dir`.
@@ -408,7 +445,8 @@ mod tests {
         let key0 = key(&template);
         assert_eq!(key0.len(), 24);
         let mut placed = template.clone();
-        placed.template = Some(TemplateRole::Restore { memory: "/x/memory".into(), state: "/x/state".into() });
+        let growth = Growth { vcpus: 1, memory_mib: 128 };
+        placed.template = Some(TemplateRole::Restore { memory: "/x/memory".into(), state: "/x/state".into(), growth });
         assert_eq!(key(&placed), key0, "where a clone's files are is not what it is");
         let mut bigger = template.clone();
         bigger.memory_mib = 512;
@@ -431,15 +469,31 @@ mod tests {
         assert!(why.contains("no template"), "{why}");
         let k = key(&configured.clone().for_template());
         save(&templates, &k, 1);
-        let found = find(&configured, &templates).unwrap();
-        assert_eq!(found.meta.key, k);
+        let (found, growth) = find(&configured, &templates).unwrap();
+        assert_eq!((found.meta.key.as_str(), growth), (k.as_str(), Growth::default()));
         assert_eq!(
-            found.restore_role(),
+            found.restore_role(growth),
             TemplateRole::Restore {
                 memory: templates.join(&k).join("memory"),
-                state: templates.join(&k).join("state")
+                state: templates.join(&k).join("state"),
+                growth,
             }
         );
+        // A pod bigger than the configured VM is the same VM grown: the template serves, and
+        // the clone gets the difference, its RAM in whole 128 MiB blocks.
+        let mut sized = configured.clone();
+        (sized.vcpus, sized.memory_mib) = (3, 256 + 200);
+        let (found, growth) = find(&sized, &templates).unwrap();
+        assert_eq!((found.meta.key.as_str(), growth), (k.as_str(), Growth { vcpus: 2, memory_mib: 256 }));
+        // Beyond the room a template has, or smaller than it, or another VM: none serves.
+        for (vcpus, memory_mib) in [(TEMPLATE_MAX_VCPUS + 1, 256), (1, TEMPLATE_MAX_MEMORY_MIB + 1), (1, 128)] {
+            let mut other = configured.clone();
+            (other.vcpus, other.memory_mib) = (vcpus, memory_mib);
+            assert!(find(&other, &templates).unwrap_err().contains("no template"), "{vcpus} vCPUs, {memory_mib} MiB");
+        }
+        let mut kvm = sized.clone();
+        kvm.accel = Accel::Kvm;
+        assert!(find(&kvm, &templates).unwrap_err().contains("no template"));
         fs::remove_file(templates.join(&k).join(STATE_FILE)).unwrap();
         assert!(find(&configured, &templates).unwrap_err().contains("no state"));
         // A pod's NIC does not change which template stands for the VM (it is plugged later).

@@ -2,7 +2,8 @@
 //! `wisp template create` boots the configured VM once and saves it; each `ctr run` then
 //! restores a private copy of it instead of booting a kernel. Two clones never boot a kernel
 //! (their consoles start after the restore), yet each gets its own randomness and the host's
-//! clock; a sandbox with no matching template, or whose template does not restore, boots cold;
+//! clock; a sandbox bigger than the template is a clone grown by vCPU and memory hot-plug; a
+//! sandbox with no matching template, or whose template does not restore, boots cold;
 //! nothing of a clone is left after delete, and the template stays until `wisp template remove`.
 //!
 //! Needs root, `make deps` and `make all`. Compiled with features `containerd-tests` and
@@ -106,6 +107,35 @@ fn sandboxes_cloned_from_a_template_are_its_boot_but_their_own() -> anyhow::Resu
     for clock in [clock1, clock2] {
         ensure!(clock.abs_diff(now()) < 30, "a clone's clock is the host's: guest {clock}, host {}", now());
     }
+
+    // A pod bigger than the template (CRI's sandbox sizing: 2 more vCPUs, 200 MiB more) is
+    // the template grown by hot-plug, not a cold boot: its guest counts 3 CPUs and ~512 MiB.
+    let config = t.bundle("big", &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"])?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    spec["annotations"] = serde_json::json!({
+        "io.kubernetes.cri.sandbox-cpu-quota": "200000",
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        "io.kubernetes.cri.sandbox-memory": (200u64 << 20).to_string(),
+    });
+    std::fs::write(&config, serde_json::to_vec(&spec)?)?;
+    let out = t.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", s(&config), "big"])?;
+    ensure!(out.status.success(), "ctr run --rm big: {}\n{}", describe(&out), t.log_tail(40));
+    let log = t.ctd.log();
+    ensure!(
+        count(&log, "restored from the template") == 3 && count(&log, "the clone grown by hot-plug") == 1,
+        "the bigger sandbox is a grown clone:\n{}",
+        t.log_tail(40)
+    );
+    let said = text(&out.stdout);
+    let mut lines = said.lines();
+    ensure!(lines.next() == Some("3"), "the grown clone's container sees 3 CPUs: {said}");
+    let mem_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("MemTotal: {said}"))?;
+    // The template has 256 MiB; 256 MiB more come as two memory blocks (200 MiB rounded up).
+    ensure!(mem_kib > 448 << 10 && mem_kib <= 512 << 10, "the grown clone's guest has ~512 MiB: {said}");
 
     // A short-lived one, as ctr run --rm uses it.
     let config = t.bundle("echo", &["echo", "from a clone"])?;

@@ -318,7 +318,7 @@ fn check_template(r: &mut Report, config: &Config, root: &Path, spec: &QemuSpec)
     }
     let templates = wisp_shim::template::templates_dir(config, root);
     match wisp_shim::template::find(spec, &templates) {
-        Ok(found) => r.ok("template", format!("sandboxes are cloned from {}", found.dir.display())),
+        Ok((found, _)) => r.ok("template", format!("sandboxes are cloned from {}", found.dir.display())),
         Err(why) => r.warn("template", format!("sandboxes boot cold: {why} — `wisp template create`")),
     }
 }

@@ -16,7 +16,7 @@ use slog::Logger;
 use super::qemu::config::TapNic;
 use super::qemu::{Qemu, QemuSpec};
 use super::stratovirt::{StratoVirt, StratoVirtSpec};
-use super::{Capabilities, Hypervisor, HypervisorError, VmPaths};
+use super::{Capabilities, Growth, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Config, HypervisorConfig, StratoVirtSection};
 
 /// Makes sandbox VMs.
@@ -42,8 +42,9 @@ pub trait ResolvedVm: Send {
     fn build(self: Box<Self>, paths: &VmPaths, log: &Logger) -> Box<dyn Hypervisor>;
 
     /// Makes this VM a clone of the template in `templates` that stands for it
-    /// ([`crate::template`]) and returns the template's key, or says why there is none.
-    fn clone_template(&mut self, _templates: &Path) -> Result<String, String> {
+    /// ([`crate::template`]) and returns the template's key and what the clone grows by after
+    /// its restore, or says why there is none.
+    fn clone_template(&mut self, _templates: &Path) -> Result<(String, Growth), String> {
         Err("only QEMU VMs are cloned from templates".to_owned())
     }
 }
@@ -96,12 +97,14 @@ impl ResolvedVm for QemuSpec {
         Box::new(Qemu::new(*self, paths.clone(), log.clone()))
     }
 
-    fn clone_template(&mut self, templates: &Path) -> Result<String, String> {
-        let template = crate::template::find(self, templates)?;
+    fn clone_template(&mut self, templates: &Path) -> Result<(String, Growth), String> {
+        let (template, growth) = crate::template::find(self, templates)?;
         let mut clone = self.clone().for_template();
-        clone.template = Some(template.restore_role());
+        // QEMU restores the template's VM; the rest is plugged in afterwards.
+        (clone.vcpus, clone.memory_mib) = (template.meta.vcpus, template.meta.memory_mib);
+        clone.template = Some(template.restore_role(growth));
         *self = clone;
-        Ok(template.meta.key)
+        Ok((template.meta.key, growth))
     }
 }
 

@@ -39,6 +39,23 @@ pub const SHARED_FS_TAG: &str = "kataShared";
 /// helper's unix socket is per VM). vhost-vsock guests get a claimed one ([`vhost_vsock`]).
 pub const GUEST_CID: u32 = 3;
 
+/// What a sandbox cloned from a template gets by hot-plug after its restore, beyond the
+/// template's own size ([`crate::template`]): a sized pod need not boot cold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Growth {
+    /// vCPUs to add.
+    pub vcpus: u32,
+    /// Guest RAM to add, MiB (a whole number of the guest's 128 MiB memory blocks).
+    pub memory_mib: u32,
+}
+
+impl Growth {
+    /// Whether nothing is added.
+    pub fn is_none(&self) -> bool {
+        self.vcpus == 0 && self.memory_mib == 0
+    }
+}
+
 /// How the host reaches the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentChannel {

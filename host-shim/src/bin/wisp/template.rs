@@ -101,7 +101,7 @@ fn list(config: &Config, root: &Path, templates: &Path) {
         .and_then(|spec| template::find(&spec, templates));
     let enabled = if config.factory.template { "on" } else { "off ([factory] template = false)" };
     match which {
-        Ok(t) => println!("this configuration clones {} (templating {enabled})", t.meta.key),
+        Ok((t, _)) => println!("this configuration clones {} (templating {enabled})", t.meta.key),
         Err(why) => println!("this configuration boots cold: {why} (templating {enabled})"),
     }
 }

@@ -24,7 +24,7 @@ use crate::agent_dial::{AgentAddr, AGENT_VSOCK_PORT};
 use crate::config::MachineType;
 use crate::hypervisor::{AgentChannel, SharedFs, VmPaths, GUEST_CID, SHARED_FS_TAG};
 
-use super::config::TemplateRole;
+use super::config::{TemplateRole, TEMPLATE_DIMM_SLOTS, TEMPLATE_MAX_MEMORY_MIB, TEMPLATE_MAX_VCPUS};
 use super::QemuSpec;
 
 /// QEMU's `-sandbox` (seccomp) policy: everything it can deny, denied.
@@ -72,6 +72,10 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
     if spec.channel == Some(AgentChannel::Serial) {
         args.push("agent.channel=serial".to_owned());
     }
+    if spec.template.is_some() {
+        // RAM a clone gets by hot-plug is online as soon as the kernel has added it.
+        args.push("memhp_default_state=online".to_owned());
+    }
     if spec.debug_console {
         args.push("agent.debug_console".to_owned());
     }
@@ -94,11 +98,24 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
         Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={}", spec.tb_size_mib)]),
     }
     push(&["-sandbox", SECCOMP_SANDBOX]);
+    let (memory, vcpus) = match spec.template {
+        // Room for a clone to grow into by hot-plug: the clone's command line must be its
+        // template's, so every template has it.
+        Some(_) => (
+            format!(
+                "{}M,slots={TEMPLATE_DIMM_SLOTS},maxmem={}M",
+                spec.memory_mib,
+                TEMPLATE_MAX_MEMORY_MIB.max(spec.memory_mib)
+            ),
+            format!("{},maxcpus={}", spec.vcpus, TEMPLATE_MAX_VCPUS.max(spec.vcpus)),
+        ),
+        None => (format!("{}M", spec.memory_mib), spec.vcpus.to_string()),
+    };
     push(&[
         "-m",
-        &format!("{}M", spec.memory_mib),
+        &memory,
         "-smp",
-        &spec.vcpus.to_string(),
+        &vcpus,
         "-nographic",
         "-nodefaults",
         "-no-reboot",
@@ -347,9 +364,14 @@ mod tests {
         assert!(saved.contains("memory-backend-file,id=mem,size=256M,mem-path=/t/k/memory,share=on"), "{saved}");
         assert!(!saved.contains("-incoming") && !saved.contains("memfd"), "{saved}");
         let mut clone = template.clone();
-        clone.template = Some(TemplateRole::Restore { memory: "/t/k/memory".into(), state: "/t/k/state".into() });
+        let growth = crate::hypervisor::Growth { vcpus: 2, memory_mib: 256 };
+        clone.template =
+            Some(TemplateRole::Restore { memory: "/t/k/memory".into(), state: "/t/k/state".into(), growth });
         let restored = line(&clone);
         assert!(restored.contains("mem-path=/t/k/memory,share=off"), "{restored}");
+        // Both have room for a clone to grow into by hot-plug (its growth is plugged over QMP).
+        assert!(saved.contains(" -m 256M,slots=4,maxmem=65536M -smp 1,maxcpus=16 "), "{saved}");
+        assert!(saved.contains(" memhp_default_state=online"), "{saved}");
         assert!(restored.contains("-incoming defer"), "{restored}");
         // Everything else is the template's: the devices must be the ones saved.
         let strip = |l: &str| l.replace("share=off", "share=on").replace(" -incoming defer", "");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::accel::{self, Accel};
 use crate::config::{AccelChoice, ChannelKind, Config, MachineType, SharedFsKind};
 use crate::hypervisor::confine::VmConfinement;
-use crate::hypervisor::{AgentChannel, HypervisorError, SharedFs, GUEST_CID};
+use crate::hypervisor::{AgentChannel, Growth, HypervisorError, SharedFs, GUEST_CID};
 
 use crate::hypervisor::vhost_vsock::DEVICE as VHOST_VSOCK_DEVICE;
 /// The fast pc/q35 firmware shipped with Debian's QEMU.
@@ -90,8 +90,20 @@ pub enum TemplateRole {
         memory: PathBuf,
         /// The template's device state.
         state: PathBuf,
+        /// vCPUs and RAM plugged in after the restore (a pod bigger than the template).
+        growth: Growth,
     },
 }
+
+/// The vCPUs a template's VM (and so each clone) can grow to (`-smp N,maxcpus=`).
+pub const TEMPLATE_MAX_VCPUS: u32 = 16;
+/// The DIMM slots a template's VM has for a clone's added RAM (one DIMM per clone).
+pub const TEMPLATE_DIMM_SLOTS: u32 = 4;
+/// The RAM a template's VM (and so each clone) can grow to, MiB (`-m N,maxmem=`): the pod
+/// limit ([`crate::pod`]). Only guest-physical address space is set aside for it.
+pub const TEMPLATE_MAX_MEMORY_MIB: u32 = 64 * 1024;
+/// The guest's memory block size on x86_64 below 64 GiB: added RAM comes in these.
+pub const MEMORY_BLOCK_MIB: u32 = 128;
 
 impl TemplateRole {
     /// The RAM file.

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use super::cmdline;
 use super::config::TemplateRole;
+use super::grow;
 use super::hotplug::{self, PlugRecord};
 use super::QemuSpec;
 use crate::agent_dial::AgentAddr;
@@ -261,7 +262,8 @@ impl Qemu {
 
     /// Restores a clone's device state (`x-ignore-shared`: its RAM is the template's file) and
     /// lets it run: a restored VM comes back paused, as its template was saved.
-    /// A pod's NIC comes by hot-plug (templates have none), before the guest runs again.
+    /// A pod's NIC comes by hot-plug (templates have none), before the guest runs again, and so
+    /// do the vCPUs and RAM a pod bigger than the template needs.
     async fn restore(&mut self, fd: i32) -> Result<(), HypervisorError> {
         let started = Instant::now();
         let mut qmp = loop {
@@ -281,6 +283,12 @@ impl Qemu {
             let record = hotplug::plug_nic(&mut qmp, self.spec.machine, self.spec.root_ports, &busy, tap).await?;
             info!(self.log, "pod NIC plugged into the clone"; "mac" => &tap.mac, "port" => &record.port);
             self.plugged.insert(hotplug::NIC_ID.to_owned(), record);
+        }
+        if let Some(TemplateRole::Restore { growth, .. }) = &self.spec.template {
+            if !growth.is_none() {
+                grow::plug(&mut qmp, *growth).await?;
+                info!(self.log, "the clone grown by hot-plug"; "vcpus" => growth.vcpus, "memory_mib" => growth.memory_mib);
+            }
         }
         qmp.execute("cont", None).await?;
         info!(self.log, "restored from the template"; "ms" => started.elapsed().as_millis());

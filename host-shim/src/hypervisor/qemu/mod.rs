@@ -4,11 +4,13 @@
 //!   agent channel, shared filesystem, binaries);
 //! - [`cmdline`]: the exact argv of QEMU and of its helpers, a pure function of a spec;
 //! - [`hotplug`]: disks and VFIO functions plugged into a running VM over QMP;
+//! - [`grow`]: vCPUs and RAM plugged into a clone bigger than its template;
 //! - [`lifecycle`]: [`Qemu`], the [`Hypervisor`](super::Hypervisor) that spawns, watches and
 //!   stops QEMU, vhost-device-vsock and virtiofsd.
 
 pub mod cmdline;
 pub mod config;
+pub mod grow;
 pub mod hotplug;
 pub mod lifecycle;
 
