@@ -187,6 +187,10 @@ fn create_refuses_bad_bundles_ids_and_pid_files_and_leaves_nothing() {
         "no directory for the pid file",
     );
     assert_fails(&rt, &rt.run(&["create", "--bundle", b, "a/b"]), "invalid container ID format");
+    // Podman's socket activation passes descriptors the VM's process could never get.
+    let preserving = rt.run(&["create", "--bundle", b, "--preserve-fds", "2", "c1"]);
+    assert_fails(&rt, &preserving, "--preserve-fds 2: the process runs in a VM");
+    assert_fails(&rt, &rt.run(&["exec", "--preserve-fds", "1", "c1", "true"]), "--preserve-fds 1");
     let root_entries = || std::fs::read_dir(rt.root()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(root_entries(), 0, "a refused create leaves nothing");
     rt.record("c1", &bundle, Some(dead_monitor()), Status::Stopped);

@@ -127,7 +127,8 @@ pub struct CreateArgs {
     /// Accepted as runc does (no session keyring is made on the host).
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Pass this many fds beyond stdio (3, 4, ...) to the container.
+    /// Pass this many fds beyond stdio (3, 4, ...) to the container: refused above 0 (the
+    /// process runs in a VM, where no host descriptor can follow it).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preserve_fds: u32,
     /// The container id.
@@ -200,7 +201,7 @@ pub struct ExecArgs {
     /// A capability to add (repeatable).
     #[arg(short = 'c', long, value_name = "CAP")]
     pub cap: Vec<String>,
-    /// Pass this many fds beyond stdio to the process.
+    /// Pass this many fds beyond stdio to the process: refused above 0, as for `create`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preserve_fds: u32,
     /// The container id.
@@ -216,7 +217,7 @@ impl ExecArgs {
         if self.process.is_none() && self.command.is_empty() {
             return Err(RuntimeError::Usage("exec: process args cannot be empty (give a command or --process)".into()));
         }
-        Ok(())
+        super::preflight::no_preserved_fds(self.preserve_fds)
     }
 }
 

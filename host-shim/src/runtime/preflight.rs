@@ -4,7 +4,8 @@
 //! "not found" and so to success on a stop), and `delete` of an id with a directory but no
 //! record (a `create` that died half-way) removes that directory, succeeding with `--force`.
 //! `create` is refused before anything is made for a bad or used id, a bundle without a
-//! config.json that parses, or a pid file whose directory is missing (so it leaves nothing).
+//! config.json that parses, or a pid file whose directory is missing (so it leaves nothing);
+//! `create`, `run` and `exec` refuse `--preserve-fds` above 0 (no host descriptor reaches a VM).
 
 use std::io;
 use std::path::Path;
@@ -17,6 +18,7 @@ use crate::state::Processes;
 /// `create`'s checks; the record the new container starts with.
 pub fn creatable(store: &Store, args: &CreateArgs) -> Result<ContainerState, RuntimeError> {
     validate_id(&args.id)?;
+    no_preserved_fds(args.preserve_fds)?;
     if std::fs::symlink_metadata(store.dir(&args.id)).is_ok() {
         return Err(RuntimeError::Exists(args.id.clone()));
     }
@@ -31,6 +33,20 @@ pub fn creatable(store: &Store, args: &CreateArgs) -> Result<ContainerState, Run
         }
     }
     ContainerState::from_bundle(&args.id, &args.bundle)
+}
+
+/// `--preserve-fds N` asks for the caller's descriptors 3..3+N in the container's process,
+/// which runs in the VM: a host descriptor cannot follow it there. Refused by name rather than
+/// dropped, so a socket-activated service fails at once instead of waiting on a descriptor it
+/// never got.
+pub fn no_preserved_fds(count: u32) -> Result<(), RuntimeError> {
+    if count == 0 {
+        return Ok(());
+    }
+    Err(RuntimeError::Usage(format!(
+        "--preserve-fds {count}: the process runs in a VM, where the host's descriptors cannot follow it; \
+         share a socket or file through a bind mount instead"
+    )))
 }
 
 /// The record of a container a command acts on.
@@ -109,6 +125,11 @@ mod tests {
         drop(store.create("c1").unwrap());
         assert!(matches!(creatable(&store, &create_args("c1", &bundle, None)), Err(RuntimeError::Exists(_))));
         assert!(!store.dir("a").exists() && std::fs::read_dir(store.root()).unwrap().count() == 1, "nothing else made");
+        let mut preserving = create_args("c2", &bundle, None);
+        preserving.preserve_fds = 2;
+        let err = creatable(&store, &preserving).unwrap_err();
+        assert!(err.to_string().starts_with("--preserve-fds 2: the process runs in a VM"), "{err}");
+        assert!(!store.dir("c2").exists());
     }
 
     #[test]
