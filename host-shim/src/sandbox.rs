@@ -360,9 +360,11 @@ impl Sandbox {
                 cpu_only: growth.memory_mib == 0,
                 ..Default::default()
             };
+            let asked = Instant::now();
             let onlined = agent.online_cpu_mem(ctx(), &request).await;
             onlined.map_err(|source| SandboxError::Agent { call: "OnlineCPUMem", source })?;
-            info!(self.log, "the clone's added resources online"; "vcpus" => growth.vcpus, "memory_mib" => growth.memory_mib);
+            info!(self.log, "the clone's added resources online"; "vcpus" => growth.vcpus,
+                  "memory_mib" => growth.memory_mib, "ms" => asked.elapsed().as_millis());
         }
         Ok(())
     }
