@@ -304,6 +304,17 @@ fn cri_log(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// A pod's resources as kubelet sends them: its VM gets 1 vCPU (0.5 rounded up) and 64 MiB
+/// more than the configured one.
+fn half_a_cpu_and_64_mib() -> api::LinuxContainerResources {
+    api::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
     let t = Pods::new()?;
@@ -311,13 +322,7 @@ fn a_pod_of_two_containers_is_one_vm() -> anyhow::Result<()> {
     assert_eq!(version.runtime_name, "containerd", "{version:?}");
     assert_eq!(version.runtime_api_version, "v1", "{version:?}");
 
-    let resources = api::LinuxContainerResources {
-        memory_limit_in_bytes: 64 << 20,
-        cpu_quota: 50_000,
-        cpu_period: 100_000,
-        ..Default::default()
-    };
-    let mut config = t.pod_config("pod1", Some(resources))?;
+    let mut config = t.pod_config("pod1", Some(half_a_cpu_and_64_mib()))?;
     // kubelet's pod cgroup (cgroupfs driver): the VM's cgroup goes under it.
     let pod_cgroup = format!("wisp-test-{}/pod-uid-pod1", std::process::id());
     let removed_pod_cgroups = PodCgroups(pod_cgroup.clone());
@@ -589,7 +594,9 @@ fn cni_pod(template: bool) -> anyhow::Result<()> {
     });
     let t = Pods::start(Some(CniOptions { bin_dir: "/usr/lib/cni".into(), conflist: conflist.to_string() }), template)?;
 
-    let mut config = t.pod_config("netpod", None)?;
+    // Sized (half a CPU, 64 MiB): a cold VM boots with 2 vCPUs, a clone of the 1-vCPU template
+    // gets its second one by hot-plug; either way the pod sees two.
+    let mut config = t.pod_config("netpod", Some(half_a_cpu_and_64_mib()))?;
     config.hostname = "netpod".into();
     if let Some(options) =
         config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
@@ -626,8 +633,9 @@ fn cni_pod(template: bool) -> anyhow::Result<()> {
         "only QEMU holds the tap: {holders:#?}"
     );
     ensure!(
-        t.ctd.log().contains("pod NIC plugged into the clone") == template,
-        "the pod's VM is a clone with its NIC plugged: {template}\n{}",
+        t.ctd.log().contains("pod NIC plugged into the clone") == template
+            && t.ctd.log().contains("the clone grown by hot-plug") == template,
+        "the pod's VM is a clone with its NIC plugged and grown to the pod's size: {template}\n{}",
         t.ctd.log()
     );
 
@@ -643,7 +651,7 @@ fn cni_pod(template: bool) -> anyhow::Result<()> {
     });
     let script = format!(
         "ip addr show eth0; ip route; ping -c 1 -W 10 {gateway} >/dev/null && echo ping-ok; \
-         echo hello-from-pod | nc {gateway} {port} && echo nc-ok"
+         echo hello-from-pod | nc {gateway} {port} && echo nc-ok; echo cpus=$(nproc)"
     );
     let c = t.start_container(&pod, &config, "net", &["sh", "-c", &script])?;
     let code = t.wait_exit(&c, Duration::from_secs(120))?;
@@ -657,6 +665,7 @@ fn cni_pod(template: bool) -> anyhow::Result<()> {
     );
     ensure!(out.iter().any(|l| l.starts_with(&format!("default via {gateway} dev eth0"))), "{out:#?}");
     ensure!(out.contains(&"ping-ok") && out.contains(&"nc-ok"), "the guest reaches the gateway: {out:#?}");
+    ensure!(out.contains(&"cpus=2"), "the pod's VM has its 2 vCPUs: {out:#?}");
     let (peer, message) = server.join().map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
     assert_eq!(message, "hello-from-pod");
     assert_eq!(peer, ip, "the host sees the connection come from the pod IP");
