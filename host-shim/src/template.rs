@@ -45,9 +45,7 @@ use slog::{info, Logger};
 
 use crate::config::Config;
 use crate::hypervisor::qemu::cmdline;
-use crate::hypervisor::qemu::config::{
-    QemuSpec, TemplateRole, MEMORY_BLOCK_MIB, TEMPLATE_MAX_MEMORY_MIB, TEMPLATE_MAX_VCPUS,
-};
+use crate::hypervisor::qemu::config::{QemuSpec, TemplateRole, MEMORY_BLOCK_MIB, TEMPLATE_MAX_MEMORY_MIB};
 use crate::hypervisor::qemu::Qemu;
 use crate::hypervisor::qmp::QmpError;
 use crate::hypervisor::{Growth, Hypervisor, HypervisorError, VmPaths};
@@ -194,7 +192,7 @@ pub fn find(spec: &QemuSpec, templates: &Path) -> Result<(Template, Growth), Str
 
 /// A template of `spec`'s VM (template form) at a smaller size that a clone can grow from.
 fn smaller(spec: &QemuSpec, templates: &Path) -> Option<(Template, Growth)> {
-    if spec.vcpus > TEMPLATE_MAX_VCPUS || spec.memory_mib > TEMPLATE_MAX_MEMORY_MIB {
+    if spec.vcpus > spec.max_vcpus || spec.memory_mib > TEMPLATE_MAX_MEMORY_MIB {
         return None;
     }
     list(templates).into_iter().rev().find_map(|template| {
@@ -397,6 +395,7 @@ mod tests {
             confine: Default::default(),
             template: None,
             tsc_khz: None,
+            max_vcpus: 16,
         }
     }
 
@@ -486,7 +485,7 @@ mod tests {
         let (found, growth) = find(&sized, &templates).unwrap();
         assert_eq!((found.meta.key.as_str(), growth), (k.as_str(), Growth { vcpus: 2, memory_mib: 256 }));
         // Beyond the room a template has, or smaller than it, or another VM: none serves.
-        for (vcpus, memory_mib) in [(TEMPLATE_MAX_VCPUS + 1, 256), (1, TEMPLATE_MAX_MEMORY_MIB + 1), (1, 128)] {
+        for (vcpus, memory_mib) in [(configured.max_vcpus + 1, 256), (1, TEMPLATE_MAX_MEMORY_MIB + 1), (1, 128)] {
             let mut other = configured.clone();
             (other.vcpus, other.memory_mib) = (vcpus, memory_mib);
             assert!(find(&other, &templates).unwrap_err().contains("no template"), "{vcpus} vCPUs, {memory_mib} MiB");

@@ -327,6 +327,7 @@ impl VmConfig {
             template: None,
             // As the shim: the guest's TSC rate, so that the floors and the agent boot alike.
             tsc_khz: (accel == Accel::Tcg).then(wisp_shim::tsc::host_khz).flatten(),
+            max_vcpus: wisp_shim::hypervisor::qemu::config::host_cpus(),
         }
     }
 

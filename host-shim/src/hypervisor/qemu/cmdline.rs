@@ -24,7 +24,7 @@ use crate::agent_dial::{AgentAddr, AGENT_VSOCK_PORT};
 use crate::config::MachineType;
 use crate::hypervisor::{AgentChannel, SharedFs, VmPaths, GUEST_CID, SHARED_FS_TAG};
 
-use super::config::{TemplateRole, TEMPLATE_DIMM_SLOTS, TEMPLATE_MAX_MEMORY_MIB, TEMPLATE_MAX_VCPUS};
+use super::config::{TemplateRole, TEMPLATE_DIMM_SLOTS, TEMPLATE_MAX_MEMORY_MIB};
 use super::QemuSpec;
 
 /// QEMU's `-sandbox` (seccomp) policy: everything it can deny, denied.
@@ -107,7 +107,7 @@ pub fn qemu_args(spec: &QemuSpec, paths: &VmPaths) -> Vec<String> {
                 spec.memory_mib,
                 TEMPLATE_MAX_MEMORY_MIB.max(spec.memory_mib)
             ),
-            format!("{},maxcpus={}", spec.vcpus, TEMPLATE_MAX_VCPUS.max(spec.vcpus)),
+            format!("{},maxcpus={}", spec.vcpus, spec.max_vcpus.max(spec.vcpus)),
         ),
         None => (format!("{}M", spec.memory_mib), spec.vcpus.to_string()),
     };
@@ -348,6 +348,7 @@ mod tests {
             confine: Default::default(),
             template: None,
             tsc_khz: None,
+            max_vcpus: 16,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct QemuSpec {
     pub template: Option<TemplateRole>,
     /// The host's TSC rate ([`crate::tsc`]), given to a TCG guest as `tsc_early_khz`.
     pub tsc_khz: Option<u32>,
+    /// The vCPUs a template's VM (and so each clone) can grow to (`-smp N,maxcpus=`): the
+    /// host's CPUs, as Kata's `default_maxvcpus` (more vCPUs than host CPUs buy nothing).
+    pub max_vcpus: u32,
 }
 
 /// A VM's part in templating: guest RAM is a file; the template maps it shared (its RAM ends up
@@ -95,8 +98,6 @@ pub enum TemplateRole {
     },
 }
 
-/// The vCPUs a template's VM (and so each clone) can grow to (`-smp N,maxcpus=`).
-pub const TEMPLATE_MAX_VCPUS: u32 = 16;
 /// The DIMM slots a template's VM has for a clone's added RAM (one DIMM per clone).
 pub const TEMPLATE_DIMM_SLOTS: u32 = 4;
 /// The RAM a template's VM (and so each clone) can grow to, MiB (`-m N,maxmem=`): the pod
@@ -202,6 +203,7 @@ impl QemuSpec {
             confine: VmConfinement { cgroups_path: config.cgroups_path.clone(), rootless: q.rootless },
             template: None,
             tsc_khz: None,
+            max_vcpus: host_cpus(),
         })
     }
 
@@ -243,4 +245,9 @@ impl QemuSpec {
         self.shared_fs = Some(SharedFs::NineP);
         self
     }
+}
+
+/// The CPUs this process may run on (a q35 guest takes at most 240 without an IOMMU).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)).min(240)
 }

@@ -686,6 +686,7 @@ mod tests {
             confine: Default::default(),
             template: None,
             tsc_khz: None,
+            max_vcpus: 1,
         };
         let paths = VmPaths::new(dir.path().join("vm"));
         let shared = paths.shared_dir();
