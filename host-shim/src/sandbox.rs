@@ -184,7 +184,7 @@ pub struct Sandbox {
     /// Disks attached at boot (microvm), by id.
     boot_disks: HashMap<String, Plugged>,
     /// Set by the first [`Sandbox::shutdown`] to finish: the later ones (Delete, then
-    /// Shutdown) find nothing to do and say nothing.
+    /// Shutdown) have nothing left to do.
     stopped: std::sync::atomic::AtomicBool,
     log: Logger,
 }
@@ -483,8 +483,12 @@ impl Sandbox {
     }
 
     /// Stops the sandbox: DestroySandbox (best effort, while the VM runs), QEMU and helpers
-    /// stopped, shares unmounted, the state directory removed. Idempotent.
+    /// stopped, shares unmounted, the state directory removed. Idempotent: a call after one
+    /// that finished (Delete, then Shutdown) returns at once.
     pub async fn shutdown(&self) {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if self.exited.borrow().is_none() {
             let client = self.agent.agent();
             let request = DestroySandboxRequest::new();
