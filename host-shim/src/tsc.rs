@@ -15,16 +15,21 @@ use std::time::Duration;
 /// How long the measurement spans: 10 ms against a read jitter of ~1 µs is 0.01 %.
 const SPAN: Duration = Duration::from_millis(10);
 
+/// The rate, once measured.
+static KHZ: OnceLock<Option<u32>> = OnceLock::new();
+
 /// The host's TSC rate in kHz, if the TSC runs at a constant rate here; measured the first
 /// time (a [`SPAN`] sleep), then remembered.
 pub fn host_khz() -> Option<u32> {
-    static KHZ: OnceLock<Option<u32>> = OnceLock::new();
     *KHZ.get_or_init(measure)
 }
 
-/// Starts [`host_khz`]'s measurement on a thread, so that a later call finds it done.
+/// Starts [`host_khz`]'s measurement on a thread, so that a later call finds it done; once
+/// measured, nothing.
 pub fn measure_in_background() {
-    std::thread::spawn(host_khz);
+    if KHZ.get().is_none() {
+        std::thread::spawn(host_khz);
+    }
 }
 
 /// Whether this host's TSC ticks at one rate whatever the CPU's frequency and sleep state.
