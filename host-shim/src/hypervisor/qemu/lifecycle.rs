@@ -195,19 +195,28 @@ impl Qemu {
     /// [`HELPER_READY_TIMEOUT`] fails the start, and every one of them is killed.
     async fn await_helpers(&mut self, mut starting: Vec<StartingHelper>) -> Result<(), HypervisorError> {
         let start = Instant::now();
-        let mut failed = None;
-        while failed.is_none() && starting.iter().any(|h| !h.socket.exists()) {
+        let failed = loop {
+            // One look at each socket per round.
+            let mut waiting = 0;
+            let mut failed = None;
             let timed_out = start.elapsed() >= HELPER_READY_TIMEOUT;
-            for helper in starting.iter_mut().filter(|h| !h.socket.exists()) {
+            for helper in starting.iter_mut() {
+                if helper.socket.exists() {
+                    continue;
+                }
+                waiting += 1;
                 let exited = helper.child.try_wait().ok().flatten();
                 if exited.is_some() || timed_out {
                     failed = Some((helper.name, helper.program.clone(), helper.socket.clone(), exited));
                     break;
                 }
             }
+            if waiting == 0 || failed.is_some() {
+                break failed;
+            }
             // Fine-grained: the sandbox's start waits on this poll.
             tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        };
         if let Some((name, program, socket, exited)) = failed {
             kill_all(starting).await;
             return Err(HypervisorError::HelperNotReady {
