@@ -388,16 +388,12 @@ mod tests {
         shell_line("qemu", &config.qemu_args(&paths(), accel))
     }
 
-    /// The host's TSC rate as a TCG guest is given it (measured here: it varies by host).
-    fn tsc_early_khz() -> Option<u32> {
-        wisp_shim::tsc::host_khz()
-    }
-
     #[test]
     fn q35_tcg_console_only() {
         let config =
             VmConfig::new(Machine::Q35, "/k/bzImage").initrd("/k/floor.cpio").bios(Bios::File("/fw/qboot.rom".into()));
-        let tsc = tsc_early_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default();
+        // The host's TSC rate as a TCG guest is given it (measured here: it varies by host).
+        let tsc = wisp_shim::tsc::host_khz().map(|khz| format!(" tsc_early_khz={khz}")).unwrap_or_default();
         assert_eq!(
             argv(&config, Accel::Tcg),
             format!(
@@ -454,7 +450,7 @@ mod tests {
         let config = VmConfig::new(Machine::Microvm, "/k/vmlinux")
             .bios(Bios::File("/ignored/for/microvm".into()))
             .channel(Channel::HybridVsock);
-        let khz = tsc_early_khz().unwrap_or(2_000_000);
+        let khz = wisp_shim::tsc::host_khz().unwrap_or(2_000_000);
         assert_eq!(
             argv(&config, Accel::Tcg),
             format!(
